@@ -1,0 +1,35 @@
+"""fedq: remote execution on private data, PySyft 0.2's API over real worker processes.
+
+    import torch as th
+    import fedq as sy
+    hook = sy.TorchHook(th)
+    bob = sy.VirtualWorker(hook, id="bob")     # a separate OS process
+    x = th.tensor([1, 2, 3]).send(bob)         # [PointerTensor | me:... -> bob:...]
+    (x + x).get()                              # tensor([2, 4, 6])
+"""
+
+__version__ = "0.1.0"
+
+from .errors import (  # noqa: E402
+    FedqError,
+    GetNotPermittedError,
+    ObjectNotFoundError,
+    ProtocolError,
+    RemoteError,
+    SpentPointerError,
+    TensorsNotCollocatedError,
+    UnsupportedOperationError,
+    ValueNeedsGetError,
+    WorkerDiedError,
+    WorkerUnreachableError,
+)
+from .client import Client, local_client  # noqa: E402
+from .handle import VirtualWorker, connect  # noqa: E402
+from .hook import TorchHook  # noqa: E402
+from .pointer import PointerTensor  # noqa: E402
+
+__all__ = [
+    "Client", "FedqError", "GetNotPermittedError", "ObjectNotFoundError", "PointerTensor", "ProtocolError",
+    "RemoteError", "SpentPointerError", "TensorsNotCollocatedError", "TorchHook", "UnsupportedOperationError",
+    "ValueNeedsGetError", "VirtualWorker", "WorkerDiedError", "WorkerUnreachableError", "connect", "local_client",
+]

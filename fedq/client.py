@@ -1,0 +1,276 @@
+"""The user's process ("me"): requests in flight, their replies, and when to wait.
+
+Commands are pipelined: `submit` registers a request and hands its frames to
+the I/O thread; nothing waits. Reads (`request`) wait, and first make sure
+they will see every earlier write (read-your-writes):
+
+- requests to the *same* worker need no wait: one connection is FIFO and a
+  worker handles its requests in order;
+- requests to *other* workers may reach this one by a relay, so a read waits
+  until those are answered (a relaying worker answers only once the next hop has).
+
+A pipelined request that fails is not lost: its error is raised, with the
+worker's traceback, at the next wait of this client.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import itertools
+import logging
+import os
+import subprocess
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from . import wire
+from .errors import FedqError, WorkerDiedError, WorkerUnreachableError, rebuild_remote_error
+from .transport import IOThread
+from .wire import DeleteObjects, Failure
+
+if TYPE_CHECKING:
+    from .handle import VirtualWorker
+
+log = logging.getLogger("fedq.client")
+
+DEFAULT_TIMEOUT = float(os.environ.get("FEDQ_TIMEOUT", "30"))
+
+
+class Call:
+    """One request in flight."""
+
+    __slots__ = ("address", "done", "value", "error", "waited")
+
+    def __init__(self, address: str, waited: bool) -> None:
+        self.address = address
+        self.done = False
+        self.value: Any = None
+        self.error: FedqError | None = None
+        self.waited = waited
+
+
+class Client:
+    """The local worker, "me": holds no objects, only pointers to them."""
+
+    id = "me"
+
+    def __init__(self, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.timeout = timeout
+        self._cv = threading.Condition()
+        self._calls: dict[int, Call] = {}
+        self._pending: collections.Counter[str] = collections.Counter()
+        self._deferred: list[FedqError] = []
+        self._seq = itertools.count(1)
+        self._handles: dict[str, VirtualWorker] = {}  # by address
+        self._children: dict[str, subprocess.Popen] = {}  # workers this process started, by address
+        self.spawned: dict[str, VirtualWorker] = {}  # the same, by id
+        self._dead: dict[str, str] = {}  # address -> why
+        self._closed = False
+        self._io = IOThread(self._on_replies, self._encode_deletes, self._on_tick)
+        self._io.start()
+        atexit.register(self.close)
+
+    def __repr__(self) -> str:
+        return f"<LocalWorker id:{self.id}>"
+
+    # ---- workers known to this client
+    def handle_for(self, id: str, address: str) -> "VirtualWorker":
+        """The handle of the worker at `address`, made on first sight (pointers carry addresses)."""
+        handle = self._handles.get(address)
+        if handle is None:
+            from .handle import VirtualWorker
+
+            handle = VirtualWorker.at(self, id, address)
+        return handle
+
+    def register(self, handle: "VirtualWorker", process: subprocess.Popen | None = None) -> None:
+        self._handles[handle.address] = handle
+        if process is not None:
+            self._children[handle.address] = process
+
+    def name_of(self, address: str) -> str:
+        handle = self._handles.get(address)
+        return handle.id if handle is not None else address
+
+    def stats(self) -> dict[str, int]:
+        """Transport counters of this process: every byte to and from workers passes here."""
+        with self._cv:
+            in_flight = sum(self._pending.values())
+        return {
+            "bytes_sent": self._io.peers.bytes_sent,
+            "bytes_received": self._io.peers.bytes_received,
+            "requests_in_flight": in_flight,
+        }
+
+    # ---- sending
+    def submit(self, address: str, message: Any, *, wait: bool = False) -> Call:
+        """Send a request without waiting; `wait=True` if the caller will `wait()` on it."""
+        if self._closed:
+            raise FedqError("this fedq client is closed (the interpreter is exiting)")
+        seq = next(self._seq)
+        frames = wire.encode(seq, message)
+        call = self._register(seq, address, wait)
+        self._io.submit(address, frames)
+        return call
+
+    def request(self, address: str, message: Any, timeout: float | None = None) -> Any:
+        """A read: wait for earlier writes that could reach `address`, ask, and wait for the answer."""
+        self.barrier(except_address=address, timeout=timeout)
+        return self.wait(self.submit(address, message, wait=True), timeout)
+
+    def queue_delete(self, address: str, id: int) -> None:
+        """Safe from `__del__`: appends to a queue; the I/O thread sends deletes in batches."""
+        if not self._closed:
+            self._io.queue_delete(address, id)
+
+    def _register(self, seq: int, address: str, waited: bool) -> Call:
+        call = Call(address, waited)
+        with self._cv:
+            self._calls[seq] = call
+            self._pending[address] += 1
+        return call
+
+    def _encode_deletes(self, address: str, ids: list[int]) -> list:  # runs on the I/O thread
+        seq = next(self._seq)
+        self._register(seq, address, False)
+        return wire.encode(seq, DeleteObjects(tuple(ids)))
+
+    # ---- waiting
+    def wait(self, call: Call, timeout: float | None = None) -> Any:
+        """The answer to `call`; raises its error, or an earlier pipelined one first."""
+        limit = self.timeout if timeout is None else timeout
+        with self._cv:
+            if not self._cv.wait_for(lambda: call.done, limit):
+                raise self._timeout_error([call.address], limit)
+        self._raise_deferred()
+        if call.error is not None:
+            raise call.error
+        return call.value
+
+    def barrier(self, except_address: str | None = None, timeout: float | None = None) -> None:
+        """Wait until every request sent so far is answered, except those to `except_address`."""
+        self._io.flush_deletes(self.timeout)
+        limit = self.timeout if timeout is None else timeout
+
+        def others_busy() -> list[str]:
+            return [a for a, n in self._pending.items() if n and a != except_address]
+
+        with self._cv:
+            if not self._cv.wait_for(lambda: not others_busy(), limit):
+                raise self._timeout_error(others_busy(), limit)
+        self._raise_deferred()
+
+    def sync(self, timeout: float | None = None) -> None:
+        """Wait for every pipelined request to finish; raise the first that failed."""
+        self.barrier(None, timeout)
+
+    def _timeout_error(self, addresses: list[str], limit: float) -> WorkerUnreachableError:
+        names = ", ".join(f"{self.name_of(a)!r} at {a}" for a in sorted(set(addresses)))
+        return WorkerUnreachableError(f"worker {names} did not answer within {limit:g}s")
+
+    def _raise_deferred(self) -> None:
+        if not self._deferred:
+            return
+        with self._cv:
+            errors, self._deferred = self._deferred, []
+        if not errors:
+            return
+        first = errors[0]
+        for later in errors[1:]:
+            first.add_note(f"a later pipelined request failed too: {type(later).__name__}: {str(later).splitlines()[0]}")
+        raise first
+
+    # ---- the I/O thread's side
+    def _on_replies(self, address: str, messages: list[list]) -> None:
+        answers = []
+        for frames in messages:
+            try:
+                answers.append(wire.decode(frames))
+            except FedqError as error:
+                log.warning("dropped a reply from %s: %s", address, error)
+        with self._cv:
+            for seq, message in answers:
+                call = self._calls.pop(seq, None)
+                if call is None:
+                    continue  # answered already (its worker was declared dead)
+                self._finish(seq, call, message)
+            self._cv.notify_all()
+
+    def _finish(self, seq: int, call: Call, message: Any) -> None:
+        self._pending[call.address] -= 1
+        if not self._pending[call.address]:
+            del self._pending[call.address]
+        if isinstance(message, Failure):
+            call.error = rebuild_remote_error(message.type_name, message.module, message.message, message.traceback, message.worker)
+            if not call.waited:
+                self._deferred.append(call.error)
+        else:
+            call.value = message.value
+        call.done = True
+
+    def _on_tick(self) -> None:
+        for address, process in list(self._children.items()):
+            code = process.poll()
+            if code is not None and address not in self._dead:
+                self._dead[address] = f"worker {self.name_of(address)!r} (pid {process.pid}) exited with code {code}"
+        if not self._dead:
+            return
+        with self._cv:
+            failed = [(seq, call) for seq, call in self._calls.items() if call.address in self._dead]
+            for seq, call in failed:
+                del self._calls[seq]
+                error = WorkerDiedError(self._dead[call.address])
+                self._finish(seq, call, Failure(type(error).__name__, type(error).__module__, str(error), "", self.name_of(call.address)))
+            if failed:
+                self._cv.notify_all()
+
+    # ---- shutdown
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop the workers this process started and the I/O thread. Bounded: never hangs."""
+        if self._closed:
+            return
+        try:
+            if any(a not in self._children for a in self._handles):
+                # Workers we did not start outlive us: give queued deletes a moment to reach them.
+                try:
+                    self.barrier(timeout=min(timeout, 1.0))
+                except FedqError:
+                    pass
+        finally:
+            self._closed = True
+            self._io.stop(timeout)
+            stop_processes(list(self._children.values()), timeout)
+
+
+def stop_processes(processes: list[subprocess.Popen], timeout: float) -> None:
+    """Ask politely (close the parent pipe, SIGTERM), then SIGKILL what is left after `timeout`."""
+    for process in processes:
+        if process.poll() is None:
+            try:
+                if process.stdin:
+                    process.stdin.close()
+                process.terminate()
+            except OSError:
+                pass
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        try:
+            process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+_client: Client | None = None
+_client_lock = threading.Lock()
+
+
+def local_client() -> Client:
+    """The process-wide client ("me"), made on first use."""
+    global _client
+    with _client_lock:
+        if _client is None or _client._closed:
+            _client = Client()
+        return _client

@@ -1,0 +1,67 @@
+"""Federation configs: which workers exist and where they listen (TOML).
+
+    [federation]
+    timeout = 30                      # seconds any call waits before naming the silent worker
+
+    [workers.bob]
+    address = "ipc://{runtime}/bob.sock"   # or "tcp://127.0.0.1:5601"
+
+`{runtime}` expands to a directory only this user can read. The same file
+drives the Procfile (`fedq worker NAME --config ...`), `fedq up`, and
+`fedq.connect(hook, NAME, config=...)`.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import FedqError
+from .transport import runtime_dir
+
+DEFAULT_CONFIG = Path("configs/local.toml")
+
+
+class ConfigError(FedqError, ValueError):
+    """A federation config is missing, malformed, or lacks the worker asked for."""
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    id: str
+    address: str
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    path: Path
+    timeout: float
+    workers: dict[str, WorkerConfig] = field(default_factory=dict)
+
+    def worker(self, id: str) -> WorkerConfig:
+        try:
+            return self.workers[id]
+        except KeyError:
+            known = ", ".join(sorted(self.workers)) or "none"
+            raise ConfigError(f"{self.path} has no worker {id!r} (it has: {known})") from None
+
+
+def load_config(path: str | Path | None = None) -> FederationConfig:
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"no federation config at {path}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path} is not valid TOML: {error}") from None
+    federation = data.get("federation", {})
+    workers = {}
+    for id, settings in data.get("workers", {}).items():
+        address = settings.get("address") if isinstance(settings, dict) else None
+        if not isinstance(address, str):
+            raise ConfigError(f"{path}: worker {id!r} needs an address")
+        if "{runtime}" in address:
+            address = address.replace("{runtime}", str(runtime_dir()))
+        workers[id] = WorkerConfig(id, address)
+    return FederationConfig(path, float(federation.get("timeout", 30)), workers)

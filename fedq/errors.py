@@ -1,0 +1,93 @@
+"""Every exception fedq raises, in one place.
+
+Errors raised on a worker travel back to the user's process (see `wire.Failure`)
+and are raised there again as the same class, with the worker's traceback
+appended, so `except fedq.ObjectNotFoundError` works whichever side failed.
+"""
+
+from __future__ import annotations
+
+import builtins
+
+
+class FedqError(Exception):
+    """Base of every fedq error."""
+
+    #: id of the worker where the error happened, when it happened remotely
+    worker: str | None = None
+    #: the worker's formatted traceback, when it happened remotely
+    remote_traceback: str | None = None
+
+
+class ObjectNotFoundError(FedqError, LookupError):
+    """A worker holds no object under the id a command named."""
+
+
+class DuplicateIdError(FedqError, ValueError):
+    """A command asked a worker to store an object under an id already in use."""
+
+
+class TensorsNotCollocatedError(FedqError, ValueError):
+    """One operation mixed objects that live in different places."""
+
+
+class SpentPointerError(FedqError, RuntimeError):
+    """A pointer was used after `.send()` handed it on or `.get()` consumed it."""
+
+
+class ValueNeedsGetError(FedqError, RuntimeError):
+    """The value behind a pointer was needed locally; `.get()` it first."""
+
+
+class UnsupportedOperationError(FedqError, TypeError):
+    """A function that fedq does not run remotely was called on a pointer."""
+
+
+class GetNotPermittedError(FedqError, PermissionError):
+    """The data owner does not allow this object to leave its worker."""
+
+
+class ProtocolError(FedqError):
+    """A message could not be decoded, or was not one the receiver expects."""
+
+
+class WorkerUnreachableError(FedqError, TimeoutError):
+    """A worker did not answer in time (or cannot be reached at all)."""
+
+
+class WorkerDiedError(WorkerUnreachableError):
+    """A worker process that this client started has exited."""
+
+
+class RemoteError(FedqError):
+    """A remote exception whose type is not a fedq or builtin exception type."""
+
+
+_REMOTE_BUILTIN_CLASSES: dict[type, type] = {}
+
+
+def rebuild_remote_error(
+    type_name: str, module: str, message: str, traceback: str, worker: str
+) -> FedqError:
+    """Turn a failure reported by `worker` back into an exception object.
+
+    fedq's own classes come back as themselves. A builtin type (a torch shape
+    error is a RuntimeError) comes back as a class deriving from both
+    `RemoteError` and the builtin, so either `except` clause catches it.
+    """
+    text = f"{message}\n\n--- traceback on worker {worker!r} ---\n{traceback}".rstrip()
+    cls = globals().get(type_name) if module == __name__ else None
+    if not (isinstance(cls, type) and issubclass(cls, FedqError)):
+        base = getattr(builtins, type_name, None) if module == "builtins" else None
+        if isinstance(base, type) and issubclass(base, Exception):
+            cls = _REMOTE_BUILTIN_CLASSES.get(base)
+            if cls is None:
+                cls = type(f"Remote{type_name}", (RemoteError, base), {"__module__": __name__})
+                _REMOTE_BUILTIN_CLASSES[base] = cls
+        else:
+            cls = RemoteError
+            text = f"{module}.{type_name}: {text}"
+    error = cls(text)
+    error.worker = worker
+    error.remote_traceback = traceback
+    return error

@@ -1,0 +1,141 @@
+"""Worker handles: how the user names a worker, starts one, or connects to one.
+
+`VirtualWorker(hook, id="bob")` keeps PySyft 0.2's spelling, but "bob" is a
+real OS process: a child of this one, serving on an ipc endpoint in a
+directory only this user can read. It dies with this process, even on
+SIGKILL (it watches a pipe from us). `connect(hook, "bob", config=...)`
+returns the same kind of handle for a worker someone else started.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .client import Client, local_client
+from .transport import runtime_dir
+from .wire import (
+    ClearObjects,
+    CountObjects,
+    DescribeObjects,
+    ListObjects,
+    ObjectInfo,
+    Ping,
+    PointerSpec,
+    Shutdown,
+    WorkerStatus,
+)
+
+
+def _client_of(hook: Any) -> Client:
+    if hook is None:
+        return local_client()
+    if isinstance(hook, Client):
+        return hook
+    return hook.local_worker
+
+
+class VirtualWorker:
+    """A worker process, seen from the user's process."""
+
+    def __new__(cls, hook: Any = None, id: str = "worker", **kwargs: Any) -> "VirtualWorker":
+        client = _client_of(hook)
+        existing = client.spawned.get(id)
+        if existing is not None and existing.alive():
+            return existing  # re-running a notebook cell must not start a second "bob"
+        return super().__new__(cls)
+
+    def __init__(self, hook: Any = None, id: str = "worker", *, timeout: float | None = None, verbose: bool = False) -> None:
+        if getattr(self, "client", None) is not None:
+            return
+        self.client = _client_of(hook)
+        self.id = id
+        directory = Path(tempfile.mkdtemp(prefix="vw-", dir=runtime_dir()))
+        self.address = f"ipc://{directory}/{id}.sock"
+        settings = {
+            "id": id,
+            "address": self.address,
+            "timeout": timeout or self.client.timeout,
+            "watch_parent": True,
+            "verbose": verbose,
+            "quiet": not verbose,  # a child shares our terminal: only warnings, unless asked
+        }
+        self.process: subprocess.Popen | None = subprocess.Popen(
+            [sys.executable, "-m", "fedq.worker", json.dumps(settings)],
+            stdin=subprocess.PIPE,  # the worker exits when this pipe closes: no orphans
+        )
+        self.client.register(self, self.process)
+        self.client.spawned[id] = self
+        # Not waited for: the first read waits, so several workers start in parallel.
+        self.client.submit(self.address, Ping())
+
+    @classmethod
+    def at(cls, client: Client, id: str, address: str) -> "VirtualWorker":
+        """A handle to a worker already serving at `address`."""
+        self = object.__new__(cls)
+        self.client, self.id, self.address, self.process = client, id, address, None
+        client.register(self)
+        return self
+
+    # ---- what PySyft users know
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def alive(self) -> bool:
+        return self.process is None or self.process.poll() is None
+
+    def clear_objects(self) -> "VirtualWorker":
+        """Empty this worker's store (rule 10: other workers are not touched)."""
+        self.client.request(self.address, ClearObjects())
+        return self
+
+    @property
+    def _objects(self) -> dict[int, Any]:
+        """A snapshot {id: tensor or pointer} of what this worker holds (rule 11)."""
+        from .pointer import PointerTensor
+
+        snapshot = self.client.request(self.address, ListObjects())
+        return {
+            id: PointerTensor.view_of(self, obj) if isinstance(obj, PointerSpec) else obj
+            for id, obj in snapshot.items()
+        }
+
+    def objects_count(self) -> int:
+        return self.client.request(self.address, CountObjects())
+
+    def describe(self) -> list[ObjectInfo]:
+        """One row per stored object: id, type, shape, dtype, bytes, references, target."""
+        return self.client.request(self.address, DescribeObjects())
+
+    def ping(self, timeout: float | None = None) -> WorkerStatus:
+        return self.client.request(self.address, Ping(), timeout=timeout)
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop the worker process (any worker: also one this process did not start)."""
+        self.client.request(self.address, Shutdown(), timeout=timeout)
+        if self.process is not None:
+            self.process.wait(timeout)
+
+    def __repr__(self) -> str:
+        try:
+            count = str(self.client.request(self.address, CountObjects(), timeout=min(self.client.timeout, 5.0)))
+        except Exception:
+            count = "?"
+        return f"<VirtualWorker id:{self.id} #objects:{count}>"
+
+
+def connect(hook: Any = None, id: str = "", *, address: str | None = None, config: str | Path | None = None) -> VirtualWorker:
+    """A handle to a running worker, by its address or by its id in a federation config."""
+    from .config import load_config
+
+    client = _client_of(hook)
+    if address is None:
+        address = load_config(config).worker(id).address
+    handle = client.handle_for(id, address)
+    handle.id = id or handle.id
+    return handle

@@ -1,0 +1,92 @@
+"""Torch functions by name: what a pointer may ask a worker to run.
+
+Commands name a function ("Tensor.add", "torch.matmul",
+"torch.nn.functional.relu") instead of pickling it, so a worker only ever runs
+functions from torch's own namespaces, and a message stays a few bytes.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import torch
+
+#: namespaces whose public callables may run on a worker, by the prefix used on the wire
+NAMESPACES: dict[str, Any] = {
+    "Tensor": torch.Tensor,
+    "torch": torch,
+    "torch.nn.functional": torch.nn.functional,
+    "torch.linalg": torch.linalg,
+    "torch.special": torch.special,
+    "torch.fft": torch.fft,
+}
+
+
+@functools.cache
+def _names() -> dict[Any, str]:
+    names: dict[Any, str] = {}
+    # Later namespaces must not rename a function already named by an earlier one.
+    for prefix, namespace in NAMESPACES.items():
+        for attr in dir(namespace):
+            if attr.startswith("_") and attr not in _OPERATOR_DUNDERS:
+                continue
+            try:
+                value = getattr(namespace, attr)
+            except Exception:
+                continue
+            if not callable(value) or isinstance(value, type):
+                continue
+            try:
+                names.setdefault(value, f"{prefix}.{attr}")
+            except TypeError:  # unhashable
+                continue
+    return names
+
+
+def name_of(func: Callable) -> str | None:
+    """The wire name of a torch function, or None if fedq does not run it remotely."""
+    try:
+        return _names().get(func)
+    except TypeError:
+        return None
+
+
+def resolve(name: str) -> Callable:
+    """The function behind a wire name; raises UnsupportedOperationError for anything else."""
+    from .errors import UnsupportedOperationError
+
+    func = _functions().get(name)
+    if func is None:
+        raise UnsupportedOperationError(f"{name!r} is not a torch function fedq runs remotely")
+    return func
+
+
+@functools.cache
+def _functions() -> dict[str, Callable]:
+    return {name: func for func, name in _names().items()}
+
+
+#: operators a pointer forwards; other dunders (__reduce_ex__, __setattr__...) never run remotely
+_OPERATOR_DUNDERS = frozenset(
+    f"__{op}__"
+    for base in (
+        "add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or", "xor", "lshift", "rshift",
+    )
+    for op in (base, "r" + base, "i" + base)
+) | frozenset(
+    f"__{op}__" for op in ("neg", "pos", "abs", "invert", "eq", "ne", "lt", "le", "gt", "ge", "getitem", "setitem", "len")
+)
+
+
+#: tensor methods that change the tensor they are called on; they create no new object (rule 4)
+def is_inplace(name: str) -> bool:
+    attr = name.rpartition(".")[2]
+    if attr.startswith("__"):
+        return attr in _INPLACE_DUNDERS
+    return attr.endswith("_") and name.startswith("Tensor.")
+
+
+_INPLACE_DUNDERS = frozenset(
+    f"__i{op}__" for op in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or", "xor", "lshift", "rshift")
+) | {"__setitem__"}

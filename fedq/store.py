@@ -1,0 +1,104 @@
+"""A worker's object store: {id: object}, each entry counted by the pointers to it.
+
+Rule 6 of the semantics reference: an object lives exactly as long as some
+pointer to it lives anywhere. Each pointer, wherever it is (the user's process,
+another worker's store, in flight inside a message), holds one reference; the
+entry goes when the count reaches zero. A data owner's own objects are pinned:
+pointers to them (from a search) come and go without freeing them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+
+from .errors import DuplicateIdError, ObjectNotFoundError
+from .wire import PointerSpec
+
+
+@dataclass(slots=True)
+class Entry:
+    obj: Any  # a torch.Tensor, or a PointerSpec (this worker's pointer to another worker)
+    refs: int = 1
+    pinned: bool = False
+    tags: frozenset[str] = field(default_factory=frozenset)
+    description: str | None = None
+
+
+class ObjectStore:
+    def __init__(self, worker_id: str) -> None:
+        self.worker_id = worker_id
+        self._entries: dict[int, Entry] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, id: int) -> bool:
+        return id in self._entries
+
+    def items(self) -> Iterator[tuple[int, Entry]]:
+        return iter(list(self._entries.items()))
+
+    def put(self, id: int, obj: Any, *, refs: int = 1, pinned: bool = False, tags: frozenset[str] = frozenset()) -> None:
+        if id in self._entries:
+            raise DuplicateIdError(f"worker {self.worker_id!r} already holds an object with id {id}")
+        self._entries[id] = Entry(obj, refs, pinned, tags)
+
+    def entry(self, id: int) -> Entry:
+        try:
+            return self._entries[id]
+        except KeyError:
+            raise ObjectNotFoundError(
+                f"worker {self.worker_id!r} holds no object with id {id} "
+                "(it was deleted, got, cleared, or never sent)"
+            ) from None
+
+    def get(self, id: int) -> Any:
+        return self.entry(id).obj
+
+    def incref(self, id: int) -> None:
+        self.entry(id).refs += 1
+
+    def decref(self, id: int) -> Entry | None:
+        """Drop one reference; return the entry if that freed it. Unknown ids are ignored:
+        deletes are idempotent, and a cleared store may still get deletes for what it held."""
+        entry = self._entries.get(id)
+        if entry is None:
+            return None
+        entry.refs -= 1
+        if entry.refs > 0 or entry.pinned:
+            entry.refs = max(entry.refs, 0)
+            return None
+        del self._entries[id]
+        return entry
+
+    def pop(self, id: int) -> Entry:
+        entry = self.entry(id)
+        del self._entries[id]
+        return entry
+
+    def remove_if_present(self, id: int) -> None:
+        self._entries.pop(id, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def nbytes(self) -> int:
+        return sum(object_nbytes(e.obj) for e in self._entries.values())
+
+
+def object_nbytes(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.element_size() * obj.numel()
+    return 0
+
+
+def describe(obj: Any) -> tuple[str, tuple[int, ...] | None, str | None, str | None]:
+    """(type, shape, dtype, points_to) of a stored object, for listings."""
+    if isinstance(obj, PointerSpec):
+        return ("PointerTensor", obj.shape, str(obj.dtype).removeprefix("torch."), f"{obj.location}:{obj.id_at_location} ({obj.address})")
+    if isinstance(obj, torch.Tensor):
+        return (type(obj).__name__, tuple(obj.shape), str(obj.dtype).removeprefix("torch."), None)
+    return (type(obj).__name__, None, None, None)

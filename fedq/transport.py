@@ -1,0 +1,318 @@
+"""Sockets and event loops. Every socket here is owned by exactly one thread.
+
+- A worker runs `ServerLoop` on its main thread: one ROUTER bound on the
+  worker's address for requests, plus one DEALER per other worker it relays to.
+- The user's process runs `IOThread`: one DEALER per worker, fed from a
+  thread-safe outbox, so the caller's thread (or Jupyter's running event loop)
+  never touches a socket and `__del__` never does I/O.
+
+Frames smaller than `wire.INBAND_LIMIT` are copied (cheaper than zmq's
+zero-copy bookkeeping); larger ones go zero-copy in both directions.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import select
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import zmq
+
+from .wire import INBAND_LIMIT
+
+log = logging.getLogger("fedq.transport")
+
+POLL_MS = 50  # longest a loop sleeps before looking at timers, deletes and children
+
+
+def context() -> zmq.Context:
+    return zmq.Context.instance()
+
+
+def runtime_dir() -> Path:
+    """A directory only this user can read, for ipc endpoints."""
+    base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()) / f"fedq-{os.getuid()}"
+    base.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(base, 0o700)
+    return base
+
+
+def _tune(sock: zmq.Socket) -> None:
+    # A dropped reply would leave its caller waiting for nothing: never drop on HWM.
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.setsockopt(zmq.LINGER, 0)
+
+
+def send_frames(sock: zmq.Socket, frames: list, prefix: list | None = None) -> int:
+    """Send one multipart message; returns the payload bytes (routing prefix excluded)."""
+    parts = (prefix or []) + frames
+    last = len(parts) - 1
+    total = 0
+    for i, part in enumerate(parts):
+        size = memoryview(part).nbytes
+        if i >= len(prefix or []):
+            total += size
+        sock.send(part, zmq.SNDMORE if i < last else 0, copy=size < INBAND_LIMIT)
+    return total
+
+
+def recv_frames(sock: zmq.Socket, copied: int) -> list:
+    """Receive one multipart message without blocking: the first `copied` frames as bytes
+    (routing id, header), the rest zero-copy when large. Raises zmq.Again when none waits."""
+    parts: list = [sock.recv(zmq.NOBLOCK)]
+    while sock.getsockopt(zmq.RCVMORE):
+        if len(parts) < copied:
+            parts.append(sock.recv())
+        else:
+            frame = sock.recv(copy=False)
+            parts.append(frame if len(frame) >= INBAND_LIMIT else frame.bytes)
+    return parts
+
+
+class PeerSockets:
+    """DEALER sockets to other processes, one per address, created on first use."""
+
+    def __init__(self, poller: zmq.Poller, identity: bytes | None = None) -> None:
+        self._poller = poller
+        self._identity = identity
+        self.by_address: dict[str, zmq.Socket] = {}
+        self.address_of: dict[zmq.Socket, str] = {}
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    def socket(self, address: str) -> zmq.Socket:
+        sock = self.by_address.get(address)
+        if sock is None:
+            sock = context().socket(zmq.DEALER)
+            _tune(sock)
+            sock.connect(address)
+            self.by_address[address] = sock
+            self.address_of[sock] = address
+            self._poller.register(sock, zmq.POLLIN)
+        return sock
+
+    def send(self, address: str, frames: list) -> None:
+        self.bytes_sent += send_frames(self.socket(address), frames)
+
+    def drain(self, sock: zmq.Socket, limit: int = 10_000) -> list[list]:
+        messages = []
+        for _ in range(limit):
+            try:
+                frames = recv_frames(sock, copied=1)
+            except zmq.Again:
+                break
+            self.bytes_received += sum(len(f) for f in frames)
+            messages.append(frames)
+        return messages
+
+    def close(self) -> None:
+        for sock in self.by_address.values():
+            self._poller.unregister(sock)
+            sock.close(0)
+        self.by_address.clear()
+        self.address_of.clear()
+
+
+class ServerLoop:
+    """A worker's event loop: requests on the ROUTER, replies from peers on DEALERs.
+
+    `on_request(identity, frames)` and `on_peer_reply(address, frames)` run on
+    this thread and must not block; `on_tick()` runs every POLL_MS or so.
+    With `watch_fd` (the read end of a pipe from the parent), the loop stops when
+    the parent dies, so a worker never outlives the script that started it.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        on_request: Callable[[bytes, list], None],
+        on_peer_reply: Callable[[str, list], None],
+        on_tick: Callable[[], None],
+        watch_fd: int | None = None,
+    ) -> None:
+        self.poller = zmq.Poller()
+        self.router = context().socket(zmq.ROUTER)
+        _tune(self.router)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.router.bind(address)
+        self.address = self.router.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.poller.register(self.router, zmq.POLLIN)
+        self.peers = PeerSockets(self.poller)
+        self._on_request = on_request
+        self._on_peer_reply = on_peer_reply
+        self._on_tick = on_tick
+        self._watch_fd = watch_fd
+        if watch_fd is not None:
+            self.poller.register(watch_fd, zmq.POLLIN)
+        self.running = True
+
+    def reply(self, identity: bytes, frames: list) -> None:
+        try:
+            send_frames(self.router, frames, prefix=[identity])
+        except zmq.ZMQError as error:  # the caller went away: nothing to tell it
+            log.warning("reply to a disconnected peer dropped: %s", error)
+
+    def stop(self) -> None:
+        self.running = False
+
+    def run(self) -> None:
+        next_tick = time.monotonic()
+        try:
+            while self.running:
+                events = dict(self.poller.poll(POLL_MS))
+                if self.router in events:
+                    for frames in self.peers.drain(self.router):
+                        self._on_request(frames[0], frames[1:])
+                        if not self.running:
+                            return
+                for sock, address in list(self.peers.address_of.items()):
+                    if sock in events:
+                        for frames in self.peers.drain(sock):
+                            self._on_peer_reply(address, frames)
+                if self._watch_fd is not None and self._watch_fd in events and not os.read(self._watch_fd, 4096):
+                    log.info("parent process is gone: stopping")
+                    return
+                now = time.monotonic()
+                if now >= next_tick:
+                    next_tick = now + POLL_MS / 1000
+                    self._on_tick()
+        finally:
+            self.peers.close()
+            self.router.close(0)
+
+
+@dataclass(slots=True)
+class _Delete:
+    address: str
+    id: int
+
+
+@dataclass(slots=True)
+class _Flush:
+    done: threading.Event
+
+
+class IOThread(threading.Thread):
+    """The user process's only socket owner.
+
+    Other threads hand it frames through `submit` (a deque plus a wakeup pipe).
+    `queue_delete` is safe to call from `__del__`: it only appends to the deque;
+    the deletes are batched per worker and sent in order with everything else,
+    after at most POLL_MS. `flush()` waits until everything queued so far is sent.
+    """
+
+    def __init__(
+        self,
+        on_replies: Callable[[str, list[list]], None],
+        encode_deletes: Callable[[str, list[int]], list],
+        on_tick: Callable[[], None],
+    ) -> None:
+        super().__init__(name="fedq-io", daemon=True)
+        self._on_replies = on_replies
+        self._encode_deletes = encode_deletes
+        self._on_tick = on_tick
+        self._outbox: collections.deque = collections.deque()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._poller = zmq.Poller()
+        self._poller.register(self._wake_r, zmq.POLLIN)
+        self.peers = PeerSockets(self._poller)
+        self._stopping = False
+        # Set by queue_delete, cleared only by flush_deletes: a reader that finds it set
+        # flushes, so deletes its own thread queued earlier reach the workers first.
+        self._deletes_dirty = False
+
+    # ---- any thread
+    def submit(self, address: str, frames: list) -> None:
+        self._outbox.append((address, frames))
+        self._wake()
+
+    def queue_delete(self, address: str, id: int) -> None:
+        self._outbox.append(_Delete(address, id))
+        self._deletes_dirty = True
+
+    def flush_deletes(self, timeout: float) -> None:
+        """Make every delete queued so far a registered, sent request."""
+        if self._deletes_dirty:
+            self._deletes_dirty = False
+            self.flush(timeout)
+
+    def flush(self, timeout: float) -> None:
+        done = threading.Event()
+        self._outbox.append(_Flush(done))
+        self._wake()
+        done.wait(timeout)
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stopping = True
+        self._wake()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(timeout)
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full: the loop is awake already
+
+    # ---- the I/O thread
+    def run(self) -> None:
+        next_tick = time.monotonic()
+        try:
+            while True:
+                events = dict(self._poller.poll(POLL_MS))
+                if self._wake_r in events:
+                    try:
+                        while os.read(self._wake_r, 65536):
+                            pass
+                    except BlockingIOError:
+                        pass
+                self._send_outbox()
+                for sock, address in list(self.peers.address_of.items()):
+                    if sock in events:
+                        messages = self.peers.drain(sock)
+                        if messages:
+                            self._on_replies(address, messages)
+                if self._stopping:
+                    return
+                now = time.monotonic()
+                if now >= next_tick:
+                    next_tick = now + POLL_MS / 1000
+                    self._on_tick()
+        except Exception:  # pragma: no cover - a bug here must be loud, not a silent hang
+            log.exception("fedq I/O thread crashed")
+            raise
+        finally:
+            self.peers.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    def _send_outbox(self) -> None:
+        deletes: dict[str, list[int]] = {}
+        outbox = self._outbox
+        while outbox:
+            item = outbox.popleft()
+            if type(item) is _Delete:
+                deletes.setdefault(item.address, []).append(item.id)
+            elif type(item) is _Flush:
+                self._send_deletes(deletes)
+                item.done.set()
+            else:
+                address, frames = item
+                if address in deletes:  # keep per-worker order: earlier deletes go first
+                    self._send_deletes({address: deletes.pop(address)})
+                self.peers.send(address, frames)
+        self._send_deletes(deletes)
+
+    def _send_deletes(self, deletes: dict[str, list[int]]) -> None:
+        for address, ids in deletes.items():
+            self.peers.send(address, self._encode_deletes(address, ids))
+        deletes.clear()

@@ -1,0 +1,390 @@
+"""A worker process: its object store and the handler of each request type.
+
+Requests are dispatched through `HANDLERS`, one function per message type.
+A handler answers through its `Reply` at once, or later when a request it
+relayed to the next hop of a chain has been answered: a worker's reply always
+means the whole chain below it has finished, so a client that has its replies
+has read-your-writes on every hop. Nothing here blocks: the worker keeps
+serving while a relay is out.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
+
+from . import __version__, ops, wire
+from .errors import (
+    ProtocolError,
+    TensorsNotCollocatedError,
+    ValueNeedsGetError,
+    WorkerUnreachableError,
+)
+from .ids import new_id
+from .store import ObjectStore, describe, object_nbytes
+from .transport import ServerLoop
+from .wire import (
+    ClearObjects,
+    CountObjects,
+    DeleteObjects,
+    DescribeObjects,
+    Failure,
+    GetObject,
+    IncRef,
+    ListObjects,
+    ObjectInfo,
+    Ok,
+    Ping,
+    PointerSpec,
+    Ref,
+    RunOp,
+    Shutdown,
+    StoreObject,
+    WorkerStatus,
+)
+
+log = logging.getLogger("fedq.worker")
+
+
+class Reply:
+    """The one answer owed to one request."""
+
+    __slots__ = ("_worker", "_identity", "_seq", "_sent")
+
+    def __init__(self, worker: "Worker", identity: bytes, seq: int) -> None:
+        self._worker, self._identity, self._seq, self._sent = worker, identity, seq, False
+
+    def ok(self, value: Any = None) -> None:
+        self._send(Ok(value))
+
+    def fail(self, error: BaseException) -> None:
+        self._send(Failure.from_exception(error, self._worker.id))
+
+    def forward(self, failure: Failure) -> None:
+        """Pass on a failure from a later hop as it is: it names where it happened."""
+        self._send(failure)
+
+    def _send(self, message: Ok | Failure) -> None:
+        if self._sent:
+            return
+        self._sent = True
+        self._worker.loop.reply(self._identity, wire.encode(self._seq, message))
+
+
+@dataclass(slots=True)
+class _Relay:
+    address: str
+    deadline: float
+    on_reply: Callable[[Ok | Failure], None]
+
+
+class Worker:
+    def __init__(self, id: str, address: str, *, timeout: float = 30.0, watch_fd: int | None = None) -> None:
+        self.id = id
+        self.timeout = timeout
+        self.store = ObjectStore(id)
+        self.loop = ServerLoop(address, self._on_request, self._on_peer_reply, self._on_tick, watch_fd)
+        self.address = self.loop.address
+        self._seq = itertools.count(1)
+        self._relays: dict[int, _Relay] = {}
+
+    def serve(self) -> None:
+        log.info("worker %s serving on %s (pid %d)", self.id, self.address, os.getpid())
+        self.loop.run()
+
+    # ---- incoming
+    def _on_request(self, identity: bytes, frames: list) -> None:
+        try:
+            seq, message = wire.decode(frames)
+        except ProtocolError as error:
+            log.warning("worker %s dropped a message: %s", self.id, error)
+            return
+        reply = Reply(self, identity, seq)
+        handler = HANDLERS.get(type(message))
+        if handler is None:
+            log.warning("worker %s dropped an unexpected %s", self.id, type(message).__name__)
+            reply.fail(ProtocolError(f"worker {self.id!r} does not take {type(message).__name__} requests"))
+            return
+        log.debug("worker %s handles %s", self.id, message)
+        try:
+            handler(self, message, reply)
+        except Exception as error:
+            log.debug("worker %s: %s failed: %r", self.id, type(message).__name__, error)
+            reply.fail(error)
+
+    def _on_peer_reply(self, address: str, frames: list) -> None:
+        try:
+            seq, message = wire.decode(frames)
+        except ProtocolError as error:
+            log.warning("worker %s dropped a reply from %s: %s", self.id, address, error)
+            return
+        relay = self._relays.pop(seq, None)
+        if relay is None:
+            log.warning("worker %s: late or unknown reply %d from %s", self.id, seq, address)
+            return
+        relay.on_reply(message)
+
+    def _on_tick(self) -> None:
+        now = time.monotonic()
+        for seq, relay in list(self._relays.items()):
+            if relay.deadline <= now:
+                del self._relays[seq]
+                error = WorkerUnreachableError(f"the next hop at {relay.address} did not answer worker {self.id!r} within {self.timeout:g}s")
+                relay.on_reply(Failure.from_exception(error, self.id))
+
+    # ---- outgoing, hop by hop
+    def relay(self, address: str, message: Any, on_reply: Callable[[Ok | Failure], None]) -> None:
+        """Send `message` to the worker at `address`; `on_reply` gets its answer (or a timeout)."""
+        seq = next(self._seq)
+        self._relays[seq] = _Relay(address, time.monotonic() + self.timeout, on_reply)
+        self.loop.peers.send(address, wire.encode(seq, message))
+
+    def relay_all(self, requests: list[tuple[str, Any]], done: Callable[[Failure | None], None]) -> None:
+        """Relay several requests; `done` gets the first failure (or None) once all are answered."""
+        waiting = len(requests)
+        first_failure: list[Failure] = []
+
+        def on_reply(message: Ok | Failure) -> None:
+            nonlocal waiting
+            waiting -= 1
+            if isinstance(message, Failure) and not first_failure:
+                first_failure.append(message)
+            if waiting == 0:
+                done(first_failure[0] if first_failure else None)
+
+        for address, message in requests:
+            self.relay(address, message, on_reply)
+
+    def pointer_to(self, id: int, obj: Any) -> PointerSpec:
+        """A spec for a pointer to object `id` held here (a result the caller will point at)."""
+        return PointerSpec(0, self.id, self.address, id, tuple(obj.shape), obj.dtype, obj.requires_grad)
+
+
+# --------------------------------------------------------------------------- handlers
+
+HANDLERS: dict[type, Callable[[Worker, Any, Reply], None]] = {}
+
+
+def handles(message_type: type) -> Callable:
+    def register(handler: Callable[[Worker, Any, Reply], None]) -> Callable:
+        HANDLERS[message_type] = handler
+        return handler
+
+    return register
+
+
+@handles(StoreObject)
+def store_object(worker: Worker, message: StoreObject, reply: Reply) -> None:
+    obj = message.obj
+    if isinstance(obj, PointerSpec):
+        obj.id = message.id  # a pointer handed over keeps its id (rule 3)
+    elif not isinstance(obj, torch.Tensor):
+        raise TypeError(f"workers store tensors and pointers, not {type(obj).__name__}")
+    worker.store.put(message.id, obj)
+    reply.ok()
+
+
+@handles(RunOp)
+def run_op(worker: Worker, message: RunOp, reply: Reply) -> None:
+    leaves, spec = tree_flatten((message.args, message.kwargs))
+    targets = {leaf.id: worker.store.get(leaf.id) for leaf in leaves if isinstance(leaf, Ref)}
+    pointers = [obj for obj in targets.values() if isinstance(obj, PointerSpec)]
+    if not pointers:
+        _run_here(worker, message, leaves, spec, targets, reply)
+        return
+    places = {p.location if isinstance(p, PointerSpec) else worker.id for p in targets.values()}
+    addresses = {p.address for p in pointers}
+    if len(pointers) != len(targets) or len(addresses) > 1:
+        raise TensorsNotCollocatedError(
+            f"{message.op} on worker {worker.id!r} mixes objects held in different places: {', '.join(sorted(places))}"
+        )
+    _relay_op(worker, message, leaves, spec, targets, pointers[0], reply)
+
+
+def _run_here(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: dict, reply: Reply) -> None:
+    func = ops.resolve(message.op)
+    args, kwargs = tree_unflatten([targets[l.id] if isinstance(l, Ref) else l for l in leaves], spec)
+    out = func(*args, **kwargs)
+    if message.result_ids == ():  # in place: nothing new to store
+        reply.ok()
+        return
+    results, out_spec = tree_flatten(out)
+    for result in results:
+        if not isinstance(result, torch.Tensor):
+            raise ValueNeedsGetError(
+                f"{message.op} returns a {type(result).__name__}, not a tensor: .get() the tensor to compute it locally"
+            )
+    if message.result_ids is None:  # the caller could not infer the result: we pick ids and say what they hold
+        specs = []
+        for result in results:
+            id = new_id()
+            worker.store.put(id, result)
+            specs.append(worker.pointer_to(id, result))
+        reply.ok(tree_unflatten(specs, out_spec))
+        return
+    if len(results) != len(message.result_ids):
+        raise ProtocolError(f"{message.op} made {len(results)} tensors; the caller named {len(message.result_ids)} ids")
+    for id, result in zip(message.result_ids, results):
+        worker.store.put(id, result)
+    reply.ok()
+
+
+def _relay_op(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: dict, hop: PointerSpec, reply: Reply) -> None:
+    """Rule 4 on a chain: the next hop computes; we keep a pointer to each result under
+    the id our caller chose, and answer once the next hop has."""
+    args, kwargs = tree_unflatten([Ref(targets[l.id].id_at_location) if isinstance(l, Ref) else l for l in leaves], spec)
+    if message.result_ids is None:
+
+        def on_inferred(answer: Ok | Failure) -> None:
+            if isinstance(answer, Failure):
+                reply.forward(answer)
+                return
+
+            def keep(remote: Any) -> Any:
+                if not isinstance(remote, PointerSpec):
+                    return remote
+                id = new_id()
+                worker.store.put(id, PointerSpec(id, hop.location, hop.address, remote.id_at_location, remote.shape, remote.dtype, remote.requires_grad))
+                return PointerSpec(0, worker.id, worker.address, id, remote.shape, remote.dtype, remote.requires_grad)
+
+            reply.ok(tree_map(keep, answer.value))
+
+        worker.relay(hop.address, RunOp(message.op, args, kwargs, None), on_inferred)
+        return
+
+    next_ids = tuple(new_id() for _ in message.result_ids)
+    for id, next_id, (shape, dtype, requires_grad) in zip(message.result_ids, next_ids, message.result_meta or ()):
+        worker.store.put(id, PointerSpec(id, hop.location, hop.address, next_id, tuple(shape), dtype, requires_grad))
+
+    def on_done(answer: Ok | Failure) -> None:
+        if isinstance(answer, Failure):
+            for id in message.result_ids:
+                worker.store.remove_if_present(id)  # never leave a pointer to nothing
+            reply.forward(answer)
+        else:
+            reply.ok()
+
+    worker.relay(hop.address, RunOp(message.op, args, kwargs, next_ids, message.result_meta), on_done)
+
+
+@handles(GetObject)
+def get_object(worker: Worker, message: GetObject, reply: Reply) -> None:
+    """Rule 5: hand the object over. When other pointers still hold it (rule 6) the
+    caller gets a copy, or for a stored pointer a new reference at the next hop."""
+    entry = worker.store.entry(message.id)
+    shared = entry.refs > 1 or entry.pinned
+    if not shared:
+        worker.store.pop(message.id)
+        reply.ok(entry.obj)
+        return
+    if not isinstance(entry.obj, PointerSpec):
+        worker.store.decref(message.id)
+        reply.ok(entry.obj)
+        return
+    pointer = entry.obj
+
+    def on_incref(answer: Ok | Failure) -> None:
+        if isinstance(answer, Failure):
+            reply.forward(answer)
+            return
+        worker.store.decref(message.id)
+        reply.ok(pointer)
+
+    worker.relay(pointer.address, IncRef((pointer.id_at_location,)), on_incref)
+
+
+@handles(IncRef)
+def inc_ref(worker: Worker, message: IncRef, reply: Reply) -> None:
+    for id in message.ids:
+        worker.store.entry(id)  # all or nothing: check every id first
+    for id in message.ids:
+        worker.store.incref(id)
+    reply.ok()
+
+
+@handles(DeleteObjects)
+def delete_objects(worker: Worker, message: DeleteObjects, reply: Reply) -> None:
+    """Rule 6: drop one reference per id; a freed pointer passes the delete one hop on."""
+    onward: dict[str, list[int]] = {}
+    for id in message.ids:
+        freed = worker.store.decref(id)
+        if freed is not None and isinstance(freed.obj, PointerSpec):
+            onward.setdefault(freed.obj.address, []).append(freed.obj.id_at_location)
+    if not onward:
+        reply.ok()
+        return
+    worker.relay_all(
+        [(address, DeleteObjects(tuple(ids))) for address, ids in onward.items()],
+        lambda failure: reply.forward(failure) if failure else reply.ok(),
+    )
+
+
+@handles(ListObjects)
+def list_objects(worker: Worker, message: ListObjects, reply: Reply) -> None:
+    reply.ok({id: entry.obj for id, entry in worker.store.items()})
+
+
+@handles(DescribeObjects)
+def describe_objects(worker: Worker, message: DescribeObjects, reply: Reply) -> None:
+    rows = []
+    for id, entry in worker.store.items():
+        kind, shape, dtype, points_to = describe(entry.obj)
+        rows.append(ObjectInfo(id, kind, shape, dtype, object_nbytes(entry.obj), entry.refs, tuple(sorted(entry.tags)), points_to))
+    reply.ok(rows)
+
+
+@handles(CountObjects)
+def count_objects(worker: Worker, message: CountObjects, reply: Reply) -> None:
+    reply.ok(len(worker.store))
+
+
+@handles(ClearObjects)
+def clear_objects(worker: Worker, message: ClearObjects, reply: Reply) -> None:
+    worker.store.clear()  # rule 10: does not propagate
+    reply.ok()
+
+
+@handles(Ping)
+def ping(worker: Worker, message: Ping, reply: Reply) -> None:
+    reply.ok(WorkerStatus(worker.id, os.getpid(), __version__, len(worker.store)))
+
+
+@handles(Shutdown)
+def shutdown(worker: Worker, message: Shutdown, reply: Reply) -> None:
+    reply.ok()
+    worker.loop.stop()
+
+
+# --------------------------------------------------------------------------- process entry
+
+
+def run_worker(
+    id: str, address: str, *, timeout: float = 30.0, watch_parent: bool = False, verbose: bool = False, quiet: bool = False
+) -> None:
+    """Run one worker in this process until it is told to stop, signalled, or orphaned."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO,
+        format=f"%(asctime)s %(levelname)s [{id}] %(message)s",
+        stream=sys.stderr,
+    )
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    worker = Worker(id, address, timeout=timeout, watch_fd=sys.stdin.fileno() if watch_parent else None)
+    try:
+        worker.serve()
+    except KeyboardInterrupt:
+        pass
+    log.info("worker %s stopped", id)
+
+
+if __name__ == "__main__":  # how VirtualWorker starts a child: one JSON argument, see launcher.py
+    run_worker(**json.loads(sys.argv[1]))
