@@ -1,0 +1,62 @@
+"""Real worker processes for the whole session, spawned once; stores emptied before each test."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch as th
+
+import fedq as sy
+
+
+@pytest.fixture(scope="session")
+def hook() -> sy.TorchHook:
+    return sy.TorchHook(th)
+
+
+@pytest.fixture(scope="session")
+def federation(hook: sy.TorchHook):
+    workers = {name: sy.VirtualWorker(hook, id=name) for name in ("bob", "alice", "carol")}
+    yield workers
+    hook.local_worker.close()
+    for worker in workers.values():
+        assert worker.process.poll() is not None, f"{worker.id} outlived the client"
+
+
+@pytest.fixture(autouse=True)
+def clean_stores(request: pytest.FixtureRequest):
+    """Earlier tests' pointers die and their deletes land before the next test starts."""
+    if "federation" not in request.fixturenames:
+        yield
+        return
+    federation = request.getfixturevalue("federation")
+    client = sy.local_client()
+    gc.collect()
+    try:
+        client.sync()
+    except sy.FedqError:
+        pass  # an earlier test's failed pipelined op: that test has asserted what it wanted
+    for worker in federation.values():
+        worker.clear_objects()
+    yield
+
+
+@pytest.fixture
+def bob(federation):
+    return federation["bob"]
+
+
+@pytest.fixture
+def alice(federation):
+    return federation["alice"]
+
+
+@pytest.fixture
+def carol(federation):
+    return federation["carol"]
+
+
+def store(worker) -> dict:
+    """What `worker` holds, as {id: tensor or pointer}."""
+    return worker._objects
