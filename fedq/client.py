@@ -39,16 +39,18 @@ DEFAULT_TIMEOUT = float(os.environ.get("FEDQ_TIMEOUT", "30"))
 
 
 class Call:
-    """One request in flight."""
+    """One request in flight. `waited`: someone will wait for it and see its error.
+    `quiet`: a failure is only logged (a delete to a worker that is gone frees nothing)."""
 
-    __slots__ = ("address", "done", "value", "error", "waited")
+    __slots__ = ("address", "done", "value", "error", "waited", "quiet")
 
-    def __init__(self, address: str, waited: bool) -> None:
+    def __init__(self, address: str, waited: bool, quiet: bool = False) -> None:
         self.address = address
         self.done = False
         self.value: Any = None
         self.error: FedqError | None = None
         self.waited = waited
+        self.quiet = quiet
 
 
 class Client:
@@ -115,9 +117,12 @@ class Client:
         self._io.submit(address, frames)
         return call
 
-    def request(self, address: str, message: Any, timeout: float | None = None) -> Any:
-        """A read: wait for earlier writes that could reach `address`, ask, and wait for the answer."""
-        self.barrier(except_address=address, timeout=timeout)
+    def request(self, address: str, message: Any, timeout: float | None = None, *, after_all: bool = False) -> Any:
+        """A read: wait for earlier writes that could reach `address`, ask, and wait for the answer.
+
+        `after_all` also waits for earlier requests to `address` itself: needed when the
+        answer depends on a relay that `address` may still have out (a chain's result)."""
+        self.barrier(except_address=None if after_all else address, timeout=timeout)
         return self.wait(self.submit(address, message, wait=True), timeout)
 
     def queue_delete(self, address: str, id: int) -> None:
@@ -125,8 +130,8 @@ class Client:
         if not self._closed:
             self._io.queue_delete(address, id)
 
-    def _register(self, seq: int, address: str, waited: bool) -> Call:
-        call = Call(address, waited)
+    def _register(self, seq: int, address: str, waited: bool, quiet: bool = False) -> Call:
+        call = Call(address, waited, quiet)
         with self._cv:
             self._calls[seq] = call
             self._pending[address] += 1
@@ -134,7 +139,7 @@ class Client:
 
     def _encode_deletes(self, address: str, ids: list[int]) -> list:  # runs on the I/O thread
         seq = next(self._seq)
-        self._register(seq, address, False)
+        self._register(seq, address, False, quiet=True)
         return wire.encode(seq, DeleteObjects(tuple(ids)))
 
     # ---- waiting
@@ -143,7 +148,7 @@ class Client:
         limit = self.timeout if timeout is None else timeout
         with self._cv:
             if not self._cv.wait_for(lambda: call.done, limit):
-                raise self._timeout_error([call.address], limit)
+                raise self._give_up([call.address], limit)
         self._raise_deferred()
         if call.error is not None:
             raise call.error
@@ -159,16 +164,30 @@ class Client:
 
         with self._cv:
             if not self._cv.wait_for(lambda: not others_busy(), limit):
-                raise self._timeout_error(others_busy(), limit)
+                raise self._give_up(others_busy(), limit)
         self._raise_deferred()
 
     def sync(self, timeout: float | None = None) -> None:
         """Wait for every pipelined request to finish; raise the first that failed."""
         self.barrier(None, timeout)
 
-    def _timeout_error(self, addresses: list[str], limit: float) -> WorkerUnreachableError:
+    def _give_up(self, addresses: list[str], limit: float) -> WorkerUnreachableError:
+        """Fail every request still waiting on `addresses` (called with the lock held): a silent
+        worker must not hold up the next wait too. A late answer is then ignored."""
         names = ", ".join(f"{self.name_of(a)!r} at {a}" for a in sorted(set(addresses)))
-        return WorkerUnreachableError(f"worker {names} did not answer within {limit:g}s")
+        error = WorkerUnreachableError(f"worker {names} did not answer within {limit:g}s")
+        self._fail_calls(set(addresses), error, defer=False)
+        return error
+
+    def _fail_calls(self, addresses: set[str], error: FedqError, *, defer: bool) -> None:
+        failed = [(seq, call) for seq, call in self._calls.items() if call.address in addresses]
+        for seq, call in failed:
+            del self._calls[seq]
+            if not defer:
+                call.waited = True  # the error is raised right now, not at the next wait
+            self._finish(seq, call, Failure(type(error).__name__, type(error).__module__, str(error), "", self.name_of(call.address)))
+        if failed:
+            self._cv.notify_all()
 
     def _raise_deferred(self) -> None:
         if not self._deferred:
@@ -204,7 +223,9 @@ class Client:
             del self._pending[call.address]
         if isinstance(message, Failure):
             call.error = rebuild_remote_error(message.type_name, message.module, message.message, message.traceback, message.worker)
-            if not call.waited:
+            if call.quiet:
+                log.warning("%s", str(call.error).splitlines()[0])
+            elif not call.waited:
                 self._deferred.append(call.error)
         else:
             call.value = message.value
@@ -218,13 +239,8 @@ class Client:
         if not self._dead:
             return
         with self._cv:
-            failed = [(seq, call) for seq, call in self._calls.items() if call.address in self._dead]
-            for seq, call in failed:
-                del self._calls[seq]
-                error = WorkerDiedError(self._dead[call.address])
-                self._finish(seq, call, Failure(type(error).__name__, type(error).__module__, str(error), "", self.name_of(call.address)))
-            if failed:
-                self._cv.notify_all()
+            for address, why in self._dead.items():
+                self._fail_calls({address}, WorkerDiedError(why), defer=True)
 
     # ---- shutdown
     def close(self, timeout: float = 2.0) -> None:

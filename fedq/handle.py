@@ -9,14 +9,13 @@ returns the same kind of handle for a worker someone else started.
 
 from __future__ import annotations
 
-import json
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from .client import Client, local_client
+from .launcher import start_worker_process
 from .transport import runtime_dir
 from .wire import (
     ClearObjects,
@@ -56,17 +55,9 @@ class VirtualWorker:
         self.id = id
         directory = Path(tempfile.mkdtemp(prefix="vw-", dir=runtime_dir()))
         self.address = f"ipc://{directory}/{id}.sock"
-        settings = {
-            "id": id,
-            "address": self.address,
-            "timeout": timeout or self.client.timeout,
-            "watch_parent": True,
-            "verbose": verbose,
-            "quiet": not verbose,  # a child shares our terminal: only warnings, unless asked
-        }
-        self.process: subprocess.Popen | None = subprocess.Popen(
-            [sys.executable, "-m", "fedq.worker", json.dumps(settings)],
-            stdin=subprocess.PIPE,  # the worker exits when this pipe closes: no orphans
+        # A child shares our terminal: it prints only warnings, unless asked.
+        self.process: subprocess.Popen | None = start_worker_process(
+            id, self.address, timeout=timeout or self.client.timeout, verbose=verbose, quiet=not verbose
         )
         self.client.register(self, self.process)
         self.client.spawned[id] = self

@@ -156,7 +156,8 @@ class PointerTensor(torch.Tensor):
     def get(self) -> Any:
         """Bring back one level (rule 5): the tensor, or on a chain the next pointer."""
         self._check_usable()
-        obj = self.location.client.request(self.location.address, GetObject(self.id_at_location))
+        # On a chain the answer depends on relays the first hop may still have out.
+        obj = self.location.client.request(self.location.address, GetObject(self.id_at_location), after_all=self._is_chain)
         self._spend("it was already fetched with .get()")
         if isinstance(obj, PointerSpec):
             location = self.location.client.handle_for(obj.location, obj.address)

@@ -83,7 +83,7 @@ class Reply:
 
 @dataclass(slots=True)
 class _Relay:
-    address: str
+    hop: str  # "end at ipc://..." for error messages
     deadline: float
     on_reply: Callable[[Ok | Failure], None]
 
@@ -139,17 +139,17 @@ class Worker:
         for seq, relay in list(self._relays.items()):
             if relay.deadline <= now:
                 del self._relays[seq]
-                error = WorkerUnreachableError(f"the next hop at {relay.address} did not answer worker {self.id!r} within {self.timeout:g}s")
+                error = WorkerUnreachableError(f"worker {relay.hop} (the next hop of a chain) did not answer worker {self.id!r} within {self.timeout:g}s")
                 relay.on_reply(Failure.from_exception(error, self.id))
 
     # ---- outgoing, hop by hop
-    def relay(self, address: str, message: Any, on_reply: Callable[[Ok | Failure], None]) -> None:
-        """Send `message` to the worker at `address`; `on_reply` gets its answer (or a timeout)."""
+    def relay(self, hop: PointerSpec, message: Any, on_reply: Callable[[Ok | Failure], None]) -> None:
+        """Send `message` to the worker `hop` points at; `on_reply` gets its answer (or a timeout)."""
         seq = next(self._seq)
-        self._relays[seq] = _Relay(address, time.monotonic() + self.timeout, on_reply)
-        self.loop.peers.send(address, wire.encode(seq, message))
+        self._relays[seq] = _Relay(f"{hop.location!r} at {hop.address}", time.monotonic() + self.timeout, on_reply)
+        self.loop.peers.send(hop.address, wire.encode(seq, message))
 
-    def relay_all(self, requests: list[tuple[str, Any]], done: Callable[[Failure | None], None]) -> None:
+    def relay_all(self, requests: list[tuple[PointerSpec, Any]], done: Callable[[Failure | None], None]) -> None:
         """Relay several requests; `done` gets the first failure (or None) once all are answered."""
         waiting = len(requests)
         first_failure: list[Failure] = []
@@ -162,8 +162,8 @@ class Worker:
             if waiting == 0:
                 done(first_failure[0] if first_failure else None)
 
-        for address, message in requests:
-            self.relay(address, message, on_reply)
+        for hop, message in requests:
+            self.relay(hop, message, on_reply)
 
     def pointer_to(self, id: int, obj: Any) -> PointerSpec:
         """A spec for a pointer to object `id` held here (a result the caller will point at)."""
@@ -259,7 +259,7 @@ def _relay_op(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: 
 
             reply.ok(tree_map(keep, answer.value))
 
-        worker.relay(hop.address, RunOp(message.op, args, kwargs, None), on_inferred)
+        worker.relay(hop, RunOp(message.op, args, kwargs, None), on_inferred)
         return
 
     next_ids = tuple(new_id() for _ in message.result_ids)
@@ -274,7 +274,7 @@ def _relay_op(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: 
         else:
             reply.ok()
 
-    worker.relay(hop.address, RunOp(message.op, args, kwargs, next_ids, message.result_meta), on_done)
+    worker.relay(hop, RunOp(message.op, args, kwargs, next_ids, message.result_meta), on_done)
 
 
 @handles(GetObject)
@@ -300,7 +300,7 @@ def get_object(worker: Worker, message: GetObject, reply: Reply) -> None:
         worker.store.decref(message.id)
         reply.ok(pointer)
 
-    worker.relay(pointer.address, IncRef((pointer.id_at_location,)), on_incref)
+    worker.relay(pointer, IncRef((pointer.id_at_location,)), on_incref)
 
 
 @handles(IncRef)
@@ -315,16 +315,16 @@ def inc_ref(worker: Worker, message: IncRef, reply: Reply) -> None:
 @handles(DeleteObjects)
 def delete_objects(worker: Worker, message: DeleteObjects, reply: Reply) -> None:
     """Rule 6: drop one reference per id; a freed pointer passes the delete one hop on."""
-    onward: dict[str, list[int]] = {}
+    onward: dict[str, tuple[PointerSpec, list[int]]] = {}
     for id in message.ids:
         freed = worker.store.decref(id)
         if freed is not None and isinstance(freed.obj, PointerSpec):
-            onward.setdefault(freed.obj.address, []).append(freed.obj.id_at_location)
+            onward.setdefault(freed.obj.address, (freed.obj, []))[1].append(freed.obj.id_at_location)
     if not onward:
         reply.ok()
         return
     worker.relay_all(
-        [(address, DeleteObjects(tuple(ids))) for address, ids in onward.items()],
+        [(hop, DeleteObjects(tuple(ids))) for hop, ids in onward.values()],
         lambda failure: reply.forward(failure) if failure else reply.ok(),
     )
 

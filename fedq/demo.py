@@ -1,0 +1,55 @@
+"""`fedq demo`: the remote-execution lesson, cell by cell, against real worker processes."""
+
+from __future__ import annotations
+
+import ast
+import textwrap
+from typing import Callable
+
+LESSON = [
+    """\
+import torch as th
+import fedq as sy
+hook = sy.TorchHook(th)""",
+    """\
+bob = sy.VirtualWorker(hook, id="bob")      # a separate OS process
+alice = sy.VirtualWorker(hook, id="alice")
+bob.pid, alice.pid""",
+    "bob.clear_objects()",
+    "x = th.tensor([1, 2, 3, 4, 5]).send(bob)\nx",
+    "bob._objects",
+    "x = x.send(alice)                          # the pointer moves; bob is untouched\nx",
+    "alice._objects",
+    "y = x + x                                  # computed on bob, relayed by alice\ny",
+    "bob._objects",
+    "x = x.get()                                # peels one level\nx",
+    "x = x.get()\nx",
+    "bob._objects",
+    "del y\nbob._objects, alice._objects",
+    "x = th.tensor([1, 2, 3, 4, 5]).send(bob).send(alice)\nbob._objects, alice._objects",
+    "del x                                      # deletes travel hop by hop\nbob._objects, alice._objects",
+]
+
+
+def run_cells(cells: list[str], echo: Callable[[str], None] = print) -> dict:
+    """Run each cell like a notebook: print its code, then the value of its last expression."""
+    namespace: dict = {}
+    for number, source in enumerate(cells, start=1):
+        prompt = f"In [{number}]: "
+        echo(prompt + textwrap.indent(source, " " * len(prompt)).lstrip())
+        tree = ast.parse(source)
+        last = tree.body[-1] if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+        if last is not None:
+            tree.body.pop()
+        exec(compile(tree, f"<cell {number}>", "exec"), namespace)
+        if last is not None:
+            value = eval(compile(ast.Expression(last.value), f"<cell {number}>", "eval"), namespace)
+            if value is not None:
+                echo(f"Out[{number}]: {value!r}")
+        echo("")
+    return namespace
+
+
+def run_lesson(echo: Callable[[str], None] = print) -> None:
+    namespace = run_cells(LESSON, echo)
+    namespace["hook"].local_worker.close()  # stops bob and alice

@@ -1,0 +1,129 @@
+"""Rule 15: remote failures come back as exceptions with the remote type, message and traceback."""
+
+from __future__ import annotations
+
+import copy
+import os
+import pickle
+import signal
+import socket
+import time
+
+import pytest
+import torch as th
+import zmq
+
+import fedq as sy
+from fedq import wire
+
+
+def test_unknown_id_is_an_object_not_found_error_with_the_workers_traceback(bob):
+    x = th.tensor([1]).send(bob)
+    bob.clear_objects()
+    with pytest.raises(sy.ObjectNotFoundError) as caught:
+        x.get()
+    error = caught.value
+    assert error.worker == "bob"
+    assert str(x.id_at_location) in str(error)
+    assert "Traceback" in error.remote_traceback and "traceback on worker 'bob'" in str(error)
+
+
+def test_a_torch_error_keeps_its_type(bob):
+    x = th.ones(2).send(bob)
+    y = th.ones(3).send(bob)
+    with pytest.raises(RuntimeError) as caught:
+        x + y
+    assert isinstance(caught.value, sy.RemoteError)
+    assert "size of tensor" in str(caught.value) and caught.value.worker == "bob"
+
+
+def test_a_failed_pipelined_op_surfaces_at_the_next_wait_once(bob):
+    x = th.tensor([1.0]).send(bob)
+    bob.clear_objects()
+    y = x + 1  # pipelined: nothing waits here
+    with pytest.raises(sy.ObjectNotFoundError):
+        bob._objects
+    assert bob._objects == {}  # raised once, not forever
+    del y
+
+
+def test_spent_pointer_says_what_happened(bob, alice):
+    p = th.tensor([1]).send(bob)
+    p.send(alice)
+    with pytest.raises(sy.SpentPointerError, match="sent to 'alice'"):
+        p.get()
+
+
+def test_functions_fedq_does_not_forward_are_refused_clearly(bob):
+    x = th.ones(2).send(bob)
+    with pytest.raises(sy.UnsupportedOperationError, match="__deepcopy__"):
+        copy.deepcopy(x)
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        pickle.dumps(x)
+
+
+def _free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_worker_that_does_not_answer_fails_after_the_timeout(hook):
+    ghost = sy.connect(hook, "ghost", address=f"tcp://127.0.0.1:{_free_tcp_port()}")
+    start = time.monotonic()
+    with pytest.raises(sy.WorkerUnreachableError, match="'ghost'.*did not answer within 0.5s"):
+        ghost.ping(timeout=0.5)
+    assert time.monotonic() - start < 3
+
+
+def test_a_killed_worker_fails_its_calls_fast_and_others_keep_serving(hook, bob):
+    doomed = sy.VirtualWorker(hook, id="doomed")
+    x = th.tensor([1]).send(doomed)
+    assert doomed._objects
+    y = th.tensor([2]).send(bob)
+    os.kill(doomed.pid, signal.SIGKILL)
+    start = time.monotonic()
+    with pytest.raises(sy.WorkerDiedError, match="'doomed'.*exited"):
+        x.get()
+    assert time.monotonic() - start < 5
+    assert th.equal(y.get(), th.tensor([2]))
+
+
+def test_a_dead_hop_in_a_chain_is_named(hook, bob):
+    middle = sy.VirtualWorker(hook, id="middle", timeout=1.0)
+    end = sy.VirtualWorker(hook, id="end")
+    x = th.tensor([1]).send(end).send(middle)
+    assert middle._objects
+    end.process.kill()
+    end.process.wait()
+    with pytest.raises(sy.WorkerUnreachableError, match="'end' at ipc://.*did not answer worker 'middle' within 1s"):
+        (x + 1).get()
+    assert middle.ping().id == "middle"  # the middle hop keeps serving
+    middle.shutdown()
+
+
+def test_malformed_and_unexpected_messages_are_dropped_and_nothing_is_lost(bob):
+    x = th.tensor([1.0, 2.0]).send(bob)
+    before = set(bob._objects)
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(bob.address)
+    junk = [
+        [b""],
+        [b"not a pickle"],
+        [pickle.dumps("a string, not a message")],
+        [pickle.dumps((1, "no"))],
+        [bytes(wire.encode(8, wire.Ping())[0])[:-3]],  # truncated
+    ]
+    for frames in junk:
+        sock.send_multipart(frames)
+    sock.send_multipart(wire.encode(9, wire.Ok(5)))  # a reply where a request belongs: answered with a failure
+    assert sock.poll(5000)
+    seq, answer = wire.decode(sock.recv_multipart())  # the junk got no answer at all
+    assert seq == 9 and isinstance(answer, wire.Failure) and answer.type_name == "ProtocolError"
+    sock.send_multipart(wire.encode(10, wire.Ping()))
+    assert sock.poll(5000)
+    assert wire.decode(sock.recv_multipart())[0] == 10
+    sock.close()
+    assert set(bob._objects) == before
+    assert th.equal((x * 2).get(), th.tensor([2.0, 4.0]))
