@@ -84,6 +84,7 @@ def ls(
     name: str = typer.Argument(..., help="The worker's id."),
     config: Path = ConfigOption,
     address: Optional[str] = typer.Option(None, help="Endpoint of the worker, instead of the config's."),
+    timeout: float = typer.Option(5.0, help="Seconds to wait for an answer."),
 ) -> None:
     """List what a worker holds: id, type, shape, dtype, bytes, references, and where stored pointers point."""
     from rich.console import Console
@@ -93,8 +94,7 @@ def ls(
 
     try:
         handle = connect(None, name, address=_address(name, config, address))
-        handle.client.timeout = 5.0
-        rows = handle.describe()
+        rows = handle.describe(timeout=timeout)
     except FedqError as error:
         _fail(error)
     table = Table(title=f"{name}: {len(rows)} objects")

@@ -99,9 +99,9 @@ class VirtualWorker:
     def objects_count(self) -> int:
         return self.client.request(self.address, CountObjects())
 
-    def describe(self) -> list[ObjectInfo]:
+    def describe(self, timeout: float | None = None) -> list[ObjectInfo]:
         """One row per stored object: id, type, shape, dtype, bytes, references, target."""
-        return self.client.request(self.address, DescribeObjects())
+        return self.client.request(self.address, DescribeObjects(), timeout=timeout)
 
     def ping(self, timeout: float | None = None) -> WorkerStatus:
         return self.client.request(self.address, Ping(), timeout=timeout)

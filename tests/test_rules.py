@@ -271,3 +271,19 @@ def test_rule12_metadata_is_local_and_values_need_get(bob):
     for needs_value in (lambda: x.item(), lambda: x.sum().item(), lambda: bool(x.sum()), lambda: x.tolist(), lambda: float(x.sum())):
         with pytest.raises(sy.ValueNeedsGetError, match=r"\.get\(\)"):
             needs_value()
+
+
+# ---- chains of three hops: me -> alice -> bob -> carol
+def test_three_hop_chain_ops_gets_and_deletes(bob, alice, carol):
+    x = th.tensor([1.0, 2.0]).send(carol).send(bob).send(alice)
+    y = (x + x) * 2
+    assert y.location is alice and y.shape == (2,)
+    assert [len(w._objects) for w in (alice, bob, carol)] == [2, 2, 2]  # x and y; x + x died with its expression
+    step = y.get()
+    assert step.location is bob
+    step = step.get()
+    assert step.location is carol
+    assert th.equal(step.get(), th.tensor([4.0, 8.0]))
+    assert [len(w._objects) for w in (alice, bob, carol)] == [1, 1, 1]  # only x's chain is left
+    del x
+    assert [len(w._objects) for w in (alice, bob, carol)] == [0, 0, 0]

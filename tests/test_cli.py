@@ -1,0 +1,53 @@
+"""The `fedq` command line, in process (typer's runner) and as a real subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import torch as th
+from typer.testing import CliRunner
+
+from fedq.cli import app
+
+runner = CliRunner()
+
+
+def test_ls_lists_tensors_and_where_stored_pointers_point(bob, alice):
+    x = th.ones(2, 3).send(bob)
+    chain = th.zeros(4, dtype=th.int64).send(bob).send(alice)
+    result = runner.invoke(app, ["ls", "bob", "--address", bob.address])
+    assert result.exit_code == 0, result.output
+    assert str(x.id_at_location) in result.output and "float32" in result.output and "24" in result.output
+    result = runner.invoke(app, ["ls", "alice", "--address", alice.address])
+    assert result.exit_code == 0, result.output
+    assert "PointerTensor" in result.output and "bob:" in result.output
+    del chain
+
+
+def test_ping_reports_a_live_worker(bob):
+    result = runner.invoke(app, ["ping", "bob", "--address", bob.address])
+    assert result.exit_code == 0 and f"pid {bob.pid}" in result.output
+
+
+def test_unknown_worker_in_a_config_is_one_readable_line_and_exit_code_1(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('[workers.bob]\naddress = "tcp://127.0.0.1:1"\n')
+    result = runner.invoke(app, ["ls", "carol", "--config", str(config)])
+    assert result.exit_code == 1
+    assert "has no worker 'carol' (it has: bob)" in result.output
+
+
+def test_missing_config_is_reported(tmp_path):
+    result = runner.invoke(app, ["ping", "bob", "--config", str(tmp_path / "none.toml")])
+    assert result.exit_code == 1 and "no federation config" in result.output
+
+
+def test_demo_runs_the_lesson_against_real_processes():
+    done = subprocess.run([sys.executable, "-m", "fedq", "demo"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "<VirtualWorker id:bob #objects:0>" in out
+    assert "[PointerTensor | me:" in out and "-> alice:" in out
+    assert "tensor([1, 2, 3, 4, 5])" in out and "tensor([ 2,  4,  6,  8, 10])" in out
+    assert out.rstrip().endswith("Out[15]: ({}, {})")

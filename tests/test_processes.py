@@ -1,0 +1,113 @@
+"""Workers are real processes: started from a config (the Procfile's way) or by a script, and never orphaned."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch as th
+
+import fedq as sy
+
+
+def _gone(pid: int, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        try:  # reap it if it is our child
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return True
+        except ChildProcessError:
+            pass
+        time.sleep(0.05)
+    return False
+
+
+def _script(body: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(body), *args], stdout=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("how", ["sigkill", "exit"])
+def test_workers_die_with_the_script_that_started_them(how):
+    script = _script(
+        """
+        import sys, time, torch as th, fedq as sy
+        hook = sy.TorchHook(th)
+        w = sy.VirtualWorker(hook, id="child")
+        x = th.tensor([1]).send(w)
+        w.ping()
+        print(w.pid, flush=True)
+        if sys.argv[-1] != "exit":
+            time.sleep(60)
+        """,
+        how,
+    )
+    pid = int(script.stdout.readline())
+    if how == "sigkill":
+        script.send_signal(signal.SIGKILL)
+    script.wait(30)
+    assert _gone(pid, within=10), f"worker {pid} survived its script ({how})"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def tcp_config(tmp_path: Path) -> Path:
+    config = tmp_path / "federation.toml"
+    config.write_text(
+        "[federation]\ntimeout = 10\n"
+        + "".join(f'[workers.{name}]\naddress = "tcp://127.0.0.1:{_free_port()}"\n' for name in ("bob", "alice"))
+    )
+    return config
+
+
+def test_procfile_style_workers_from_a_config_reach_each_other(hook, tcp_config):
+    """`fedq worker NAME --config` processes (what each Procfile line runs), joined by id."""
+    procs = [subprocess.Popen([sys.executable, "-m", "fedq", "worker", name, "--config", str(tcp_config)]) for name in ("bob", "alice")]
+    try:
+        bob = sy.connect(hook, "bob", config=tcp_config)
+        alice = sy.connect(hook, "alice", config=tcp_config)
+        assert bob.address.startswith("tcp://127.0.0.1:")
+        assert bob.ping(timeout=20).pid == procs[0].pid
+        x = th.tensor([1.0, 2.0]).send(bob).send(alice)  # alice has never heard of bob
+        assert th.equal((x * 3).get().get(), th.tensor([3.0, 6.0]))
+        del x
+        assert bob._objects == {} and alice._objects == {}
+        bob.shutdown()
+        alice.shutdown()
+        assert procs[0].wait(10) == 0 and procs[1].wait(10) == 0
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def test_fedq_up_starts_every_worker_and_stops_them_on_sigterm(hook, tcp_config):
+    up = subprocess.Popen([sys.executable, "-m", "fedq", "up", "--config", str(tcp_config)], stdout=subprocess.PIPE, text=True)
+    try:
+        line = up.stdout.readline()
+        pids = [int(pid) for pid in re.findall(r"pid (\d+)", line)]
+        assert len(pids) == 2
+        bob = sy.connect(hook, "bob", config=tcp_config)
+        assert bob.ping(timeout=20).id == "bob"
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(15) == 0
+        assert all(_gone(pid, within=10) for pid in pids)
+    finally:
+        up.kill()
+        up.wait()
