@@ -111,3 +111,36 @@ def test_fedq_up_starts_every_worker_and_stops_them_on_sigterm(hook, tcp_config)
     finally:
         up.kill()
         up.wait()
+
+
+def test_exit_with_live_pointers_is_quiet_and_bounded():
+    """PySyft 0.2's __del__ raised at interpreter exit; ours must not, and exit must be quick."""
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(
+            """
+            import torch as th, fedq as sy
+            hook = sy.TorchHook(th)
+            bob = sy.VirtualWorker(hook, id="bob")
+            alice = sy.VirtualWorker(hook, id="alice")
+            keep = [th.ones(3).send(bob).send(alice) for _ in range(50)]
+            y = keep[0] + 1
+            print(bob.objects_count())
+            """
+        )],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "51"  # 50 tensors and y
+    assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert time.monotonic() - start < 30
+
+
+def test_works_inside_a_running_asyncio_event_loop(bob):
+    """Jupyter runs cells inside a running loop: nothing in fedq may need one of its own."""
+    import asyncio
+
+    async def cell():
+        x = th.tensor([1, 2]).send(bob)
+        return (x * 2).get()
+
+    assert th.equal(asyncio.run(cell()), th.tensor([2, 4]))
