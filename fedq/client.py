@@ -261,22 +261,33 @@ class Client:
 
 
 def stop_processes(processes: list[subprocess.Popen], timeout: float) -> None:
-    """Ask politely (close the parent pipe, SIGTERM), then SIGKILL what is left after `timeout`."""
+    """Close each parent pipe (a worker watching it exits by itself), then SIGTERM what is
+    still running halfway through `timeout`, then SIGKILL what is left at the end."""
+    for process in processes:
+        try:
+            if process.stdin:
+                process.stdin.close()
+        except OSError:
+            pass
+    _wait_all(processes, timeout / 2)
     for process in processes:
         if process.poll() is None:
-            try:
-                if process.stdin:
-                    process.stdin.close()
-                process.terminate()
-            except OSError:
-                pass
+            process.terminate()
+    if not _wait_all(processes, timeout / 2):
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def _wait_all(processes: list[subprocess.Popen], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     for process in processes:
         try:
             process.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            return False
+    return True
 
 
 _client: Client | None = None

@@ -381,8 +381,10 @@ def run_worker(
     worker = Worker(id, address, timeout=timeout, watch_fd=sys.stdin.fileno() if watch_parent else None)
     try:
         worker.serve()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM's handler above
         pass
+    # Already stopping: a late SIGTERM must not interrupt the interpreter's own cleanup.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     log.info("worker %s stopped", id)
 
 

@@ -1,0 +1,129 @@
+"""The peer: the same work over `torch.distributed.rpc` (TensorPipe), two processes.
+
+Both ranks are child processes, so TensorPipe's threads and its shutdown never
+run inside the benchmark's own process: "driver" (rank 0) measures and sends
+its figures back through a pipe, "callee" (rank 1) serves. Everything binds to
+127.0.0.1: MASTER_ADDR for the rendezvous, TP_SOCKET_IFNAME=lo for TensorPipe's
+own listeners (it would otherwise pick the host's outward interface).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import socket
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+import torch
+import torch.distributed.rpc as rpc
+
+from .timing import per_call
+
+SHUTDOWN_TIMEOUT = 10.0  # seconds a rank waits for the other in a graceful shutdown
+
+
+def _echo(tensor: torch.Tensor) -> torch.Tensor:
+    """Runs on the callee: hand the tensor straight back (there and back, nothing else)."""
+    return tensor
+
+
+def free_port() -> int:
+    """A loopback port nobody holds right now (the rendezvous store binds it a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _init(name: str, rank: int, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), TP_SOCKET_IFNAME="lo", GLOO_SOCKET_IFNAME="lo")
+    options = rpc.TensorPipeRpcBackendOptions(rpc_timeout=120)
+    rpc.init_rpc(name, rank=rank, world_size=2, rpc_backend_options=options)
+
+
+def _callee(port: int) -> None:
+    _init("callee", 1, port)
+    rpc.shutdown(graceful=True, timeout=SHUTDOWN_TIMEOUT * 6)  # serves until the driver is done too
+
+
+def _driver(port: int, plan: dict[str, Any], out: Connection) -> None:
+    try:
+        _init("driver", 0, port)
+    except Exception:
+        out.send({"error": traceback.format_exc()})
+        return
+    try:
+        out.send(_measure(plan))
+    except Exception:
+        out.send({"error": traceback.format_exc()})
+    finally:
+        rpc.shutdown(graceful=True, timeout=SHUTDOWN_TIMEOUT)
+
+
+def _measure(plan: dict[str, Any]) -> dict[str, Any]:
+    small = torch.tensor([1, 2, 3, 4, 5])
+    sync = per_call(
+        lambda: rpc.rpc_sync("callee", torch.add, args=(small, small)),
+        number=plan["sync_number"], repeats=plan["sync_repeats"], warmup=plan["sync_number"],
+    )
+    calls = plan["pipelined_calls"]
+
+    def pipelined() -> None:
+        # rpc.remote returns at once; each RRef's future completes when the callee has made its value.
+        rrefs = [rpc.remote("callee", torch.add, args=(small, small)) for _ in range(calls)]
+        torch.futures.wait_all([r._get_future() for r in rrefs])
+
+    burst = per_call(pipelined, number=1, repeats=plan["pipelined_repeats"], warmup=1)
+    transfers = {}
+    for size in plan["sizes_mib"]:
+        tensor = torch.ones(size * 2**20 // 4, dtype=torch.float32)
+        if not torch.equal(rpc.rpc_sync("callee", _echo, args=(tensor,)), tensor):  # untimed warm-up and check
+            raise RuntimeError(f"torch rpc echoed {size} MiB wrong")
+        transfers[str(size)] = per_call(
+            lambda: rpc.rpc_sync("callee", _echo, args=(tensor,)), number=1, repeats=plan["transfer_repeats"]
+        ).to_json()
+    return {
+        "torch_version": torch.__version__,
+        "rpc_sync_add": sync.to_json(),
+        "pipelined_remote": {"calls": calls, "burst": burst.to_json(), "ops_per_s": calls / burst.median},
+        "tensor_roundtrip": transfers,
+    }
+
+
+def measure_torch_rpc(
+    *,
+    sizes_mib: list[int],
+    sync_number: int,
+    sync_repeats: int,
+    pipelined_calls: int,
+    pipelined_repeats: int,
+    transfer_repeats: int,
+    timeout: float = 300.0,
+) -> dict[str, Any]:
+    """Run the driver and the callee; their figures, or {"error": ...}. Never leaves a process behind."""
+    plan = dict(
+        sizes_mib=sizes_mib, sync_number=sync_number, sync_repeats=sync_repeats,
+        pipelined_calls=pipelined_calls, pipelined_repeats=pipelined_repeats, transfer_repeats=transfer_repeats,
+    )
+    ctx = multiprocessing.get_context("spawn")  # fork would copy this process's threads and zmq sockets
+    here, there = ctx.Pipe()
+    port = free_port()
+    callee = ctx.Process(target=_callee, args=(port,), daemon=True, name="bench-rpc-callee")
+    driver = ctx.Process(target=_driver, args=(port, plan, there), daemon=True, name="bench-rpc-driver")
+    processes = [callee, driver]
+    try:
+        for process in processes:
+            process.start()
+        if not here.poll(timeout):
+            return {"error": f"torch rpc gave no figures within {timeout:g} s"}
+        return here.recv()
+    except EOFError:
+        return {"error": "the torch rpc driver died before sending its figures"}
+    finally:
+        for process in processes:
+            process.join(SHUTDOWN_TIMEOUT + 5)  # a clean shutdown first: TensorPipe dislikes being killed mid-way
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+                process.join(5)
