@@ -23,6 +23,7 @@ import os
 import subprocess
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from . import wire
@@ -69,6 +70,9 @@ class Client:
         self._children: dict[str, subprocess.Popen] = {}  # workers this process started, by address
         self.spawned: dict[str, VirtualWorker] = {}  # the same, by id
         self._dead: dict[str, str] = {}  # address -> why
+        # Pointers to leaves that need grads, by pointer id: told after each backward whether
+        # their object has a .grad, so that optimizers read p.grad without a round trip.
+        self._grad_tracked: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
         self._closed = False
         self._io = IOThread(self._on_replies, self._encode_deletes, self._on_tick)
         self._io.start()
@@ -124,6 +128,42 @@ class Client:
         answer depends on a relay that `address` may still have out (a chain's result)."""
         self.barrier(except_address=None if after_all else address, timeout=timeout)
         return self.wait(self.submit(address, message, wait=True), timeout)
+
+    def request_many(self, requests: list[tuple[str, Any]], timeout: float | None = None) -> list[Any]:
+        """Several reads at once: one barrier, all sent, all awaited (one round trip, not N).
+        Every answer is awaited before the first error, if any, is raised."""
+        addresses = {address for address, _ in requests}
+        self.barrier(except_address=next(iter(addresses)) if len(addresses) == 1 else None, timeout=timeout)
+        calls = [self.submit(address, message, wait=True) for address, message in requests]
+        results: list[Any] = []
+        first_error: BaseException | None = None
+        for call in calls:
+            try:
+                results.append(self.wait(call, timeout))
+            except FedqError as error:
+                first_error = first_error or error
+                results.append(None)
+        if first_error is not None:
+            raise first_error
+        return results
+
+    def track_grads(self, pointer: Any) -> None:
+        self._grad_tracked[pointer.id] = pointer
+
+    def grads_changed(self, address: str, ids_with_grad: set[int] | None) -> None:
+        """A backward ran on `address`; `ids_with_grad` (None: not known) now have a .grad there."""
+        from .pointer import _GRAD_PRESENT, _GRAD_UNKNOWN, Pointer
+
+        for pointer in list(self._grad_tracked.values()):
+            if pointer.location.address != address or pointer._ref is None or pointer._ref.spent:
+                continue
+            if ids_with_grad is None:
+                pointer._grad_state = _GRAD_UNKNOWN
+            elif pointer.id_at_location in ids_with_grad:
+                if not isinstance(pointer._grad_state, Pointer):  # a cached handle still names the same grad
+                    pointer._grad_state = _GRAD_PRESENT
+            else:
+                pointer._grad_state = None
 
     def queue_delete(self, address: str, id: int) -> None:
         """Safe from `__del__`: appends to a queue; the I/O thread sends deletes in batches."""

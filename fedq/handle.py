@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .client import Client, local_client
+from .ids import new_id
 from .launcher import start_worker_process
 from .transport import runtime_dir
 from .wire import (
@@ -25,6 +26,7 @@ from .wire import (
     ObjectInfo,
     Ping,
     PointerSpec,
+    Search,
     Shutdown,
     WorkerStatus,
 )
@@ -98,6 +100,15 @@ class VirtualWorker:
 
     def objects_count(self) -> int:
         return self.client.request(self.address, CountObjects())
+
+    def search(self, *tags: str | list[str]) -> list[Any]:
+        """Pointers to every object here that carries all `tags` (rule 14):
+        `bob.search("#boston")`, `bob.search(["#boston", "#target"])` or `bob.search("#boston", "#target")`."""
+        from .pointer import PointerTensor
+
+        wanted = tuple(t for group in tags for t in ([group] if isinstance(group, str) else group))
+        specs = self.client.request(self.address, Search(wanted))
+        return [PointerTensor.from_spec(self, spec, is_chain=False, id=new_id()) for spec in specs]
 
     def describe(self, timeout: float | None = None) -> list[ObjectInfo]:
         """One row per stored object: id, type, shape, dtype, bytes, references, target."""

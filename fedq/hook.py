@@ -1,4 +1,4 @@
-"""`sy.TorchHook(torch)`: gives torch tensors PySyft 0.2's `.send()`.
+"""`sy.TorchHook(torch)`: gives tensors and models PySyft 0.2's `.send()`, `.tag()`, `.get()`...
 
 The hook is a thin object over the process-wide client: `hook.local_worker`
 is "me". Installing is idempotent; tensors gain methods, nothing else changes.
@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from .client import Client, local_client
-from .pointer import send_tensor
+from .pointer import copy_module, describe_tensor, get_module, move_module, send_module, send_tensor, tag_tensor
 
 
 class TorchHook:
@@ -20,6 +20,12 @@ class TorchHook:
         self.torch = torch_module
         self.local_worker: Client = local_client()
         torch.Tensor.send = send_tensor
+        torch.Tensor.tag = tag_tensor
+        torch.Tensor.describe = describe_tensor
+        torch.nn.Module.send = send_module
+        torch.nn.Module.get = get_module
+        torch.nn.Module.move = move_module
+        torch.nn.Module.copy = copy_module
 
     def __repr__(self) -> str:
         return f"<TorchHook local_worker:{self.local_worker.id}>"

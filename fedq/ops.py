@@ -8,6 +8,7 @@ functions from torch's own namespaces, and a message stays a few bytes.
 from __future__ import annotations
 
 import functools
+import operator
 from typing import Any, Callable
 
 import torch
@@ -41,7 +42,30 @@ def _names() -> dict[Any, str]:
                 names.setdefault(value, f"{prefix}.{attr}")
             except TypeError:  # unhashable
                 continue
+    for prop in PROPERTIES:
+        names[getattr(torch.Tensor, prop).__get__] = f"Tensor.{prop}.__get__"
+    for prop in SETTABLE:
+        names[getattr(torch.Tensor, prop).__set__] = f"Tensor.{prop}.__set__"
     return names
+
+
+#: tensor properties read (and some written) where the data is; `__torch_function__` sees
+#: their descriptors' __get__/__set__, which are not in any namespace
+PROPERTIES = ("grad", "data", "T", "mT", "H", "mH", "real", "imag")
+SETTABLE = ("grad", "data", "requires_grad")
+
+
+def _property_functions() -> dict[str, Callable]:
+    functions: dict[str, Callable] = {}
+    for prop in PROPERTIES:
+        functions[f"Tensor.{prop}.__get__"] = operator.attrgetter(prop)
+    for prop in SETTABLE:
+        functions[f"Tensor.{prop}.__set__"] = functools.partial(_set_property, prop)
+    return functions
+
+
+def _set_property(prop: str, tensor: torch.Tensor, value: Any) -> None:
+    setattr(tensor, prop, value)
 
 
 def name_of(func: Callable) -> str | None:
@@ -64,7 +88,9 @@ def resolve(name: str) -> Callable:
 
 @functools.cache
 def _functions() -> dict[str, Callable]:
-    return {name: func for func, name in _names().items()}
+    functions = {name: func for func, name in _names().items()}
+    functions.update(_property_functions())  # plain callables stand in for the descriptors
+    return functions
 
 
 #: operators a pointer forwards; other dunders (__reduce_ex__, __setattr__...) never run remotely
@@ -81,6 +107,8 @@ _OPERATOR_DUNDERS = frozenset(
 
 #: tensor methods that change the tensor they are called on; they create no new object (rule 4)
 def is_inplace(name: str) -> bool:
+    if name.endswith(".__set__"):
+        return True
     attr = name.rpartition(".")[2]
     if attr.startswith("__"):
         return attr in _INPLACE_DUNDERS

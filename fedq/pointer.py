@@ -1,21 +1,23 @@
-"""PointerTensor: a local handle to a tensor that lives on a worker.
+"""Pointers: local handles to tensors that live on a worker.
 
-A PointerTensor is a `torch.Tensor` subclass over a *meta* tensor: it has the
-remote tensor's shape, dtype and requires_grad but no storage. Through
-`__torch_function__` it forwards every torch operation to the worker that
-holds the data (rule 4) and answers metadata questions locally (rule 12).
-Because it is a real tensor, `torch.matmul(x, w)`, `F.relu(x)` and
-`nn.Linear` accept it.
+`PointerTensor` is a `torch.Tensor` subclass over a *meta* tensor (shape, dtype,
+requires_grad, no storage); `PointerParameter` is an `nn.Parameter` whose class
+was swapped in place by `model.send()`, so optimizers built over the model keep
+working. Both carry the same `Pointer` behaviour: through `__torch_function__`
+they forward every torch operation to the worker that holds the data (rule 4)
+and answer metadata questions from their meta tensor (rule 12). Because they
+are real tensors, `torch.matmul(x, w)`, `F.relu(x)` and `nn.Linear` accept them.
 
-What it forwards, and nothing more:
-- torch functions, tensor methods and operators named in `ops` -> `RunOp`
-- `send` -> `StoreObject` of the pointer itself (rule 3), `get` -> `GetObject`
-  (rule 5), `clone` -> `IncRef` (rule 9), its death -> a queued delete (rule 6).
+What a pointer forwards, and nothing more:
+- torch functions, tensor methods, operators and properties named in `ops` -> `RunOp`
+- `send` -> `StoreObject` of the pointer itself (rule 3), `get` -> `GetObject` (rule 5),
+  `move` -> `MoveObject` (rule 7), `remote_get` -> `RemoteGet` (rule 8),
+  `clone` -> `IncRef` (rule 9), its death -> a queued delete (rule 6).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
@@ -28,7 +30,7 @@ from .errors import (
     ValueNeedsGetError,
 )
 from .ids import new_id
-from .wire import INBAND_LIMIT, GetObject, IncRef, PointerSpec, Ref, RunOp, StoreObject
+from .wire import INBAND_LIMIT, GetObject, IncRef, MoveObject, PointerSpec, Ref, RemoteGet, RunOp, StoreObject
 
 if TYPE_CHECKING:
     from .client import Client
@@ -59,35 +61,40 @@ class RemoteRef:
 
 
 _T = torch.Tensor
-# Answered from the meta tensor underneath: no round trip (rule 12).
+# Answered from the meta tensor: no round trip (rule 12).
 _LOCAL = {
     _T.shape.__get__, _T.dtype.__get__, _T.ndim.__get__, _T.requires_grad.__get__, _T.is_leaf.__get__,
-    _T.layout.__get__, _T.dim, _T.size, _T.numel, _T.nelement, _T.ndimension, _T.element_size,
-    _T.is_floating_point, _T.is_complex, _T.__len__, _T.__hash__,
+    _T.layout.__get__, _T.device.__get__, _T.is_sparse.__get__, _T.is_cuda.__get__, _T.is_quantized.__get__,
+    _T.is_meta.__get__, _T.retains_grad.__get__, _T.grad_fn.__get__,
+    _T.dim, _T.size, _T.numel, _T.nelement, _T.ndimension, _T.element_size,
+    _T.is_floating_point, _T.is_complex, _T.__len__, _T.__hash__, _T.stride, _T.is_contiguous,
 }
 # Need the values here: the user must .get() first (rule 12).
 _NEEDS_VALUE = {
     _T.item, _T.tolist, _T.numpy, _T.__bool__, _T.__float__, _T.__int__, _T.__index__, _T.__complex__, _T.__array__,
 }
 
+# What a pointer knows of its object's .grad, so an optimizer reading p.grad costs no round trip.
+_GRAD_UNKNOWN = "unknown"  # ask the worker (pointers on chains: backward ran further away)
+_GRAD_PRESENT = "present"  # the worker has one; a pointer to it is made on first read
 
-class PointerTensor(torch.Tensor):
-    """`[PointerTensor | OWNER:ID -> LOCATION:ID_AT_LOCATION]`"""
+
+class Pointer:
+    """The behaviour every pointer class shares; its state lives in the instance __dict__."""
 
     id: int
     id_at_location: int
     location: "VirtualWorker"
     owner: Any  # the Client ("me"), or a worker whose store this pointer was listed from
+    tags: set[str]
+    description: str | None
     _ref: RemoteRef | None
+    _meta: torch.Tensor
     _is_chain: bool
+    _grad_state: Any  # None, _GRAD_UNKNOWN, _GRAD_PRESENT, or a Pointer to the grad
 
-    @staticmethod
-    def __new__(cls, *args: Any, **kwargs: Any) -> "PointerTensor":
-        raise TypeError("PointerTensors are made by .send(), by operations on pointers, or by .get() on a chain")
-
-    @classmethod
-    def _make(
-        cls,
+    def _init_pointer(
+        self,
         meta: torch.Tensor,
         location: "VirtualWorker",
         id: int,
@@ -95,31 +102,25 @@ class PointerTensor(torch.Tensor):
         *,
         is_chain: bool,
         owner: Any = None,
-    ) -> "PointerTensor":
-        self = torch.Tensor._make_subclass(cls, meta, meta.requires_grad)
+        grad: Any = None,
+        tags: Iterable[str] = (),
+        description: str | None = None,
+    ) -> None:
         self.id = id
         self.id_at_location = id_at_location
         self.location = location
         self.owner = owner if owner is not None else location.client
         self._ref = RemoteRef(location.client, location.address, id_at_location) if owner is None else None
+        self._meta = meta
         self._is_chain = is_chain
-        return self
-
-    @classmethod
-    def pointing_at(cls, location: "VirtualWorker", id_at_location: int, shape: Any, dtype: torch.dtype, requires_grad: bool = False, *, id: int | None = None, is_chain: bool = False) -> "PointerTensor":
-        """An owning pointer from me to `id_at_location` on `location`."""
-        meta = torch.empty(tuple(shape), dtype=dtype, device="meta", requires_grad=requires_grad)
-        return cls._make(meta, location, new_id() if id is None else id, id_at_location, is_chain=is_chain)
-
-    @classmethod
-    def view_of(cls, holder: "VirtualWorker", spec: PointerSpec) -> "PointerTensor":
-        """A pointer stored on `holder`, shown to me: it owns nothing and deletes nothing."""
-        location = holder.client.handle_for(spec.location, spec.address)
-        meta = torch.empty(spec.shape, dtype=spec.dtype, device="meta")
-        return cls._make(meta, location, spec.id, spec.id_at_location, is_chain=False, owner=holder)
+        self._grad_state = _GRAD_UNKNOWN if is_chain and meta.requires_grad else grad
+        self.tags = set(tags)
+        self.description = description
+        if meta.requires_grad and meta.is_leaf and owner is None:
+            location.client.track_grads(self)
 
     def __repr__(self, *args: Any, **kwargs: Any) -> str:
-        return f"[PointerTensor | {self.owner.id}:{self.id} -> {self.location.id}:{self.id_at_location}]"
+        return f"[{type(self).__name__} | {self.owner.id}:{self.id} -> {self.location.id}:{self.id_at_location}]"
 
     __str__ = __repr__
 
@@ -127,10 +128,10 @@ class PointerTensor(torch.Tensor):
         return repr(self)
 
     def __reduce_ex__(self, protocol: Any) -> Any:
-        raise TypeError("a PointerTensor cannot be pickled; .send() it to a worker instead")
+        raise TypeError("a pointer cannot be pickled; .send() it to a worker instead")
 
-    # ---- the pointer's own API
-    def _check_usable(self) -> "RemoteRef":
+    # ---- state
+    def _check_usable(self) -> RemoteRef:
         ref = self._ref
         if ref is None:
             raise SpentPointerError(f"{self!r} is a view of what {self.owner.id!r} holds; it cannot be used from here")
@@ -141,6 +142,17 @@ class PointerTensor(torch.Tensor):
     def _spend(self, why: str) -> None:
         self._check_usable().spent = why
 
+    def _spec(self) -> PointerSpec:
+        return PointerSpec(
+            self.id, self.location.id, self.location.address, self.id_at_location,
+            tuple(self._meta.shape), self._meta.dtype, self._meta.requires_grad, tuple(sorted(self.tags)), self.description,
+        )
+
+    def _relocate(self, location: "VirtualWorker") -> None:
+        self._check_usable().address = location.address
+        self.location = location
+
+    # ---- the pointer's own API
     def send(self, worker: "VirtualWorker") -> "PointerTensor":
         """Hand this pointer to `worker` (rule 3): it stores it under this pointer's id;
         no tensor data moves. This pointer is spent; use the one returned."""
@@ -148,10 +160,9 @@ class PointerTensor(torch.Tensor):
         client = self.location.client
         # The new holder will talk to our location: what we sent there must land first.
         client.barrier(except_address=worker.address)
-        spec = PointerSpec(self.id, self.location.id, self.location.address, self.id_at_location, tuple(self.shape), self.dtype, self.requires_grad)
-        client.submit(worker.address, StoreObject(self.id, spec))
+        client.submit(worker.address, StoreObject(self.id, self._spec()))
         self._spend(f"it was sent to {worker.id!r}; use the pointer .send() returned")
-        return PointerTensor._make(_meta_of(self), worker, new_id(), self.id, is_chain=True)
+        return PointerTensor._make(_fresh_meta(self._meta), worker, new_id(), self.id, is_chain=True)
 
     def get(self) -> Any:
         """Bring back one level (rule 5): the tensor, or on a chain the next pointer."""
@@ -159,39 +170,148 @@ class PointerTensor(torch.Tensor):
         # On a chain the answer depends on relays the first hop may still have out.
         obj = self.location.client.request(self.location.address, GetObject(self.id_at_location), after_all=self._is_chain)
         self._spend("it was already fetched with .get()")
+        return self._received(obj)
+
+    def _received(self, obj: Any) -> Any:
         if isinstance(obj, PointerSpec):
             location = self.location.client.handle_for(obj.location, obj.address)
-            return PointerTensor._make(_meta_of(self), location, obj.id, obj.id_at_location, is_chain=True)
+            return PointerTensor._make(_fresh_meta(self._meta), location, obj.id, obj.id_at_location, is_chain=True)
         return obj
+
+    def move(self, worker: Any) -> "Pointer":
+        """Rule 7: the data goes from its worker straight to `worker` (never through me),
+        keeping its id; this pointer then points there. `move(me)` is `get()`."""
+        from .client import Client
+
+        self._check_usable()
+        if isinstance(worker, Client):
+            return self.get()
+        if worker.address != self.location.address:
+            self.location.client.request(self.location.address, MoveObject(self.id_at_location, worker.id, worker.address), after_all=self._is_chain)
+            self._relocate(worker)
+        return self
+
+    def remote_get(self) -> "Pointer":
+        """Rule 8: on me -> alice -> bob, alice fetches bob's object and keeps it."""
+        self._check_usable()
+        still_chain = self.location.client.request(self.location.address, RemoteGet(self.id_at_location), after_all=True)
+        self._is_chain = bool(still_chain)
+        return self
 
     def clone(self, *args: Any, **kwargs: Any) -> "PointerTensor":
         """A second handle to the same remote object (rule 9); it keeps the object alive too."""
         self._check_usable()
         self.location.client.submit(self.location.address, IncRef((self.id_at_location,)))
-        return PointerTensor._make(_meta_of(self), self.location, new_id(), self.id_at_location, is_chain=self._is_chain)
+        return PointerTensor._make(_fresh_meta(self._meta), self.location, new_id(), self.id_at_location, is_chain=self._is_chain)
 
     def copy(self) -> "PointerTensor":
         """A new object at the location, with its own id (rule 9)."""
         return _run_remote(torch.Tensor.clone, (self,), {})
+
+    def tag(self, *tags: str) -> "Pointer":
+        self.tags.update(tags)
+        return self
+
+    def describe(self, description: str) -> "Pointer":
+        self.description = description
+        return self
 
     # ---- torch dispatch
     @classmethod
     def __torch_function__(cls, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         if func in _LOCAL:
-            with torch._C.DisableTorchFunctionSubclass():
-                return func(*args, **kwargs)
+            return _on_meta(func, args, kwargs)
+        special = _SPECIAL.get(func)
+        if special is not None:
+            return special(*args, **kwargs)
         if func in _NEEDS_VALUE:
             raise ValueNeedsGetError(f"{_name(func)} needs the value here; call .get() on the pointer first")
         return _run_remote(func, args, kwargs)
 
 
-def _meta_of(pointer: PointerTensor) -> torch.Tensor:
-    return torch.empty(tuple(pointer.shape), dtype=pointer.dtype, device="meta", requires_grad=pointer.requires_grad)
+class PointerTensor(Pointer, torch.Tensor):
+    """`[PointerTensor | OWNER:ID -> LOCATION:ID_AT_LOCATION]`"""
+
+    @staticmethod
+    def __new__(cls, *args: Any, **kwargs: Any) -> "PointerTensor":
+        raise TypeError("PointerTensors are made by .send(), by operations on pointers, or by .get() on a chain")
+
+    @classmethod
+    def _make(cls, meta: torch.Tensor, location: "VirtualWorker", id: int, id_at_location: int, **state: Any) -> "PointerTensor":
+        self = torch.Tensor._make_subclass(cls, meta, meta.requires_grad)
+        self._init_pointer(meta, location, id, id_at_location, **state)
+        return self
+
+    @classmethod
+    def from_spec(cls, location: "VirtualWorker", spec: PointerSpec, *, is_chain: bool, owner: Any = None, id: int | None = None) -> "PointerTensor":
+        meta = torch.empty(spec.shape, dtype=spec.dtype, device="meta", requires_grad=spec.requires_grad)
+        return cls._make(
+            meta, location, spec.id if id is None else id, spec.id_at_location,
+            is_chain=is_chain, owner=owner, tags=spec.tags, description=spec.description,
+        )
+
+    @classmethod
+    def view_of(cls, holder: "VirtualWorker", spec: PointerSpec) -> "PointerTensor":
+        """A pointer stored on `holder`, shown to me: it owns nothing and deletes nothing."""
+        return cls.from_spec(holder.client.handle_for(spec.location, spec.address), spec, is_chain=False, owner=holder)
+
+
+class PointerParameter(Pointer, torch.nn.Parameter):
+    """An `nn.Parameter` of a sent model. The same Python object as before `send`, so an
+    optimizer built over the model keeps it; its local storage is dropped."""
+
+    def __deepcopy__(self, memo: dict) -> "PointerParameter":
+        """`model.copy()` of a sent model: a new parameter made where the data is."""
+        copy = torch.nn.Parameter(torch.empty(0, dtype=self._meta.dtype), requires_grad=self._meta.requires_grad)
+        id_at_location = new_id()
+        client = self.location.client
+        # A clone under no_grad is a new leaf with its own storage; then it learns to need grads.
+        meta = ((tuple(self._meta.shape), self._meta.dtype, False),)
+        client.submit(self.location.address, RunOp("Tensor.clone", (Ref(self.id_at_location),), {}, (id_at_location,), meta, False))
+        if self._meta.requires_grad:
+            client.submit(self.location.address, RunOp("Tensor.requires_grad_", (Ref(id_at_location), True), {}, ()))
+        _become_pointer(copy, self.location, id_at_location, is_chain=self._is_chain)
+        memo[id(self)] = copy
+        return copy
+
+
+def _become_pointer(param: torch.nn.Parameter, location: "VirtualWorker", id_at_location: int, *, is_chain: bool = False, grad: Any = None) -> PointerParameter:
+    meta = torch.empty(tuple(param.shape), dtype=param.dtype, device="meta", requires_grad=param.requires_grad)
+    param.grad = None
+    param.data = torch.empty(0, dtype=param.dtype)  # the values live on the worker now
+    param.__class__ = PointerParameter
+    param._init_pointer(meta, location, new_id(), id_at_location, is_chain=is_chain, grad=grad)
+    return param
+
+
+def _become_local(param: PointerParameter, value: torch.Tensor) -> torch.nn.Parameter:
+    param._spend("the model was fetched with .get()")
+    for attr in ("id", "id_at_location", "location", "owner", "tags", "description", "_ref", "_meta", "_is_chain", "_grad_state"):
+        param.__dict__.pop(attr, None)
+    param.__class__ = torch.nn.Parameter
+    param.data = value.detach()
+    param.grad = value.grad
+    return param
+
+
+def _fresh_meta(meta: torch.Tensor) -> torch.Tensor:
+    return torch.empty(tuple(meta.shape), dtype=meta.dtype, device="meta", requires_grad=meta.requires_grad)
 
 
 def _name(func: Any) -> str:
     return getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
+
+
+def _metas(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    return tree_map(lambda a: a._meta if isinstance(a, Pointer) else a, (args, kwargs))
+
+
+def _on_meta(func: Any, args: tuple, kwargs: dict) -> Any:
+    """Run `func` on the pointers' meta tensors: metadata, and results' shapes, without data."""
+    meta_args, meta_kwargs = _metas(args, kwargs)
+    with torch._C.DisableTorchFunctionSubclass():
+        return func(*meta_args, **meta_kwargs)
 
 
 def _run_remote(func: Any, args: tuple, kwargs: dict) -> Any:
@@ -200,28 +320,32 @@ def _run_remote(func: Any, args: tuple, kwargs: dict) -> Any:
     if name is None:
         raise UnsupportedOperationError(f"{_name(func)} is not a torch function fedq runs on remote tensors")
     leaves, spec = tree_flatten((args, kwargs))
-    pointers = [leaf for leaf in leaves if isinstance(leaf, PointerTensor)]
+    pointers = [leaf for leaf in leaves if isinstance(leaf, Pointer)]
     for pointer in pointers:
         pointer._check_usable()
     places = {p.location.address: p.location.id for p in pointers}
-    local = [l for l in leaves if isinstance(l, torch.Tensor) and not isinstance(l, PointerTensor)]
+    local = [l for l in leaves if isinstance(l, torch.Tensor) and not isinstance(l, Pointer)]
     if len(places) > 1 or local:
         names = sorted(set(places.values())) + (["me"] if local else [])
         raise TensorsNotCollocatedError(f"{name} mixes tensors held in different places: {', '.join(names)}")
     location = pointers[0].location
     client = location.client
-    if any(p._is_chain for p in pointers):
+    is_chain = any(p._is_chain for p in pointers)
+    if is_chain:
         client.barrier(except_address=location.address)  # the op is relayed: earlier writes elsewhere land first
-    wire_args, wire_kwargs = tree_unflatten([Ref(l.id_at_location) if isinstance(l, PointerTensor) else l for l in leaves], spec)
-    is_chain = pointers[0]._is_chain
+    wire_args, wire_kwargs = tree_unflatten([Ref(l.id_at_location) if isinstance(l, Pointer) else l for l in leaves], spec)
+    grad_enabled = torch.is_grad_enabled()
 
     if ops.is_inplace(name):  # rule 4: no new object; the pointer stays the handle
-        client.submit(location.address, RunOp(name, wire_args, wire_kwargs, ()))
-        return None if name == "Tensor.__setitem__" else args[0]
+        client.submit(location.address, RunOp(name, wire_args, wire_kwargs, (), None, grad_enabled))
+        try:  # keep our metadata in step (unsqueeze_, requires_grad_, data = ...)
+            _on_meta(func, args, kwargs)
+        except Exception:
+            pass
+        return None if name in ("Tensor.__setitem__",) or name.endswith(".__set__") else args[0]
 
-    try:  # work out the results' metadata without the data: the pointers are meta tensors underneath
-        with torch._C.DisableTorchFunctionSubclass():
-            out = func(*args, **kwargs)
+    try:
+        out = _on_meta(func, args, kwargs)
         results, out_spec = tree_flatten(out)
     except Exception:
         out_spec = None
@@ -231,26 +355,76 @@ def _run_remote(func: Any, args: tuple, kwargs: dict) -> Any:
             return out  # metadata only (a size, a stride): answered here
         if len(tensors) != len(results):
             raise ValueNeedsGetError(f"{name} returns Python values along with tensors; .get() the tensors first")
-        ids = tuple(new_id() for _ in results)
-        meta = tuple((tuple(r.shape), r.dtype, r.requires_grad) for r in results)
-        client.submit(location.address, RunOp(name, wire_args, wire_kwargs, ids, meta))
-        return tree_unflatten(
-            [PointerTensor._make(r.detach().requires_grad_(r.requires_grad), location, new_id(), id, is_chain=is_chain) for r, id in zip(results, ids)],
-            out_spec,
-        )
+        pointers = _pipelined(location, RunOp(name, wire_args, wire_kwargs, None, None, grad_enabled), results, is_chain)
+        return tree_unflatten(pointers, out_spec)
 
     # Shapes that depend on the data (nonzero, masked_select...): the worker runs it and tells us.
-    answer = client.request(location.address, RunOp(name, wire_args, wire_kwargs, None))
+    answer = client.request(location.address, RunOp(name, wire_args, wire_kwargs, None, None, grad_enabled))
 
     def to_pointer(remote: Any) -> Any:
         if not isinstance(remote, PointerSpec):
             return remote
-        holder = client.handle_for(remote.location, remote.address)
-        return PointerTensor.pointing_at(holder, remote.id_at_location, remote.shape, remote.dtype, remote.requires_grad, is_chain=is_chain)
+        return PointerTensor.from_spec(client.handle_for(remote.location, remote.address), remote, is_chain=is_chain, id=new_id())
 
     return tree_map(to_pointer, answer)
 
 
+def _pipelined(location: "VirtualWorker", op: RunOp, metas: list[torch.Tensor], is_chain: bool) -> list["PointerTensor"]:
+    """Send `op` without waiting (rule 1: we name the results), and return pointers to them."""
+    op.result_ids = tuple(new_id() for _ in metas)
+    op.result_meta = tuple((tuple(m.shape), m.dtype, m.requires_grad) for m in metas)
+    location.client.submit(location.address, op)
+    return [PointerTensor._make(_fresh_meta(m), location, new_id(), id, is_chain=is_chain) for m, id in zip(metas, op.result_ids)]
+
+
+# ---- autograd: .grad without a round trip per parameter
+def _read_grad(pointer: Pointer) -> Any:
+    state = pointer._grad_state
+    if state is None or isinstance(state, Pointer):
+        return state
+    if state == _GRAD_PRESENT:  # pipelined: a handle to the grad it has (same shape and dtype)
+        pointer._check_usable()
+        op = RunOp("Tensor.grad.__get__", (Ref(pointer.id_at_location),), {}, None)
+        grad = _pipelined(pointer.location, op, [pointer._meta.detach()], pointer._is_chain)[0]
+    else:  # unknown: ask
+        pointer._check_usable()
+        answer = pointer.location.client.request(
+            pointer.location.address, RunOp("Tensor.grad.__get__", (Ref(pointer.id_at_location),), {}, None), after_all=True
+        )
+        grad = None if answer is None else PointerTensor.from_spec(
+            pointer.location.client.handle_for(answer.location, answer.address), answer, is_chain=pointer._is_chain, id=new_id()
+        )
+    pointer._grad_state = grad
+    return grad
+
+
+def _write_grad(pointer: Pointer, value: Any) -> None:
+    _run_remote(torch.Tensor.grad.__set__, (pointer, value), {})
+    pointer._grad_state = value if value is None or isinstance(value, Pointer) else _GRAD_UNKNOWN
+
+
+def _backward(pointer: Pointer, *args: Any, **kwargs: Any) -> None:
+    """`loss.backward()` on the worker; one round trip, whose answer says which tensors there
+    now have a grad, so that an optimizer step that follows waits for nothing."""
+    pointer._check_usable()
+    client = pointer.location.client
+    wire_args, wire_kwargs = tree_map(lambda a: Ref(a.id_at_location) if isinstance(a, Pointer) else a, ((pointer, *args), kwargs))
+    with_grad = client.request(
+        pointer.location.address,
+        RunOp("Tensor.backward", wire_args, wire_kwargs, (), None, torch.is_grad_enabled()),
+        after_all=pointer._is_chain,
+    )
+    client.grads_changed(pointer.location.address, None if pointer._is_chain else set(with_grad or ()))
+
+
+_SPECIAL = {
+    _T.grad.__get__: _read_grad,
+    _T.grad.__set__: _write_grad,
+    _T.backward: _backward,
+}
+
+
+# ---- what TorchHook installs on torch.Tensor and nn.Module
 def send_tensor(tensor: torch.Tensor, worker: "VirtualWorker") -> PointerTensor:
     """Rule 2: `worker` stores a copy of `tensor`; the local tensor is unchanged."""
     from .client import Client
@@ -259,10 +433,92 @@ def send_tensor(tensor: torch.Tensor, worker: "VirtualWorker") -> PointerTensor:
         return tensor  # sending to me: nothing to do
     client = worker.client
     id_at_location = new_id()
+    tags = tuple(sorted(getattr(tensor, "tags", None) or ()))
+    description = getattr(tensor, "description", None)
     large = tensor.element_size() * tensor.numel() >= INBAND_LIMIT
-    call = client.submit(worker.address, StoreObject(id_at_location, tensor), wait=large)
+    call = client.submit(worker.address, StoreObject(id_at_location, tensor, tags, description), wait=large)
     if large:
         # Large payloads go zero-copy: wait until they have arrived, so that the caller
         # changing `tensor` afterwards cannot change what the worker stores.
         client.wait(call)
-    return PointerTensor.pointing_at(worker, id_at_location, tensor.shape, tensor.dtype, tensor.requires_grad)
+    meta = torch.empty(tuple(tensor.shape), dtype=tensor.dtype, device="meta", requires_grad=tensor.requires_grad)
+    return PointerTensor._make(
+        meta, worker, new_id(), id_at_location, is_chain=False,
+        grad=_GRAD_PRESENT if tensor.is_leaf and tensor.grad is not None else None, tags=tags, description=description,
+    )
+
+
+def tag_tensor(tensor: torch.Tensor, *tags: str) -> torch.Tensor:
+    """PySyft's `t.tag("#boston")`: tags travel with `send` and are what `worker.search` matches."""
+    existing = getattr(tensor, "tags", None) or set()
+    tensor.tags = set(existing) | set(tags)
+    return tensor
+
+
+def describe_tensor(tensor: torch.Tensor, description: str) -> torch.Tensor:
+    tensor.description = description
+    return tensor
+
+
+def send_module(module: torch.nn.Module, worker: "VirtualWorker") -> torch.nn.Module:
+    """Rule 13: send every parameter and buffer; the parameters become pointers *in place*."""
+    for param in module.parameters():
+        if isinstance(param, Pointer):
+            raise ValueError(f"this model is already on {param.location.id!r}; .get() or .move() it")
+    for param in module.parameters():
+        pointer = send_tensor(param.detach().requires_grad_(param.requires_grad), worker)
+        _become_pointer(param, worker, pointer.id_at_location)
+        pointer._check_usable().spent = "its reference went to the parameter"
+    for owner, name, buffer in _buffers(module):
+        owner._buffers[name] = send_tensor(buffer, worker)
+    return module
+
+
+def get_module(module: torch.nn.Module) -> torch.nn.Module:
+    """Fetch every parameter and buffer back, in one round trip for the whole model."""
+    params = [p for p in module.parameters() if isinstance(p, Pointer)]
+    buffers = [(owner, name, b) for owner, name, b in _buffers(module) if isinstance(b, Pointer)]
+    pointers = params + [b for _, _, b in buffers]
+    if not pointers:
+        return module
+    client = pointers[0].location.client
+    for pointer in pointers:
+        pointer._check_usable()
+    values = client.request_many([(p.location.address, GetObject(p.id_at_location)) for p in pointers])
+    for param, value in zip(params, values):
+        _become_local(param, value)
+    for (owner, name, pointer), value in zip(buffers, values[len(params):]):
+        pointer._spend("the model was fetched with .get()")
+        owner._buffers[name] = value
+    return module
+
+
+def move_module(module: torch.nn.Module, worker: "VirtualWorker") -> torch.nn.Module:
+    """Rule 7 for a model: every parameter goes straight to `worker`, in one round trip."""
+    pointers = [p for p in module.parameters() if isinstance(p, Pointer)] + [b for _, _, b in _buffers(module) if isinstance(b, Pointer)]
+    moving = [p for p in pointers if p.location.address != worker.address]
+    if moving:
+        client = moving[0].location.client
+        client.request_many([(p.location.address, MoveObject(p.id_at_location, worker.id, worker.address)) for p in moving])
+        for pointer in moving:
+            pointer._relocate(worker)
+    return module
+
+
+def copy_module(module: torch.nn.Module) -> torch.nn.Module:
+    """PySyft's `model.copy()`: a deep copy; a sent model's copy is made where it lives."""
+    import copy
+
+    return copy.deepcopy(module)
+
+
+def _buffers(module: torch.nn.Module) -> list[tuple[torch.nn.Module, str, torch.Tensor]]:
+    return [(owner, name, buffer) for owner in module.modules() for name, buffer in owner._buffers.items() if buffer is not None]
+
+
+def module_location(module: torch.nn.Module) -> Any:
+    for param in module.parameters():
+        if isinstance(param, Pointer):
+            return param.location
+    return None
+

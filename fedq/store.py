@@ -41,10 +41,12 @@ class ObjectStore:
     def items(self) -> Iterator[tuple[int, Entry]]:
         return iter(list(self._entries.items()))
 
-    def put(self, id: int, obj: Any, *, refs: int = 1, pinned: bool = False, tags: frozenset[str] = frozenset()) -> None:
+    def put(
+        self, id: int, obj: Any, *, refs: int = 1, pinned: bool = False, tags: frozenset[str] = frozenset(), description: str | None = None
+    ) -> None:
         if id in self._entries:
             raise DuplicateIdError(f"worker {self.worker_id!r} already holds an object with id {id}")
-        self._entries[id] = Entry(obj, refs, pinned, tags)
+        self._entries[id] = Entry(obj, refs, pinned, tags, description)
 
     def entry(self, id: int) -> Entry:
         try:

@@ -158,7 +158,7 @@ class ServerLoop:
         try:
             send_frames(self.router, frames, prefix=[identity])
         except zmq.ZMQError as error:  # the caller went away: nothing to tell it
-            log.warning("reply to a disconnected peer dropped: %s", error)
+            log.info("reply to a disconnected peer dropped: %s", error)
 
     def stop(self) -> None:
         self.running = False

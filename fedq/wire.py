@@ -43,6 +43,8 @@ class PointerSpec:
     shape: tuple[int, ...]
     dtype: torch.dtype
     requires_grad: bool = False
+    tags: tuple[str, ...] = ()
+    description: str | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -75,6 +77,8 @@ class StoreObject:
 
     id: int
     obj: Any
+    tags: tuple[str, ...] = ()
+    description: str | None = None
 
 
 @dataclass(slots=True)
@@ -94,6 +98,7 @@ class RunOp:
     kwargs: dict
     result_ids: tuple[int, ...] | None
     result_meta: tuple[tuple[tuple[int, ...], torch.dtype, bool], ...] | None = None
+    grad_enabled: bool = True  # the caller's torch.is_grad_enabled(): an optimizer step runs under no_grad
 
 
 @dataclass(slots=True)
@@ -101,6 +106,30 @@ class GetObject:
     """Hand the object under `id` to the caller and drop this worker's reference."""
 
     id: int
+
+
+@dataclass(slots=True)
+class MoveObject:
+    """Rule 7: send the object under `id` straight to the worker at `address`, which keeps
+    the id; drop it here. Answered once the destination has stored it."""
+
+    id: int
+    location: str
+    address: str
+
+
+@dataclass(slots=True)
+class RemoteGet:
+    """Rule 8: the object under `id` is a pointer; fetch what it points at and keep it here."""
+
+    id: int
+
+
+@dataclass(slots=True)
+class Search:
+    """Rule 14: reply with a PointerSpec (one new reference each) per object carrying all `tags`."""
+
+    tags: tuple[str, ...]
 
 
 @dataclass(slots=True)
@@ -179,7 +208,7 @@ class Failure:
         return cls(type(error).__name__, type(error).__module__, str(error), tb, worker)
 
 
-REQUESTS = (StoreObject, RunOp, GetObject, IncRef, DeleteObjects, ListObjects, DescribeObjects, CountObjects, ClearObjects, Ping, Shutdown)
+REQUESTS = (StoreObject, RunOp, GetObject, MoveObject, RemoteGet, Search, IncRef, DeleteObjects, ListObjects, DescribeObjects, CountObjects, ClearObjects, Ping, Shutdown)
 REPLIES = (Ok, Failure)
 
 # --------------------------------------------------------------------------- tensors
@@ -209,7 +238,7 @@ def _reduce_tensor(tensor: torch.Tensor) -> tuple:
     raw = data.reshape(-1).view(torch.uint8).numpy() if data.numel() else b""
     return (
         _rebuild_tensor,
-        (pickle.PickleBuffer(raw), tensor.dtype, tuple(tensor.shape), tensor.requires_grad, tensor.grad),
+        (pickle.PickleBuffer(raw), tensor.dtype, tuple(tensor.shape), tensor.requires_grad, tensor.grad if tensor.is_leaf else None),
     )
 
 

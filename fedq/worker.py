@@ -14,6 +14,7 @@ import itertools
 import json
 import logging
 import os
+import runpy
 import signal
 import sys
 import time
@@ -25,6 +26,7 @@ from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from . import __version__, ops, wire
 from .errors import (
+    FedqError,
     ProtocolError,
     TensorsNotCollocatedError,
     ValueNeedsGetError,
@@ -42,12 +44,15 @@ from .wire import (
     GetObject,
     IncRef,
     ListObjects,
+    MoveObject,
     ObjectInfo,
     Ok,
     Ping,
     PointerSpec,
     Ref,
+    RemoteGet,
     RunOp,
+    Search,
     Shutdown,
     StoreObject,
     WorkerStatus,
@@ -143,8 +148,8 @@ class Worker:
                 relay.on_reply(Failure.from_exception(error, self.id))
 
     # ---- outgoing, hop by hop
-    def relay(self, hop: PointerSpec, message: Any, on_reply: Callable[[Ok | Failure], None]) -> None:
-        """Send `message` to the worker `hop` points at; `on_reply` gets its answer (or a timeout)."""
+    def relay(self, hop: PointerSpec | MoveObject, message: Any, on_reply: Callable[[Ok | Failure], None]) -> None:
+        """Send `message` to the worker at `hop.address`; `on_reply` gets its answer (or a timeout)."""
         seq = next(self._seq)
         self._relays[seq] = _Relay(f"{hop.location!r} at {hop.address}", time.monotonic() + self.timeout, on_reply)
         self.loop.peers.send(hop.address, wire.encode(seq, message))
@@ -165,9 +170,35 @@ class Worker:
         for hop, message in requests:
             self.relay(hop, message, on_reply)
 
-    def pointer_to(self, id: int, obj: Any) -> PointerSpec:
+    def pointer_to(self, id: int, obj: Any, tags: frozenset[str] = frozenset(), description: str | None = None) -> PointerSpec:
         """A spec for a pointer to object `id` held here (a result the caller will point at)."""
-        return PointerSpec(0, self.id, self.address, id, tuple(obj.shape), obj.dtype, obj.requires_grad)
+        return PointerSpec(0, self.id, self.address, id, tuple(obj.shape), obj.dtype, obj.requires_grad, tuple(sorted(tags)), description)
+
+    def load_data(self, script: str) -> int:
+        """Run a data owner's script (under workers/): its `setup(owner)` adds the owner's objects."""
+        namespace = runpy.run_path(script)
+        owner = DataOwner(self)
+        namespace["setup"](owner)
+        log.info("worker %s loaded %d objects from %s", self.id, owner.count, script)
+        return owner.count
+
+
+class DataOwner:
+    """What a data owner's script sees: a way to add its own objects to its worker.
+
+    Owned objects are pinned: pointers to them (from a search) never free them (rule 14).
+    """
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.id = worker.id
+        self.count = 0
+
+    def add(self, tensor: torch.Tensor, *, tags: tuple[str, ...] | list[str] = (), description: str | None = None) -> int:
+        id = new_id()
+        self.worker.store.put(id, tensor, pinned=True, tags=frozenset(tags), description=description)
+        self.count += 1
+        return id
 
 
 # --------------------------------------------------------------------------- handlers
@@ -190,7 +221,7 @@ def store_object(worker: Worker, message: StoreObject, reply: Reply) -> None:
         obj.id = message.id  # a pointer handed over keeps its id (rule 3)
     elif not isinstance(obj, torch.Tensor):
         raise TypeError(f"workers store tensors and pointers, not {type(obj).__name__}")
-    worker.store.put(message.id, obj)
+    worker.store.put(message.id, obj, tags=frozenset(message.tags), description=message.description)
     reply.ok()
 
 
@@ -214,9 +245,12 @@ def run_op(worker: Worker, message: RunOp, reply: Reply) -> None:
 def _run_here(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: dict, reply: Reply) -> None:
     func = ops.resolve(message.op)
     args, kwargs = tree_unflatten([targets[l.id] if isinstance(l, Ref) else l for l in leaves], spec)
-    out = func(*args, **kwargs)
+    with torch.set_grad_enabled(message.grad_enabled):
+        out = func(*args, **kwargs)
     if message.result_ids == ():  # in place: nothing new to store
-        reply.ok()
+        # After backward the caller learns which of its tensors have a .grad now, so that
+        # an optimizer reading p.grad costs no round trip per parameter.
+        reply.ok(_ids_with_grad(worker) if message.op == "Tensor.backward" else None)
         return
     results, out_spec = tree_flatten(out)
     for result in results:
@@ -239,6 +273,10 @@ def _run_here(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: 
     reply.ok()
 
 
+def _ids_with_grad(worker: Worker) -> list[int]:
+    return [id for id, entry in worker.store.items() if isinstance(entry.obj, torch.Tensor) and entry.obj.is_leaf and entry.obj.grad is not None]
+
+
 def _relay_op(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: dict, hop: PointerSpec, reply: Reply) -> None:
     """Rule 4 on a chain: the next hop computes; we keep a pointer to each result under
     the id our caller chose, and answer once the next hop has."""
@@ -259,7 +297,7 @@ def _relay_op(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: 
 
             reply.ok(tree_map(keep, answer.value))
 
-        worker.relay(hop, RunOp(message.op, args, kwargs, None), on_inferred)
+        worker.relay(hop, RunOp(message.op, args, kwargs, None, None, message.grad_enabled), on_inferred)
         return
 
     next_ids = tuple(new_id() for _ in message.result_ids)
@@ -272,9 +310,9 @@ def _relay_op(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: 
                 worker.store.remove_if_present(id)  # never leave a pointer to nothing
             reply.forward(answer)
         else:
-            reply.ok()
+            reply.ok()  # (a backward's grads are at the last hop: the caller asks for them there)
 
-    worker.relay(hop, RunOp(message.op, args, kwargs, next_ids, message.result_meta), on_done)
+    worker.relay(hop, RunOp(message.op, args, kwargs, next_ids, message.result_meta, message.grad_enabled), on_done)
 
 
 @handles(GetObject)
@@ -301,6 +339,63 @@ def get_object(worker: Worker, message: GetObject, reply: Reply) -> None:
         reply.ok(pointer)
 
     worker.relay(pointer, IncRef((pointer.id_at_location,)), on_incref)
+
+
+@handles(MoveObject)
+def move_object(worker: Worker, message: MoveObject, reply: Reply) -> None:
+    """Rule 7: the bytes go from here straight to the destination, which keeps the id."""
+    entry = worker.store.entry(message.id)
+    if message.address == worker.address:
+        reply.ok()
+        return
+    shared = entry.refs > 1 or entry.pinned
+    if shared and isinstance(entry.obj, PointerSpec):
+        raise FedqError(f"object {message.id} on {worker.id!r} is a pointer other pointers share; .get() or copy it instead")
+
+    def on_stored(answer: Ok | Failure) -> None:
+        if isinstance(answer, Failure):
+            reply.forward(answer)
+            return
+        if shared:  # other pointers still need it here: the mover's reference is what left
+            worker.store.decref(message.id)
+        else:
+            worker.store.remove_if_present(message.id)
+        reply.ok()
+
+    worker.relay(message, StoreObject(message.id, entry.obj, tuple(sorted(entry.tags)), entry.description), on_stored)
+
+
+@handles(RemoteGet)
+def remote_get(worker: Worker, message: RemoteGet, reply: Reply) -> None:
+    """Rule 8: replace our pointer by what it points at, fetched from the next hop."""
+    entry = worker.store.entry(message.id)
+    hop = entry.obj
+    if not isinstance(hop, PointerSpec):
+        raise FedqError(f"remote_get() needs a pointer to a pointer: {worker.id!r} holds the tensor {message.id} itself")
+
+    def on_fetched(answer: Ok | Failure) -> None:
+        if isinstance(answer, Failure):
+            reply.forward(answer)
+            return
+        fetched = answer.value
+        if isinstance(fetched, PointerSpec):
+            fetched.id = message.id
+        entry.obj = fetched
+        reply.ok(isinstance(fetched, PointerSpec))
+
+    worker.relay(hop, GetObject(hop.id_at_location), on_fetched)
+
+
+@handles(Search)
+def search(worker: Worker, message: Search, reply: Reply) -> None:
+    """Rule 14: a pointer (one new reference) to every object carrying all the tags."""
+    wanted = set(message.tags)
+    found = []
+    for id, entry in worker.store.items():
+        if wanted <= entry.tags and isinstance(entry.obj, torch.Tensor):
+            entry.refs += 1
+            found.append(worker.pointer_to(id, entry.obj, entry.tags, entry.description))
+    reply.ok(found)
 
 
 @handles(IncRef)
@@ -369,7 +464,14 @@ def shutdown(worker: Worker, message: Shutdown, reply: Reply) -> None:
 
 
 def run_worker(
-    id: str, address: str, *, timeout: float = 30.0, watch_parent: bool = False, verbose: bool = False, quiet: bool = False
+    id: str,
+    address: str,
+    *,
+    timeout: float = 30.0,
+    watch_parent: bool = False,
+    verbose: bool = False,
+    quiet: bool = False,
+    data: str | None = None,
 ) -> None:
     """Run one worker in this process until it is told to stop, signalled, or orphaned."""
     logging.basicConfig(
@@ -379,6 +481,8 @@ def run_worker(
     )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     worker = Worker(id, address, timeout=timeout, watch_fd=sys.stdin.fileno() if watch_parent else None)
+    if data:
+        worker.load_data(data)
     try:
         worker.serve()
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM's handler above

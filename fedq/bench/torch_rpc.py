@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import socket
 import traceback
-from multiprocessing.connection import Connection
+import warnings
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import torch
 import torch.distributed.rpc as rpc
 
+from .ports import free_port
 from .timing import per_call
 
 SHUTDOWN_TIMEOUT = 10.0  # seconds a rank waits for the other in a graceful shutdown
@@ -29,14 +30,9 @@ def _echo(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def free_port() -> int:
-    """A loopback port nobody holds right now (the rendezvous store binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _init(name: str, rank: int, port: int) -> None:
+    # torch's rpc warns about its own internal use of a gloo group: nothing for a reader of the table.
+    warnings.filterwarnings("ignore", message="You are using a Backend", category=UserWarning)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), TP_SOCKET_IFNAME="lo", GLOO_SOCKET_IFNAME="lo")
     options = rpc.TensorPipeRpcBackendOptions(rpc_timeout=120)
     rpc.init_rpc(name, rank=rank, world_size=2, rpc_backend_options=options)
@@ -115,9 +111,14 @@ def measure_torch_rpc(
     try:
         for process in processes:
             process.start()
-        if not here.poll(timeout):
+        there.close()  # only the driver writes: our copy would hide its death from recv()
+        # Wake on figures, or on either rank dying (the other would then wait for it forever).
+        ready = wait([here, driver.sentinel, callee.sentinel], timeout)
+        if here in ready or here.poll(0):
+            return here.recv()
+        if not ready:
             return {"error": f"torch rpc gave no figures within {timeout:g} s"}
-        return here.recv()
+        return {"error": f"a torch rpc process exited early (driver code {driver.exitcode}, callee code {callee.exitcode})"}
     except EOFError:
         return {"error": "the torch rpc driver died before sending its figures"}
     finally:
