@@ -26,10 +26,10 @@ from .errors import (  # noqa: E402
 from .client import Client, local_client  # noqa: E402
 from .handle import VirtualWorker, connect  # noqa: E402
 from .hook import TorchHook  # noqa: E402
-from .pointer import PointerTensor  # noqa: E402
+from .pointer import Pointer, PointerParameter, PointerTensor  # noqa: E402
 
 __all__ = [
     "Client", "FedqError", "GetNotPermittedError", "ObjectNotFoundError", "PointerTensor", "ProtocolError",
     "RemoteError", "SpentPointerError", "TensorsNotCollocatedError", "TorchHook", "UnsupportedOperationError",
-    "ValueNeedsGetError", "VirtualWorker", "WorkerDiedError", "WorkerUnreachableError", "connect", "local_client",
+    "ValueNeedsGetError", "VirtualWorker", "Pointer", "PointerParameter", "WorkerDiedError", "WorkerUnreachableError", "connect", "local_client",
 ]

@@ -39,12 +39,14 @@ def worker(
     from .worker import run_worker
 
     try:
-        settings = load_config(config) if address is None or timeout is None else None
+        federation = load_config(config) if address is None or timeout is None else None
+        settings = federation.worker(name) if federation is not None and name in federation.workers else None
         run_worker(
             name,
-            _address(name, config, address),
-            timeout=timeout if timeout is not None else settings.timeout,
+            address or federation.worker(name).address,
+            timeout=timeout if timeout is not None else federation.timeout,
             verbose=verbose,
+            data=settings.data if settings else None,
         )
     except FedqError as error:
         _fail(error)
@@ -61,7 +63,7 @@ def up(config: Path = ConfigOption, verbose: bool = typer.Option(False, "--verbo
     except FedqError as error:
         _fail(error)
     processes = {
-        id: start_worker_process(id, w.address, timeout=federation.timeout, verbose=verbose)
+        id: start_worker_process(id, w.address, timeout=federation.timeout, verbose=verbose, data=w.data)
         for id, w in federation.workers.items()
     }
     typer.echo(f"started {', '.join(f'{id} (pid {p.pid})' for id, p in processes.items())}; Ctrl-C stops them")
@@ -125,11 +127,28 @@ def ping(
 
 
 @app.command()
-def demo() -> None:
+def demo(
+    aggregator: bool = typer.Option(False, "--aggregator", help="Run federated averaging on a trusted aggregator instead."),
+) -> None:
     """Run the remote-execution lesson cell by cell against real worker processes."""
-    from .demo import run_lesson
+    from .demo import AGGREGATOR, LESSON, run_demo
 
-    run_lesson()
+    if aggregator and not Path("workers/housing.py").exists():
+        _fail(FedqError("the --aggregator demo loads workers/housing.py: run it from the repository root"))
+    run_demo(AGGREGATOR if aggregator else LESSON)
+
+
+@app.command()
+def bench(
+    quick: bool = typer.Option(False, "--quick", help="A reduced set in well under a minute (no 256 MiB, fewer repeats)."),
+    json_path: Path = typer.Option(Path("bench-results.json"), "--json", help="Where to write every raw figure."),
+) -> None:
+    """Measure fedq against raw pyzmq and torch.distributed.rpc on the same work; exit 3 when a figure is more than 2x off its target."""
+    from .bench import run_bench
+
+    results = run_bench(quick=quick, json_path=json_path, log=lambda line: typer.echo(line, err=True))
+    typer.echo(f"raw figures: {json_path}", err=True)
+    raise typer.Exit(results["gate"]["exit_code"])
 
 
 def main() -> None:

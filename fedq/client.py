@@ -66,6 +66,7 @@ class Client:
         self._pending: collections.Counter[str] = collections.Counter()
         self._deferred: list[FedqError] = []
         self._seq = itertools.count(1)
+        self._waits = 0  # how many times the caller waited for a worker (round trips it felt)
         self._handles: dict[str, VirtualWorker] = {}  # by address
         self._children: dict[str, subprocess.Popen] = {}  # workers this process started, by address
         self.spawned: dict[str, VirtualWorker] = {}  # the same, by id
@@ -108,6 +109,7 @@ class Client:
             "bytes_sent": self._io.peers.bytes_sent,
             "bytes_received": self._io.peers.bytes_received,
             "requests_in_flight": in_flight,
+            "waits": self._waits,
         }
 
     # ---- sending
@@ -186,6 +188,7 @@ class Client:
     def wait(self, call: Call, timeout: float | None = None) -> Any:
         """The answer to `call`; raises its error, or an earlier pipelined one first."""
         limit = self.timeout if timeout is None else timeout
+        self._waits += 1
         with self._cv:
             if not self._cv.wait_for(lambda: call.done, limit):
                 raise self._give_up([call.address], limit)
@@ -203,6 +206,8 @@ class Client:
             return [a for a, n in self._pending.items() if n and a != except_address]
 
         with self._cv:
+            if others_busy():
+                self._waits += 1
             if not self._cv.wait_for(lambda: not others_busy(), limit):
                 raise self._give_up(others_busy(), limit)
         self._raise_deferred()

@@ -5,6 +5,7 @@
 
     [workers.bob]
     address = "ipc://{runtime}/bob.sock"   # or "tcp://127.0.0.1:5601"
+    data = "workers/housing.py"            # optional: the data owner's startup script
 
 `{runtime}` expands to a directory only this user can read. The same file
 drives the Procfile (`fedq worker NAME --config ...`), `fedq up`, and
@@ -31,6 +32,7 @@ class ConfigError(FedqError, ValueError):
 class WorkerConfig:
     id: str
     address: str
+    data: str | None = None  # a data owner's script (workers/...), run by the worker at startup
 
 
 @dataclass(frozen=True)
@@ -63,5 +65,11 @@ def load_config(path: str | Path | None = None) -> FederationConfig:
             raise ConfigError(f"{path}: worker {id!r} needs an address")
         if "{runtime}" in address:
             address = address.replace("{runtime}", str(runtime_dir()))
-        workers[id] = WorkerConfig(id, address)
+        data = settings.get("data")
+        if data is not None:
+            # Relative to the directory above configs/, where the Procfile runs.
+            data = str((path.resolve().parent.parent / data).resolve()) if not Path(data).is_absolute() else data
+            if not Path(data).exists():
+                raise ConfigError(f"{path}: worker {id!r} has data = {settings['data']!r}, which does not exist")
+        workers[id] = WorkerConfig(id, address, data)
     return FederationConfig(path, float(federation.get("timeout", 30)), workers)

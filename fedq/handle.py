@@ -50,7 +50,9 @@ class VirtualWorker:
             return existing  # re-running a notebook cell must not start a second "bob"
         return super().__new__(cls)
 
-    def __init__(self, hook: Any = None, id: str = "worker", *, timeout: float | None = None, verbose: bool = False) -> None:
+    def __init__(
+        self, hook: Any = None, id: str = "worker", *, timeout: float | None = None, verbose: bool = False, data: str | Path | None = None
+    ) -> None:
         if getattr(self, "client", None) is not None:
             return
         self.client = _client_of(hook)
@@ -59,7 +61,8 @@ class VirtualWorker:
         self.address = f"ipc://{directory}/{id}.sock"
         # A child shares our terminal: it prints only warnings, unless asked.
         self.process: subprocess.Popen | None = start_worker_process(
-            id, self.address, timeout=timeout or self.client.timeout, verbose=verbose, quiet=not verbose
+            id, self.address, timeout=timeout or self.client.timeout, verbose=verbose, quiet=not verbose,
+            data=str(Path(data).resolve()) if data else None,
         )
         self.client.register(self, self.process)
         self.client.spawned[id] = self

@@ -151,6 +151,8 @@ class Pointer:
     def _relocate(self, location: "VirtualWorker") -> None:
         self._check_usable().address = location.address
         self.location = location
+        if isinstance(self._grad_state, Pointer):  # the grad moved along; drop the handle to the old one
+            self._grad_state = _GRAD_PRESENT
 
     # ---- the pointer's own API
     def send(self, worker: "VirtualWorker") -> "PointerTensor":

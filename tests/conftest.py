@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import gc
+from pathlib import Path
 
 import pytest
 import torch as th
 
 import fedq as sy
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
@@ -17,7 +20,7 @@ def hook() -> sy.TorchHook:
 
 @pytest.fixture(scope="session")
 def federation(hook: sy.TorchHook):
-    workers = {name: sy.VirtualWorker(hook, id=name) for name in ("bob", "alice", "carol")}
+    workers = {name: sy.VirtualWorker(hook, id=name) for name in ("bob", "alice", "carol", "secure_worker")}
     yield workers
     hook.local_worker.close()
     for worker in workers.values():
@@ -55,6 +58,17 @@ def alice(federation):
 @pytest.fixture
 def carol(federation):
     return federation["carol"]
+
+
+@pytest.fixture
+def secure_worker(federation):
+    return federation["secure_worker"]
+
+
+@pytest.fixture(scope="session")
+def data_owners(hook, federation):
+    """Two workers that loaded their own shard of workers/housing.py at startup (never cleared)."""
+    return [sy.VirtualWorker(hook, id=f"owner_{name}", data=ROOT / "workers" / "housing.py") for name in ("bob", "alice")]
 
 
 def store(worker) -> dict:

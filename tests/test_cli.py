@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import torch as th
 from typer.testing import CliRunner
@@ -11,6 +12,7 @@ from typer.testing import CliRunner
 from fedq.cli import app
 
 runner = CliRunner()
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_ls_lists_tensors_and_where_stored_pointers_point(bob, alice):
@@ -51,3 +53,10 @@ def test_demo_runs_the_lesson_against_real_processes():
     assert "[PointerTensor | me:" in out and "-> alice:" in out
     assert "tensor([1, 2, 3, 4, 5])" in out and "tensor([ 2,  4,  6,  8, 10])" in out
     assert out.rstrip().endswith("Out[15]: ({}, {})")
+
+
+def test_demo_aggregator_mode_trains_on_the_owners_shards():
+    done = subprocess.run([sys.executable, "-m", "fedq", "demo", "--aggregator"], capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert "round 10:" in done.stdout and "bob loss" in done.stdout and "alice loss" in done.stdout
+    assert done.stdout.rstrip().endswith("[2, 2, 0]")  # only each owner's data is left

@@ -144,3 +144,28 @@ def test_works_inside_a_running_asyncio_event_loop(bob):
         return (x * 2).get()
 
     assert th.equal(asyncio.run(cell()), th.tensor([2, 4]))
+
+
+def test_trusted_aggregator_example_against_fedq_up_workers(tmp_path: Path):
+    """examples/trusted_aggregator.py against a standing federation whose owners load their shards."""
+    root = Path(__file__).resolve().parent.parent
+    config = tmp_path / "federation.toml"
+    data = root / "workers" / "housing.py"
+    config.write_text(
+        "[federation]\ntimeout = 20\n"
+        f'[workers.bob]\naddress = "tcp://127.0.0.1:{_free_port()}"\ndata = "{data}"\n'
+        f'[workers.alice]\naddress = "tcp://127.0.0.1:{_free_port()}"\ndata = "{data}"\n'
+        f'[workers.secure_worker]\naddress = "tcp://127.0.0.1:{_free_port()}"\n'
+    )
+    up = subprocess.Popen([sys.executable, "-m", "fedq", "up", "--config", str(config)], stdout=subprocess.PIPE, text=True)
+    try:
+        up.stdout.readline()
+        done = subprocess.run(
+            [sys.executable, str(root / "examples" / "trusted_aggregator.py"), "--config", str(config), "--rounds", "3"],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "round  3:" in done.stdout and "averaged model:" in done.stdout
+    finally:
+        up.send_signal(signal.SIGTERM)
+        up.wait(15)
