@@ -11,7 +11,10 @@
 __version__ = "0.1.0"
 
 from .errors import (  # noqa: E402
+    CodeNotAllowedError,
+    ConfigError,
     FedqError,
+    StoreFullError,
     GetNotPermittedError,
     ObjectNotFoundError,
     ProtocolError,
@@ -29,6 +32,7 @@ from .hook import TorchHook  # noqa: E402
 from .pointer import Pointer, PointerParameter, PointerTensor  # noqa: E402
 
 __all__ = [
+    "CodeNotAllowedError", "ConfigError", "StoreFullError",
     "Client", "FedqError", "GetNotPermittedError", "ObjectNotFoundError", "PointerTensor", "ProtocolError",
     "RemoteError", "SpentPointerError", "TensorsNotCollocatedError", "TorchHook", "UnsupportedOperationError",
     "ValueNeedsGetError", "VirtualWorker", "Pointer", "PointerParameter", "WorkerDiedError", "WorkerUnreachableError", "connect", "local_client",

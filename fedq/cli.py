@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from .config import DEFAULT_CONFIG, load_config
-from .errors import FedqError
+from .errors import ConfigError, FedqError
 
 app = typer.Typer(help="fedq: remote execution on private data, over real worker processes.", no_args_is_help=True, add_completion=False)
 
@@ -31,22 +31,33 @@ def _address(name: str, config: Path, address: Optional[str]) -> str:
 def worker(
     name: str = typer.Argument(..., help="The worker's id, as in the config."),
     config: Path = ConfigOption,
-    address: Optional[str] = typer.Option(None, help="Endpoint to bind, instead of the config's."),
+    address: Optional[str] = typer.Option(None, help="Endpoint to bind, instead of the config's (then the key comes from FEDQ_KEY if there is no config)."),
     timeout: Optional[float] = typer.Option(None, help="Seconds to wait for the next hop of a chain."),
+    allow_code: bool = typer.Option(False, "--allow-code", help="Run functions shipped inside messages. Unpickling code is code execution: only for a federation you trust."),
+    max_store_bytes: Optional[int] = typer.Option(None, help="Refuse to hold more tensor bytes than this."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every message handled."),
 ) -> None:
     """Run one worker in this process (what each Procfile line does)."""
+    from .keys import key_from_environment
     from .worker import run_worker
 
     try:
-        federation = load_config(config) if address is None or timeout is None else None
-        settings = federation.worker(name) if federation is not None and name in federation.workers else None
+        federation = load_config(config) if address is None or config.exists() else None
+        settings = federation.workers.get(name) if federation else None
+        if federation and settings is None and address is None:
+            federation.worker(name)  # raises: says which workers the config has
+        key = federation.key() if federation else key_from_environment()
+        if key is None:
+            raise ConfigError("no key: give a config with a key file, or set FEDQ_KEY (see `fedq keygen`)")
         run_worker(
             name,
-            address or federation.worker(name).address,
-            timeout=timeout if timeout is not None else federation.timeout,
+            address or settings.address,
+            key=key,
+            timeout=timeout if timeout is not None else (federation.timeout if federation else 30.0),
             verbose=verbose,
             data=settings.data if settings else None,
+            allow_code=allow_code or bool(federation and federation.allow_code),
+            max_store_bytes=max_store_bytes if max_store_bytes is not None else (federation.max_store_bytes if federation else None),
         )
     except FedqError as error:
         _fail(error)
@@ -60,10 +71,14 @@ def up(config: Path = ConfigOption, verbose: bool = typer.Option(False, "--verbo
 
     try:
         federation = load_config(config)
+        key = federation.key()
     except FedqError as error:
         _fail(error)
     processes = {
-        id: start_worker_process(id, w.address, timeout=federation.timeout, verbose=verbose, data=w.data)
+        id: start_worker_process(
+            id, w.address, key=key, timeout=federation.timeout, verbose=verbose, data=w.data,
+            allow_code=federation.allow_code, max_store_bytes=federation.max_store_bytes,
+        )
         for id, w in federation.workers.items()
     }
     typer.echo(f"started {', '.join(f'{id} (pid {p.pid})' for id, p in processes.items())}; Ctrl-C stops them")
@@ -124,6 +139,27 @@ def ping(
     except FedqError as error:
         _fail(error)
     typer.echo(f"{status.id}: alive, pid {status.pid}, fedq {status.version}, {status.objects} objects, {1000 * (time.perf_counter() - start):.2f} ms")
+
+
+@app.command()
+def keygen(
+    config: Path = ConfigOption,
+    print_key: bool = typer.Option(False, "--print", help="Print a new key (hex, for FEDQ_KEY) instead of writing the config's key file."),
+) -> None:
+    """Make a new federation signing key: every worker and script of the federation must share it."""
+    from .keys import write_key_file
+    from .wire import new_key
+
+    key = new_key()
+    if print_key:
+        typer.echo(key.hex())
+        return
+    try:
+        federation = load_config(config)
+    except FedqError as error:
+        _fail(error)
+    write_key_file(federation.key_file, key)
+    typer.echo(f"wrote a new key to {federation.key_file} (mode 600); restart the federation's workers to use it")
 
 
 @app.command()

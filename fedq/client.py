@@ -27,7 +27,8 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from . import wire
-from .errors import FedqError, WorkerDiedError, WorkerUnreachableError, rebuild_remote_error
+from .errors import ConfigError, FedqError, ProtocolError, WorkerDiedError, WorkerUnreachableError, rebuild_remote_error
+from .keys import key_from_environment
 from .transport import IOThread
 from .wire import DeleteObjects, Failure
 
@@ -59,8 +60,10 @@ class Client:
 
     id = "me"
 
-    def __init__(self, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, key: bytes, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.timeout = timeout
+        self.key = key
+        self.codec = wire.Codec(key)
         self._cv = threading.Condition()
         self._calls: dict[int, Call] = {}
         self._pending: collections.Counter[str] = collections.Counter()
@@ -92,6 +95,18 @@ class Client:
             handle = VirtualWorker.at(self, id, address)
         return handle
 
+    def use_key(self, key: bytes) -> None:
+        """Join a federation that has its own key: possible until this client has met a worker."""
+        if key == self.key:
+            return
+        if self._handles:
+            raise ConfigError(
+                "this process already talks to workers under another key; one process joins one federation "
+                "(set FEDQ_KEY to the federation's key before starting workers from it)"
+            )
+        self.key = key
+        self.codec = wire.Codec(key)
+
     def register(self, handle: "VirtualWorker", process: subprocess.Popen | None = None) -> None:
         self._handles[handle.address] = handle
         if process is not None:
@@ -118,7 +133,7 @@ class Client:
         if self._closed:
             raise FedqError("this fedq client is closed (the interpreter is exiting)")
         seq = next(self._seq)
-        frames = wire.encode(seq, message)
+        frames = self.codec.encode(seq, message)
         call = self._register(seq, address, wait)
         self._io.submit(address, frames)
         return call
@@ -182,7 +197,7 @@ class Client:
     def _encode_deletes(self, address: str, ids: list[int]) -> list:  # runs on the I/O thread
         seq = next(self._seq)
         self._register(seq, address, False, quiet=True)
-        return wire.encode(seq, DeleteObjects(tuple(ids)))
+        return self.codec.encode(seq, DeleteObjects(tuple(ids)))
 
     # ---- waiting
     def wait(self, call: Call, timeout: float | None = None) -> Any:
@@ -251,9 +266,11 @@ class Client:
         answers = []
         for frames in messages:
             try:
-                answers.append(wire.decode(frames))
-            except FedqError as error:
+                answers.append(self.codec.decode(frames))
+            except ProtocolError as error:
                 log.warning("dropped a reply from %s: %s", address, error)
+                if error.seq is not None:  # signed, but refused (it carried code): fail that request
+                    answers.append((error.seq, Failure.from_exception(error, self.name_of(address))))
         with self._cv:
             for seq, message in answers:
                 call = self._calls.pop(seq, None)
@@ -344,5 +361,5 @@ def local_client() -> Client:
     global _client
     with _client_lock:
         if _client is None or _client._closed:
-            _client = Client()
+            _client = Client(key_from_environment() or wire.new_key())
         return _client

@@ -2,6 +2,7 @@
 
     [federation]
     timeout = 30                      # seconds any call waits before naming the silent worker
+    key_file = "~/.config/fedq/local.key"  # the federation's signing key; made on first use
 
     [workers.bob]
     address = "ipc://{runtime}/bob.sock"   # or "tcp://127.0.0.1:5601"
@@ -18,14 +19,11 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import FedqError
+from .errors import ConfigError
+from .keys import key_from_environment, read_key_file
 from .transport import runtime_dir
 
 DEFAULT_CONFIG = Path("configs/local.toml")
-
-
-class ConfigError(FedqError, ValueError):
-    """A federation config is missing, malformed, or lacks the worker asked for."""
 
 
 @dataclass(frozen=True)
@@ -39,7 +37,14 @@ class WorkerConfig:
 class FederationConfig:
     path: Path
     timeout: float
+    key_file: Path
     workers: dict[str, WorkerConfig] = field(default_factory=dict)
+    max_store_bytes: int | None = None
+    allow_code: bool = False
+
+    def key(self) -> bytes:
+        """The federation's signing key: FEDQ_KEY if set, else the key file (made if missing)."""
+        return key_from_environment() or read_key_file(self.key_file)
 
     def worker(self, id: str) -> WorkerConfig:
         try:
@@ -72,4 +77,9 @@ def load_config(path: str | Path | None = None) -> FederationConfig:
             if not Path(data).exists():
                 raise ConfigError(f"{path}: worker {id!r} has data = {settings['data']!r}, which does not exist")
         workers[id] = WorkerConfig(id, address, data)
-    return FederationConfig(path, float(federation.get("timeout", 30)), workers)
+    key_file = Path(federation.get("key_file", f"~/.config/fedq/{path.stem}.key")).expanduser()
+    max_store = federation.get("max_store_bytes")
+    return FederationConfig(
+        path, float(federation.get("timeout", 30)), key_file, workers,
+        int(max_store) if max_store is not None else None, bool(federation.get("allow_code", False)),
+    )

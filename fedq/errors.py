@@ -48,7 +48,22 @@ class GetNotPermittedError(FedqError, PermissionError):
 
 
 class ProtocolError(FedqError):
-    """A message could not be decoded, or was not one the receiver expects."""
+    """A message could not be decoded, or was not one the receiver expects.
+
+    `seq` is the request it belonged to when the sender proved it holds the key
+    (so it can be told why), else None (so it is dropped unanswered)."""
+
+    def __init__(self, message: str = "", *, seq: int | None = None) -> None:
+        super().__init__(message)
+        self.seq = seq
+
+
+class CodeNotAllowedError(ProtocolError):
+    """A message carried code (a pickled function or class) to a worker that does not run code."""
+
+
+class StoreFullError(FedqError, MemoryError):
+    """A worker's store would grow past its configured maximum."""
 
 
 class WorkerUnreachableError(FedqError, TimeoutError):
@@ -57,6 +72,10 @@ class WorkerUnreachableError(FedqError, TimeoutError):
 
 class WorkerDiedError(WorkerUnreachableError):
     """A worker process that this client started has exited."""
+
+
+class ConfigError(FedqError, ValueError):
+    """A federation config or key is missing, malformed, or lacks what was asked for."""
 
 
 class RemoteError(FedqError):

@@ -51,7 +51,15 @@ class VirtualWorker:
         return super().__new__(cls)
 
     def __init__(
-        self, hook: Any = None, id: str = "worker", *, timeout: float | None = None, verbose: bool = False, data: str | Path | None = None
+        self,
+        hook: Any = None,
+        id: str = "worker",
+        *,
+        timeout: float | None = None,
+        verbose: bool = False,
+        data: str | Path | None = None,
+        allow_code: bool = False,
+        max_store_bytes: int | None = None,
     ) -> None:
         if getattr(self, "client", None) is not None:
             return
@@ -61,8 +69,8 @@ class VirtualWorker:
         self.address = f"ipc://{directory}/{id}.sock"
         # A child shares our terminal: it prints only warnings, unless asked.
         self.process: subprocess.Popen | None = start_worker_process(
-            id, self.address, timeout=timeout or self.client.timeout, verbose=verbose, quiet=not verbose,
-            data=str(Path(data).resolve()) if data else None,
+            id, self.address, key=self.client.key, timeout=timeout or self.client.timeout, verbose=verbose, quiet=not verbose,
+            data=str(Path(data).resolve()) if data else None, allow_code=allow_code, max_store_bytes=max_store_bytes,
         )
         self.client.register(self, self.process)
         self.client.spawned[id] = self
@@ -140,7 +148,9 @@ def connect(hook: Any = None, id: str = "", *, address: str | None = None, confi
 
     client = _client_of(hook)
     if address is None:
-        address = load_config(config).worker(id).address
+        federation = load_config(config)
+        address = federation.worker(id).address
+        client.use_key(federation.key())
     handle = client.handle_for(id, address)
     handle.id = id or handle.id
     return handle

@@ -6,15 +6,33 @@ import json
 import subprocess
 import sys
 
+from .keys import environment_with_key
+
 
 def start_worker_process(
-    id: str, address: str, *, timeout: float = 30.0, verbose: bool = False, quiet: bool = False, data: str | None = None
+    id: str,
+    address: str,
+    *,
+    key: bytes,
+    timeout: float = 30.0,
+    verbose: bool = False,
+    quiet: bool = False,
+    data: str | None = None,
+    allow_code: bool = False,
+    max_store_bytes: int | None = None,
 ) -> subprocess.Popen:
     """Start `fedq.worker` as a child process serving `id` on `address`.
 
-    `data` is a data owner's script (see workers/) the worker runs before serving.
+    The key travels in the child's environment, not its command line. `allow_code`
+    lets it run functions shipped inside messages (off by default: unpickling is code
+    execution). `data` is a data owner's script (see workers/) the worker runs before serving.
     The child watches a pipe from us and exits when it closes, so it dies with
     this process even when this process is SIGKILLed: no orphans.
     """
-    settings = {"id": id, "address": address, "timeout": timeout, "watch_parent": True, "verbose": verbose, "quiet": quiet, "data": data}
-    return subprocess.Popen([sys.executable, "-m", "fedq.worker", json.dumps(settings)], stdin=subprocess.PIPE)
+    settings = {
+        "id": id, "address": address, "timeout": timeout, "watch_parent": True, "verbose": verbose, "quiet": quiet,
+        "data": data, "allow_code": allow_code, "max_store_bytes": max_store_bytes,
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "fedq.worker", json.dumps(settings)], stdin=subprocess.PIPE, env=environment_with_key(key)
+    )

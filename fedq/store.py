@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import torch
 
-from .errors import DuplicateIdError, ObjectNotFoundError
+from .errors import DuplicateIdError, ObjectNotFoundError, StoreFullError
 from .wire import PointerSpec
 
 
@@ -28,8 +28,10 @@ class Entry:
 
 
 class ObjectStore:
-    def __init__(self, worker_id: str) -> None:
+    def __init__(self, worker_id: str, max_bytes: int | None = None) -> None:
         self.worker_id = worker_id
+        self.max_bytes = max_bytes
+        self.nbytes = 0  # tensor bytes held, kept up to date on every put and removal
         self._entries: dict[int, Entry] = {}
 
     def __len__(self) -> int:
@@ -46,7 +48,13 @@ class ObjectStore:
     ) -> None:
         if id in self._entries:
             raise DuplicateIdError(f"worker {self.worker_id!r} already holds an object with id {id}")
+        size = object_nbytes(obj)
+        if self.max_bytes is not None and self.nbytes + size > self.max_bytes:
+            raise StoreFullError(
+                f"worker {self.worker_id!r} holds {self.nbytes} bytes; {size} more would pass its limit of {self.max_bytes}"
+            )
         self._entries[id] = Entry(obj, refs, pinned, tags, description)
+        self.nbytes += size
 
     def entry(self, id: int) -> Entry:
         try:
@@ -73,22 +81,30 @@ class ObjectStore:
         if entry.refs > 0 or entry.pinned:
             entry.refs = max(entry.refs, 0)
             return None
-        del self._entries[id]
-        return entry
+        return self._remove(id)
 
     def pop(self, id: int) -> Entry:
-        entry = self.entry(id)
-        del self._entries[id]
-        return entry
+        self.entry(id)
+        return self._remove(id)
 
     def remove_if_present(self, id: int) -> None:
-        self._entries.pop(id, None)
+        if id in self._entries:
+            self._remove(id)
+
+    def replace(self, id: int, obj: Any) -> None:
+        """Put `obj` in place of what `id` holds (remote_get), keeping its references."""
+        entry = self.entry(id)
+        self.nbytes += object_nbytes(obj) - object_nbytes(entry.obj)
+        entry.obj = obj
 
     def clear(self) -> None:
         self._entries.clear()
+        self.nbytes = 0
 
-    def nbytes(self) -> int:
-        return sum(object_nbytes(e.obj) for e in self._entries.values())
+    def _remove(self, id: int) -> Entry:
+        entry = self._entries.pop(id)
+        self.nbytes -= object_nbytes(entry.obj)
+        return entry
 
 
 def object_nbytes(obj: Any) -> int:

@@ -44,10 +44,16 @@ def runtime_dir() -> Path:
     return base
 
 
+#: messages a socket queues from one peer before it stops reading from it (back-pressure,
+#: nothing dropped): a peer cannot grow a worker's memory by sending faster than it serves.
+RECEIVE_QUEUE = 100_000
+
+
 def _tune(sock: zmq.Socket) -> None:
-    # A dropped reply would leave its caller waiting for nothing: never drop on HWM.
+    # Our own outgoing queue is bounded by what our code sends: a dropped request or reply
+    # would leave its caller waiting for nothing, so never drop on the send side.
     sock.setsockopt(zmq.SNDHWM, 0)
-    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE)
     sock.setsockopt(zmq.LINGER, 0)
 
 
@@ -137,11 +143,14 @@ class ServerLoop:
         on_peer_reply: Callable[[str, list], None],
         on_tick: Callable[[], None],
         watch_fd: int | None = None,
+        max_message_bytes: int | None = None,
     ) -> None:
         self.poller = zmq.Poller()
         self.router = context().socket(zmq.ROUTER)
         _tune(self.router)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        if max_message_bytes:  # libzmq drops the connection of a peer that sends a larger frame
+            self.router.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
         self.router.bind(address)
         self.address = self.router.getsockopt(zmq.LAST_ENDPOINT).decode()
         self.poller.register(self.router, zmq.POLLIN)

@@ -2,12 +2,21 @@
 
 A message on the wire is a list of frames::
 
-    [header, buffer_0, buffer_1, ...]
+    [signature, stamp, body, buffer_0, buffer_1, ...]
 
-`header` is a cloudpickle (protocol 5) of `(seq, message)`; tensors in the
-message are pickled as references to out-of-band buffers, one frame each, so
-a tensor's bytes are never copied into the header. Buffers smaller than
-`INBAND_LIMIT` stay in the header: a frame costs more than copying a few KiB.
+- `signature`: HMAC-SHA256, under the federation's key, of every other frame,
+  buffers included (Jupyter leaves its buffers unsigned; we do not). Checked in
+  constant time before anything is unpickled.
+- `stamp`: the sender's session id and message counter, so a replayed message
+  is refused (`ReplayWindow`), and `seq`, so that a signed message whose body is
+  refused can still be answered with the reason.
+- `body`: a cloudpickle (protocol 5) of the message; tensors in it are
+  references to out-of-band buffers, one frame each, so a tensor's bytes are
+  never copied into the body. Buffers under `INBAND_LIMIT` stay in the body.
+
+Unpickling goes through an allow-list (`_SafeUnpickler`): fedq's messages,
+tensors, torch dtypes and a few builtins. A cloudpickled function or class (code)
+is refused unless the receiver allows code.
 
 `seq` numbers a request on one connection; the reply to it carries the same
 `seq`. Every request gets exactly one reply (`Ok` or `Failure`).
@@ -15,8 +24,15 @@ a tensor's bytes are never copied into the header. Buffers smaller than
 
 from __future__ import annotations
 
+import builtins
+import collections
+import hashlib
+import hmac
 import io
+import itertools
+import os
 import pickle
+import struct
 import traceback as traceback_module
 from dataclasses import dataclass, field
 from typing import Any
@@ -253,42 +269,155 @@ class _Pickler(cloudpickle.Pickler):
 
 # --------------------------------------------------------------------------- frames
 
-
-def encode(seq: int, message: Any) -> list:
-    """Turn `(seq, message)` into frames: a header, then one frame per large buffer."""
-    buffers: list = []
-
-    def keep_out_of_band(buffer: pickle.PickleBuffer) -> bool:
-        if buffer.raw().nbytes < INBAND_LIMIT:
-            return True  # pickle it in-band
-        buffers.append(buffer.raw())
-        return False
-
-    out = io.BytesIO()
-    _Pickler(out, protocol=5, buffer_callback=keep_out_of_band).dump((seq, message))
-    return [out.getbuffer(), *buffers]
+_STAMP = struct.Struct("!16sQQ")  # session id, message counter, seq
+SIGNATURE_BYTES = 32
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 30
 
 
-def decode(frames: list) -> tuple[int, Any]:
-    """Inverse of `encode`. Frames may be bytes, memoryviews or zmq.Frame objects.
+def new_key() -> bytes:
+    """A fresh random federation key (what `fedq keygen` writes)."""
+    return os.urandom(32)
 
-    Raises ProtocolError for anything that is not a well-formed fedq message.
+
+class ReplayWindow:
+    """Which (session, counter) stamps were seen: each is accepted once.
+
+    Counters of one session arrive almost in order (several threads may encode);
+    anything more than WINDOW behind the highest seen, or seen before, is a replay.
+    Sessions are forgotten least-recently-used first, so peers cannot grow this.
     """
-    from .errors import ProtocolError
 
-    if not frames:
-        raise ProtocolError("empty message")
-    try:
-        seq, message = pickle.loads(_as_buffer(frames[0]), buffers=[_as_buffer(f) for f in frames[1:]])
-    except Exception as error:
-        raise ProtocolError(f"undecodable message: {type(error).__name__}: {error}") from None
-    if not isinstance(seq, int) or not isinstance(message, REQUESTS + REPLIES):
-        raise ProtocolError(f"not a fedq message: {type(message).__name__}")
-    return seq, message
+    WINDOW = 4096
+    SESSIONS = 4096
+
+    def __init__(self) -> None:
+        self._sessions: collections.OrderedDict[bytes, tuple[int, set[int]]] = collections.OrderedDict()
+
+    def accept(self, session: bytes, counter: int) -> bool:
+        highest, seen = self._sessions.pop(session, (0, set()))
+        if counter <= highest - self.WINDOW or counter in seen:
+            self._sessions[session] = (highest, seen)
+            return False
+        seen.add(counter)
+        if counter > highest:
+            highest = counter
+            if len(seen) > 2 * self.WINDOW:
+                seen = {c for c in seen if c > highest - self.WINDOW}
+        self._sessions[session] = (highest, seen)
+        if len(self._sessions) > self.SESSIONS:
+            self._sessions.popitem(last=False)
+        return True
+
+
+class Codec:
+    """Turns messages into signed frames and back, for one process and one key.
+
+    `encode` may be called from any thread; `decode` from one thread only.
+    """
+
+    def __init__(self, key: bytes, *, allow_code: bool = False, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        if len(key) < 16:
+            raise ValueError("a fedq key must be at least 16 bytes")
+        self._key = key
+        self._session = os.urandom(16)
+        self._counter = itertools.count(1)
+        self._replays = ReplayWindow()
+        self.allow_code = allow_code
+        self.max_message_bytes = max_message_bytes
+
+    def _sign(self, frames: list) -> bytes:
+        mac = hmac.new(self._key, digestmod=hashlib.sha256)
+        for frame in frames:
+            mac.update(frame)
+        return mac.digest()
+
+    def encode(self, seq: int, message: Any) -> list:
+        """`(seq, message)` as signed frames: signature, stamp, body, then one frame per large buffer."""
+        buffers: list = []
+
+        def keep_out_of_band(buffer: pickle.PickleBuffer) -> bool:
+            if buffer.raw().nbytes < INBAND_LIMIT:
+                return True  # pickle it in-band
+            buffers.append(buffer.raw())
+            return False
+
+        out = io.BytesIO()
+        _Pickler(out, protocol=5, buffer_callback=keep_out_of_band).dump(message)
+        frames = [_STAMP.pack(self._session, next(self._counter), seq), out.getbuffer(), *buffers]
+        return [self._sign(frames), *frames]
+
+    def decode(self, frames: list) -> tuple[int, Any]:
+        """Inverse of `encode`. Frames may be bytes, memoryviews or zmq.Frame objects.
+
+        Raises ProtocolError, before unpickling anything, for a message that is too
+        large, unsigned, wrongly signed or replayed; and for one whose body is not a
+        fedq message or names anything outside the allow-list (then `error.seq` says
+        which request to answer: the sender did hold the key).
+        """
+        from .errors import ProtocolError
+
+        if len(frames) < 3:
+            raise ProtocolError(f"a fedq message has at least 3 frames, not {len(frames)}")
+        parts = [memoryview(_as_buffer(f)) for f in frames]
+        if sum(p.nbytes for p in parts) > self.max_message_bytes:
+            raise ProtocolError(f"message of {sum(p.nbytes for p in parts)} bytes is over the {self.max_message_bytes}-byte limit")
+        if parts[0].nbytes != SIGNATURE_BYTES or not hmac.compare_digest(parts[0], self._sign(parts[1:])):
+            raise ProtocolError("bad signature: the sender does not hold this federation's key")
+        if parts[1].nbytes != _STAMP.size:
+            raise ProtocolError("malformed stamp")
+        session, counter, seq = _STAMP.unpack(parts[1])
+        if not self._replays.accept(session, counter):
+            raise ProtocolError("replayed message refused")
+        try:
+            unpickler = (pickle.Unpickler if self.allow_code else _SafeUnpickler)(io.BytesIO(parts[2]), buffers=parts[3:])
+            message = unpickler.load()
+        except ProtocolError as error:
+            error.seq = seq
+            raise
+        except Exception as error:
+            raise ProtocolError(f"undecodable message: {type(error).__name__}: {error}", seq=seq) from None
+        if not isinstance(message, REQUESTS + REPLIES):
+            raise ProtocolError(f"not a fedq message: {type(message).__name__}", seq=seq)
+        return seq, message
 
 
 def _as_buffer(frame: Any) -> Any:
     return getattr(frame, "buffer", frame)
+
+
+# ---- what a message may contain
+_ALLOWED_BUILTINS = frozenset({"slice", "Ellipsis", "complex", "set", "frozenset", "range", "bytearray", "NotImplemented"})
+_ALLOWED_TORCH = frozenset({"Size", "device"})
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Resolves only the globals fedq's messages need; anything else (a cloudpickled
+    function, os.system, a class with a malicious __reduce__) is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == __name__ and name in _WIRE_NAMES:
+            return globals()[name]
+        if module == "builtins" and name in _ALLOWED_BUILTINS:
+            return getattr(builtins, name)
+        if module == "torch":
+            value = getattr(torch, name, None)
+            if name in _ALLOWED_TORCH or isinstance(value, (torch.dtype, torch.layout, torch.memory_format)):
+                return value
+        if module == "torch.return_types" and not name.startswith("_"):
+            return getattr(torch.return_types, name)
+        if module == "collections" and name == "OrderedDict":
+            return collections.OrderedDict
+        from .errors import CodeNotAllowedError
+
+        raise CodeNotAllowedError(
+            f"{module}.{name} is not allowed in a fedq message: shipping code (functions, classes) is "
+            "refused; start the receiving worker with --allow-code (or allow_code=True) to allow it"
+        )
+
+
+_WIRE_NAMES = frozenset(
+    {cls.__name__ for cls in REQUESTS + REPLIES} | {"PointerSpec", "Ref", "ObjectInfo", "WorkerStatus", "_rebuild_tensor"}
+)
 
 
 def frames_nbytes(frames: list) -> int:

@@ -33,6 +33,7 @@ from .errors import (
     WorkerUnreachableError,
 )
 from .ids import new_id
+from .keys import key_from_environment
 from .store import ObjectStore, describe, object_nbytes
 from .transport import ServerLoop
 from .wire import (
@@ -83,7 +84,7 @@ class Reply:
         if self._sent:
             return
         self._sent = True
-        self._worker.loop.reply(self._identity, wire.encode(self._seq, message))
+        self._worker.loop.reply(self._identity, self._worker.codec.encode(self._seq, message))
 
 
 @dataclass(slots=True)
@@ -94,11 +95,23 @@ class _Relay:
 
 
 class Worker:
-    def __init__(self, id: str, address: str, *, timeout: float = 30.0, watch_fd: int | None = None) -> None:
+    def __init__(
+        self,
+        id: str,
+        address: str,
+        *,
+        key: bytes,
+        timeout: float = 30.0,
+        watch_fd: int | None = None,
+        allow_code: bool = False,
+        max_message_bytes: int = wire.DEFAULT_MAX_MESSAGE_BYTES,
+        max_store_bytes: int | None = None,
+    ) -> None:
         self.id = id
         self.timeout = timeout
-        self.store = ObjectStore(id)
-        self.loop = ServerLoop(address, self._on_request, self._on_peer_reply, self._on_tick, watch_fd)
+        self.codec = wire.Codec(key, allow_code=allow_code, max_message_bytes=max_message_bytes)
+        self.store = ObjectStore(id, max_bytes=max_store_bytes)
+        self.loop = ServerLoop(address, self._on_request, self._on_peer_reply, self._on_tick, watch_fd, max_message_bytes)
         self.address = self.loop.address
         self._seq = itertools.count(1)
         self._relays: dict[int, _Relay] = {}
@@ -110,9 +123,13 @@ class Worker:
     # ---- incoming
     def _on_request(self, identity: bytes, frames: list) -> None:
         try:
-            seq, message = wire.decode(frames)
+            seq, message = self.codec.decode(frames)
         except ProtocolError as error:
-            log.warning("worker %s dropped a message: %s", self.id, error)
+            if error.seq is None:  # not from a key holder: no answer at all
+                log.warning("worker %s dropped a message: %s", self.id, error)
+            else:  # a key holder sent something we refuse: tell it why
+                log.warning("worker %s refused request %d: %s", self.id, error.seq, error)
+                Reply(self, identity, error.seq).fail(error)
             return
         reply = Reply(self, identity, seq)
         handler = HANDLERS.get(type(message))
@@ -129,10 +146,13 @@ class Worker:
 
     def _on_peer_reply(self, address: str, frames: list) -> None:
         try:
-            seq, message = wire.decode(frames)
+            seq, message = self.codec.decode(frames)
         except ProtocolError as error:
             log.warning("worker %s dropped a reply from %s: %s", self.id, address, error)
-            return
+            if error.seq is None:
+                return
+            message = Failure.from_exception(error, self.id)
+            seq = error.seq
         relay = self._relays.pop(seq, None)
         if relay is None:
             log.warning("worker %s: late or unknown reply %d from %s", self.id, seq, address)
@@ -152,7 +172,7 @@ class Worker:
         """Send `message` to the worker at `hop.address`; `on_reply` gets its answer (or a timeout)."""
         seq = next(self._seq)
         self._relays[seq] = _Relay(f"{hop.location!r} at {hop.address}", time.monotonic() + self.timeout, on_reply)
-        self.loop.peers.send(hop.address, wire.encode(seq, message))
+        self.loop.peers.send(hop.address, self.codec.encode(seq, message))
 
     def relay_all(self, requests: list[tuple[PointerSpec, Any]], done: Callable[[Failure | None], None]) -> None:
         """Relay several requests; `done` gets the first failure (or None) once all are answered."""
@@ -380,7 +400,7 @@ def remote_get(worker: Worker, message: RemoteGet, reply: Reply) -> None:
         fetched = answer.value
         if isinstance(fetched, PointerSpec):
             fetched.id = message.id
-        entry.obj = fetched
+        worker.store.replace(message.id, fetched)
         reply.ok(isinstance(fetched, PointerSpec))
 
     worker.relay(hop, GetObject(hop.id_at_location), on_fetched)
@@ -467,20 +487,33 @@ def run_worker(
     id: str,
     address: str,
     *,
+    key: bytes | None = None,
     timeout: float = 30.0,
     watch_parent: bool = False,
     verbose: bool = False,
     quiet: bool = False,
     data: str | None = None,
+    allow_code: bool = False,
+    max_message_bytes: int = wire.DEFAULT_MAX_MESSAGE_BYTES,
+    max_store_bytes: int | None = None,
 ) -> None:
-    """Run one worker in this process until it is told to stop, signalled, or orphaned."""
+    """Run one worker in this process until it is told to stop, signalled, or orphaned.
+
+    The key comes from `key` or the FEDQ_KEY environment variable (hex): a parent passes
+    it there, never on the command line, where other users could read it."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO,
         format=f"%(asctime)s %(levelname)s [{id}] %(message)s",
         stream=sys.stderr,
     )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    worker = Worker(id, address, timeout=timeout, watch_fd=sys.stdin.fileno() if watch_parent else None)
+    key = key or key_from_environment()
+    if key is None:
+        raise SystemExit(f"worker {id}: no key (set FEDQ_KEY, or give the config a key file: see `fedq keygen`)")
+    worker = Worker(
+        id, address, key=key, timeout=timeout, watch_fd=sys.stdin.fileno() if watch_parent else None,
+        allow_code=allow_code, max_message_bytes=max_message_bytes, max_store_bytes=max_store_bytes,
+    )
     if data:
         worker.load_data(data)
     try:

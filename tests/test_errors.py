@@ -105,6 +105,7 @@ def test_a_dead_hop_in_a_chain_is_named(hook, bob):
 def test_malformed_and_unexpected_messages_are_dropped_and_nothing_is_lost(bob):
     x = th.tensor([1.0, 2.0]).send(bob)
     before = set(bob._objects)
+    codec = wire.Codec(sy.local_client().key)  # a key holder, talking over its own socket
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(bob.address)
@@ -112,18 +113,48 @@ def test_malformed_and_unexpected_messages_are_dropped_and_nothing_is_lost(bob):
         [b""],
         [b"not a pickle"],
         [pickle.dumps("a string, not a message")],
-        [pickle.dumps((1, "no"))],
-        [bytes(wire.encode(8, wire.Ping())[0])[:-3]],  # truncated
+        [b"", b"", pickle.dumps((1, wire.Ping()))],  # unsigned
+        [bytes(f) for f in wire.Codec(wire.new_key()).encode(8, wire.Ping())],  # another key
+        [bytes(f) for f in codec.encode(8, wire.Ping())][:-1],  # truncated
     ]
     for frames in junk:
         sock.send_multipart(frames)
-    sock.send_multipart(wire.encode(9, wire.Ok(5)))  # a reply where a request belongs: answered with a failure
+    sock.send_multipart(codec.encode(9, wire.Ok(5)))  # a reply where a request belongs: answered with a failure
     assert sock.poll(5000)
-    seq, answer = wire.decode(sock.recv_multipart())  # the junk got no answer at all
+    seq, answer = codec.decode(sock.recv_multipart())  # the junk got no answer at all
     assert seq == 9 and isinstance(answer, wire.Failure) and answer.type_name == "ProtocolError"
-    sock.send_multipart(wire.encode(10, wire.Ping()))
+    replayed = [bytes(f) for f in codec.encode(10, wire.Ping())]
+    sock.send_multipart(replayed)
+    sock.send_multipart(replayed)
     assert sock.poll(5000)
-    assert wire.decode(sock.recv_multipart())[0] == 10
+    assert codec.decode(sock.recv_multipart())[0] == 10
+    assert not sock.poll(300)  # the replay was dropped
     sock.close()
     assert set(bob._objects) == before
     assert th.equal((x * 2).get(), th.tensor([2.0, 4.0]))
+
+
+def test_shipping_code_is_refused_with_how_to_allow_it(hook, bob):
+    x = th.tensor([1.0, 2.0]).send(bob)
+    with pytest.raises(sy.CodeNotAllowedError, match="--allow-code"):
+        x.apply_(lambda v: v * 2)
+        bob._objects
+    assert th.equal(x.get(), th.tensor([1.0, 2.0]))
+
+
+def test_a_worker_started_with_allow_code_runs_shipped_functions(hook):
+    trusting = sy.VirtualWorker(hook, id="trusting", allow_code=True)
+    x = th.tensor([1.0, 2.0]).send(trusting)
+    x.apply_(lambda v: v * 2)
+    assert th.equal(x.get(), th.tensor([2.0, 4.0]))
+    trusting.shutdown()
+
+
+def test_store_limit_is_a_clear_error(hook):
+    small = sy.VirtualWorker(hook, id="small", max_store_bytes=1024)
+    kept = th.zeros(200).send(small)  # 800 bytes
+    with pytest.raises(sy.StoreFullError, match="limit of 1024"):
+        th.zeros(100).send(small)
+        small._objects
+    assert list(small._objects) == [kept.id_at_location]
+    small.shutdown()

@@ -16,6 +16,7 @@ import pytest
 import torch as th
 
 import fedq as sy
+from fedq.keys import write_key_file
 
 
 def _gone(pid: int, within: float) -> bool:
@@ -68,9 +69,12 @@ def _free_port() -> int:
 
 @pytest.fixture
 def tcp_config(tmp_path: Path) -> Path:
+    """Two workers on loopback tcp, sharing this test session's key (one process, one federation)."""
+    key_file = tmp_path / "federation.key"
+    write_key_file(key_file, sy.local_client().key)
     config = tmp_path / "federation.toml"
     config.write_text(
-        "[federation]\ntimeout = 10\n"
+        f'[federation]\ntimeout = 10\nkey_file = "{key_file}"\n'
         + "".join(f'[workers.{name}]\naddress = "tcp://127.0.0.1:{_free_port()}"\n' for name in ("bob", "alice"))
     )
     return config

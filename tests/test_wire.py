@@ -2,40 +2,110 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 
 import pytest
 import torch as th
 
 from fedq import wire
-from fedq.errors import ProtocolError
+from fedq.errors import CodeNotAllowedError, ProtocolError
+
+KEY = wire.new_key()
 
 
-def test_round_trip_of_a_request_with_a_small_tensor_is_one_frame():
-    frames = wire.encode(3, wire.StoreObject(11, th.tensor([1, 2, 3])))
-    assert len(frames) == 1
-    seq, message = wire.decode(frames)
+def _pair(**receiver) -> tuple[wire.Codec, wire.Codec]:
+    return wire.Codec(KEY), wire.Codec(KEY, **receiver)
+
+
+def test_round_trip_of_a_request_with_a_small_tensor_has_no_buffer_frames():
+    sender, receiver = _pair()
+    frames = sender.encode(3, wire.StoreObject(11, th.tensor([1, 2, 3])))
+    assert len(frames) == 3  # signature, stamp, body
+    seq, message = receiver.decode(frames)
     assert seq == 3 and message.id == 11 and th.equal(message.obj, th.tensor([1, 2, 3]))
 
 
-def test_large_tensors_travel_out_of_band_without_copies_in_the_header():
+def test_large_tensors_travel_out_of_band_without_copies_in_the_body():
+    sender, receiver = _pair()
     t = th.randn(256, 1024)  # 1 MiB
-    frames = wire.encode(1, wire.StoreObject(1, t))
-    assert len(frames) == 2 and memoryview(frames[0]).nbytes < 1024
-    assert memoryview(frames[1]).nbytes == t.numel() * 4
-    _, message = wire.decode([bytes(f) for f in frames])
+    frames = sender.encode(1, wire.StoreObject(1, t))
+    assert len(frames) == 4 and memoryview(frames[2]).nbytes < 1024
+    assert memoryview(frames[3]).nbytes == t.numel() * 4
+    _, message = receiver.decode([bytes(f) for f in frames])
     assert th.equal(message.obj, t)
     message.obj.add_(1)  # what arrives is writable
 
 
 def test_requires_grad_and_grad_survive():
+    sender, receiver = _pair()
     t = th.tensor([1.0, 2.0], requires_grad=True)
     t.grad = th.tensor([0.5, 0.5])
-    _, message = wire.decode(wire.encode(1, wire.Ok(t)))
+    _, message = receiver.decode(sender.encode(1, wire.Ok(t)))
     assert message.value.requires_grad and th.equal(message.value.grad, t.grad)
 
 
-@pytest.mark.parametrize("frames", [[], [b""], [b"junk"], [pickle.dumps(("x", wire.Ping()))], [pickle.dumps((1, object))]])
+def test_every_frame_is_signed_buffers_included():
+    sender, receiver = _pair()
+    frames = [bytearray(bytes(f)) for f in sender.encode(1, wire.StoreObject(1, th.zeros(64 * 1024)))]
+    frames[3][100] ^= 1  # one bit of the tensor's bytes
+    with pytest.raises(ProtocolError, match="bad signature"):
+        receiver.decode(frames)
+
+
+def test_wrong_key_and_unsigned_messages_are_refused_before_unpickling():
+    stranger = wire.Codec(wire.new_key())
+    receiver = wire.Codec(KEY)
+    with pytest.raises(ProtocolError, match="bad signature") as caught:
+        receiver.decode(stranger.encode(1, wire.Ping()))
+    assert caught.value.seq is None  # nobody to answer
+    with pytest.raises(ProtocolError):
+        receiver.decode([b"", b"", pickle.dumps(wire.Ping())])
+
+
+def test_a_replayed_message_is_refused():
+    sender, receiver = _pair()
+    frames = [bytes(f) for f in sender.encode(1, wire.Ping())]
+    receiver.decode(frames)
+    with pytest.raises(ProtocolError, match="replayed"):
+        receiver.decode(frames)
+
+
+def test_slightly_reordered_messages_are_accepted():
+    sender, receiver = _pair()
+    a, b = sender.encode(1, wire.Ping()), sender.encode(2, wire.Ping())
+    assert receiver.decode(b)[0] == 2 and receiver.decode(a)[0] == 1
+
+
+def test_code_is_refused_unless_allowed():
+    sender = wire.Codec(KEY)
+    message = wire.RunOp("Tensor.apply_", (wire.Ref(1), lambda v: v + 1), {}, ())
+    with pytest.raises(CodeNotAllowedError, match="--allow-code") as caught:
+        wire.Codec(KEY).decode(sender.encode(5, message))
+    assert caught.value.seq == 5  # signed: the sender is told why
+    _, decoded = wire.Codec(KEY, allow_code=True).decode(sender.encode(6, message))
+    assert decoded.args[1](1) == 2
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /tmp/fedq-pwned",))
+
+
+def test_a_forged_pickle_that_would_run_code_is_refused():
+    sender, receiver = _pair()
+    with pytest.raises(CodeNotAllowedError):
+        receiver.decode(sender.encode(1, wire.Ok(_Evil())))
+    assert not os.path.exists("/tmp/fedq-pwned")
+
+
+def test_oversized_messages_are_refused():
+    sender, receiver = wire.Codec(KEY), wire.Codec(KEY, max_message_bytes=1 << 20)
+    with pytest.raises(ProtocolError, match="over the"):
+        receiver.decode(sender.encode(1, wire.StoreObject(1, th.zeros(1 << 19))))
+
+
+@pytest.mark.parametrize("frames", [[], [b""], [b"junk"], [b"a", b"b", b"c"]])
 def test_anything_else_is_a_protocol_error(frames):
     with pytest.raises(ProtocolError):
-        wire.decode(frames)
+        wire.Codec(KEY).decode(frames)
