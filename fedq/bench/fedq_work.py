@@ -14,6 +14,7 @@ Every worker started here is stopped here, whatever fails.
 from __future__ import annotations
 
 import gc
+import inspect
 import os
 import time
 from contextlib import ExitStack
@@ -25,16 +26,10 @@ import fedq as sy
 from fedq.client import Client, stop_processes
 from fedq.launcher import start_worker_process
 
+from .payload import calls_per_sample, small_tensor, tensor_of
 from .ports import free_port
 from .procmem import peak_bytes, reset_peak, rss_bytes
 from .timing import per_call, summarize
-
-SMALL = [1, 2, 3, 4, 5]
-MIB = 2**20
-
-
-def _tensor_of(size_mib: int) -> torch.Tensor:
-    return torch.ones(size_mib * MIB // 4, dtype=torch.float32)
 
 
 def _client_bytes(client: Client) -> int:
@@ -60,7 +55,10 @@ class Fleet:
     def tcp(self, name: str) -> sy.VirtualWorker:
         id = f"{self._prefix}-{name}"
         address = f"tcp://127.0.0.1:{free_port()}"
-        self._processes.append(start_worker_process(id, address, timeout=self.client.timeout, quiet=True))
+        options: dict[str, Any] = {"timeout": self.client.timeout, "quiet": True}
+        if "key" in inspect.signature(start_worker_process).parameters:
+            options["key"] = self.client.key  # signed messages: the worker must know our key
+        self._processes.append(start_worker_process(id, address, **options))
         return sy.connect(self.hook, id, address=address)
 
     def close(self) -> None:
@@ -77,7 +75,7 @@ def measure_latency(fleet: Fleet, workers: list[sy.VirtualWorker], tcp_worker: s
     """Seconds per `(x + x).get()`. On a chain `.get()` peels one level (PySyft's rule), so
     the k-hop figure is the op relayed k-1 times plus one get from the first hop; the peeled
     pointer's delete is part of what a user pays and is left in."""
-    t = torch.tensor(SMALL)
+    t = small_tensor()
     chains = {"ipc_1hop": t.send(workers[0]), "tcp_1hop": t.send(tcp_worker)}
     for hops in range(2, len(workers) + 1):
         chain = t.send(workers[0])
@@ -94,7 +92,7 @@ def measure_latency(fleet: Fleet, workers: list[sy.VirtualWorker], tcp_worker: s
 
 def measure_pipelined(fleet: Fleet, worker: sy.VirtualWorker, *, ops: int, repeats: int) -> dict[str, Any]:
     """`y = x + x` `ops` times without waiting, then one wait for all of them."""
-    x = torch.tensor(SMALL).send(worker)
+    x = small_tensor().send(worker)
 
     def burst() -> None:
         for _ in range(ops):
@@ -108,32 +106,36 @@ def measure_pipelined(fleet: Fleet, worker: sy.VirtualWorker, *, ops: int, repea
 def measure_transfer(fleet: Fleet, worker: sy.VirtualWorker, size_mib: int, *, repeats: int) -> dict[str, Any]:
     """send then get of one tensor, with the peak RSS of the worker (fresh, so its idle RSS is
     known) and of this process over exactly these repeats."""
-    tensor = _tensor_of(size_mib)
+    tensor = tensor_of(size_mib)
     worker.ping()
     worker_idle = rss_bytes(worker.pid)
     # The peaks are reset, not read since process start: the start-up (importing torch) is not this work.
     peak_reset = reset_peak(worker.pid) and reset_peak()
     client_before = rss_bytes()
     bytes_before = _client_bytes(fleet.client)
+    number = calls_per_sample(size_mib)
     sends, gets = [], []
     for i in range(repeats + 1):  # the first is a warm-up: the same peak, but not timed
-        start = time.perf_counter()
-        pointer = tensor.send(worker)  # a large send waits until the worker has the bytes
-        sent = time.perf_counter()
-        back = pointer.get()
-        done = time.perf_counter()
-        if i == 0 and not torch.equal(back, tensor):
-            raise RuntimeError(f"fedq brought {size_mib} MiB back different")
+        send_s = get_s = 0.0
+        for _ in range(number):
+            start = time.perf_counter()
+            pointer = tensor.send(worker)  # a large send waits until the worker has the bytes
+            sent = time.perf_counter()
+            back = pointer.get()
+            done = time.perf_counter()
+            send_s, get_s = send_s + sent - start, get_s + done - sent
+            if i == 0 and not torch.equal(back, tensor):
+                raise RuntimeError(f"fedq brought {size_mib} MiB back different")
+            del pointer, back
         if i:
-            sends.append(sent - start)
-            gets.append(done - sent)
-        del pointer, back
+            sends.append(send_s / number)
+            gets.append(get_s / number)
     worker_peak, client_peak = peak_bytes(worker.pid), peak_bytes()
     return {
         "payload_bytes": tensor.nbytes,
-        "send": summarize(sends).to_json(),
-        "get": summarize(gets).to_json(),
-        "roundtrip": summarize([s + g for s, g in zip(sends, gets)]).to_json(),
+        "send": summarize(sends, number).to_json(),
+        "get": summarize(gets, number).to_json(),
+        "roundtrip": summarize([s + g for s, g in zip(sends, gets, strict=True)], number).to_json(),
         "peak_reset": peak_reset,  # False: the peaks below count from process start
         "worker_pid": worker.pid,
         "worker_idle_rss": worker_idle,
@@ -153,7 +155,7 @@ def measure_move(fleet: Fleet, source: sy.VirtualWorker, target: sy.VirtualWorke
     process meanwhile (a direct worker-to-worker move sends only control messages)."""
     if not has_move():
         return {"status": "n/a", "reason": "fedq.PointerTensor has no move() yet"}
-    tensor = _tensor_of(size_mib)
+    tensor = tensor_of(size_mib)
     times, through_client = [], []
     for i in range(repeats + 1):
         pointer = tensor.send(source)

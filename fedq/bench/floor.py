@@ -27,14 +27,17 @@ from typing import Any
 import torch
 import zmq
 
+from .lifeline import exit_with_parent
+from .payload import calls_per_sample, tensor_of
 from .timing import Timing, per_call
 
 TINY = b"x" * 64  # about the size of a small fedq request header
 SMALL_FRAME = 64 * 1024  # below this a copy is cheaper than zero-copy bookkeeping (~10 us a frame)
 
 
-def _echo_server(endpoints: list[str], ready: Connection) -> None:
+def _echo_server(endpoints: list[str], ready: Connection, parent: int) -> None:
     """Child process: echo every multipart message to its sender until the parent goes."""
+    exit_with_parent(parent)
     ctx = zmq.Context()
     router = ctx.socket(zmq.ROUTER)
     for option in (zmq.SNDHWM, zmq.RCVHWM, zmq.LINGER):
@@ -44,13 +47,7 @@ def _echo_server(endpoints: list[str], ready: Connection) -> None:
         router.bind(endpoint)
         bound.append(router.getsockopt(zmq.LAST_ENDPOINT).decode())
     ready.send(bound)
-    parent = os.getppid()
     while True:
-        # Wake now and then to notice an orphaning (the parent was SIGKILLed): no stray processes.
-        if not router.poll(200):
-            if os.getppid() != parent:
-                return
-            continue
         # Frames are echoed as the zmq.Frame objects received: no byte is copied either way.
         router.send_multipart(router.recv_multipart(copy=False), copy=False)
 
@@ -63,7 +60,7 @@ class EchoServer:
         ctx = multiprocessing.get_context("spawn")  # never fork a process that may hold zmq or torch threads
         here, there = ctx.Pipe()
         self.process = ctx.Process(
-            target=_echo_server, args=([f"ipc://{self._dir}/echo.sock", "tcp://127.0.0.1:*"], there), daemon=True
+            target=_echo_server, args=([f"ipc://{self._dir}/echo.sock", "tcp://127.0.0.1:*"], there, os.getpid()), daemon=True
         )
         self.process.start()
         if not here.poll(60):
@@ -127,12 +124,14 @@ def _measure_on(sock: zmq.Socket, address: str, sizes_mib: list[int], number: in
     echo_timing = per_call(echo, number=number, repeats=repeats, warmup=number)
     transfers: dict[str, Timing] = {}
     for size in sizes_mib:
-        tensor = torch.ones(size * 2**20 // 4, dtype=torch.float32)
+        tensor = tensor_of(size)
         back = tensor_roundtrip(sock, tensor)  # untimed: also checks the echo is faithful
         if not torch.equal(back, tensor):
             raise RuntimeError(f"the raw echo of {size} MiB came back different")
         del back
-        transfers[str(size)] = per_call(lambda: tensor_roundtrip(sock, tensor), number=1, repeats=transfer_repeats)
+        transfers[str(size)] = per_call(
+            lambda tensor=tensor: tensor_roundtrip(sock, tensor), number=calls_per_sample(size), repeats=transfer_repeats
+        )
     return {
         "address": address,
         "echo": echo_timing.to_json(),

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 import torch.distributed.rpc as rpc
 
+from .lifeline import exit_with_parent
+from .payload import calls_per_sample, small_tensor, tensor_of
 from .ports import free_port
 from .timing import per_call
 
@@ -30,7 +32,8 @@ def _echo(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def _init(name: str, rank: int, port: int) -> None:
+def _init(name: str, rank: int, port: int, parent: int) -> None:
+    exit_with_parent(parent)  # a rank left waiting for a dead benchmark would wait for its full timeout
     # torch's rpc warns about its own internal use of a gloo group: nothing for a reader of the table.
     warnings.filterwarnings("ignore", message="You are using a Backend", category=UserWarning)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), TP_SOCKET_IFNAME="lo", GLOO_SOCKET_IFNAME="lo")
@@ -38,14 +41,15 @@ def _init(name: str, rank: int, port: int) -> None:
     rpc.init_rpc(name, rank=rank, world_size=2, rpc_backend_options=options)
 
 
-def _callee(port: int) -> None:
-    _init("callee", 1, port)
-    rpc.shutdown(graceful=True, timeout=SHUTDOWN_TIMEOUT * 6)  # serves until the driver is done too
+def _callee(port: int, parent: int, timeout: float) -> None:
+    _init("callee", 1, port, parent)
+    # A graceful shutdown serves until the driver shuts down too: give it the whole run.
+    rpc.shutdown(graceful=True, timeout=timeout)
 
 
-def _driver(port: int, plan: dict[str, Any], out: Connection) -> None:
+def _driver(port: int, parent: int, plan: dict[str, Any], out: Connection) -> None:
     try:
-        _init("driver", 0, port)
+        _init("driver", 0, port, parent)
     except Exception:
         out.send({"error": traceback.format_exc()})
         return
@@ -58,7 +62,7 @@ def _driver(port: int, plan: dict[str, Any], out: Connection) -> None:
 
 
 def _measure(plan: dict[str, Any]) -> dict[str, Any]:
-    small = torch.tensor([1, 2, 3, 4, 5])
+    small = small_tensor()
     sync = per_call(
         lambda: rpc.rpc_sync("callee", torch.add, args=(small, small)),
         number=plan["sync_number"], repeats=plan["sync_repeats"], warmup=plan["sync_number"],
@@ -73,11 +77,12 @@ def _measure(plan: dict[str, Any]) -> dict[str, Any]:
     burst = per_call(pipelined, number=1, repeats=plan["pipelined_repeats"], warmup=1)
     transfers = {}
     for size in plan["sizes_mib"]:
-        tensor = torch.ones(size * 2**20 // 4, dtype=torch.float32)
+        tensor = tensor_of(size)
         if not torch.equal(rpc.rpc_sync("callee", _echo, args=(tensor,)), tensor):  # untimed warm-up and check
             raise RuntimeError(f"torch rpc echoed {size} MiB wrong")
         transfers[str(size)] = per_call(
-            lambda: rpc.rpc_sync("callee", _echo, args=(tensor,)), number=1, repeats=plan["transfer_repeats"]
+            lambda tensor=tensor: rpc.rpc_sync("callee", _echo, args=(tensor,)),
+            number=calls_per_sample(size), repeats=plan["transfer_repeats"],
         ).to_json()
     return {
         "torch_version": torch.__version__,
@@ -105,8 +110,8 @@ def measure_torch_rpc(
     ctx = multiprocessing.get_context("spawn")  # fork would copy this process's threads and zmq sockets
     here, there = ctx.Pipe()
     port = free_port()
-    callee = ctx.Process(target=_callee, args=(port,), daemon=True, name="bench-rpc-callee")
-    driver = ctx.Process(target=_driver, args=(port, plan, there), daemon=True, name="bench-rpc-driver")
+    callee = ctx.Process(target=_callee, args=(port, os.getpid(), timeout), daemon=True, name="bench-rpc-callee")
+    driver = ctx.Process(target=_driver, args=(port, os.getpid(), plan, there), daemon=True, name="bench-rpc-driver")
     processes = [callee, driver]
     try:
         for process in processes:

@@ -1,0 +1,160 @@
+"""The targets of issue #4, and how each raw figure is held against them.
+
+Every comparison is a `Check`: fedq's figure, a peer's figure on the same work,
+their ratio, and the bound on that ratio. A check whose ratio is more than
+twice as bad as its bound fails the gate (`--quick` exits non-zero): a 2x
+margin that noise on a loaded 2-core machine does not reach, and that a real
+regression does. Checks without a bound ("info") and work fedq cannot do yet
+("n/a") never fail it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .payload import MIB
+
+GATE_FACTOR = 2.0
+
+
+@dataclass(frozen=True)
+class Bound:
+    """`ratio <= limit` (at_most) or `ratio >= limit`."""
+
+    limit: float
+    at_most: bool
+
+    def met(self, ratio: float) -> bool:
+        return ratio <= self.limit if self.at_most else ratio >= self.limit
+
+    def far_off(self, ratio: float) -> bool:
+        """More than GATE_FACTOR times worse than the bound."""
+        return ratio > self.limit * GATE_FACTOR if self.at_most else ratio < self.limit / GATE_FACTOR
+
+    def __str__(self) -> str:
+        return f"{'≤' if self.at_most else '≥'} {self.limit:g}×"
+
+
+@dataclass(frozen=True)
+class Check:
+    work: str
+    fedq: float | None  # in `unit`; None: fedq could not do this work
+    unit: str
+    peer: str
+    peer_value: float | None  # in `unit`
+    ratio: float | None
+    bound: Bound | None
+    status: str  # "met", "missed", "info", "n/a"
+    gate_failed: bool
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["bound"] = None if self.bound is None else {"limit": self.bound.limit, "at_most": self.bound.at_most, "text": str(self.bound)}
+        return data
+
+
+def _check(work: str, fedq: float | None, unit: str, peer: str, peer_value: float | None, bound: Bound | None, ratio: float | None = None) -> Check:
+    if ratio is None and fedq is not None and peer_value:
+        ratio = fedq / peer_value
+    if fedq is None or (bound is not None and ratio is None):  # fedq cannot do it, or the peer's figure is missing
+        return Check(work, fedq, unit, peer, peer_value, ratio, bound, "n/a", False)
+    if bound is None:
+        return Check(work, fedq, unit, peer, peer_value, ratio, None, "info", False)
+    return Check(work, fedq, unit, peer, peer_value, ratio, bound, "met" if bound.met(ratio) else "missed", bound.far_off(ratio))
+
+
+def _get(data: Any, *path: str) -> Any:
+    """data[path...], or None where the section failed or the figure was not taken."""
+    for key in path:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def _ms(data: Any, *path: str) -> float | None:
+    seconds = _get(data, *path, "median")
+    return None if seconds is None else seconds * 1e3
+
+
+def _gibs(results: dict[str, Any], section: str, size: str, *path: str, ways: int = 2) -> float | None:
+    """Payload GiB/s of a tensor round trip (`ways`=2: there and back) or one-way transfer."""
+    seconds = _get(results, section, *path, "median")
+    return None if not seconds else ways * int(size) * MIB / seconds / 2**30
+
+
+def _mib_over(transfer: dict[str, Any], peak: str, base: str) -> float | None:
+    """MiB that `peak` rose above `base`; None where /proc could not be read."""
+    if not transfer.get(peak) or not transfer.get(base):
+        return None
+    return (transfer[peak] - transfer[base]) / MIB
+
+
+def evaluate(results: dict[str, Any]) -> list[Check]:
+    """Every check the raw figures allow, in the order of the issue's table."""
+    floor, rpc, fq, syft = (results.get(k) or {} for k in ("floor", "torch_rpc", "fedq", "pysyft029"))
+    checks: list[Check] = []
+
+    def add(*args: Any) -> None:
+        checks.append(_check(*args))
+
+    # Latency of (x + x).get()
+    echo = {t: _ms(floor, t, "echo") for t in ("ipc", "tcp")}
+    lat = {name: _ms(fq, "latency", name) for name in ("ipc_1hop", "tcp_1hop", "ipc_2hop", "ipc_3hop")}
+    add("(x + x).get(), 1 hop, ipc", lat["ipc_1hop"], "ms", "raw pyzmq echo, ipc", echo["ipc"], Bound(1.5, True))
+    add("(x + x).get(), 1 hop, ipc", lat["ipc_1hop"], "ms", "torch rpc_sync(torch.add)", _ms(rpc, "rpc_sync_add"), Bound(0.5, True))
+    add("(x + x).get(), 1 hop, tcp", lat["tcp_1hop"], "ms", "raw pyzmq echo, tcp", echo["tcp"], Bound(1.5, True))
+    for hops in (2, 3):
+        before, now = lat[f"ipc_{hops - 1}hop"], lat[f"ipc_{hops}hop"]
+        extra = None if before is None or now is None else now - before
+        add(f"hop {hops} adds (ipc)", extra, "ms", "raw pyzmq echo, ipc", echo["ipc"], Bound(1.2, True))
+    if syft:  # optional peer: rows only when it ran
+        add("(x + x).get(), 1 hop, ipc", lat["ipc_1hop"], "ms", "PySyft 0.2.9 (in-process worker)", _ms(syft, "latency_1hop"), None)
+
+    # Pipelined ops
+    ops = _get(fq, "pipelined", "ops_per_s")
+    burst = _get(fq, "pipelined", "ops")
+    work = f"{burst:,} pipelined x + x" if burst else "pipelined x + x"
+    add(work, ops, "ops/s", "target 10,000 ops/s", 10_000.0, Bound(1.0, False))
+    add(work, ops, "ops/s", "torch rpc.remote, pipelined", _get(rpc, "pipelined_remote", "ops_per_s"), Bound(4.0, False))
+    if syft:
+        add(work, ops, "ops/s", "PySyft 0.2.9 (in-process worker)", _get(syft, "ops_per_s"), None)
+
+    # Transfers: send then get, payload GiB/s both ways
+    sizes = sorted((_get(fq, "transfer") or {}).keys(), key=int)
+    for size in sizes:
+        bound = Bound(0.8, False) if int(size) >= 64 else None  # 1 MiB: shown, not a target
+        fedq_gibs = _gibs(results, "fedq", size, "transfer", size, "roundtrip")
+        add(f"send + get {size} MiB", fedq_gibs, "GiB/s", "raw pyzmq zero-copy, ipc", _gibs(results, "floor", size, "ipc", "tensor_roundtrip", size), bound)
+        add(f"send + get {size} MiB", fedq_gibs, "GiB/s", "torch rpc there and back", _gibs(results, "torch_rpc", size, "tensor_roundtrip", size),
+            Bound(1.0, False) if int(size) >= 64 else None)
+    syft_gibs = _get(syft, "transfer_64_gibs")
+    if syft_gibs is not None and "64" in sizes:
+        add("send + get 64 MiB", _gibs(results, "fedq", "64", "transfer", "64", "roundtrip"), "GiB/s", "PySyft 0.2.9 (in-process worker)", syft_gibs, None)
+
+    # Peak RSS of the worker receiving the largest payload: peak over idle, per payload byte
+    if sizes:
+        size = sizes[-1]
+        transfer = fq["transfer"][size]
+        payload = transfer["payload_bytes"] / MIB
+        add(f"worker peak RSS − idle, {size} MiB", _mib_over(transfer, "worker_peak_rss", "worker_idle_rss"), "MiB", "payload", payload, Bound(1.5, True))
+        add(f"client peak RSS − before, {size} MiB", _mib_over(transfer, "client_peak_rss", "client_rss_before"), "MiB", "payload", payload, None)
+
+    # move between two workers, and what of it passed through the client
+    move = _get(fq, "move") or {}
+    move_mib = (move.get("payload_bytes") or 64 * MIB) // MIB
+    move_gibs = _gibs(results, "fedq", str(move_mib), "move", "move", ways=1) if move.get("status") == "ok" else None
+    floor_move = _gibs(results, "floor", str(move_mib), "ipc", "tensor_roundtrip", str(move_mib))
+    add(f"move {move_mib} MiB between workers", move_gibs, "GiB/s", "raw pyzmq zero-copy, ipc", floor_move, Bound(0.8, False))
+    through = move.get("client_bytes") if move.get("status") == "ok" else None
+    # Control messages are a few hundred bytes; any payload byte through the client would be ~100%.
+    add(f"move {move_mib} MiB: bytes via client", None if through is None else through / 1024, "KiB", "payload", move_mib * 1024.0, Bound(0.01, True))
+    rounds = _ms(fq, "trusted_aggregator", "round")
+    add("trusted-aggregator round (2 owners)", rounds, "ms", "—", None, None)
+    return checks
+
+
+def gate(checks: list[Check]) -> list[Check]:
+    """The checks more than twice as bad as their target."""
+    return [c for c in checks if c.gate_failed]

@@ -1,0 +1,53 @@
+"""`fedq bench --quick` end to end, as a user runs it: a real subprocess with its own workers and peers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+# The gate: `fedq bench` exits 3 when a figure is more than 2x off its target. Today fedq's
+# per-op latency and pipelined throughput are (see the bench table), so by default this test
+# checks that the harness runs and reports, and that its exit code is the gate's verdict.
+# FEDQ_BENCH_GATE=1 also requires the verdict to be "ok" (exit 0): turn it on in CI once the
+# core meets its targets, and a regression then fails the build.
+REQUIRE_TARGETS = os.environ.get("FEDQ_BENCH_GATE") == "1"
+
+
+def test_quick_bench_measures_every_work_item_and_writes_the_json(tmp_path):
+    path = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "fedq", "bench", "--quick", "--json", str(path)],
+        capture_output=True, text=True, timeout=150,
+    )
+    assert path.exists(), f"no JSON written (exit {done.returncode}):\n{done.stderr}"
+    results = json.loads(path.read_text())
+
+    assert {"meta", "plan", "definitions", "floor", "torch_rpc", "pysyft029", "fedq", "checks", "gate"} <= results.keys()
+    for section in ("floor", "torch_rpc", "fedq"):
+        assert "error" not in results[section], results[section].get("traceback") or results[section]["error"]
+    assert results["meta"]["quick"] and 256 not in results["plan"]["sizes_mib"]
+    for transport in ("ipc", "tcp"):
+        assert {"echo", "tensor_roundtrip"} <= results["floor"][transport].keys()
+        assert set(results["floor"][transport]["tensor_roundtrip"]) == {"1", "64"}
+    assert {"rpc_sync_add", "pipelined_remote", "tensor_roundtrip"} <= results["torch_rpc"].keys()
+    fedq = results["fedq"]
+    assert set(fedq["latency"]) == {"ipc_1hop", "tcp_1hop", "ipc_2hop", "ipc_3hop"}
+    assert fedq["pipelined"]["ops_per_s"] > 0
+    assert set(fedq["transfer"]) == {"1", "64"}
+    for transfer in fedq["transfer"].values():
+        assert {"send", "get", "roundtrip", "worker_idle_rss", "worker_peak_rss", "client_peak_rss"} <= transfer.keys()
+    big = fedq["transfer"]["64"]
+    assert big["worker_peak_rss"] - big["worker_idle_rss"] >= big["payload_bytes"] // 2  # the peak is this payload's
+    assert fedq["move"]["status"] in ("ok", "n/a") and fedq["trusted_aggregator"]["status"] in ("ok", "n/a")
+    for check in results["checks"]:
+        assert {"work", "fedq", "peer", "peer_value", "ratio", "bound", "status", "gate_failed"} <= check.keys()
+    assert any(c["status"] in ("met", "missed") for c in results["checks"])
+
+    verdict = results["gate"]["exit_code"]
+    assert done.returncode == verdict, f"exit {done.returncode}, gate says {verdict}:\n{done.stderr}"
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "work" in done.stdout and "target" in done.stdout  # the table was printed
+    if REQUIRE_TARGETS:
+        assert verdict == 0, "more than 2x off target: " + "; ".join(results["gate"]["failed"])
