@@ -60,6 +60,7 @@ class VirtualWorker:
         data: str | Path | None = None,
         allow_code: bool = False,
         max_store_bytes: int | None = None,
+        max_message_bytes: int | None = None,
     ) -> None:
         if getattr(self, "client", None) is not None:
             return
@@ -71,6 +72,7 @@ class VirtualWorker:
         self.process: subprocess.Popen | None = start_worker_process(
             id, self.address, key=self.client.key, timeout=timeout or self.client.timeout, verbose=verbose, quiet=not verbose,
             data=str(Path(data).resolve()) if data else None, allow_code=allow_code, max_store_bytes=max_store_bytes,
+            max_message_bytes=max_message_bytes,
         )
         self.client.register(self, self.process)
         self.client.spawned[id] = self

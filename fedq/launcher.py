@@ -20,6 +20,7 @@ def start_worker_process(
     data: str | None = None,
     allow_code: bool = False,
     max_store_bytes: int | None = None,
+    max_message_bytes: int | None = None,
 ) -> subprocess.Popen:
     """Start `fedq.worker` as a child process serving `id` on `address`.
 
@@ -33,6 +34,8 @@ def start_worker_process(
         "id": id, "address": address, "timeout": timeout, "watch_parent": True, "verbose": verbose, "quiet": quiet,
         "data": data, "allow_code": allow_code, "max_store_bytes": max_store_bytes,
     }
+    if max_message_bytes is not None:
+        settings["max_message_bytes"] = max_message_bytes
     return subprocess.Popen(
         [sys.executable, "-m", "fedq.worker", json.dumps(settings)], stdin=subprocess.PIPE, env=environment_with_key(key)
     )

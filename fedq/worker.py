@@ -87,6 +87,27 @@ class Reply:
         self._worker.loop.reply(self._identity, self._worker.codec.encode(self._seq, message))
 
 
+class _RateLimitedLog:
+    """Warnings about what peers send, at most `burst` per `period` seconds: a hostile peer
+    must not be able to fill the disk through our log. What is held back is counted."""
+
+    def __init__(self, burst: int = 10, period: float = 10.0) -> None:
+        self.burst, self.period = burst, period
+        self._window_start, self._logged, self._held = 0.0, 0, 0
+
+    def warning(self, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._window_start > self.period:
+            if self._held:
+                log.warning("%d more such warnings were held back", self._held)
+            self._window_start, self._logged, self._held = now, 0, 0
+        if self._logged < self.burst:
+            self._logged += 1
+            log.warning(message, *args)
+        else:
+            self._held += 1
+
+
 @dataclass(slots=True)
 class _Relay:
     hop: str  # "end at ipc://..." for error messages
@@ -115,6 +136,7 @@ class Worker:
         self.address = self.loop.address
         self._seq = itertools.count(1)
         self._relays: dict[int, _Relay] = {}
+        self._peer_log = _RateLimitedLog()
 
     def serve(self) -> None:
         log.info("worker %s serving on %s (pid %d)", self.id, self.address, os.getpid())
@@ -126,15 +148,15 @@ class Worker:
             seq, message = self.codec.decode(frames)
         except ProtocolError as error:
             if error.seq is None:  # not from a key holder: no answer at all
-                log.warning("worker %s dropped a message: %s", self.id, error)
+                self._peer_log.warning("worker %s dropped a message: %s", self.id, error)
             else:  # a key holder sent something we refuse: tell it why
-                log.warning("worker %s refused request %d: %s", self.id, error.seq, error)
+                self._peer_log.warning("worker %s refused request %d: %s", self.id, error.seq, error)
                 Reply(self, identity, error.seq).fail(error)
             return
         reply = Reply(self, identity, seq)
         handler = HANDLERS.get(type(message))
         if handler is None:
-            log.warning("worker %s dropped an unexpected %s", self.id, type(message).__name__)
+            self._peer_log.warning("worker %s refused an unexpected %s", self.id, type(message).__name__)
             reply.fail(ProtocolError(f"worker {self.id!r} does not take {type(message).__name__} requests"))
             return
         log.debug("worker %s handles %s", self.id, message)
