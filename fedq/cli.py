@@ -142,6 +142,72 @@ def ping(
 
 
 @app.command()
+def status(
+    config: Path = ConfigOption,
+    timeout: float = typer.Option(2.0, help="Seconds to wait for each worker before calling it down."),
+) -> None:
+    """Every worker of a config: alive or not, pid, objects, bytes held, round trip. Exit code 0 if all are alive, 1 if not."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .errors import WorkerUnreachableError
+    from .handle import connect
+
+    try:
+        federation = load_config(config)
+    except FedqError as error:
+        _fail(error)
+    table = Table(title=f"{config}: {len(federation.workers)} workers")
+    for column in ("worker", "state", "pid", "objects", "bytes", "round trip"):
+        table.add_column(column, justify="left" if column in ("worker", "state") else "right", no_wrap=True)
+    table.add_column("address / problem", overflow="fold")
+    down = 0
+    for name, settings in federation.workers.items():
+        try:
+            handle = connect(None, name, config=config)
+            start = time.perf_counter()
+            alive = handle.ping(timeout=timeout)
+            round_trip = f"{1000 * (time.perf_counter() - start):.2f} ms"
+        except WorkerUnreachableError:
+            down += 1
+            table.add_row(name, "[red]down[/red]", "", "", "", "", f"no answer within {timeout:g}s at {settings.address}")
+            continue
+        except FedqError as error:
+            down += 1
+            table.add_row(name, "[red]down[/red]", "", "", "", "", str(error).splitlines()[0])
+            continue
+        try:
+            rows = handle.describe(timeout=timeout)
+            objects, held = str(len(rows)), str(sum(row.nbytes for row in rows))
+        except FedqError:  # it answered a ping: alive, but busy or unable to describe
+            objects, held = str(alive.objects), "?"
+        table.add_row(name, "[green]alive[/green]", str(alive.pid), objects, held, round_trip, settings.address)
+    Console().print(table)
+    if down:
+        typer.echo(f"{down} of {len(federation.workers)} workers down", err=True)
+    raise typer.Exit(1 if down else 0)
+
+
+@app.command()
+def clear(
+    name: str = typer.Argument(..., help="The worker's id."),
+    config: Path = ConfigOption,
+    address: Optional[str] = typer.Option(None, help="Endpoint of the worker, instead of the config's."),
+    timeout: float = typer.Option(5.0, help="Seconds to wait for the worker to answer."),
+) -> None:
+    """Empty a worker's store: everything it holds, its owner's data included. Other workers are not touched, so pointers into it stop working."""
+    from .handle import connect
+
+    try:
+        handle = connect(None, name, address=address) if address else connect(None, name, config=config)
+        held = handle.ping(timeout=timeout).objects
+        handle.clear_objects()
+    except FedqError as error:
+        _fail(error)
+    typer.echo(f"{name}: cleared, {held} objects freed")
+
+
+@app.command()
 def keygen(
     config: Path = ConfigOption,
     print_key: bool = typer.Option(False, "--print", help="Print a new key (hex, for FEDQ_KEY) instead of writing the config's key file."),

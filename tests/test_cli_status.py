@@ -1,0 +1,158 @@
+"""`fedq status` and `fedq clear`: in process (typer's runner) against the session's workers,
+and as real subprocesses against a `fedq up` federation."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch as th
+from typer.testing import CliRunner
+
+import fedq as sy
+from fedq.cli import app
+from fedq.keys import write_key_file
+from fedq.wire import new_key
+
+runner = CliRunner(env={"COLUMNS": "200"})  # rich wraps long cells at 80 columns: one row per line here
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _config(tmp_path: Path, key: bytes, workers: dict[str, str], *, data: dict[str, Path] | None = None, name: str = "federation") -> Path:
+    """A config naming `workers` {id: address}, signed with `key` (written to a key file beside it)."""
+    key_file = tmp_path / f"{name}.key"
+    write_key_file(key_file, key)
+    config = tmp_path / f"{name}.toml"
+    config.write_text(
+        f'[federation]\ntimeout = 10\nkey_file = "{key_file}"\n'
+        + "".join(
+            f'[workers.{id}]\naddress = "{address}"\n' + (f'data = "{data[id]}"\n' if data and id in data else "")
+            for id, address in workers.items()
+        )
+    )
+    return config
+
+
+def _row(output: str, worker: str) -> str:
+    return next(line for line in output.splitlines() if re.search(rf"\b{worker}\b", line) and ("alive" in line or "down" in line))
+
+
+# ---- in process, against the session's workers
+
+
+def test_status_shows_every_worker_alive_with_pid_objects_and_bytes(tmp_path, bob, alice):
+    config = _config(tmp_path, sy.local_client().key, {"bob": bob.address, "alice": alice.address})
+    x = th.ones(2, 3).send(bob)  # 24 bytes
+    y = th.zeros(4, dtype=th.int64).send(bob)  # 32 bytes
+    result = runner.invoke(app, ["status", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    bob_row, alice_row = _row(result.output, "bob"), _row(result.output, "alice")
+    assert "alive" in bob_row and str(bob.pid) in bob_row and re.search(r"\b2\b.*\b56\b.*\d ms", bob_row), bob_row
+    assert "alive" in alice_row and str(alice.pid) in alice_row and re.search(r"\b0\b.*\b0\b.*\d ms", alice_row), alice_row
+    del x, y
+
+
+def test_status_shows_a_dead_worker_as_a_row_and_exits_1(tmp_path, bob):
+    ghost = f"tcp://127.0.0.1:{_free_port()}"
+    config = _config(tmp_path, sy.local_client().key, {"bob": bob.address, "ghost": ghost})
+    start = time.monotonic()
+    result = runner.invoke(app, ["status", "--config", str(config), "--timeout", "0.5"])
+    assert result.exit_code == 1, result.output
+    assert time.monotonic() - start < 10
+    assert "alive" in _row(result.output, "bob")
+    ghost_row = _row(result.output, "ghost")
+    assert "down" in ghost_row and "no answer within 0.5s" in ghost_row, result.output
+    assert "1 of 2 workers down" in result.output
+    assert bob.ping().id == "bob"  # the session's client is unharmed by the ghost
+
+
+def test_status_of_a_missing_config_is_one_readable_line(tmp_path):
+    result = runner.invoke(app, ["status", "--config", str(tmp_path / "none.toml")])
+    assert result.exit_code == 1 and "no federation config" in result.output
+
+
+def test_clear_empties_one_worker_and_leaves_the_others(bob, alice):
+    x = th.ones(3).send(bob)
+    y = th.ones(2).send(bob)
+    z = th.ones(1).send(alice)
+    result = runner.invoke(app, ["clear", "bob", "--address", bob.address])
+    assert result.exit_code == 0, result.output
+    assert "bob: cleared, 2 objects freed" in result.output
+    assert bob._objects == {} and len(alice._objects) == 1
+    del x, y, z
+
+
+def test_clear_of_an_unknown_worker_is_one_readable_line(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('[workers.bob]\naddress = "tcp://127.0.0.1:1"\n')
+    result = runner.invoke(app, ["clear", "carol", "--config", str(config)])
+    assert result.exit_code == 1 and "has no worker 'carol' (it has: bob)" in result.output
+
+
+def test_help_texts():
+    for command, words in (("status", "alive"), ("clear", "Empty a worker's store")):
+        result = runner.invoke(app, [command, "--help"])
+        assert result.exit_code == 0 and words in result.output, result.output
+
+
+# ---- real processes: `fedq up`, then `fedq status` / `fedq clear` as the user would type them
+
+
+def _fedq(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "FEDQ_KEY"}  # the key comes from the config's key file
+    env["COLUMNS"] = "200"
+    return subprocess.run([sys.executable, "-m", "fedq", *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture
+def standing_federation(tmp_path: Path):
+    """`fedq up` on a fresh key: bob (a data owner with the housing shard) and alice, over tcp."""
+    workers = {name: f"tcp://127.0.0.1:{_free_port()}" for name in ("bob", "alice")}
+    key = new_key()
+    config = _config(tmp_path, key, workers, data={"bob": ROOT / "workers" / "housing.py"})
+    env = {k: v for k, v in os.environ.items() if k != "FEDQ_KEY"}
+    up = subprocess.Popen([sys.executable, "-m", "fedq", "up", "--config", str(config)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        pids = [int(pid) for pid in re.findall(r"pid (\d+)", up.stdout.readline())]
+        assert len(pids) == 2
+        yield config, workers, key, dict(zip(workers, pids))
+    finally:
+        up.send_signal(signal.SIGTERM)
+        try:
+            up.wait(15)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            up.wait()
+
+
+def test_status_and_clear_as_subprocesses_against_fedq_up(tmp_path, standing_federation):
+    config, workers, key, pids = standing_federation
+    done = _fedq("status", "--config", str(config), "--timeout", "15")
+    assert done.returncode == 0, done.stdout + done.stderr
+    bob_row = _row(done.stdout, "bob")
+    assert "alive" in bob_row and str(pids["bob"]) in bob_row and re.search(r"\b2\b", bob_row)  # #data and #target
+    assert "alive" in _row(done.stdout, "alice")
+
+    # A config naming one more worker, which nobody started: a row saying so, exit code 1.
+    ghost = _config(tmp_path, key, {**workers, "ghost": f"tcp://127.0.0.1:{_free_port()}"}, name="with_ghost")
+    done = _fedq("status", "--config", str(ghost), "--timeout", "1")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "down" in _row(done.stdout, "ghost") and "alive" in _row(done.stdout, "bob") and "alive" in _row(done.stdout, "alice")
+
+    done = _fedq("clear", "bob", "--config", str(config))
+    assert done.returncode == 0 and "bob: cleared, 2 objects freed" in done.stdout, done.stdout + done.stderr
+    done = _fedq("status", "--config", str(config))
+    assert done.returncode == 0 and re.search(r"alive\s*│\s*\d+\s*│\s*0\s*│\s*0\s*│", _row(done.stdout, "bob")), done.stdout
