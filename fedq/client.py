@@ -66,7 +66,8 @@ class Client:
         self.codec = wire.Codec(key)
         self._cv = threading.Condition()
         self._calls: dict[int, Call] = {}
-        self._pending: collections.Counter[str] = collections.Counter()
+        self._pending: collections.Counter[str] = collections.Counter()  # requests in flight, deletes excepted
+        self._pending_deletes: collections.Counter[str] = collections.Counter()
         self._deferred: list[FedqError] = []
         self._seq = itertools.count(1)
         self._waits = 0  # how many times the caller waited for a worker (round trips it felt)
@@ -78,7 +79,7 @@ class Client:
         # their object has a .grad, so that optimizers read p.grad without a round trip.
         self._grad_tracked: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
         self._closed = False
-        self._io = IOThread(self._on_replies, self._encode_deletes, self._on_tick)
+        self._io = IOThread(self._on_replies, self._encode_deletes, self._seal, self._on_tick)
         self._io.start()
         atexit.register(self.close)
 
@@ -119,7 +120,7 @@ class Client:
     def stats(self) -> dict[str, int]:
         """Transport counters of this process: every byte to and from workers passes here."""
         with self._cv:
-            in_flight = sum(self._pending.values())
+            in_flight = sum(self._pending.values()) + sum(self._pending_deletes.values())
         return {
             "bytes_sent": self._io.peers.bytes_sent,
             "bytes_received": self._io.peers.bytes_received,
@@ -133,17 +134,21 @@ class Client:
         if self._closed:
             raise FedqError("this fedq client is closed (the interpreter is exiting)")
         seq = next(self._seq)
-        frames = self.codec.encode(seq, message)
+        packed = self.codec.pack(seq, message)
         call = self._register(seq, address, wait)
-        self._io.submit(address, frames)
+        self._io.submit(address, packed, urgent=wait)
         return call
 
-    def request(self, address: str, message: Any, timeout: float | None = None, *, after_all: bool = False) -> Any:
+    def request(
+        self, address: str, message: Any, timeout: float | None = None, *, after_all: bool = False, after_deletes: bool = False
+    ) -> Any:
         """A read: wait for earlier writes that could reach `address`, ask, and wait for the answer.
 
         `after_all` also waits for earlier requests to `address` itself: needed when the
-        answer depends on a relay that `address` may still have out (a chain's result)."""
-        self.barrier(except_address=None if after_all else address, timeout=timeout)
+        answer depends on a relay that `address` may still have out (a chain's result).
+        `after_deletes` also waits for deletes: only a listing of what a worker holds can
+        tell (a delete never touches an object some pointer still holds)."""
+        self.barrier(except_address=None if after_all else address, timeout=timeout, deletes=after_deletes)
         return self.wait(self.submit(address, message, wait=True), timeout)
 
     def request_many(self, requests: list[tuple[str, Any]], timeout: float | None = None) -> list[Any]:
@@ -191,19 +196,23 @@ class Client:
         call = Call(address, waited, quiet)
         with self._cv:
             self._calls[seq] = call
-            self._pending[address] += 1
+            (self._pending_deletes if quiet else self._pending)[address] += 1
         return call
 
-    def _encode_deletes(self, address: str, ids: list[int]) -> list:  # runs on the I/O thread
+    def _encode_deletes(self, address: str, ids: list[int]) -> wire.Packed:  # runs on the I/O thread
         seq = next(self._seq)
         self._register(seq, address, False, quiet=True)
-        return self.codec.encode(seq, DeleteObjects(tuple(ids)))
+        return self.codec.pack(seq, DeleteObjects(tuple(ids)))
+
+    def _seal(self, packed: wire.Packed) -> list:  # runs on the I/O thread
+        return self.codec.seal(packed)
 
     # ---- waiting
     def wait(self, call: Call, timeout: float | None = None) -> Any:
         """The answer to `call`; raises its error, or an earlier pipelined one first."""
         limit = self.timeout if timeout is None else timeout
         self._waits += 1
+        self._io.kick()
         with self._cv:
             if not self._cv.wait_for(lambda: call.done, limit):
                 raise self._give_up([call.address], limit)
@@ -212,14 +221,20 @@ class Client:
             raise call.error
         return call.value
 
-    def barrier(self, except_address: str | None = None, timeout: float | None = None) -> None:
-        """Wait until every request sent so far is answered, except those to `except_address`."""
-        self._io.flush_deletes(self.timeout)
+    def barrier(self, except_address: str | None = None, timeout: float | None = None, *, deletes: bool = False) -> None:
+        """Wait until every request sent so far is answered, except those to `except_address`
+        and, unless `deletes`, the deletes."""
+        if deletes:
+            self._io.flush_deletes(self.timeout)
         limit = self.timeout if timeout is None else timeout
 
         def others_busy() -> list[str]:
-            return [a for a, n in self._pending.items() if n and a != except_address]
+            busy = [a for a, n in self._pending.items() if n and a != except_address]
+            if deletes:
+                busy += [a for a, n in self._pending_deletes.items() if n and a != except_address]
+            return busy
 
+        self._io.kick()
         with self._cv:
             if others_busy():
                 self._waits += 1
@@ -228,8 +243,8 @@ class Client:
         self._raise_deferred()
 
     def sync(self, timeout: float | None = None) -> None:
-        """Wait for every pipelined request to finish; raise the first that failed."""
-        self.barrier(None, timeout)
+        """Wait for every pipelined request (deletes too) to finish; raise the first that failed."""
+        self.barrier(None, timeout, deletes=True)
 
     def _give_up(self, addresses: list[str], limit: float) -> WorkerUnreachableError:
         """Fail every request still waiting on `addresses` (called with the lock held): a silent
@@ -272,17 +287,19 @@ class Client:
                 if error.seq is not None:  # signed, but refused (it carried code): fail that request
                     answers.append((error.seq, Failure.from_exception(error, self.name_of(address))))
         with self._cv:
-            for seq, message in answers:
-                call = self._calls.pop(seq, None)
-                if call is None:
-                    continue  # answered already (its worker was declared dead)
-                self._finish(seq, call, message)
+            for envelope_seq, reply in answers:
+                for seq, message in wire.answers(envelope_seq, reply):
+                    call = self._calls.pop(seq, None)
+                    if call is None:
+                        continue  # answered already (its worker was declared dead)
+                    self._finish(seq, call, message)
             self._cv.notify_all()
 
     def _finish(self, seq: int, call: Call, message: Any) -> None:
-        self._pending[call.address] -= 1
-        if not self._pending[call.address]:
-            del self._pending[call.address]
+        pending = self._pending_deletes if call.quiet else self._pending
+        pending[call.address] -= 1
+        if not pending[call.address]:
+            del pending[call.address]
         if isinstance(message, Failure):
             call.error = rebuild_remote_error(message.type_name, message.module, message.message, message.traceback, message.worker)
             if call.quiet:
@@ -313,7 +330,7 @@ class Client:
             if any(a not in self._children for a in self._handles):
                 # Workers we did not start outlive us: give queued deletes a moment to reach them.
                 try:
-                    self.barrier(timeout=min(timeout, 1.0))
+                    self.barrier(timeout=min(timeout, 1.0), deletes=True)
                 except FedqError:
                     pass
         finally:

@@ -97,7 +97,7 @@ class VirtualWorker:
 
     def clear_objects(self) -> "VirtualWorker":
         """Empty this worker's store (rule 10: other workers are not touched)."""
-        self.client.request(self.address, ClearObjects())
+        self.client.request(self.address, ClearObjects(), after_deletes=True)
         return self
 
     @property
@@ -105,14 +105,14 @@ class VirtualWorker:
         """A snapshot {id: tensor or pointer} of what this worker holds (rule 11)."""
         from .pointer import PointerTensor
 
-        snapshot = self.client.request(self.address, ListObjects())
+        snapshot = self.client.request(self.address, ListObjects(), after_deletes=True)
         return {
             id: PointerTensor.view_of(self, obj) if isinstance(obj, PointerSpec) else obj
             for id, obj in snapshot.items()
         }
 
     def objects_count(self) -> int:
-        return self.client.request(self.address, CountObjects())
+        return self.client.request(self.address, CountObjects(), after_deletes=True)
 
     def search(self, *tags: str | list[str]) -> list[Any]:
         """Pointers to every object here that carries all `tags` (rule 14):
@@ -120,12 +120,12 @@ class VirtualWorker:
         from .pointer import PointerTensor
 
         wanted = tuple(t for group in tags for t in ([group] if isinstance(group, str) else group))
-        specs = self.client.request(self.address, Search(wanted))
+        specs = self.client.request(self.address, Search(wanted), after_deletes=True)
         return [PointerTensor.from_spec(self, spec, is_chain=False, id=new_id()) for spec in specs]
 
     def describe(self, timeout: float | None = None) -> list[ObjectInfo]:
         """One row per stored object: id, type, shape, dtype, bytes, references, target."""
-        return self.client.request(self.address, DescribeObjects(), timeout=timeout)
+        return self.client.request(self.address, DescribeObjects(), timeout=timeout, after_deletes=True)
 
     def ping(self, timeout: float | None = None) -> WorkerStatus:
         return self.client.request(self.address, Ping(), timeout=timeout)
@@ -138,7 +138,7 @@ class VirtualWorker:
 
     def __repr__(self) -> str:
         try:
-            count = str(self.client.request(self.address, CountObjects(), timeout=min(self.client.timeout, 5.0)))
+            count = str(self.client.request(self.address, CountObjects(), timeout=min(self.client.timeout, 5.0), after_deletes=True))
         except Exception:
             count = "?"
         return f"<VirtualWorker id:{self.id} #objects:{count}>"

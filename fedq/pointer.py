@@ -169,8 +169,8 @@ class Pointer:
     def get(self) -> Any:
         """Bring back one level (rule 5): the tensor, or on a chain the next pointer."""
         self._check_usable()
-        # On a chain the answer depends on relays the first hop may still have out.
-        obj = self.location.client.request(self.location.address, GetObject(self.id_at_location), after_all=self._is_chain)
+        # (On a chain, the first hop answers only once the relay that made the object is done.)
+        obj = self.location.client.request(self.location.address, GetObject(self.id_at_location))
         self._spend("it was already fetched with .get()")
         return self._received(obj)
 
@@ -346,15 +346,12 @@ def _run_remote(func: Any, args: tuple, kwargs: dict) -> Any:
             pass
         return None if name in ("Tensor.__setitem__",) or name.endswith(".__set__") else args[0]
 
-    try:
-        out = _on_meta(func, args, kwargs)
-        results, out_spec = tree_flatten(out)
-    except Exception:
-        out_spec = None
-    if out_spec is not None:
+    inferred = _infer(func, args, kwargs, leaves, spec)
+    if inferred is not None:
+        results, out_spec = inferred
         tensors = [r for r in results if isinstance(r, torch.Tensor)]
         if not tensors:
-            return out  # metadata only (a size, a stride): answered here
+            return tree_unflatten(results, out_spec)  # metadata only (a size, a stride): answered here
         if len(tensors) != len(results):
             raise ValueNeedsGetError(f"{name} returns Python values along with tensors; .get() the tensors first")
         pointers = _pipelined(location, RunOp(name, wire_args, wire_kwargs, None, None, grad_enabled), results, is_chain)
@@ -369,6 +366,36 @@ def _run_remote(func: Any, args: tuple, kwargs: dict) -> Any:
         return PointerTensor.from_spec(client.handle_for(remote.location, remote.address), remote, is_chain=is_chain, id=new_id())
 
     return tree_map(to_pointer, answer)
+
+
+_META_CACHE: dict[Any, Any] = {}
+_META_CACHE_SIZE = 4096
+_NOT_INFERRED = object()
+
+
+def _infer(func: Any, args: tuple, kwargs: dict, leaves: list, spec: Any) -> tuple[list, Any] | None:
+    """The results' metadata (flattened) and structure, worked out on meta tensors; None when
+    that cannot be done (the shape depends on the data). Running an op on meta tensors costs
+    far more than sending it, so answers are remembered by op, structure and input metadata."""
+    try:
+        key = (func, spec, torch.is_grad_enabled(), tuple(
+            (leaf._meta.shape, leaf._meta.dtype, leaf._meta.requires_grad) if isinstance(leaf, Pointer) else (type(leaf), leaf)
+            for leaf in leaves
+        ))
+        hash(key)
+    except TypeError:  # an unhashable argument (a list, a slice): work it out each time
+        key = None
+    cached = _META_CACHE.get(key, None) if key is not None else None
+    if cached is None:
+        try:
+            cached = tree_flatten(_on_meta(func, args, kwargs))
+        except Exception:
+            cached = _NOT_INFERRED
+        if key is not None:
+            if len(_META_CACHE) >= _META_CACHE_SIZE:
+                _META_CACHE.clear()
+            _META_CACHE[key] = cached
+    return None if cached is _NOT_INFERRED else cached
 
 
 def _pipelined(location: "VirtualWorker", op: RunOp, metas: list[torch.Tensor], is_chain: bool) -> list["PointerTensor"]:

@@ -30,6 +30,7 @@ from .wire import INBAND_LIMIT
 log = logging.getLogger("fedq.transport")
 
 POLL_MS = 50  # longest a loop sleeps before looking at timers, deletes and children
+BATCH = 256  # pipelined messages queued before the I/O thread is woken to send them
 
 
 def context() -> zmq.Context:
@@ -131,7 +132,8 @@ class ServerLoop:
     """A worker's event loop: requests on the ROUTER, replies from peers on DEALERs.
 
     `on_request(identity, frames)` and `on_peer_reply(address, frames)` run on
-    this thread and must not block; `on_tick()` runs every POLL_MS or so.
+    this thread and must not block; `on_batch_end()` runs after each batch of
+    requests (to coalesce replies); `on_tick()` runs every POLL_MS or so.
     With `watch_fd` (the read end of a pipe from the parent), the loop stops when
     the parent dies, so a worker never outlives the script that started it.
     """
@@ -144,6 +146,7 @@ class ServerLoop:
         on_tick: Callable[[], None],
         watch_fd: int | None = None,
         max_message_bytes: int | None = None,
+        on_batch_end: Callable[[], None] = lambda: None,
     ) -> None:
         self.poller = zmq.Poller()
         self.router = context().socket(zmq.ROUTER)
@@ -158,6 +161,7 @@ class ServerLoop:
         self._on_request = on_request
         self._on_peer_reply = on_peer_reply
         self._on_tick = on_tick
+        self._on_batch_end = on_batch_end
         self._watch_fd = watch_fd
         if watch_fd is not None:
             self.poller.register(watch_fd, zmq.POLLIN)
@@ -178,10 +182,12 @@ class ServerLoop:
             while self.running:
                 events = dict(self.poller.poll(POLL_MS))
                 if self.router in events:
-                    for frames in self.peers.drain(self.router):
+                    for frames in self.peers.drain(self.router, limit=1000):
                         self._on_request(frames[0], frames[1:])
                         if not self.running:
+                            self._on_batch_end()
                             return
+                    self._on_batch_end()
                 for sock, address in list(self.peers.address_of.items()):
                     if sock in events:
                         for frames in self.peers.drain(sock):
@@ -221,12 +227,14 @@ class IOThread(threading.Thread):
     def __init__(
         self,
         on_replies: Callable[[str, list[list]], None],
-        encode_deletes: Callable[[str, list[int]], list],
+        encode_deletes: Callable[[str, list[int]], Any],
+        seal: Callable[[Any], list],
         on_tick: Callable[[], None],
     ) -> None:
         super().__init__(name="fedq-io", daemon=True)
         self._on_replies = on_replies
         self._encode_deletes = encode_deletes
+        self._seal = seal
         self._on_tick = on_tick
         self._outbox: collections.deque = collections.deque()
         self._wake_r, self._wake_w = os.pipe()
@@ -235,14 +243,25 @@ class IOThread(threading.Thread):
         self._poller.register(self._wake_r, zmq.POLLIN)
         self.peers = PeerSockets(self._poller)
         self._stopping = False
+        self._sleeping = False  # in poll(): a submit must wake it; otherwise it will see the item anyway
         # Set by queue_delete, cleared only by flush_deletes: a reader that finds it set
         # flushes, so deletes its own thread queued earlier reach the workers first.
         self._deletes_dirty = False
 
     # ---- any thread
-    def submit(self, address: str, frames: list) -> None:
-        self._outbox.append((address, frames))
-        self._wake()
+    def submit(self, address: str, message: Any, *, urgent: bool = True) -> None:
+        """Queue a packed message for `address`; it is sealed (`seal`) when sent. A pipelined request (`urgent=False`) does not wake the
+        loop: waking it hands the interpreter lock over once per message, which costs more
+        than the message. It goes out with the next urgent one, at the next wait (`kick`),
+        once BATCH have queued, or after POLL_MS."""
+        self._outbox.append((address, message))
+        if (urgent or len(self._outbox) >= BATCH) and self._sleeping:
+            self._wake()  # (the loop re-checks the outbox after saying it sleeps: no lost wake-up)
+
+    def kick(self) -> None:
+        """Someone is about to wait: send what is queued now."""
+        if self._outbox and self._sleeping:
+            self._wake()
 
     def queue_delete(self, address: str, id: int) -> None:
         self._outbox.append(_Delete(address, id))
@@ -277,7 +296,9 @@ class IOThread(threading.Thread):
         next_tick = time.monotonic()
         try:
             while True:
-                events = dict(self._poller.poll(POLL_MS))
+                self._sleeping = True
+                events = dict(self._poller.poll(0 if self._outbox else POLL_MS))
+                self._sleeping = False
                 if self._wake_r in events:
                     try:
                         while os.read(self._wake_r, 65536):
@@ -315,13 +336,13 @@ class IOThread(threading.Thread):
                 self._send_deletes(deletes)
                 item.done.set()
             else:
-                address, frames = item
+                address, message = item
                 if address in deletes:  # keep per-worker order: earlier deletes go first
                     self._send_deletes({address: deletes.pop(address)})
-                self.peers.send(address, frames)
+                self.peers.send(address, self._seal(message))
         self._send_deletes(deletes)
 
     def _send_deletes(self, deletes: dict[str, list[int]]) -> None:
         for address, ids in deletes.items():
-            self.peers.send(address, self._encode_deletes(address, ids))
+            self.peers.send(address, self._seal(self._encode_deletes(address, ids)))
         deletes.clear()

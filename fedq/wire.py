@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import builtins
 import collections
+import copyreg
 import hashlib
 import hmac
 import io
@@ -45,7 +46,7 @@ INBAND_LIMIT = 64 * 1024
 # --------------------------------------------------------------------------- values
 
 
-@dataclass(slots=True)
+@dataclass
 class PointerSpec:
     """Everything a pointer needs to reach its object from any process.
 
@@ -63,14 +64,14 @@ class PointerSpec:
     description: str | None = None
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(frozen=True)
 class Ref:
     """An argument naming an object in the receiving worker's store."""
 
     id: int
 
 
-@dataclass(slots=True)
+@dataclass
 class ObjectInfo:
     """One row of `fedq ls`: what a worker holds under one id."""
 
@@ -87,7 +88,7 @@ class ObjectInfo:
 # --------------------------------------------------------------------------- requests
 
 
-@dataclass(slots=True)
+@dataclass
 class StoreObject:
     """Store `obj` (a tensor, or a PointerSpec) under `id`, held by one reference."""
 
@@ -97,7 +98,7 @@ class StoreObject:
     description: str | None = None
 
 
-@dataclass(slots=True)
+@dataclass
 class RunOp:
     """Run torch function `op` where its tensor arguments (`Ref`s) live.
 
@@ -117,14 +118,14 @@ class RunOp:
     grad_enabled: bool = True  # the caller's torch.is_grad_enabled(): an optimizer step runs under no_grad
 
 
-@dataclass(slots=True)
+@dataclass
 class GetObject:
     """Hand the object under `id` to the caller and drop this worker's reference."""
 
     id: int
 
 
-@dataclass(slots=True)
+@dataclass
 class MoveObject:
     """Rule 7: send the object under `id` straight to the worker at `address`, which keeps
     the id; drop it here. Answered once the destination has stored it."""
@@ -134,60 +135,60 @@ class MoveObject:
     address: str
 
 
-@dataclass(slots=True)
+@dataclass
 class RemoteGet:
     """Rule 8: the object under `id` is a pointer; fetch what it points at and keep it here."""
 
     id: int
 
 
-@dataclass(slots=True)
+@dataclass
 class Search:
     """Rule 14: reply with a PointerSpec (one new reference each) per object carrying all `tags`."""
 
     tags: tuple[str, ...]
 
 
-@dataclass(slots=True)
+@dataclass
 class IncRef:
     """Another pointer to each of `ids` now exists somewhere."""
 
     ids: tuple[int, ...]
 
 
-@dataclass(slots=True)
+@dataclass
 class DeleteObjects:
     """A pointer to each of `ids` died; free what no pointer holds any more."""
 
     ids: tuple[int, ...]
 
 
-@dataclass(slots=True)
+@dataclass
 class ListObjects:
     """Reply with a snapshot {id: tensor or PointerSpec} of the store."""
 
 
-@dataclass(slots=True)
+@dataclass
 class DescribeObjects:
     """Reply with one ObjectInfo per stored object (for `fedq ls`)."""
 
 
-@dataclass(slots=True)
+@dataclass
 class CountObjects:
     """Reply with the number of stored objects."""
 
 
-@dataclass(slots=True)
+@dataclass
 class ClearObjects:
     """Empty the store. Does not propagate to other workers."""
 
 
-@dataclass(slots=True)
+@dataclass
 class Ping:
     """Reply with a WorkerStatus."""
 
 
-@dataclass(slots=True)
+@dataclass
 class Shutdown:
     """Reply, then stop serving."""
 
@@ -195,7 +196,7 @@ class Shutdown:
 # --------------------------------------------------------------------------- replies
 
 
-@dataclass(slots=True)
+@dataclass
 class WorkerStatus:
     id: str
     pid: int
@@ -203,12 +204,20 @@ class WorkerStatus:
     objects: int
 
 
-@dataclass(slots=True)
+@dataclass
 class Ok:
     value: Any = None
 
 
-@dataclass(slots=True)
+@dataclass
+class Acked:
+    """Several requests succeeded with nothing to return: one reply for a whole batch of
+    pipelined ops, instead of one each (`seq` of its envelope is 0)."""
+
+    seqs: list[int]
+
+
+@dataclass
 class Failure:
     """A request failed on `worker`; rebuilt as an exception by the receiver."""
 
@@ -225,7 +234,7 @@ class Failure:
 
 
 REQUESTS = (StoreObject, RunOp, GetObject, MoveObject, RemoteGet, Search, IncRef, DeleteObjects, ListObjects, DescribeObjects, CountObjects, ClearObjects, Ping, Shutdown)
-REPLIES = (Ok, Failure)
+REPLIES = (Ok, Acked, Failure)
 
 # --------------------------------------------------------------------------- tensors
 
@@ -258,12 +267,30 @@ def _reduce_tensor(tensor: torch.Tensor) -> tuple:
     )
 
 
-class _Pickler(cloudpickle.Pickler):
+def _reduce_any_tensor(tensor: torch.Tensor) -> Any:
+    if tensor.layout == torch.strided and not tensor.is_quantized and tensor.device.type == "cpu":
+        return _reduce_tensor(tensor)
+    return tensor.__reduce_ex__(5)  # sparse, quantized...: torch's own pickling, in band
+
+
+class _Pickler(pickle.Pickler):
+    """The C pickler, with tensors going out of band. Looking reducers up by exact type keeps
+    every other object on the C fast path (a reducer_override would run Python for each)."""
+
+    dispatch_table = {
+        **copyreg.dispatch_table,
+        torch.Tensor: _reduce_any_tensor,
+        torch.nn.Parameter: _reduce_any_tensor,
+    }
+
+
+class _CodePickler(cloudpickle.Pickler):
+    """For messages the C pickler refuses (a lambda, a local function): cloudpickle pickles
+    them by value. Only a worker started with allow_code will unpickle them."""
+
     def reducer_override(self, obj: Any) -> Any:
-        cls = type(obj)
-        if cls is torch.Tensor or cls is torch.nn.Parameter:
-            if obj.layout == torch.strided and not obj.is_quantized and obj.device.type == "cpu":
-                return _reduce_tensor(obj)
+        if type(obj) in (torch.Tensor, torch.nn.Parameter):
+            return _reduce_any_tensor(obj)
         return super().reducer_override(obj)
 
 
@@ -309,10 +336,23 @@ class ReplayWindow:
         return True
 
 
+@dataclass
+class Packed:
+    """A pickled message waiting to be stamped and signed: body frame, then buffers."""
+
+    seq: int
+    frames: list
+
+    @property
+    def nbytes(self) -> int:
+        return sum(memoryview(f).nbytes for f in self.frames)
+
+
 class Codec:
     """Turns messages into signed frames and back, for one process and one key.
 
-    `encode` may be called from any thread; `decode` from one thread only.
+    `pack` may be called from any thread; `seal` (hence `encode`) and `decode` each from
+    one thread only: the one that owns the sockets.
     """
 
     def __init__(self, key: bytes, *, allow_code: bool = False, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
@@ -333,6 +373,10 @@ class Codec:
 
     def encode(self, seq: int, message: Any) -> list:
         """`(seq, message)` as signed frames: signature, stamp, body, then one frame per large buffer."""
+        return self.seal(self.pack(seq, message))
+
+    def pack(self, seq: int, message: Any) -> "Packed":
+        """Pickle `message` (any thread): the slow half of `encode`."""
         buffers: list = []
 
         def keep_out_of_band(buffer: pickle.PickleBuffer) -> bool:
@@ -342,8 +386,18 @@ class Codec:
             return False
 
         out = io.BytesIO()
-        _Pickler(out, protocol=5, buffer_callback=keep_out_of_band).dump(message)
-        frames = [_STAMP.pack(self._session, next(self._counter), seq), out.getbuffer(), *buffers]
+        try:
+            _Pickler(out, protocol=5, buffer_callback=keep_out_of_band).dump(message)
+        except (pickle.PicklingError, AttributeError, TypeError):
+            buffers.clear()
+            out = io.BytesIO()
+            _CodePickler(out, protocol=5, buffer_callback=keep_out_of_band).dump(message)
+        return Packed(seq, [out.getbuffer(), *buffers])
+
+    def seal(self, packed: "Packed") -> list:
+        """Stamp and sign a packed message right before it is sent. Counters are taken in
+        send order, so a receiver sees them (nearly) in order whoever packed first."""
+        frames = [_STAMP.pack(self._session, next(self._counter), packed.seq), *packed.frames]
         return [self._sign(frames), *frames]
 
     def decode(self, frames: list) -> tuple[int, Any]:
@@ -381,6 +435,13 @@ class Codec:
         return seq, message
 
 
+def answers(seq: int, reply: Any) -> list[tuple[int, Any]]:
+    """(seq, Ok or Failure) for each request a reply answers: an Acked answers several."""
+    if isinstance(reply, Acked):
+        return [(s, Ok()) for s in reply.seqs]
+    return [(seq, reply)]
+
+
 def _as_buffer(frame: Any) -> Any:
     return getattr(frame, "buffer", frame)
 
@@ -415,7 +476,7 @@ class _SafeUnpickler(pickle.Unpickler):
         )
 
 
-_WIRE_NAMES = frozenset(
+_WIRE_NAMES = frozenset(  # (Acked is in REPLIES)
     {cls.__name__ for cls in REQUESTS + REPLIES} | {"PointerSpec", "Ref", "ObjectInfo", "WorkerStatus", "_rebuild_tensor"}
 )
 

@@ -37,6 +37,7 @@ from .keys import key_from_environment
 from .store import ObjectStore, describe, object_nbytes
 from .transport import ServerLoop
 from .wire import (
+    Acked,
     ClearObjects,
     CountObjects,
     DeleteObjects,
@@ -71,6 +72,10 @@ class Reply:
         self._worker, self._identity, self._seq, self._sent = worker, identity, seq, False
 
     def ok(self, value: Any = None) -> None:
+        if value is None and not self._sent:  # folded into one Acked per client per batch
+            self._sent = True
+            self._worker.ack_later(self._identity, self._seq)
+            return
         self._send(Ok(value))
 
     def fail(self, error: BaseException) -> None:
@@ -84,6 +89,7 @@ class Reply:
         if self._sent:
             return
         self._sent = True
+        self._worker.send_acks(self._identity)  # answers leave in the order requests came
         self._worker.loop.reply(self._identity, self._worker.codec.encode(self._seq, message))
 
 
@@ -132,7 +138,11 @@ class Worker:
         self.timeout = timeout
         self.codec = wire.Codec(key, allow_code=allow_code, max_message_bytes=max_message_bytes)
         self.store = ObjectStore(id, max_bytes=max_store_bytes)
-        self.loop = ServerLoop(address, self._on_request, self._on_peer_reply, self._on_tick, watch_fd, max_message_bytes)
+        self.loop = ServerLoop(
+            address, self._on_request, self._on_peer_reply, self._on_tick, watch_fd, max_message_bytes, self.send_acks
+        )
+        self._acks: dict[bytes, list[int]] = {}
+        self._unsettled: dict[int, list[Callable[[], None]]] = {}
         self.address = self.loop.address
         self._seq = itertools.count(1)
         self._relays: dict[int, _Relay] = {}
@@ -141,6 +151,37 @@ class Worker:
     def serve(self) -> None:
         log.info("worker %s serving on %s (pid %d)", self.id, self.address, os.getpid())
         self.loop.run()
+
+    # ---- replies with nothing in them, one per client per batch
+    def ack_later(self, identity: bytes, seq: int) -> None:
+        self._acks.setdefault(identity, []).append(seq)
+
+    def send_acks(self, identity: bytes | None = None) -> None:
+        """Send the acks owed to `identity` (to everyone, by default) as one Acked each."""
+        for who in [identity] if identity is not None else list(self._acks):
+            seqs = self._acks.pop(who, None)
+            if seqs:
+                self.loop.reply(who, self.codec.encode(0, Acked(seqs)))
+
+    # ---- objects whose creation a relay has not confirmed yet
+    def settle_later(self, ids: tuple[int, ...]) -> None:
+        for id in ids:
+            self._unsettled[id] = []
+
+    def settled(self, ids: tuple[int, ...]) -> None:
+        for id in ids:
+            for retry in self._unsettled.pop(id, ()):
+                retry()
+
+    def after_settled(self, id: int, retry: Callable[[], None]) -> bool:
+        """Run `retry` once the relay creating `id` is answered; False if it already is.
+        A pointer must not be handed on before the next hop holds what it points at:
+        the new holder could reach that hop before our relay does."""
+        waiting = self._unsettled.get(id)
+        if waiting is None:
+            return False
+        waiting.append(retry)
+        return True
 
     # ---- incoming
     def _on_request(self, identity: bytes, frames: list) -> None:
@@ -175,11 +216,13 @@ class Worker:
                 return
             message = Failure.from_exception(error, self.id)
             seq = error.seq
-        relay = self._relays.pop(seq, None)
-        if relay is None:
-            log.warning("worker %s: late or unknown reply %d from %s", self.id, seq, address)
-            return
-        relay.on_reply(message)
+        for seq, answer in wire.answers(seq, message):
+            relay = self._relays.pop(seq, None)
+            if relay is None:
+                log.warning("worker %s: late or unknown reply %d from %s", self.id, seq, address)
+                continue
+            relay.on_reply(answer)
+        self.send_acks()  # relays answered above may have acks to pass on now
 
     def _on_tick(self) -> None:
         now = time.monotonic()
@@ -254,6 +297,13 @@ def handles(message_type: type) -> Callable:
         return handler
 
     return register
+
+
+def _retry(worker: Worker, handler: Callable[[Worker, Any, Reply], None], message: Any, reply: Reply) -> None:
+    try:
+        handler(worker, message, reply)
+    except Exception as error:
+        reply.fail(error)
 
 
 @handles(StoreObject)
@@ -345,6 +395,7 @@ def _relay_op(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: 
     next_ids = tuple(new_id() for _ in message.result_ids)
     for id, next_id, (shape, dtype, requires_grad) in zip(message.result_ids, next_ids, message.result_meta or ()):
         worker.store.put(id, PointerSpec(id, hop.location, hop.address, next_id, tuple(shape), dtype, requires_grad))
+    worker.settle_later(message.result_ids)
 
     def on_done(answer: Ok | Failure) -> None:
         if isinstance(answer, Failure):
@@ -353,6 +404,7 @@ def _relay_op(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: 
             reply.forward(answer)
         else:
             reply.ok()  # (a backward's grads are at the last hop: the caller asks for them there)
+        worker.settled(message.result_ids)
 
     worker.relay(hop, RunOp(message.op, args, kwargs, next_ids, message.result_meta, message.grad_enabled), on_done)
 
@@ -361,6 +413,8 @@ def _relay_op(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: 
 def get_object(worker: Worker, message: GetObject, reply: Reply) -> None:
     """Rule 5: hand the object over. When other pointers still hold it (rule 6) the
     caller gets a copy, or for a stored pointer a new reference at the next hop."""
+    if worker.after_settled(message.id, lambda: _retry(worker, get_object, message, reply)):
+        return
     entry = worker.store.entry(message.id)
     shared = entry.refs > 1 or entry.pinned
     if not shared:
@@ -386,6 +440,8 @@ def get_object(worker: Worker, message: GetObject, reply: Reply) -> None:
 @handles(MoveObject)
 def move_object(worker: Worker, message: MoveObject, reply: Reply) -> None:
     """Rule 7: the bytes go from here straight to the destination, which keeps the id."""
+    if worker.after_settled(message.id, lambda: _retry(worker, move_object, message, reply)):
+        return
     entry = worker.store.entry(message.id)
     if message.address == worker.address:
         reply.ok()
