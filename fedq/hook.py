@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from .client import Client, local_client
-from .pointer import copy_module, describe_tensor, get_module, move_module, send_module, send_tensor, tag_tensor
+from .pointer import warm_up_meta_kernels, copy_module, describe_tensor, get_module, move_module, send_module, send_tensor, tag_tensor
 
 
 class TorchHook:
@@ -26,6 +26,7 @@ class TorchHook:
         torch.nn.Module.get = get_module
         torch.nn.Module.move = move_module
         torch.nn.Module.copy = copy_module
+        warm_up_meta_kernels()
 
     def __repr__(self) -> str:
         return f"<TorchHook local_worker:{self.local_worker.id}>"

@@ -17,6 +17,7 @@ What a pointer forwards, and nothing more:
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
@@ -366,6 +367,18 @@ def _run_remote(func: Any, args: tuple, kwargs: dict) -> Any:
         return PointerTensor.from_spec(client.handle_for(remote.location, remote.address), remote, is_chain=is_chain, id=new_id())
 
     return tree_map(to_pointer, answer)
+
+
+_warm_up: threading.Thread | None = None
+
+
+def warm_up_meta_kernels() -> None:
+    """The first op torch runs on meta tensors imports its reference kernels (~1 s here).
+    Start that in the background while workers start, not on the user's first op."""
+    global _warm_up
+    if _warm_up is None:
+        _warm_up = threading.Thread(target=lambda: torch.empty(1, device="meta") + 1, name="fedq-warm-up", daemon=True)
+        _warm_up.start()
 
 
 _META_CACHE: dict[Any, Any] = {}

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import builtins
 import collections
+import concurrent.futures
+import functools
 import copyreg
 import hashlib
 import hmac
@@ -297,6 +299,12 @@ class _CodePickler(cloudpickle.Pickler):
 # --------------------------------------------------------------------------- frames
 
 _STAMP = struct.Struct("!16sQQ")  # session id, message counter, seq
+HASH_CHUNK = 4 << 20
+
+
+@functools.cache
+def _hash_pool() -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="fedq-hash")
 SIGNATURE_BYTES = 32
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 30
 
@@ -366,9 +374,20 @@ class Codec:
         self.max_message_bytes = max_message_bytes
 
     def _sign(self, frames: list) -> bytes:
+        """HMAC-SHA256 over every frame. A large frame enters as the SHA-256 digests of its
+        HASH_CHUNK pieces, hashed on all cores at once (hashlib lets go of the interpreter
+        lock): one core hashes at ~1.6 GB/s here, slower than the socket moves the bytes."""
         mac = hmac.new(self._key, digestmod=hashlib.sha256)
         for frame in frames:
-            mac.update(frame)
+            view = memoryview(frame)
+            if view.nbytes < 2 * HASH_CHUNK:
+                mac.update(view)
+                continue
+            view = view.cast("B")
+            chunks = [view[i : i + HASH_CHUNK] for i in range(0, view.nbytes, HASH_CHUNK)]
+            mac.update(view.nbytes.to_bytes(8, "big"))
+            for digest in _hash_pool().map(lambda chunk: hashlib.sha256(chunk).digest(), chunks):
+                mac.update(digest)
         return mac.digest()
 
     def encode(self, seq: int, message: Any) -> list:
