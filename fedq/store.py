@@ -18,6 +18,9 @@ from .errors import DuplicateIdError, ObjectNotFoundError, StoreFullError
 from .wire import PointerSpec
 
 
+PRIVATE_TAG = "#private"  # a sender can mark what it sends private with this tag
+
+
 @dataclass(slots=True)
 class Entry:
     obj: Any  # a torch.Tensor, or a PointerSpec (this worker's pointer to another worker)
@@ -25,6 +28,7 @@ class Entry:
     pinned: bool = False
     tags: frozenset[str] = field(default_factory=frozenset)
     description: str | None = None
+    private: bool = False  # may not leave this worker (see privacy.py)
 
 
 class ObjectStore:
@@ -44,7 +48,15 @@ class ObjectStore:
         return iter(list(self._entries.items()))
 
     def put(
-        self, id: int, obj: Any, *, refs: int = 1, pinned: bool = False, tags: frozenset[str] = frozenset(), description: str | None = None
+        self,
+        id: int,
+        obj: Any,
+        *,
+        refs: int = 1,
+        pinned: bool = False,
+        tags: frozenset[str] = frozenset(),
+        description: str | None = None,
+        private: bool = False,
     ) -> None:
         if id in self._entries:
             raise DuplicateIdError(f"worker {self.worker_id!r} already holds an object with id {id}")
@@ -53,7 +65,7 @@ class ObjectStore:
             raise StoreFullError(
                 f"worker {self.worker_id!r} holds {self.nbytes} bytes; {size} more would pass its limit of {self.max_bytes}"
             )
-        self._entries[id] = Entry(obj, refs, pinned, tags, description)
+        self._entries[id] = Entry(obj, refs, pinned, tags, description, private or PRIVATE_TAG in tags)
         self.nbytes += size
 
     def entry(self, id: int) -> Entry:

@@ -269,9 +269,15 @@ def _reduce_tensor(tensor: torch.Tensor) -> tuple:
     )
 
 
+def _rebuild_meta(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype, device="meta")
+
+
 def _reduce_any_tensor(tensor: torch.Tensor) -> Any:
     if tensor.layout == torch.strided and not tensor.is_quantized and tensor.device.type == "cpu":
         return _reduce_tensor(tensor)
+    if tensor.device.type == "meta":  # a shape without values (what a private object shows)
+        return (_rebuild_meta, (tuple(tensor.shape), tensor.dtype))
     return tensor.__reduce_ex__(5)  # sparse, quantized...: torch's own pickling, in band
 
 
@@ -496,7 +502,7 @@ class _SafeUnpickler(pickle.Unpickler):
 
 
 _WIRE_NAMES = frozenset(  # (Acked is in REPLIES)
-    {cls.__name__ for cls in REQUESTS + REPLIES} | {"PointerSpec", "Ref", "ObjectInfo", "WorkerStatus", "_rebuild_tensor"}
+    {cls.__name__ for cls in REQUESTS + REPLIES} | {"PointerSpec", "Ref", "ObjectInfo", "WorkerStatus", "_rebuild_tensor", "_rebuild_meta"}
 )
 
 

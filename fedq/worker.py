@@ -34,6 +34,7 @@ from .errors import (
 )
 from .ids import new_id
 from .keys import key_from_environment
+from .privacy import Policy, refuse_if_private
 from .store import ObjectStore, describe, object_nbytes
 from .transport import ServerLoop
 from .wire import (
@@ -138,6 +139,7 @@ class Worker:
         self.timeout = timeout
         self.codec = wire.Codec(key, allow_code=allow_code, max_message_bytes=max_message_bytes)
         self.store = ObjectStore(id, max_bytes=max_store_bytes)
+        self.privacy = Policy()
         self.loop = ServerLoop(
             address, self._on_request, self._on_peer_reply, self._on_tick, watch_fd, max_message_bytes, self.send_acks
         )
@@ -279,11 +281,20 @@ class DataOwner:
         self.id = worker.id
         self.count = 0
 
-    def add(self, tensor: torch.Tensor, *, tags: tuple[str, ...] | list[str] = (), description: str | None = None) -> int:
+    def add(
+        self, tensor: torch.Tensor, *, tags: tuple[str, ...] | list[str] = (), description: str | None = None, private: bool = False
+    ) -> int:
         id = new_id()
-        self.worker.store.put(id, tensor, pinned=True, tags=frozenset(tags), description=description)
+        self.worker.store.put(id, tensor, pinned=True, tags=frozenset(tags), description=description, private=private)
         self.count += 1
         return id
+
+    def allow(self, *aggregates: str, min_reduction: int | None = None) -> None:
+        """Let results of these ops (wire names: "Tensor.mean", "torch.sum") leave even when
+        computed from private data, if they reduce it `min_reduction`-fold (privacy.py)."""
+        self.worker.privacy.aggregates.update(aggregates)
+        if min_reduction is not None:
+            self.worker.privacy.min_reduction = min_reduction
 
 
 # --------------------------------------------------------------------------- handlers
@@ -337,9 +348,13 @@ def run_op(worker: Worker, message: RunOp, reply: Reply) -> None:
 def _run_here(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: dict, reply: Reply) -> None:
     func = ops.resolve(message.op)
     args, kwargs = tree_unflatten([targets[l.id] if isinstance(l, Ref) else l for l in leaves], spec)
+    private_inputs = [worker.store.get(l.id) for l in leaves if isinstance(l, Ref) and worker.store.entry(l.id).private]
     with torch.set_grad_enabled(message.grad_enabled):
         out = func(*args, **kwargs)
     if message.result_ids == ():  # in place: nothing new to store
+        first = next((l for l in leaves if isinstance(l, Ref)), None)
+        if private_inputs and first is not None:
+            worker.store.entry(first.id).private = True  # what private data was written into is private
         # After backward the caller learns which of its tensors have a .grad now, so that
         # an optimizer reading p.grad costs no round trip per parameter.
         reply.ok(_ids_with_grad(worker) if message.op == "Tensor.backward" else None)
@@ -350,18 +365,19 @@ def _run_here(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: 
             raise ValueNeedsGetError(
                 f"{message.op} returns a {type(result).__name__}, not a tensor: .get() the tensor to compute it locally"
             )
+    private = worker.privacy.result_is_private(message.op, private_inputs, results)
     if message.result_ids is None:  # the caller could not infer the result: we pick ids and say what they hold
         specs = []
         for result in results:
             id = new_id()
-            worker.store.put(id, result)
+            worker.store.put(id, result, private=private)
             specs.append(worker.pointer_to(id, result))
         reply.ok(tree_unflatten(specs, out_spec))
         return
     if len(results) != len(message.result_ids):
         raise ProtocolError(f"{message.op} made {len(results)} tensors; the caller named {len(message.result_ids)} ids")
     for id, result in zip(message.result_ids, results):
-        worker.store.put(id, result)
+        worker.store.put(id, result, private=private)
     reply.ok()
 
 
@@ -416,6 +432,7 @@ def get_object(worker: Worker, message: GetObject, reply: Reply) -> None:
     if worker.after_settled(message.id, lambda: _retry(worker, get_object, message, reply)):
         return
     entry = worker.store.entry(message.id)
+    refuse_if_private(entry, message.id, worker.id, "fetched with .get()")
     shared = entry.refs > 1 or entry.pinned
     if not shared:
         worker.store.pop(message.id)
@@ -446,6 +463,7 @@ def move_object(worker: Worker, message: MoveObject, reply: Reply) -> None:
     if message.address == worker.address:
         reply.ok()
         return
+    refuse_if_private(entry, message.id, worker.id, "moved to another worker")
     shared = entry.refs > 1 or entry.pinned
     if shared and isinstance(entry.obj, PointerSpec):
         raise FedqError(f"object {message.id} on {worker.id!r} is a pointer other pointers share; .get() or copy it instead")
@@ -524,7 +542,14 @@ def delete_objects(worker: Worker, message: DeleteObjects, reply: Reply) -> None
 
 @handles(ListObjects)
 def list_objects(worker: Worker, message: ListObjects, reply: Reply) -> None:
-    reply.ok({id: entry.obj for id, entry in worker.store.items()})
+    """Rule 11's snapshot. A private tensor shows as a meta tensor: its shape, not its values."""
+    reply.ok({id: _redacted(entry) for id, entry in worker.store.items()})
+
+
+def _redacted(entry: Any) -> Any:
+    if entry.private and isinstance(entry.obj, torch.Tensor):
+        return torch.empty(entry.obj.shape, dtype=entry.obj.dtype, device="meta")
+    return entry.obj
 
 
 @handles(DescribeObjects)
@@ -532,7 +557,8 @@ def describe_objects(worker: Worker, message: DescribeObjects, reply: Reply) -> 
     rows = []
     for id, entry in worker.store.items():
         kind, shape, dtype, points_to = describe(entry.obj)
-        rows.append(ObjectInfo(id, kind, shape, dtype, object_nbytes(entry.obj), entry.refs, tuple(sorted(entry.tags)), points_to))
+        tags = tuple(sorted(entry.tags | ({"#private"} if entry.private else set())))
+        rows.append(ObjectInfo(id, kind, shape, dtype, object_nbytes(entry.obj), entry.refs, tags, points_to))
     reply.ok(rows)
 
 

@@ -27,5 +27,7 @@ def shard(worker_id: str, rows: int = ROWS_PER_SHARD) -> tuple[torch.Tensor, tor
 
 def setup(owner) -> None:
     features, prices = shard(owner.id)
-    owner.add(features, tags=("#housing", "#data"), description=f"{owner.id}'s houses: {', '.join(FEATURES)}")
-    owner.add(prices, tags=("#housing", "#target"), description=f"{owner.id}'s sale prices")
+    # The rows never leave this worker; a mean or sum over them (a training loss) may.
+    owner.add(features, tags=("#housing", "#data"), description=f"{owner.id}'s houses: {', '.join(FEATURES)}", private=True)
+    owner.add(prices, tags=("#housing", "#target"), description=f"{owner.id}'s sale prices", private=True)
+    owner.allow("Tensor.mean", "Tensor.sum", "torch.mean", "torch.sum")
