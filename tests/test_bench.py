@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
-# The gate: `fedq bench` exits 3 when a figure is more than 2x off its target. Today fedq's
-# per-op latency and pipelined throughput are (see the bench table), so by default this test
-# checks that the harness runs and reports, and that its exit code is the gate's verdict.
-# FEDQ_BENCH_GATE=1 also requires the verdict to be "ok" (exit 0): turn it on in CI once the
-# core meets its targets, and a regression then fails the build.
-REQUIRE_TARGETS = os.environ.get("FEDQ_BENCH_GATE") == "1"
+# The gate: `fedq bench` exits 3 when a figure is more than 2x off its target, or, for a miss
+# the README owns up to (fedq/bench/baseline.json), more than 2x worse than its recorded ratio.
+# Noise on a shared machine stays inside 2x; a real regression does not: CI fails on it.
 
 
 def test_quick_bench_measures_every_work_item_and_writes_the_json(tmp_path):
@@ -49,5 +45,4 @@ def test_quick_bench_measures_every_work_item_and_writes_the_json(tmp_path):
     assert done.returncode == verdict, f"exit {done.returncode}, gate says {verdict}:\n{done.stderr}"
     assert "Traceback" not in done.stderr, done.stderr
     assert "work" in done.stdout and "target" in done.stdout  # the table was printed
-    if REQUIRE_TARGETS:
-        assert verdict == 0, "more than 2x off target: " + "; ".join(results["gate"]["failed"])
+    assert verdict == 0, "a regression: " + "; ".join(results["gate"]["failed"])

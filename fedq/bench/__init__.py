@@ -22,12 +22,14 @@ from typing import Any, Callable
 from .suite import Plan
 
 
-def run_bench(quick: bool = False, json_path: Path | None = None, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+def run_bench(
+    quick: bool = False, json_path: Path | None = None, log: Callable[[str], None] = lambda _: None, *, record_baseline: bool = False
+) -> dict[str, Any]:
     """Measure, print the table, write the JSON; the results (exit code in results["gate"])."""
     from .report import show, write_json
     from .suite import run
 
-    results = run(Plan.reduced() if quick else Plan.full(), log)
+    results = run(Plan.reduced() if quick else Plan.full(), log, record_baseline=record_baseline)
     show(results)
     if json_path is not None:
         write_json(results, json_path)

@@ -10,7 +10,10 @@ regression does. Checks without a bound ("info") and work fedq cannot do yet
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import json
+import re
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from .payload import MIB
@@ -155,6 +158,47 @@ def evaluate(results: dict[str, Any]) -> list[Check]:
     return checks
 
 
+BASELINE = Path(__file__).with_name("baseline.json")
+
+
+def _baseline_key(check: Check) -> str:
+    """"work | peer", without a leading count ("10,000 pipelined x + x"): --quick runs fewer."""
+    return f"{re.sub(r'^[0-9,]+ ', '', check.work)} | {check.peer}"
+
+
+def known_misses(path: Path = BASELINE) -> dict[str, float]:
+    """Ratios recorded for the checks fedq misses by more than 2x today ("work | peer" -> ratio),
+    with the README saying why. The targets stay as they are; these only say where CI stands."""
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def against_baseline(checks: list[Check], baseline: dict[str, float]) -> list[Check]:
+    """A known miss fails the gate only when it is more than twice as bad as its recorded
+    ratio (a regression), not for missing its target (which the README owns up to)."""
+    judged = []
+    for check in checks:
+        recorded = baseline.get(_baseline_key(check))
+        if check.gate_failed and recorded is not None and check.bound is not None:
+            still = Bound(recorded, check.bound.at_most)
+            check = replace(check, gate_failed=still.far_off(check.ratio) and check.bound.far_off(check.ratio))
+        judged.append(check)
+    return judged
+
+
+def record_misses(checks: list[Check], path: Path = BASELINE) -> dict[str, float]:
+    """Add today's misses to the baseline CI holds them to, keeping the worse of the recorded
+    and today's ratio: what one run on a busy machine measured is noise the gate must absorb."""
+    misses = known_misses(path)
+    for c in checks:
+        if c.bound is None or c.ratio is None or c.bound.met(c.ratio):
+            continue
+        key = _baseline_key(c)
+        worse = max if c.bound.at_most else min
+        misses[key] = round(worse(misses.get(key, c.ratio), c.ratio), 3)
+    path.write_text(json.dumps(misses, indent=2, sort_keys=True) + "\n")
+    return misses
+
+
 def gate(checks: list[Check]) -> list[Check]:
-    """The checks more than twice as bad as their target."""
+    """The checks more than twice as bad as their target (or, for a known miss, as its baseline)."""
     return [c for c in checks if c.gate_failed]
