@@ -58,6 +58,8 @@ def worker(
             data=settings.data if settings else None,
             allow_code=allow_code or bool(federation and federation.allow_code),
             max_store_bytes=max_store_bytes if max_store_bytes is not None else (federation.max_store_bytes if federation else None),
+            curve_dir=str(federation.curve_dir) if federation and federation.curve_dir else None,
+            peers=federation.peers() if federation else None,
         )
     except FedqError as error:
         _fail(error)
@@ -78,6 +80,7 @@ def up(config: Path = ConfigOption, verbose: bool = typer.Option(False, "--verbo
         id: start_worker_process(
             id, w.address, key=key, timeout=federation.timeout, verbose=verbose, data=w.data,
             allow_code=federation.allow_code, max_store_bytes=federation.max_store_bytes,
+            curve_dir=str(federation.curve_dir) if federation.curve_dir else None, peers=federation.peers(),
         )
         for id, w in federation.workers.items()
     }
@@ -211,11 +214,15 @@ def clear(
 def keygen(
     config: Path = ConfigOption,
     print_key: bool = typer.Option(False, "--print", help="Print a new key (hex, for FEDQ_KEY) instead of writing the config's key file."),
+    curve: bool = typer.Option(False, "--curve", help="Make CURVE key pairs (one per worker, one for clients) in the config's curve_dir instead."),
 ) -> None:
     """Make a new federation signing key: every worker and script of the federation must share it."""
     from .keys import write_key_file
     from .wire import new_key
 
+    if curve:
+        _make_curve_keys(config)
+        return
     key = new_key()
     if print_key:
         typer.echo(key.hex())
@@ -226,6 +233,26 @@ def keygen(
         _fail(error)
     write_key_file(federation.key_file, key)
     typer.echo(f"wrote a new key to {federation.key_file} (mode 600); restart the federation's workers to use it")
+
+
+def _make_curve_keys(config: Path) -> None:
+    import os
+
+    import zmq.auth
+
+    try:
+        federation = load_config(config)
+    except FedqError as error:
+        _fail(error)
+    directory = federation.curve_dir or config.resolve().parent / f"{config.stem}-curve"
+    if federation.curve_dir is None:
+        _fail(ConfigError(f"{config} does not turn CURVE on: add `curve = true` to [federation]"))
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for name in [*federation.workers, "client"]:
+        public, secret = zmq.auth.create_certificates(str(directory), name)
+        os.chmod(secret, 0o600)
+    typer.echo(f"wrote CURVE key pairs for {', '.join(federation.workers)} and client to {directory}; "
+               "copy each host its own .key_secret and every .key")
 
 
 @app.command()

@@ -108,6 +108,12 @@ class Client:
         self.key = key
         self.codec = wire.Codec(key)
 
+    def use_curve(self, keys: Any) -> None:
+        """Encrypt every connection with CURVE (a federation across hosts); before the first."""
+        if self._handles and self._io.peers.curve is None:
+            raise ConfigError("this process already talks to workers unencrypted; switch to CURVE before the first one")
+        self._io.peers.curve = keys
+
     def register(self, handle: "VirtualWorker", process: subprocess.Popen | None = None) -> None:
         self._handles[handle.address] = handle
         if process is not None:

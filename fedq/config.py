@@ -41,6 +41,10 @@ class FederationConfig:
     workers: dict[str, WorkerConfig] = field(default_factory=dict)
     max_store_bytes: int | None = None
     allow_code: bool = False
+    curve_dir: Path | None = None  # set: every socket is CURVE-encrypted with the keys there
+
+    def peers(self) -> dict[str, str]:
+        return {id: w.address for id, w in self.workers.items()}
 
     def key(self) -> bytes:
         """The federation's signing key: FEDQ_KEY if set, else the key file (made if missing)."""
@@ -79,7 +83,8 @@ def load_config(path: str | Path | None = None) -> FederationConfig:
         workers[id] = WorkerConfig(id, address, data)
     key_file = Path(federation.get("key_file", f"~/.config/fedq/{path.stem}.key")).expanduser()
     max_store = federation.get("max_store_bytes")
+    curve_dir = Path(federation.get("curve_dir", f"~/.config/fedq/{path.stem}-curve")).expanduser() if federation.get("curve") else None
     return FederationConfig(
         path, float(federation.get("timeout", 30)), key_file, workers,
-        int(max_store) if max_store is not None else None, bool(federation.get("allow_code", False)),
+        int(max_store) if max_store is not None else None, bool(federation.get("allow_code", False)), curve_dir,
     )

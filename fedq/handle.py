@@ -153,6 +153,10 @@ def connect(hook: Any = None, id: str = "", *, address: str | None = None, confi
         federation = load_config(config)
         address = federation.worker(id).address
         client.use_key(federation.key())
+        if federation.curve_dir is not None:
+            from .transport import CurveKeys
+
+            client.use_curve(CurveKeys.load(federation.curve_dir, "client", federation.peers()))
     handle = client.handle_for(id, address)
     handle.id = id or handle.id
     return handle

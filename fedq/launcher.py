@@ -21,6 +21,8 @@ def start_worker_process(
     allow_code: bool = False,
     max_store_bytes: int | None = None,
     max_message_bytes: int | None = None,
+    curve_dir: str | None = None,
+    peers: dict[str, str] | None = None,
 ) -> subprocess.Popen:
     """Start `fedq.worker` as a child process serving `id` on `address`.
 
@@ -36,6 +38,8 @@ def start_worker_process(
     }
     if max_message_bytes is not None:
         settings["max_message_bytes"] = max_message_bytes
+    if curve_dir is not None:  # paths, not keys: the secret stays in its 600 file
+        settings.update(curve_dir=curve_dir, peers=peers or {})
     return subprocess.Popen(
         [sys.executable, "-m", "fedq.worker", json.dumps(settings)], stdin=subprocess.PIPE, env=environment_with_key(key)
     )

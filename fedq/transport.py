@@ -84,12 +84,58 @@ def recv_frames(sock: zmq.Socket, copied: int) -> list:
     return parts
 
 
+@dataclass
+class CurveKeys:
+    """CURVE encryption for one process: its own key pair, the public key of each server it
+    may connect to (by address), and the directory of public keys it accepts as a server."""
+
+    public: bytes
+    secret: bytes
+    servers: dict[str, bytes]
+    accepted_dir: str
+
+    @classmethod
+    def load(cls, directory: str | Path, me: str, peers: dict[str, str]) -> "CurveKeys":
+        """Keys made by `fedq keygen --curve`: `me`.key_secret, and `id`.key for each
+        peer {id: address}."""
+        import zmq.auth
+
+        directory = Path(directory).expanduser()
+        try:
+            public, secret = zmq.auth.load_certificate(directory / f"{me}.key_secret")
+            servers = {address: zmq.auth.load_certificate(directory / f"{id}.key")[0] for id, address in peers.items()}
+        except (OSError, ValueError) as error:
+            from .errors import ConfigError
+
+            raise ConfigError(f"CURVE keys missing in {directory} ({error}): run `fedq keygen --curve`") from None
+        return cls(public, secret, servers, str(directory))
+
+    def as_client(self, sock: zmq.Socket, address: str) -> None:
+        server = self.servers.get(address)
+        if server is None:
+            from .errors import ConfigError
+
+            raise ConfigError(f"no CURVE public key for the worker at {address}: it is not in the federation's config")
+        sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = self.public, self.secret, server
+
+    def as_server(self, sock: zmq.Socket) -> Any:
+        """Encrypt `sock` and let in only clients whose public key is in `accepted_dir` (ZAP)."""
+        from zmq.auth.thread import ThreadAuthenticator
+
+        authenticator = ThreadAuthenticator(context())
+        authenticator.start()
+        authenticator.configure_curve(domain="*", location=self.accepted_dir)
+        sock.curve_secretkey, sock.curve_publickey, sock.curve_server = self.secret, self.public, True
+        return authenticator
+
+
 class PeerSockets:
     """DEALER sockets to other processes, one per address, created on first use."""
 
-    def __init__(self, poller: zmq.Poller, identity: bytes | None = None) -> None:
+    def __init__(self, poller: zmq.Poller, identity: bytes | None = None, curve: CurveKeys | None = None) -> None:
         self._poller = poller
         self._identity = identity
+        self.curve = curve
         self.by_address: dict[str, zmq.Socket] = {}
         self.address_of: dict[zmq.Socket, str] = {}
         self.bytes_sent = 0
@@ -100,6 +146,8 @@ class PeerSockets:
         if sock is None:
             sock = context().socket(zmq.DEALER)
             _tune(sock)
+            if self.curve is not None:
+                self.curve.as_client(sock, address)
             sock.connect(address)
             self.by_address[address] = sock
             self.address_of[sock] = address
@@ -147,17 +195,19 @@ class ServerLoop:
         watch_fd: int | None = None,
         max_message_bytes: int | None = None,
         on_batch_end: Callable[[], None] = lambda: None,
+        curve: CurveKeys | None = None,
     ) -> None:
         self.poller = zmq.Poller()
         self.router = context().socket(zmq.ROUTER)
         _tune(self.router)
+        self._authenticator = curve.as_server(self.router) if curve is not None else None
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         if max_message_bytes:  # libzmq drops the connection of a peer that sends a larger frame
             self.router.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
         self.router.bind(address)
         self.address = self.router.getsockopt(zmq.LAST_ENDPOINT).decode()
         self.poller.register(self.router, zmq.POLLIN)
-        self.peers = PeerSockets(self.poller)
+        self.peers = PeerSockets(self.poller, curve=curve)
         self._on_request = on_request
         self._on_peer_reply = on_peer_reply
         self._on_tick = on_tick
@@ -202,6 +252,8 @@ class ServerLoop:
         finally:
             self.peers.close()
             self.router.close(0)
+            if self._authenticator is not None:
+                self._authenticator.stop()
 
 
 @dataclass(slots=True)

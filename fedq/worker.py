@@ -36,7 +36,7 @@ from .ids import new_id
 from .keys import key_from_environment
 from .privacy import Policy, refuse_if_private
 from .store import ObjectStore, describe, object_nbytes
-from .transport import ServerLoop
+from .transport import CurveKeys, ServerLoop
 from .wire import (
     Acked,
     ClearObjects,
@@ -134,6 +134,7 @@ class Worker:
         allow_code: bool = False,
         max_message_bytes: int = wire.DEFAULT_MAX_MESSAGE_BYTES,
         max_store_bytes: int | None = None,
+        curve: CurveKeys | None = None,
     ) -> None:
         self.id = id
         self.timeout = timeout
@@ -141,7 +142,7 @@ class Worker:
         self.store = ObjectStore(id, max_bytes=max_store_bytes)
         self.privacy = Policy()
         self.loop = ServerLoop(
-            address, self._on_request, self._on_peer_reply, self._on_tick, watch_fd, max_message_bytes, self.send_acks
+            address, self._on_request, self._on_peer_reply, self._on_tick, watch_fd, max_message_bytes, self.send_acks, curve
         )
         self._acks: dict[bytes, list[int]] = {}
         self._unsettled: dict[int, list[Callable[[], None]]] = {}
@@ -600,8 +601,13 @@ def run_worker(
     allow_code: bool = False,
     max_message_bytes: int = wire.DEFAULT_MAX_MESSAGE_BYTES,
     max_store_bytes: int | None = None,
+    curve_dir: str | None = None,
+    peers: dict[str, str] | None = None,
 ) -> None:
     """Run one worker in this process until it is told to stop, signalled, or orphaned.
+
+    With `curve_dir`, its socket is CURVE-encrypted and accepts only the public keys in that
+    directory; `peers` ({id: address}) are the workers it may relay to.
 
     The key comes from `key` or the FEDQ_KEY environment variable (hex): a parent passes
     it there, never on the command line, where other users could read it."""
@@ -617,6 +623,7 @@ def run_worker(
     worker = Worker(
         id, address, key=key, timeout=timeout, watch_fd=sys.stdin.fileno() if watch_parent else None,
         allow_code=allow_code, max_message_bytes=max_message_bytes, max_store_bytes=max_store_bytes,
+        curve=CurveKeys.load(curve_dir, id, peers or {}) if curve_dir else None,
     )
     if data:
         worker.load_data(data)
