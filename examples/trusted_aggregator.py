@@ -16,7 +16,7 @@ import torch as th
 from torch import nn
 
 import fedq as sy
-from fedq.federated import find_owner_data, train_on_trusted_aggregator
+from fedq.federated import find_owner_data, plot_losses, train_on_trusted_aggregator
 
 
 def main() -> None:
@@ -24,6 +24,7 @@ def main() -> None:
     parser.add_argument("--config", default="configs/local.toml")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--local-steps", type=int, default=5)
+    parser.add_argument("--plot", metavar="PNG", help="write the loss curves there (needs fedq[plot])")
     args = parser.parse_args()
 
     hook = sy.TorchHook(th)
@@ -32,8 +33,10 @@ def main() -> None:
     th.manual_seed(0)
     model = nn.Linear(owners[0][0].shape[1], 1)
 
-    train_on_trusted_aggregator(model, owners, secure_worker, rounds=args.rounds, local_steps=args.local_steps, lr=0.1, on_round=print)
+    results = train_on_trusted_aggregator(model, owners, secure_worker, rounds=args.rounds, local_steps=args.local_steps, lr=0.1, on_round=print)
     print("averaged model:", model.weight.data, model.bias.data)
+    if args.plot:
+        print("loss curves:", plot_losses(results, args.plot))
 
 
 if __name__ == "__main__":

@@ -8,8 +8,10 @@ after each round nothing of the round is left on any worker.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn, optim
@@ -45,31 +47,80 @@ def train_on_trusted_aggregator(
     local_steps: int,
     lr: float,
     on_round: Callable[[RoundResult], None] | None = None,
+    progress: bool | None = None,
 ) -> list[RoundResult]:
     """Train `model` in place by averaging, on `aggregator`, copies trained where each
-    (data, target) pair lives. Returns each round's last local losses."""
+    (data, target) pair lives. Returns each round's last local losses.
+
+    `progress` shows a bar per round (default: when stdout is a terminal)."""
     results = []
-    for number in range(1, rounds + 1):
-        copies = [model.copy().send(data.location) for data, _ in owners]
-        optimizers = [optim.SGD(params=copy.parameters(), lr=lr) for copy in copies]
-        last_losses: list[Any] = [None] * len(owners)
-        for _ in range(local_steps):
-            for i, (copy, optimizer, (data, target)) in enumerate(zip(copies, optimizers, owners)):
-                optimizer.zero_grad()
-                loss = ((copy(data) - target) ** 2).mean()
-                loss.backward()
-                optimizer.step()
-                last_losses[i] = loss
-        losses = {data.location.id: float(loss.get().detach()) for (data, _), loss in zip(owners, last_losses)}
-        for copy in copies:
-            copy.move(aggregator)
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                remote = [dict(copy.named_parameters())[name].data for copy in copies]
-                param.set_((sum(remote[1:], remote[0]) / len(remote)).get())
-        del copies, optimizers, last_losses, remote  # frees everything the round left on the workers
-        result = RoundResult(number, losses)
-        results.append(result)
-        if on_round is not None:
-            on_round(result)
+    with _progress(rounds, progress) as advance:
+        for number in range(1, rounds + 1):
+            result = _one_round(model, owners, aggregator, number, local_steps, lr)
+            results.append(result)
+            advance(result)
+            if on_round is not None:
+                on_round(result)
     return results
+
+
+@contextlib.contextmanager
+def _progress(rounds: int, show: bool | None) -> Iterator[Callable[[RoundResult], None]]:
+    if show is None:
+        show = sys.stdout.isatty()
+    if not show:
+        yield lambda result: None
+        return
+    from rich.progress import Progress  # typer brings rich
+
+    with Progress() as bar:  # (stays on screen: the last round is the one worth seeing)
+        task = bar.add_task("federated rounds", total=rounds)
+
+        def advance(result: RoundResult) -> None:
+            bar.update(task, advance=1, description=str(result))
+
+        yield advance
+
+
+def _one_round(model: nn.Module, owners: Sequence[tuple[Any, Any]], aggregator: Any, number: int, local_steps: int, lr: float) -> RoundResult:
+    """One round: train a copy where each owner's data is, move the copies to the aggregator,
+    average there, and bring back only the average."""
+    copies = [model.copy().send(data.location) for data, _ in owners]
+    optimizers = [optim.SGD(params=copy.parameters(), lr=lr) for copy in copies]
+    last_losses: list[Any] = [None] * len(owners)
+    for _ in range(local_steps):
+        for i, (copy, optimizer, (data, target)) in enumerate(zip(copies, optimizers, owners)):
+            optimizer.zero_grad()
+            loss = ((copy(data) - target) ** 2).mean()
+            loss.backward()
+            optimizer.step()
+            last_losses[i] = loss
+    losses = {data.location.id: float(loss.get().detach()) for (data, _), loss in zip(owners, last_losses)}
+    for copy in copies:
+        copy.move(aggregator)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            remote = [dict(copy.named_parameters())[name].data for copy in copies]
+            param.set_((sum(remote[1:], remote[0]) / len(remote)).get())
+    del copies, optimizers, last_losses, remote  # frees everything the round left on the workers
+    return RoundResult(number, losses)
+
+
+def plot_losses(results: Sequence[RoundResult], path: str) -> str:
+    """Write each owner's loss per round to a PNG at `path` (needs the `plot` extra: matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # no screen needed
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError("plotting needs matplotlib: pip install 'fedq[plot]'") from None
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for owner in results[0].losses if results else ():
+        axes.plot([r.round for r in results], [r.losses[owner] for r in results], marker="o", label=owner)
+    axes.set(xlabel="round", ylabel="loss of the last local step", yscale="log", title="federated averaging on a trusted aggregator")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

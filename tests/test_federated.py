@@ -12,7 +12,7 @@ import torch as th
 from torch import nn, optim
 
 import fedq as sy
-from fedq.federated import find_owner_data, train_on_trusted_aggregator
+from fedq.federated import find_owner_data, plot_losses, train_on_trusted_aggregator
 
 
 def _toy_data():
@@ -190,7 +190,7 @@ def test_trusted_aggregator_tutorial(hook, bob, alice, secure_worker):
     _assert_same(model, reference)
 
 
-def test_averaging_workflow_on_data_owners_shards(data_owners, secure_worker):
+def test_averaging_workflow_on_data_owners_shards(data_owners, secure_worker, tmp_path):
     """The workflow of `fedq demo --aggregator`: each owner's shard found by its tags."""
     owners = find_owner_data(data_owners)
     th.manual_seed(0)
@@ -204,3 +204,11 @@ def test_averaging_workflow_on_data_owners_shards(data_owners, secure_worker):
     gc.collect()
     assert secure_worker._objects == {}
     assert [len(w._objects) for w in data_owners] == [2, 2]
+    png = plot_losses(rounds, str(tmp_path / "losses.png"))
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_progress_bar_shows_each_round(data_owners, secure_worker, capsys):
+    rounds = train_on_trusted_aggregator(nn.Linear(4, 1), find_owner_data(data_owners), secure_worker, rounds=2, local_steps=1, lr=0.1, progress=True)
+    assert [r.round for r in rounds] == [1, 2]
+    assert "round  2: owner_bob loss" in capsys.readouterr().out
