@@ -6,7 +6,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -23,8 +23,26 @@ def _fail(error: Exception, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def _address(name: str, config: Path, address: Optional[str]) -> str:
-    return address or load_config(config).worker(name).address
+AddressOption = typer.Option(None, "--address", help="Endpoint of the worker, instead of the config's.")
+TimeoutOption = typer.Option(5.0, "--timeout", help="Seconds to wait for an answer.")
+
+
+def _connect(name: str, config: Path, address: Optional[str]) -> Any:
+    """A handle to worker `name`, by the config or by `address`. With an address, messages are
+    signed with FEDQ_KEY, or with the config's key when this process has no key in use yet."""
+    from .client import local_client
+    from .handle import connect
+    from .keys import key_from_environment
+
+    try:
+        if address is None:
+            return connect(None, name, config=config)
+        client = local_client()
+        if key_from_environment() is None and not client.knows_workers() and config.exists():
+            client.use_key(load_config(config).key())
+        return connect(None, name, address=address)
+    except FedqError as error:
+        _fail(error)
 
 
 @app.command()
@@ -103,17 +121,15 @@ def up(config: Path = ConfigOption, verbose: bool = typer.Option(False, "--verbo
 def ls(
     name: str = typer.Argument(..., help="The worker's id."),
     config: Path = ConfigOption,
-    address: Optional[str] = typer.Option(None, help="Endpoint of the worker, instead of the config's."),
-    timeout: float = typer.Option(5.0, help="Seconds to wait for an answer."),
+    address: Optional[str] = AddressOption,
+    timeout: float = TimeoutOption,
 ) -> None:
     """List what a worker holds: id, type, shape, dtype, bytes, references, and where stored pointers point."""
     from rich.console import Console
     from rich.table import Table
 
-    from .handle import connect
-
+    handle = _connect(name, config, address)
     try:
-        handle = connect(None, name, address=_address(name, config, address))
         rows = handle.describe(timeout=timeout)
     except FedqError as error:
         _fail(error)
@@ -129,14 +145,12 @@ def ls(
 def ping(
     name: str = typer.Argument(..., help="The worker's id."),
     config: Path = ConfigOption,
-    address: Optional[str] = typer.Option(None, help="Endpoint of the worker, instead of the config's."),
-    timeout: float = typer.Option(5.0, help="Seconds to wait for an answer."),
+    address: Optional[str] = AddressOption,
+    timeout: float = TimeoutOption,
 ) -> None:
     """Is a worker alive? Prints its pid, version, object count and round trip."""
-    from .handle import connect
-
+    handle = _connect(name, config, address)
     try:
-        handle = connect(None, name, address=_address(name, config, address))
         start = time.perf_counter()
         status = handle.ping(timeout=timeout)
     except FedqError as error:
@@ -195,14 +209,12 @@ def status(
 def clear(
     name: str = typer.Argument(..., help="The worker's id."),
     config: Path = ConfigOption,
-    address: Optional[str] = typer.Option(None, help="Endpoint of the worker, instead of the config's."),
-    timeout: float = typer.Option(5.0, help="Seconds to wait for the worker to answer."),
+    address: Optional[str] = AddressOption,
+    timeout: float = TimeoutOption,
 ) -> None:
     """Empty a worker's store: everything it holds, its owner's data included. Other workers are not touched, so pointers into it stop working."""
-    from .handle import connect
-
+    handle = _connect(name, config, address)
     try:
-        handle = connect(None, name, address=address) if address else connect(None, name, config=config)
         held = handle.ping(timeout=timeout).objects
         handle.clear_objects()
     except FedqError as error:

@@ -96,6 +96,9 @@ class Client:
             handle = VirtualWorker.at(self, id, address)
         return handle
 
+    def knows_workers(self) -> bool:
+        return bool(self._handles)
+
     def use_key(self, key: bytes) -> None:
         """Join a federation that has its own key: possible until this client has met a worker."""
         if key == self.key:

@@ -89,6 +89,8 @@ def test_procfile_style_workers_from_a_config_reach_each_other(hook, tcp_config)
         assert bob.address.startswith("tcp://127.0.0.1:")
         assert bob.ping(timeout=20).pid == procs[0].pid
         x = th.tensor([1.0, 2.0]).send(bob).send(alice)  # alice has never heard of bob
+        listed = subprocess.run([sys.executable, "-m", "fedq", "ls", "alice", "--config", str(tcp_config)], capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 0 and "PointerTensor" in listed.stdout, listed.stderr  # the CLI signs with the config's key
         assert th.equal((x * 3).get().get(), th.tensor([3.0, 6.0]))
         del x
         assert bob._objects == {} and alice._objects == {}
