@@ -20,6 +20,7 @@ import collections
 import itertools
 import logging
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -346,6 +347,9 @@ class Client:
             self._closed = True
             self._io.stop(timeout)
             stop_processes(list(self._children.values()), timeout)
+            for address in self._children:  # the private directory each child's ipc socket lived in
+                if address.startswith("ipc://"):
+                    shutil.rmtree(os.path.dirname(address[len("ipc://"):]), ignore_errors=True)
 
 
 def stop_processes(processes: list[subprocess.Popen], timeout: float) -> None:

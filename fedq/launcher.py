@@ -33,13 +33,21 @@ def start_worker_process(
     this process even when this process is SIGKILLed: no orphans.
     """
     settings = {
-        "id": id, "address": address, "timeout": timeout, "watch_parent": True, "verbose": verbose, "quiet": quiet,
+        "id": id, "address": address, "timeout": timeout, "verbose": verbose, "quiet": quiet,
         "data": data, "allow_code": allow_code, "max_store_bytes": max_store_bytes,
     }
     if max_message_bytes is not None:
         settings["max_message_bytes"] = max_message_bytes
     if curve_dir is not None:  # paths, not keys: the secret stays in its 600 file
         settings.update(curve_dir=curve_dir, peers=peers or {})
-    return subprocess.Popen(
-        [sys.executable, "-m", "fedq.worker", json.dumps(settings)], stdin=subprocess.PIPE, env=environment_with_key(key)
-    )
+    return subprocess.Popen([sys.executable, "-c", _BOOT, json.dumps(settings)], stdin=subprocess.PIPE, env=environment_with_key(key))
+
+
+# Runs before anything is imported: from its first instant the child exits when our pipe
+# closes (EOF), even while torch is still importing (a second or two): no orphan, ever.
+_BOOT = """\
+import os, sys, threading
+threading.Thread(target=lambda: (sys.stdin.buffer.read(), os._exit(0)), name="fedq-parent-watch", daemon=True).start()
+from fedq.worker import main
+main()
+"""

@@ -182,8 +182,6 @@ class ServerLoop:
     `on_request(identity, frames)` and `on_peer_reply(address, frames)` run on
     this thread and must not block; `on_batch_end()` runs after each batch of
     requests (to coalesce replies); `on_tick()` runs every POLL_MS or so.
-    With `watch_fd` (the read end of a pipe from the parent), the loop stops when
-    the parent dies, so a worker never outlives the script that started it.
     """
 
     def __init__(
@@ -192,7 +190,6 @@ class ServerLoop:
         on_request: Callable[[bytes, list], None],
         on_peer_reply: Callable[[str, list], None],
         on_tick: Callable[[], None],
-        watch_fd: int | None = None,
         max_message_bytes: int | None = None,
         on_batch_end: Callable[[], None] = lambda: None,
         curve: CurveKeys | None = None,
@@ -212,9 +209,6 @@ class ServerLoop:
         self._on_peer_reply = on_peer_reply
         self._on_tick = on_tick
         self._on_batch_end = on_batch_end
-        self._watch_fd = watch_fd
-        if watch_fd is not None:
-            self.poller.register(watch_fd, zmq.POLLIN)
         self.running = True
 
     def reply(self, identity: bytes, frames: list) -> None:
@@ -242,9 +236,6 @@ class ServerLoop:
                     if sock in events:
                         for frames in self.peers.drain(sock):
                             self._on_peer_reply(address, frames)
-                if self._watch_fd is not None and self._watch_fd in events and not os.read(self._watch_fd, 4096):
-                    log.info("parent process is gone: stopping")
-                    return
                 now = time.monotonic()
                 if now >= next_tick:
                     next_tick = now + POLL_MS / 1000

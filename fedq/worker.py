@@ -130,7 +130,6 @@ class Worker:
         *,
         key: bytes,
         timeout: float = 30.0,
-        watch_fd: int | None = None,
         allow_code: bool = False,
         max_message_bytes: int = wire.DEFAULT_MAX_MESSAGE_BYTES,
         max_store_bytes: int | None = None,
@@ -142,7 +141,7 @@ class Worker:
         self.store = ObjectStore(id, max_bytes=max_store_bytes)
         self.privacy = Policy()
         self.loop = ServerLoop(
-            address, self._on_request, self._on_peer_reply, self._on_tick, watch_fd, max_message_bytes, self.send_acks, curve
+            address, self._on_request, self._on_peer_reply, self._on_tick, max_message_bytes, self.send_acks, curve
         )
         self._acks: dict[bytes, list[int]] = {}
         self._unsettled: dict[int, list[Callable[[], None]]] = {}
@@ -594,7 +593,6 @@ def run_worker(
     *,
     key: bytes | None = None,
     timeout: float = 30.0,
-    watch_parent: bool = False,
     verbose: bool = False,
     quiet: bool = False,
     data: str | None = None,
@@ -621,7 +619,7 @@ def run_worker(
     if key is None:
         raise SystemExit(f"worker {id}: no key (set FEDQ_KEY, or give the config a key file: see `fedq keygen`)")
     worker = Worker(
-        id, address, key=key, timeout=timeout, watch_fd=sys.stdin.fileno() if watch_parent else None,
+        id, address, key=key, timeout=timeout,
         allow_code=allow_code, max_message_bytes=max_message_bytes, max_store_bytes=max_store_bytes,
         curve=CurveKeys.load(curve_dir, id, peers or {}) if curve_dir else None,
     )
@@ -636,5 +634,10 @@ def run_worker(
     log.info("worker %s stopped", id)
 
 
-if __name__ == "__main__":  # how VirtualWorker starts a child: one JSON argument, see launcher.py
+def main() -> None:
+    """How launcher.py starts a child worker: its settings are one JSON argument."""
     run_worker(**json.loads(sys.argv[1]))
+
+
+if __name__ == "__main__":
+    main()

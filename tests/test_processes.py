@@ -39,15 +39,16 @@ def _script(body: str, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(body), *args], stdout=subprocess.PIPE, text=True)
 
 
-@pytest.mark.parametrize("how", ["sigkill", "exit"])
+@pytest.mark.parametrize("how", ["sigkill", "sigkill-while-it-starts", "exit"])
 def test_workers_die_with_the_script_that_started_them(how):
     script = _script(
         """
         import sys, time, torch as th, fedq as sy
         hook = sy.TorchHook(th)
         w = sy.VirtualWorker(hook, id="child")
-        x = th.tensor([1]).send(w)
-        w.ping()
+        if sys.argv[-1] != "sigkill-while-it-starts":  # (otherwise: killed while the worker imports torch)
+            x = th.tensor([1]).send(w)
+            w.ping()
         print(w.pid, flush=True)
         if sys.argv[-1] != "exit":
             time.sleep(60)
@@ -55,7 +56,7 @@ def test_workers_die_with_the_script_that_started_them(how):
         how,
     )
     pid = int(script.stdout.readline())
-    if how == "sigkill":
+    if how.startswith("sigkill"):
         script.send_signal(signal.SIGKILL)
     script.wait(30)
     assert _gone(pid, within=10), f"worker {pid} survived its script ({how})"
