@@ -39,7 +39,7 @@ def _connect(name: str, config: Path, address: Optional[str]) -> Any:
             return connect(None, name, config=config)
         client = local_client()
         if key_from_environment() is None and not client.knows_workers() and config.exists():
-            client.use_key(load_config(config).key())
+            client.use_key(load_config(config).key(create=False))
         return connect(None, name, address=address)
     except FedqError as error:
         _fail(error)

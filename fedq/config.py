@@ -46,9 +46,10 @@ class FederationConfig:
     def peers(self) -> dict[str, str]:
         return {id: w.address for id, w in self.workers.items()}
 
-    def key(self) -> bytes:
-        """The federation's signing key: FEDQ_KEY if set, else the key file (made if missing)."""
-        return key_from_environment() or read_key_file(self.key_file)
+    def key(self, *, create: bool = True) -> bytes:
+        """The federation's signing key: FEDQ_KEY if set, else the key file. Workers make a
+        missing one (`create`); a client must not: a new key would match no running worker."""
+        return key_from_environment() or read_key_file(self.key_file, create=create)
 
     def worker(self, id: str) -> WorkerConfig:
         try:

@@ -152,7 +152,7 @@ def connect(hook: Any = None, id: str = "", *, address: str | None = None, confi
     if address is None:
         federation = load_config(config)
         address = federation.worker(id).address
-        client.use_key(federation.key())
+        client.use_key(federation.key(create=False))
         if federation.curve_dir is not None:
             from .transport import CurveKeys
 

@@ -41,7 +41,7 @@ def read_key_file(path: Path, *, create: bool = True) -> bytes:
     path = path.expanduser()
     if not path.exists():
         if not create:
-            raise ConfigError(f"no key file at {path}: run `fedq keygen`")
+            raise ConfigError(f"no key file at {path}: start the federation's workers first (they make it), or run `fedq keygen`")
         write_key_file(path, new_key(), replace=False)
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:

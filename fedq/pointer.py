@@ -374,10 +374,11 @@ _warm_up: threading.Thread | None = None
 
 def warm_up_meta_kernels() -> None:
     """The first op torch runs on meta tensors imports its reference kernels (~1 s here).
-    Start that in the background while workers start, not on the user's first op."""
+    Start that in the background while workers start, not on the user's first op. Not a
+    daemon: one killed inside torch at interpreter exit aborts the process (exit code 134)."""
     global _warm_up
     if _warm_up is None:
-        _warm_up = threading.Thread(target=lambda: torch.empty(1, device="meta") + 1, name="fedq-warm-up", daemon=True)
+        _warm_up = threading.Thread(target=lambda: torch.empty(1, device="meta") + 1, name="fedq-warm-up")
         _warm_up.start()
 
 

@@ -159,7 +159,7 @@ def test_trusted_aggregator_example_against_fedq_up_workers(tmp_path: Path):
     config = tmp_path / "federation.toml"
     data = root / "workers" / "housing.py"
     config.write_text(
-        "[federation]\ntimeout = 20\n"
+        f'[federation]\ntimeout = 20\nkey_file = "{tmp_path / "federation.key"}"\n'
         f'[workers.bob]\naddress = "tcp://127.0.0.1:{_free_port()}"\ndata = "{data}"\n'
         f'[workers.alice]\naddress = "tcp://127.0.0.1:{_free_port()}"\ndata = "{data}"\n'
         f'[workers.secure_worker]\naddress = "tcp://127.0.0.1:{_free_port()}"\n'
@@ -176,3 +176,9 @@ def test_trusted_aggregator_example_against_fedq_up_workers(tmp_path: Path):
     finally:
         up.send_signal(signal.SIGTERM)
         up.wait(15)
+
+
+def test_a_script_that_only_hooks_torch_exits_cleanly():
+    """TorchHook starts warming torch's meta kernels in a thread: exiting at once must not abort."""
+    done = subprocess.run([sys.executable, "-c", "import torch as th, fedq as sy; hook = sy.TorchHook(th)"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
