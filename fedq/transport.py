@@ -15,7 +15,6 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import select
 import tempfile
 import threading
 import time

@@ -37,7 +37,7 @@ import os
 import pickle
 import struct
 import traceback as traceback_module
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import cloudpickle

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,15 +19,10 @@ import fedq as sy
 from fedq.cli import app
 from fedq.keys import write_key_file
 from fedq.wire import new_key
+from helpers import free_port
 
 runner = CliRunner(env={"COLUMNS": "200"})  # rich wraps long cells at 80 columns: one row per line here
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _config(tmp_path: Path, key: bytes, workers: dict[str, str], *, data: dict[str, Path] | None = None, name: str = "federation") -> Path:
@@ -66,7 +60,7 @@ def test_status_shows_every_worker_alive_with_pid_objects_and_bytes(tmp_path, bo
 
 
 def test_status_shows_a_dead_worker_as_a_row_and_exits_1(tmp_path, bob):
-    ghost = f"tcp://127.0.0.1:{_free_port()}"
+    ghost = f"tcp://127.0.0.1:{free_port()}"
     config = _config(tmp_path, sy.local_client().key, {"bob": bob.address, "ghost": ghost})
     start = time.monotonic()
     result = runner.invoke(app, ["status", "--config", str(config), "--timeout", "0.5"])
@@ -120,7 +114,7 @@ def _fedq(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 @pytest.fixture
 def standing_federation(tmp_path: Path):
     """`fedq up` on a fresh key: bob (a data owner with the housing shard) and alice, over tcp."""
-    workers = {name: f"tcp://127.0.0.1:{_free_port()}" for name in ("bob", "alice")}
+    workers = {name: f"tcp://127.0.0.1:{free_port()}" for name in ("bob", "alice")}
     key = new_key()
     config = _config(tmp_path, key, workers, data={"bob": ROOT / "workers" / "housing.py"})
     env = {k: v for k, v in os.environ.items() if k != "FEDQ_KEY"}
@@ -147,7 +141,7 @@ def test_status_and_clear_as_subprocesses_against_fedq_up(tmp_path, standing_fed
     assert "alive" in _row(done.stdout, "alice")
 
     # A config naming one more worker, which nobody started: a row saying so, exit code 1.
-    ghost = _config(tmp_path, key, {**workers, "ghost": f"tcp://127.0.0.1:{_free_port()}"}, name="with_ghost")
+    ghost = _config(tmp_path, key, {**workers, "ghost": f"tcp://127.0.0.1:{free_port()}"}, name="with_ghost")
     done = _fedq("status", "--config", str(ghost), "--timeout", "1")
     assert done.returncode == 1, done.stdout + done.stderr
     assert "down" in _row(done.stdout, "ghost") and "alive" in _row(done.stdout, "bob") and "alive" in _row(done.stdout, "alice")

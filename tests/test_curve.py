@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -13,12 +12,7 @@ import pytest
 
 from fedq import wire
 from fedq.keys import write_key_file
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from helpers import free_port
 
 
 @pytest.fixture
@@ -27,7 +21,7 @@ def curve_federation(tmp_path: Path):
     config = tmp_path / "hosts.toml"
     config.write_text(
         f'[federation]\ntimeout = 10\nkey_file = "{tmp_path / "hmac.key"}"\ncurve = true\ncurve_dir = "{tmp_path / "curve"}"\n'
-        + "".join(f'[workers.{name}]\naddress = "tcp://127.0.0.1:{_free_port()}"\n' for name in ("bob", "alice"))
+        + "".join(f'[workers.{name}]\naddress = "tcp://127.0.0.1:{free_port()}"\n' for name in ("bob", "alice"))
     )
     made = subprocess.run([sys.executable, "-m", "fedq", "keygen", "--curve", "--config", str(config)], capture_output=True, text=True)
     assert made.returncode == 0, made.stderr

@@ -6,7 +6,6 @@ import copy
 import os
 import pickle
 import signal
-import socket
 import time
 
 import pytest
@@ -15,6 +14,7 @@ import zmq
 
 import fedq as sy
 from fedq import wire
+from helpers import free_port
 
 
 def test_unknown_id_is_an_object_not_found_error_with_the_workers_traceback(bob):
@@ -62,14 +62,8 @@ def test_functions_fedq_does_not_forward_are_refused_clearly(bob):
         pickle.dumps(x)
 
 
-def _free_tcp_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_worker_that_does_not_answer_fails_after_the_timeout(hook):
-    ghost = sy.connect(hook, "ghost", address=f"tcp://127.0.0.1:{_free_tcp_port()}")
+    ghost = sy.connect(hook, "ghost", address=f"tcp://127.0.0.1:{free_port()}")
     start = time.monotonic()
     with pytest.raises(sy.WorkerUnreachableError, match="'ghost'.*did not answer within 0.5s"):
         ghost.ping(timeout=0.5)

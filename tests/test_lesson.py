@@ -6,7 +6,6 @@ import os
 
 import torch as th
 
-import fedq as sy
 from fedq import PointerTensor
 
 

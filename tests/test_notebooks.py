@@ -3,7 +3,6 @@ real worker processes, and leave no kernel or worker process behind."""
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from pathlib import Path
@@ -13,28 +12,13 @@ from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell
 
 from fedq.demo import AGGREGATOR, LESSON
+from helpers import gone
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 
 # Appended to the in-memory copy only: which processes this kernel is and started.
 _PIDS_CELL = 'import os\nprint("pids", os.getpid(), *[w.pid for w in hook.local_worker.spawned.values()])'
-
-
-def _gone(pid: int, within: float) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        try:  # reap it if it is our child (the kernel is)
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return True
-        except ChildProcessError:
-            pass
-        time.sleep(0.05)
-    return False
 
 
 def _text(cell) -> str:
@@ -67,17 +51,17 @@ def _execute(name: str) -> tuple[list, list[int]]:
     return code[:-1], pids
 
 
-def _assert_all_gone(pids: list[int]) -> None:
+def _assert_allgone(pids: list[int]) -> None:
     kernel, *workers = pids
     assert workers, "the notebook started no worker"
-    assert _gone(kernel, within=10), f"kernel {kernel} outlived nbclient's shutdown"
-    left = [pid for pid in workers if not _gone(pid, within=10)]
+    assert gone(kernel, within=10), f"kernel {kernel} outlived nbclient's shutdown"
+    left = [pid for pid in workers if not gone(pid, within=10)]
     assert not left, f"worker processes {left} outlived their kernel"
 
 
 def test_remote_execution_lesson_notebook():
     cells, pids = _execute("remote_execution_lesson.ipynb")
-    _assert_all_gone(pids)
+    _assert_allgone(pids)
     sources = [cell.source for cell in cells]
     # The notebook is the lesson `fedq demo` prints: every LESSON cell, verbatim and in order.
     positions = []
@@ -101,7 +85,7 @@ def test_remote_execution_lesson_notebook():
 
 def test_trusted_aggregator_notebook():
     cells, pids = _execute("trusted_aggregator.ipynb")
-    _assert_all_gone(pids)
+    _assert_allgone(pids)
     sources = [cell.source for cell in cells]
     for source in AGGREGATOR[2:]:  # the first two are adapted to find workers/housing.py from the root
         assert source in sources

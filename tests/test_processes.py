@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -17,22 +15,7 @@ import torch as th
 
 import fedq as sy
 from fedq.keys import write_key_file
-
-
-def _gone(pid: int, within: float) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        try:  # reap it if it is our child
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return True
-        except ChildProcessError:
-            pass
-        time.sleep(0.05)
-    return False
+from helpers import gone, free_port
 
 
 def _script(body: str, *args: str) -> subprocess.Popen:
@@ -59,13 +42,7 @@ def test_workers_die_with_the_script_that_started_them(how):
     if how.startswith("sigkill"):
         script.send_signal(signal.SIGKILL)
     script.wait(30)
-    assert _gone(pid, within=10), f"worker {pid} survived its script ({how})"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    assert gone(pid, within=10), f"worker {pid} survived its script ({how})"
 
 
 @pytest.fixture
@@ -76,7 +53,7 @@ def tcp_config(tmp_path: Path) -> Path:
     config = tmp_path / "federation.toml"
     config.write_text(
         f'[federation]\ntimeout = 10\nkey_file = "{key_file}"\n'
-        + "".join(f'[workers.{name}]\naddress = "tcp://127.0.0.1:{_free_port()}"\n' for name in ("bob", "alice"))
+        + "".join(f'[workers.{name}]\naddress = "tcp://127.0.0.1:{free_port()}"\n' for name in ("bob", "alice"))
     )
     return config
 
@@ -114,7 +91,7 @@ def test_fedq_up_starts_every_worker_and_stops_them_on_sigterm(hook, tcp_config)
         assert bob.ping(timeout=20).id == "bob"
         up.send_signal(signal.SIGTERM)
         assert up.wait(15) == 0
-        assert all(_gone(pid, within=10) for pid in pids)
+        assert all(gone(pid, within=10) for pid in pids)
     finally:
         up.kill()
         up.wait()
@@ -160,9 +137,9 @@ def test_trusted_aggregator_example_against_fedq_up_workers(tmp_path: Path):
     data = root / "workers" / "housing.py"
     config.write_text(
         f'[federation]\ntimeout = 20\nkey_file = "{tmp_path / "federation.key"}"\n'
-        f'[workers.bob]\naddress = "tcp://127.0.0.1:{_free_port()}"\ndata = "{data}"\n'
-        f'[workers.alice]\naddress = "tcp://127.0.0.1:{_free_port()}"\ndata = "{data}"\n'
-        f'[workers.secure_worker]\naddress = "tcp://127.0.0.1:{_free_port()}"\n'
+        f'[workers.bob]\naddress = "tcp://127.0.0.1:{free_port()}"\ndata = "{data}"\n'
+        f'[workers.alice]\naddress = "tcp://127.0.0.1:{free_port()}"\ndata = "{data}"\n'
+        f'[workers.secure_worker]\naddress = "tcp://127.0.0.1:{free_port()}"\n'
     )
     up = subprocess.Popen([sys.executable, "-m", "fedq", "up", "--config", str(config)], stdout=subprocess.PIPE, text=True)
     try:

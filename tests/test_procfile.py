@@ -18,10 +18,10 @@ import sys
 import tempfile
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 from fedq.wire import new_key
+from helpers import gone
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = ("bob", "alice", "secure_worker")
@@ -38,17 +38,6 @@ CLIENT = textwrap.dedent(
     print(json.dumps({"pids": pids, "housing_data": len(data), "shape": list(data[0].shape), "doubled": doubled}), flush=True)
     """
 )
-
-
-def _gone(pid: int, within: float) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_procfile_federation_runs_under_honcho():
@@ -83,11 +72,11 @@ def test_procfile_federation_runs_under_honcho():
         honcho.wait(30)
         stopped = True
         reader.join(5)
-        left = [name for name, pid in pids.items() if not _gone(pid, within=10)]
+        left = [name for name, pid in pids.items() if not gone(pid, within=10)]
         assert not left, f"{left} outlived honcho:\n" + "".join(log)
         started = [int(pid) for pid in re.findall(r"started \(pid=(\d+)\)", "".join(log))]
         assert len(started) == len(WORKERS), "".join(log)
-        assert all(_gone(pid, within=5) for pid in started)
+        assert all(gone(pid, within=5) for pid in started)
     finally:
         if not stopped:  # a failure above: take the federation down the same way, then harder
             honcho.send_signal(signal.SIGTERM)

@@ -1,0 +1,31 @@
+"""Small helpers several test files share."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+
+def gone(pid: int, within: float) -> bool:
+    """Whether process `pid` ends within `within` seconds (reaping it if it is our child)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return True
+        except ChildProcessError:
+            pass
+        time.sleep(0.05)
+    return False
+
+
+def free_port() -> int:
+    """A loopback tcp port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
