@@ -124,7 +124,7 @@ def ls(
     address: Optional[str] = AddressOption,
     timeout: float = TimeoutOption,
 ) -> None:
-    """List what a worker holds: id, type, shape, dtype, bytes, references, and where stored pointers point."""
+    """List what a worker holds: id, type, shape, dtype, bytes, references, tags, and where stored pointers point."""
     from rich.console import Console
     from rich.table import Table
 
@@ -134,10 +134,11 @@ def ls(
     except FedqError as error:
         _fail(error)
     table = Table(title=f"{name}: {len(rows)} objects")
-    for column in ("id", "type", "shape", "dtype", "bytes", "refs", "points to"):
+    for column in ("id", "type", "shape", "dtype", "bytes", "refs", "tags", "points to"):
         table.add_column(column, justify="right" if column in ("bytes", "refs") else "left")
     for row in rows:
-        table.add_row(str(row.id), row.type, str(list(row.shape)) if row.shape is not None else "", row.dtype or "", str(row.nbytes), str(row.refs), row.points_to or "")
+        shape = str(list(row.shape)) if row.shape is not None else ""
+        table.add_row(str(row.id), row.type, shape, row.dtype or "", str(row.nbytes), str(row.refs), " ".join(row.tags), row.points_to or "")
     Console().print(table)
 
 
