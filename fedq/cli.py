@@ -135,11 +135,14 @@ def ls(
         _fail(error)
     table = Table(title=f"{name}: {len(rows)} objects")
     for column in ("id", "type", "shape", "dtype", "bytes", "refs", "tags", "points to"):
-        table.add_column(column, justify="right" if column in ("bytes", "refs") else "left")
+        # ids, types and dtypes are what a user reads or copies: never cut; tags fold if they must
+        table.add_column(column, justify="right" if column in ("bytes", "refs") else "left", no_wrap=column != "tags", overflow="fold")
     for row in rows:
         shape = str(list(row.shape)) if row.shape is not None else ""
         table.add_row(str(row.id), row.type, shape, row.dtype or "", str(row.nbytes), str(row.refs), " ".join(row.tags), row.points_to or "")
-    Console().print(table)
+    console = Console()
+    console.width = max(console.width, 132)  # a 19-digit id, a type and where it points: complete beats narrow
+    console.print(table)
 
 
 @app.command()

@@ -128,7 +128,7 @@ def object_nbytes(obj: Any) -> int:
 def describe(obj: Any) -> tuple[str, tuple[int, ...] | None, str | None, str | None]:
     """(type, shape, dtype, points_to) of a stored object, for listings."""
     if isinstance(obj, PointerSpec):
-        return ("PointerTensor", obj.shape, str(obj.dtype).removeprefix("torch."), f"{obj.location}:{obj.id_at_location} ({obj.address})")
+        return ("PointerTensor", obj.shape, str(obj.dtype).removeprefix("torch."), f"{obj.location}:{obj.id_at_location}")
     if isinstance(obj, torch.Tensor):
         return (type(obj).__name__, tuple(obj.shape), str(obj.dtype).removeprefix("torch."), None)
     return (type(obj).__name__, None, None, None)
