@@ -18,8 +18,22 @@ app = typer.Typer(help="fedq: remote execution on private data, over real worker
 ConfigOption = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="Federation config (TOML).")
 
 
+_show_tracebacks = False
+
+
+@app.callback()
+def _options(verbose: bool = typer.Option(False, "--verbose", help="Show the full traceback of an error, not one line.")) -> None:
+    global _show_tracebacks
+    _show_tracebacks = verbose
+
+
 def _fail(error: Exception, code: int = 1) -> None:
-    typer.echo(f"error: {error}", err=True)
+    if _show_tracebacks:
+        import traceback
+
+        typer.echo("".join(traceback.format_exception(error)).rstrip(), err=True)
+    else:
+        typer.echo(f"error: {str(error).splitlines()[0] if str(error) else type(error).__name__}", err=True)
     raise typer.Exit(code)
 
 
@@ -139,10 +153,31 @@ def ls(
         table.add_column(column, justify="right" if column in ("bytes", "refs") else "left", no_wrap=column != "tags", overflow="fold")
     for row in rows:
         shape = str(list(row.shape)) if row.shape is not None else ""
-        table.add_row(str(row.id), row.type, shape, row.dtype or "", str(row.nbytes), str(row.refs), " ".join(row.tags), row.points_to or "")
+        chain = " -> ".join([row.points_to, *_follow(row, timeout)]) if row.points_to else ""
+        table.add_row(str(row.id), row.type, shape, row.dtype or "", str(row.nbytes), str(row.refs), " ".join(row.tags), chain)
     console = Console()
     console.width = max(console.width, 132)  # a 19-digit id, a type and where it points: complete beats narrow
     console.print(table)
+
+
+def _follow(row: Any, timeout: float, depth: int = 16) -> list[str]:
+    """The rest of a stored pointer's chain, hop by hop, down to the data."""
+    from .handle import connect
+
+    hops = []
+    while row.next_address is not None and len(hops) < depth:
+        location = row.points_to.split(":")[0]
+        try:
+            below = {r.id: r for r in connect(None, location, address=row.next_address).describe(timeout=timeout)}
+        except FedqError:
+            hops.append("(unreachable)")
+            break
+        row = below.get(row.next_id)
+        if row is None:
+            hops.append("(gone)")
+            break
+        hops.append(row.points_to if row.points_to else f"{row.type} {list(row.shape or ())} {row.dtype or ''}".strip())
+    return hops
 
 
 @app.command()

@@ -84,7 +84,9 @@ class ObjectInfo:
     nbytes: int
     refs: int
     tags: tuple[str, ...] = ()
-    points_to: str | None = None  # "bob:123 (ipc://...)" for stored pointers
+    points_to: str | None = None  # "bob:123" for a stored pointer
+    next_address: str | None = None  # where that next hop listens, so a listing can follow the chain
+    next_id: int | None = None
 
 
 # --------------------------------------------------------------------------- requests

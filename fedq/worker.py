@@ -558,7 +558,11 @@ def describe_objects(worker: Worker, message: DescribeObjects, reply: Reply) -> 
     for id, entry in worker.store.items():
         kind, shape, dtype, points_to = describe(entry.obj)
         tags = tuple(sorted(entry.tags | ({"#private"} if entry.private else set())))
-        rows.append(ObjectInfo(id, kind, shape, dtype, object_nbytes(entry.obj), entry.refs, tags, points_to))
+        hop = entry.obj if isinstance(entry.obj, PointerSpec) else None
+        rows.append(ObjectInfo(
+            id, kind, shape, dtype, object_nbytes(entry.obj), entry.refs, tags, points_to,
+            hop.address if hop else None, hop.id_at_location if hop else None,
+        ))
     reply.ok(rows)
 
 

@@ -24,7 +24,17 @@ def test_ls_lists_tensors_and_where_stored_pointers_point(bob, alice):
     result = runner.invoke(app, ["ls", "alice", "--address", alice.address])
     assert result.exit_code == 0, result.output
     assert "PointerTensor" in result.output and "bob:" in result.output
+    assert "-> Tensor [4] int64" in result.output  # the whole chain, down to the data
     del chain
+
+
+def test_errors_are_one_line_unless_verbose(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text("not toml [")
+    short = runner.invoke(app, ["ls", "bob", "--config", str(config)])
+    assert short.exit_code == 1 and len(short.output.strip().splitlines()) == 1
+    full = runner.invoke(app, ["--verbose", "ls", "bob", "--config", str(config)])
+    assert full.exit_code == 1 and "Traceback" in full.output
 
 
 def test_ping_reports_a_live_worker(bob):
