@@ -260,7 +260,10 @@ class Client:
         """Fail every request still waiting on `addresses` (called with the lock held): a silent
         worker must not hold up the next wait too. A late answer is then ignored."""
         names = ", ".join(f"{self.name_of(a)!r} at {a}" for a in sorted(set(addresses)))
-        error = WorkerUnreachableError(f"worker {names} did not answer within {limit:g}s")
+        error = WorkerUnreachableError(
+            f"worker {names} did not answer within {limit:g}s "
+            "(it is down, busy, or does not share this process's key: a worker drops what it cannot verify)"
+        )
         self._fail_calls(set(addresses), error, defer=False)
         return error
 
