@@ -557,11 +557,3 @@ def copy_module(module: torch.nn.Module) -> torch.nn.Module:
 
 def _buffers(module: torch.nn.Module) -> list[tuple[torch.nn.Module, str, torch.Tensor]]:
     return [(owner, name, buffer) for owner in module.modules() for name, buffer in owner._buffers.items() if buffer is not None]
-
-
-def module_location(module: torch.nn.Module) -> Any:
-    for param in module.parameters():
-        if isinstance(param, Pointer):
-            return param.location
-    return None
-

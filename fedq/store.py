@@ -41,9 +41,6 @@ class ObjectStore:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def __contains__(self, id: int) -> bool:
-        return id in self._entries
-
     def items(self) -> Iterator[tuple[int, Entry]]:
         return iter(list(self._entries.items()))
 

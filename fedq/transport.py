@@ -131,9 +131,8 @@ class CurveKeys:
 class PeerSockets:
     """DEALER sockets to other processes, one per address, created on first use."""
 
-    def __init__(self, poller: zmq.Poller, identity: bytes | None = None, curve: CurveKeys | None = None) -> None:
+    def __init__(self, poller: zmq.Poller, curve: CurveKeys | None = None) -> None:
         self._poller = poller
-        self._identity = identity
         self.curve = curve
         self.by_address: dict[str, zmq.Socket] = {}
         self.address_of: dict[zmq.Socket, str] = {}

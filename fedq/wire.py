@@ -359,10 +359,6 @@ class Packed:
     seq: int
     frames: list
 
-    @property
-    def nbytes(self) -> int:
-        return sum(memoryview(f).nbytes for f in self.frames)
-
 
 class Codec:
     """Turns messages into signed frames and back, for one process and one key.
@@ -440,8 +436,9 @@ class Codec:
         if len(frames) < 3:
             raise ProtocolError(f"a fedq message has at least 3 frames, not {len(frames)}")
         parts = [memoryview(_as_buffer(f)) for f in frames]
-        if sum(p.nbytes for p in parts) > self.max_message_bytes:
-            raise ProtocolError(f"message of {sum(p.nbytes for p in parts)} bytes is over the {self.max_message_bytes}-byte limit")
+        size = sum(p.nbytes for p in parts)
+        if size > self.max_message_bytes:
+            raise ProtocolError(f"message of {size} bytes is over the {self.max_message_bytes}-byte limit")
         if parts[0].nbytes != SIGNATURE_BYTES or not hmac.compare_digest(parts[0], self._sign(parts[1:])):
             raise ProtocolError("bad signature: the sender does not hold this federation's key")
         if parts[1].nbytes != _STAMP.size:
@@ -507,6 +504,3 @@ _WIRE_NAMES = frozenset(  # (Acked is in REPLIES)
     {cls.__name__ for cls in REQUESTS + REPLIES} | {"PointerSpec", "Ref", "ObjectInfo", "WorkerStatus", "_rebuild_tensor", "_rebuild_meta"}
 )
 
-
-def frames_nbytes(frames: list) -> int:
-    return sum(memoryview(_as_buffer(f)).nbytes for f in frames)
