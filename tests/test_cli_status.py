@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import fedq as sy
 from fedq.cli import app
 from fedq.keys import write_key_file
 from fedq.wire import new_key
-from helpers import free_port
+from helpers import free_port, stop
 
 runner = CliRunner(env={"COLUMNS": "200"})  # rich wraps long cells at 80 columns: one row per line here
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,12 +123,7 @@ def standing_federation(tmp_path: Path):
         assert len(pids) == 2
         yield config, workers, key, dict(zip(workers, pids))
     finally:
-        up.send_signal(signal.SIGTERM)
-        try:
-            up.wait(15)
-        except subprocess.TimeoutExpired:
-            up.kill()
-            up.wait()
+        stop(up)
 
 
 def test_status_and_clear_as_subprocesses_against_fedq_up(tmp_path, standing_federation):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import textwrap
@@ -12,7 +11,7 @@ import pytest
 
 from fedq import wire
 from fedq.keys import write_key_file
-from helpers import free_port
+from helpers import free_port, stop
 
 
 @pytest.fixture
@@ -29,8 +28,7 @@ def curve_federation(tmp_path: Path):
     up = subprocess.Popen([sys.executable, "-m", "fedq", "up", "--config", str(config)], stdout=subprocess.PIPE, text=True)
     up.stdout.readline()
     yield config
-    up.send_signal(signal.SIGTERM)
-    up.wait(15)
+    stop(up)
 
 
 def _client(code: str, config: Path) -> subprocess.CompletedProcess:

@@ -15,7 +15,7 @@ import torch as th
 
 import fedq as sy
 from fedq.keys import write_key_file
-from helpers import gone, free_port
+from helpers import free_port, gone, stop
 
 
 def _script(body: str, *args: str) -> subprocess.Popen:
@@ -151,8 +151,7 @@ def test_trusted_aggregator_example_against_fedq_up_workers(tmp_path: Path):
         assert done.returncode == 0, done.stderr
         assert "round  3:" in done.stdout and "averaged model:" in done.stdout
     finally:
-        up.send_signal(signal.SIGTERM)
-        up.wait(15)
+        stop(up)
 
 
 def test_a_script_that_only_hooks_torch_exits_cleanly():

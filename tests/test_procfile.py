@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 
 from fedq.wire import new_key
-from helpers import gone
+from helpers import gone, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = ("bob", "alice", "secure_worker")
@@ -79,15 +79,10 @@ def test_procfile_federation_runs_under_honcho():
         assert all(gone(pid, within=5) for pid in started)
     finally:
         if not stopped:  # a failure above: take the federation down the same way, then harder
-            honcho.send_signal(signal.SIGTERM)
-            try:
-                honcho.wait(15)
-            except subprocess.TimeoutExpired:
-                honcho.kill()
-                honcho.wait()
-                for pid in pids.values():
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+            stop(honcho)
+            for pid in pids.values():  # whatever honcho left behind
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         shutil.rmtree(runtime, ignore_errors=True)
