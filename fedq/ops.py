@@ -93,13 +93,11 @@ def _functions() -> dict[str, Callable]:
     return functions
 
 
+_BINARY = ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or", "xor", "lshift", "rshift")
+
 #: operators a pointer forwards; other dunders (__reduce_ex__, __setattr__...) never run remotely
 _OPERATOR_DUNDERS = frozenset(
-    f"__{op}__"
-    for base in (
-        "add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or", "xor", "lshift", "rshift",
-    )
-    for op in (base, "r" + base, "i" + base)
+    f"__{op}__" for base in _BINARY for op in (base, "r" + base, "i" + base)
 ) | frozenset(
     f"__{op}__" for op in ("neg", "pos", "abs", "invert", "eq", "ne", "lt", "le", "gt", "ge", "getitem", "setitem", "len")
 )
@@ -115,6 +113,4 @@ def is_inplace(name: str) -> bool:
     return attr.endswith("_") and name.startswith("Tensor.")
 
 
-_INPLACE_DUNDERS = frozenset(
-    f"__i{op}__" for op in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or", "xor", "lshift", "rshift")
-) | {"__setitem__"}
+_INPLACE_DUNDERS = frozenset(f"__i{op}__" for op in _BINARY) | {"__setitem__"}
