@@ -474,21 +474,27 @@ def send_tensor(tensor: torch.Tensor, worker: "VirtualWorker") -> PointerTensor:
 
     if isinstance(worker, Client):
         return tensor  # sending to me: nothing to do
-    client = worker.client
-    id_at_location = new_id()
     tags = tuple(sorted(getattr(tensor, "tags", None) or ()))
     description = getattr(tensor, "description", None)
+    id_at_location = _store(tensor, worker, tags, description)
+    meta = torch.empty(tuple(tensor.shape), dtype=tensor.dtype, device="meta", requires_grad=tensor.requires_grad)
+    return PointerTensor._make(
+        meta, worker, new_id(), id_at_location, is_chain=False,
+        grad=_GRAD_PRESENT if tensor.is_leaf and tensor.grad is not None else None, tags=tags, description=description,
+    )
+
+
+def _store(tensor: torch.Tensor, worker: "VirtualWorker", tags: tuple[str, ...] = (), description: str | None = None) -> int:
+    """Have `worker` store a copy of `tensor` under a new id (one reference); return the id."""
+    client = worker.client
+    id_at_location = new_id()
     large = tensor.element_size() * tensor.numel() >= INBAND_LIMIT
     call = client.submit(worker.address, StoreObject(id_at_location, tensor, tags, description), wait=large)
     if large:
         # Large payloads go zero-copy: wait until they have arrived, so that the caller
         # changing `tensor` afterwards cannot change what the worker stores.
         client.wait(call)
-    meta = torch.empty(tuple(tensor.shape), dtype=tensor.dtype, device="meta", requires_grad=tensor.requires_grad)
-    return PointerTensor._make(
-        meta, worker, new_id(), id_at_location, is_chain=False,
-        grad=_GRAD_PRESENT if tensor.is_leaf and tensor.grad is not None else None, tags=tags, description=description,
-    )
+    return id_at_location
 
 
 def tag_tensor(tensor: torch.Tensor, *tags: str) -> torch.Tensor:
@@ -509,9 +515,7 @@ def send_module(module: torch.nn.Module, worker: "VirtualWorker") -> torch.nn.Mo
         if isinstance(param, Pointer):
             raise ValueError(f"this model is already on {param.location.id!r}; .get() or .move() it")
     for param in module.parameters():
-        pointer = send_tensor(param.detach().requires_grad_(param.requires_grad), worker)
-        _become_pointer(param, worker, pointer.id_at_location)
-        pointer._check_usable().spent = "its reference went to the parameter"
+        _become_pointer(param, worker, _store(param.detach().requires_grad_(param.requires_grad), worker))
     for owner, name, buffer in _buffers(module):
         owner._buffers[name] = send_tensor(buffer, worker)
     return module
