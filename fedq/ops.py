@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import functools
 import operator
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 #: namespaces whose public callables may run on a worker, by the prefix used on the wire
 NAMESPACES: dict[str, Any] = {
@@ -114,3 +115,50 @@ def is_inplace(name: str) -> bool:
 
 
 _INPLACE_DUNDERS = frozenset(f"__i{op}__" for op in _BINARY) | {"__setitem__"}
+
+
+# --------------------------------------------------------------------------- arguments and results
+# Both ends walk an op's (args, kwargs) for the tensors in them, once per op. Most ops take
+# flat arguments (`x + y`, `x.sum(dim=0)`); walking those without torch's pytree saves tens
+# of microseconds per op on each side. Nested arguments (a list of tensors) go through pytree.
+
+
+class FlatSpec(NamedTuple):
+    """The structure of flat arguments: how many positional, and the keyword names."""
+
+    positional: int
+    keywords: tuple[str, ...]
+
+
+_NESTED = (list, tuple, dict)  # and their subclasses (torch.Size, namedtuples): pytree's business
+
+
+def flatten(args: tuple, kwargs: dict) -> tuple[list, Any]:
+    """The leaves of `(args, kwargs)` and a hashable spec that `unflatten` rebuilds them from."""
+    if type(args) is tuple and type(kwargs) is dict and not any(isinstance(a, _NESTED) for a in args) and not any(
+        isinstance(v, _NESTED) for v in kwargs.values()
+    ):
+        return [*args, *kwargs.values()], FlatSpec(len(args), tuple(kwargs))
+    return tree_flatten((args, kwargs))
+
+
+def unflatten(leaves: list, spec: Any) -> tuple[tuple, dict]:
+    if type(spec) is FlatSpec:
+        n = spec.positional
+        return tuple(leaves[:n]), dict(zip(spec.keywords, leaves[n:]))
+    return tree_unflatten(leaves, spec)
+
+
+ONE_TENSOR = "one tensor"  # the spec of a result that is a single tensor (most ops)
+
+
+def flatten_result(out: Any) -> tuple[list, Any]:
+    if isinstance(out, torch.Tensor):
+        return [out], ONE_TENSOR
+    return tree_flatten(out)
+
+
+def unflatten_result(leaves: list, spec: Any) -> Any:
+    if spec is ONE_TENSOR:
+        return leaves[0]
+    return tree_unflatten(leaves, spec)

@@ -21,7 +21,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
-from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
+from torch.utils._pytree import tree_map
 
 from . import ops
 from .errors import (
@@ -299,7 +299,9 @@ def _become_local(param: PointerParameter, value: torch.Tensor) -> torch.nn.Para
 
 
 def _fresh_meta(meta: torch.Tensor) -> torch.Tensor:
-    return torch.empty(tuple(meta.shape), dtype=meta.dtype, device="meta", requires_grad=meta.requires_grad)
+    """A leaf meta tensor of its own (in-place ops change it alone), like `meta`."""
+    fresh = meta.detach()
+    return fresh.requires_grad_() if meta.requires_grad else fresh
 
 
 def _name(func: Any) -> str:
@@ -307,7 +309,8 @@ def _name(func: Any) -> str:
 
 
 def _metas(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    return tree_map(lambda a: a._meta if isinstance(a, Pointer) else a, (args, kwargs))
+    leaves, spec = ops.flatten(args, kwargs)
+    return ops.unflatten([a._meta if isinstance(a, Pointer) else a for a in leaves], spec)
 
 
 def _on_meta(func: Any, args: tuple, kwargs: dict) -> Any:
@@ -322,7 +325,7 @@ def _run_remote(func: Any, args: tuple, kwargs: dict) -> Any:
     name = ops.name_of(func)
     if name is None:
         raise UnsupportedOperationError(f"{_name(func)} is not a torch function fedq runs on remote tensors")
-    leaves, spec = tree_flatten((args, kwargs))
+    leaves, spec = ops.flatten(args, kwargs)
     pointers = [leaf for leaf in leaves if isinstance(leaf, Pointer)]
     for pointer in pointers:
         pointer._check_usable()
@@ -336,7 +339,7 @@ def _run_remote(func: Any, args: tuple, kwargs: dict) -> Any:
     is_chain = any(p._is_chain for p in pointers)
     if is_chain:
         client.barrier(except_address=location.address)  # the op is relayed: earlier writes elsewhere land first
-    wire_args, wire_kwargs = tree_unflatten([Ref(l.id_at_location) if isinstance(l, Pointer) else l for l in leaves], spec)
+    wire_args, wire_kwargs = ops.unflatten([Ref(l.id_at_location) if isinstance(l, Pointer) else l for l in leaves], spec)
     grad_enabled = torch.is_grad_enabled()
 
     if ops.is_inplace(name):  # rule 4: no new object; the pointer stays the handle
@@ -352,11 +355,11 @@ def _run_remote(func: Any, args: tuple, kwargs: dict) -> Any:
         results, out_spec = inferred
         tensors = [r for r in results if isinstance(r, torch.Tensor)]
         if not tensors:
-            return tree_unflatten(results, out_spec)  # metadata only (a size, a stride): answered here
+            return ops.unflatten_result(results, out_spec)  # metadata only (a size, a stride): answered here
         if len(tensors) != len(results):
             raise ValueNeedsGetError(f"{name} returns Python values along with tensors; .get() the tensors first")
         pointers = _pipelined(location, RunOp(name, wire_args, wire_kwargs, None, None, grad_enabled), results, is_chain)
-        return tree_unflatten(pointers, out_spec)
+        return ops.unflatten_result(pointers, out_spec)
 
     # Shapes that depend on the data (nonzero, masked_select...): the worker runs it and tells us.
     answer = client.request(location.address, RunOp(name, wire_args, wire_kwargs, None, None, grad_enabled))
@@ -402,7 +405,7 @@ def _infer(func: Any, args: tuple, kwargs: dict, leaves: list, spec: Any) -> tup
     cached = _META_CACHE.get(key, None) if key is not None else None
     if cached is None:
         try:
-            cached = tree_flatten(_on_meta(func, args, kwargs))
+            cached = ops.flatten_result(_on_meta(func, args, kwargs))
         except Exception:
             cached = _NOT_INFERRED
         if key is not None:

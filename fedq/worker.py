@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
-from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
+from torch.utils._pytree import tree_map
 
 from . import __version__, ops, wire
 from .errors import (
@@ -330,7 +330,7 @@ def store_object(worker: Worker, message: StoreObject, reply: Reply) -> None:
 
 @handles(RunOp)
 def run_op(worker: Worker, message: RunOp, reply: Reply) -> None:
-    leaves, spec = tree_flatten((message.args, message.kwargs))
+    leaves, spec = ops.flatten(message.args, message.kwargs)
     targets = {leaf.id: worker.store.get(leaf.id) for leaf in leaves if isinstance(leaf, Ref)}
     pointers = [obj for obj in targets.values() if isinstance(obj, PointerSpec)]
     if not pointers:
@@ -347,7 +347,7 @@ def run_op(worker: Worker, message: RunOp, reply: Reply) -> None:
 
 def _run_here(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: dict, reply: Reply) -> None:
     func = ops.resolve(message.op)
-    args, kwargs = tree_unflatten([targets[l.id] if isinstance(l, Ref) else l for l in leaves], spec)
+    args, kwargs = ops.unflatten([targets[l.id] if isinstance(l, Ref) else l for l in leaves], spec)
     private_inputs = [worker.store.get(l.id) for l in leaves if isinstance(l, Ref) and worker.store.entry(l.id).private]
     with torch.set_grad_enabled(message.grad_enabled):
         out = func(*args, **kwargs)
@@ -359,7 +359,7 @@ def _run_here(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: 
         # an optimizer reading p.grad costs no round trip per parameter.
         reply.ok(_ids_with_grad(worker) if message.op == "Tensor.backward" else None)
         return
-    results, out_spec = tree_flatten(out)
+    results, out_spec = ops.flatten_result(out)
     for result in results:
         if not isinstance(result, torch.Tensor):
             raise ValueNeedsGetError(
@@ -372,7 +372,7 @@ def _run_here(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: 
             id = new_id()
             worker.store.put(id, result, private=private)
             specs.append(worker.pointer_to(id, result))
-        reply.ok(tree_unflatten(specs, out_spec))
+        reply.ok(ops.unflatten_result(specs, out_spec))
         return
     if len(results) != len(message.result_ids):
         raise ProtocolError(f"{message.op} made {len(results)} tensors; the caller named {len(message.result_ids)} ids")
@@ -388,7 +388,7 @@ def _ids_with_grad(worker: Worker) -> list[int]:
 def _relay_op(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: dict, hop: PointerSpec, reply: Reply) -> None:
     """Rule 4 on a chain: the next hop computes; we keep a pointer to each result under
     the id our caller chose, and answer once the next hop has."""
-    args, kwargs = tree_unflatten([Ref(targets[l.id].id_at_location) if isinstance(l, Ref) else l for l in leaves], spec)
+    args, kwargs = ops.unflatten([Ref(targets[l.id].id_at_location) if isinstance(l, Ref) else l for l in leaves], spec)
     if message.result_ids is None:
 
         def on_inferred(answer: Ok | Failure) -> None:
