@@ -19,6 +19,7 @@ import atexit
 import collections
 import itertools
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -146,7 +147,7 @@ class Client:
         seq = next(self._seq)
         packed = self.codec.pack(seq, message)
         call = self._register(seq, address, wait)
-        self._io.submit(address, packed, urgent=wait)
+        self._io.submit(address, packed, urgent=wait, may_pass_deletes=not wait and _allocates_little(message))
         return call
 
     def request(
@@ -353,6 +354,16 @@ class Client:
             for address in self._children:  # the private directory each child's ipc socket lived in
                 if address.startswith("ipc://"):
                     shutil.rmtree(os.path.dirname(address[len("ipc://"):]), ignore_errors=True)
+
+
+def _allocates_little(message: Any) -> bool:
+    """A pipelined op whose results are small (or in place) may reach its worker before the
+    deletes queued ahead of it: they then share one message instead of one each. A delete
+    only ever frees what no later request names, and every read still goes after it; only a
+    large allocation must wait for the memory those deletes free."""
+    if type(message) is not wire.RunOp or message.result_meta is None and message.result_ids != ():
+        return False
+    return sum(math.prod(shape) * dtype.itemsize for shape, dtype, _ in message.result_meta or ()) < wire.INBAND_LIMIT
 
 
 def stop_processes(processes: list[subprocess.Popen], timeout: float) -> None:

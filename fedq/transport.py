@@ -290,12 +290,13 @@ class IOThread(threading.Thread):
         self._deletes_dirty = False
 
     # ---- any thread
-    def submit(self, address: str, message: Any, *, urgent: bool = True) -> None:
+    def submit(self, address: str, message: Any, *, urgent: bool = True, may_pass_deletes: bool = False) -> None:
         """Queue a packed message for `address`; it is sealed (`seal`) when sent. A pipelined request (`urgent=False`) does not wake the
         loop: waking it hands the interpreter lock over once per message, which costs more
         than the message. It goes out with the next urgent one, at the next wait (`kick`),
-        once BATCH have queued, or after POLL_MS."""
-        self._outbox.append((address, message))
+        once BATCH have queued, or after POLL_MS. Deletes queued before it go first, unless
+        `may_pass_deletes`: then they wait to go out together, at the end of the batch."""
+        self._outbox.append((address, message, may_pass_deletes))
         if (urgent or len(self._outbox) >= BATCH) and self._sleeping:
             self._wake()  # (the loop re-checks the outbox after saying it sleeps: no lost wake-up)
 
@@ -377,8 +378,8 @@ class IOThread(threading.Thread):
                 self._send_deletes(deletes)
                 item.done.set()
             else:
-                address, message = item
-                if address in deletes:  # keep per-worker order: earlier deletes go first
+                address, message, may_pass_deletes = item
+                if address in deletes and not may_pass_deletes:  # earlier deletes go first
                     self._send_deletes({address: deletes.pop(address)})
                 self.peers.send(address, self._seal(message))
         self._send_deletes(deletes)

@@ -216,9 +216,11 @@ class Ok:
 @dataclass
 class Acked:
     """Several requests succeeded with nothing to return: one reply for a whole batch of
-    pipelined ops, instead of one each (`seq` of its envelope is 0)."""
+    pipelined ops, instead of one each. `then`, if any, is the reply to the request its
+    envelope's `seq` names (else that `seq` is 0): acks ride along with the next answer."""
 
     seqs: list[int]
+    then: Any = None
 
 
 @dataclass
@@ -462,7 +464,8 @@ class Codec:
 def answers(seq: int, reply: Any) -> list[tuple[int, Any]]:
     """(seq, Ok or Failure) for each request a reply answers: an Acked answers several."""
     if isinstance(reply, Acked):
-        return [(s, Ok()) for s in reply.seqs]
+        acked = [(s, Ok()) for s in reply.seqs]
+        return acked if reply.then is None else [*acked, (seq, reply.then)]
     return [(seq, reply)]
 
 

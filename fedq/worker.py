@@ -90,8 +90,11 @@ class Reply:
         if self._sent:
             return
         self._sent = True
-        self._worker.send_acks(self._identity)  # answers leave in the order requests came
-        self._worker.loop.reply(self._identity, self._worker.codec.encode(self._seq, message))
+        # Answers leave in the order requests came: acks owed to this caller go first, in
+        # the same message.
+        acked = self._worker.take_acks(self._identity)
+        envelope = Acked(acked, then=message) if acked else message
+        self._worker.loop.reply(self._identity, self._worker.codec.encode(self._seq, envelope))
 
 
 class _RateLimitedLog:
@@ -158,12 +161,13 @@ class Worker:
     def ack_later(self, identity: bytes, seq: int) -> None:
         self._acks.setdefault(identity, []).append(seq)
 
-    def send_acks(self, identity: bytes | None = None) -> None:
-        """Send the acks owed to `identity` (to everyone, by default) as one Acked each."""
-        for who in [identity] if identity is not None else list(self._acks):
-            seqs = self._acks.pop(who, None)
-            if seqs:
-                self.loop.reply(who, self.codec.encode(0, Acked(seqs)))
+    def take_acks(self, identity: bytes) -> list[int]:
+        return self._acks.pop(identity, [])
+
+    def send_acks(self) -> None:
+        """Send the acks owed to each caller as one Acked each."""
+        for who in list(self._acks):
+            self.loop.reply(who, self.codec.encode(0, Acked(self._acks.pop(who))))
 
     # ---- objects whose creation a relay has not confirmed yet
     def settle_later(self, ids: tuple[int, ...]) -> None:
