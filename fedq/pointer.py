@@ -29,9 +29,10 @@ from .errors import (
     TensorsNotCollocatedError,
     UnsupportedOperationError,
     ValueNeedsGetError,
+    WorkerUnreachableError,
 )
 from .ids import new_id
-from .wire import INBAND_LIMIT, GetObject, IncRef, MoveObject, PointerSpec, Ref, RemoteGet, RunOp, StoreObject
+from .wire import INBAND_LIMIT, GetObject, HoldsObject, IncRef, MoveObject, PointerSpec, Ref, RemoteGet, RunOp, StoreObject
 
 if TYPE_CHECKING:
     from .client import Client
@@ -190,7 +191,14 @@ class Pointer:
         if isinstance(worker, Client):
             return self.get()
         if worker.address != self.location.address:
-            self.location.client.request(self.location.address, MoveObject(self.id_at_location, worker.id, worker.address), after_all=self._is_chain)
+            client = self.location.client
+            try:
+                client.request(self.location.address, MoveObject(self.id_at_location, worker.id, worker.address), after_all=self._is_chain)
+            except WorkerUnreachableError:
+                # The source may have died after the destination stored the object but
+                # before it could say so: then the move did happen, and the pointer follows.
+                if not client.request(worker.address, HoldsObject(self.id_at_location)):
+                    raise
             self._relocate(worker)
         return self
 

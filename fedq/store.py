@@ -74,6 +74,9 @@ class ObjectStore:
                 "(it was deleted, got, cleared, or never sent)"
             ) from None
 
+    def __contains__(self, id: int) -> bool:
+        return id in self._entries
+
     def get(self, id: int) -> Any:
         return self.entry(id).obj
 

@@ -5,8 +5,9 @@ A message on the wire is a list of frames::
     [signature, stamp, body, buffer_0, buffer_1, ...]
 
 - `signature`: HMAC-SHA256, under the federation's key, of every other frame,
-  buffers included (Jupyter leaves its buffers unsigned; we do not). Checked in
-  constant time before anything is unpickled.
+  buffers included (Jupyter leaves its buffers unsigned; we do not): a large
+  buffer enters it as its Poly1305 tag under a one-time key derived from the key
+  and the stamp. Checked in constant time before anything is unpickled.
 - `stamp`: the sender's session id and message counter, so a replayed message
   is refused (`ReplayWindow`), and `seq`, so that a signed message whose body is
   refused can still be answered with the reason.
@@ -26,8 +27,6 @@ from __future__ import annotations
 
 import builtins
 import collections
-import concurrent.futures
-import functools
 import copyreg
 import hashlib
 import hmac
@@ -42,6 +41,7 @@ from typing import Any
 
 import cloudpickle
 import torch
+from cryptography.hazmat.primitives.poly1305 import Poly1305
 
 INBAND_LIMIT = 64 * 1024
 
@@ -168,6 +168,13 @@ class DeleteObjects:
 
 
 @dataclass
+class HoldsObject:
+    """Reply whether an object is stored under `id` (did a move whose source died land?)."""
+
+    id: int
+
+
+@dataclass
 class ListObjects:
     """Reply with a snapshot {id: tensor or PointerSpec} of the store."""
 
@@ -239,7 +246,7 @@ class Failure:
         return cls(type(error).__name__, type(error).__module__, str(error), tb, worker)
 
 
-REQUESTS = (StoreObject, RunOp, GetObject, MoveObject, RemoteGet, Search, IncRef, DeleteObjects, ListObjects, DescribeObjects, CountObjects, ClearObjects, Ping, Shutdown)
+REQUESTS = (StoreObject, RunOp, GetObject, MoveObject, RemoteGet, Search, IncRef, DeleteObjects, HoldsObject, ListObjects, DescribeObjects, CountObjects, ClearObjects, Ping, Shutdown)
 REPLIES = (Ok, Acked, Failure)
 
 # --------------------------------------------------------------------------- tensors
@@ -309,12 +316,7 @@ class _CodePickler(cloudpickle.Pickler):
 # --------------------------------------------------------------------------- frames
 
 _STAMP = struct.Struct("!16sQQ")  # session id, message counter, seq
-HASH_CHUNK = 4 << 20
-
-
-@functools.cache
-def _hash_pool() -> concurrent.futures.ThreadPoolExecutor:
-    return concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="fedq-hash")
+_LENGTH = struct.Struct("!Q")
 SIGNATURE_BYTES = 32
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 30
 
@@ -373,27 +375,31 @@ class Codec:
         if len(key) < 16:
             raise ValueError("a fedq key must be at least 16 bytes")
         self._key = key
-        self._session = os.urandom(16)
+        self._pid, self._session = os.getpid(), os.urandom(16)
         self._counter = itertools.count(1)
         self._replays = ReplayWindow()
         self.allow_code = allow_code
         self.max_message_bytes = max_message_bytes
 
     def _sign(self, frames: list) -> bytes:
-        """HMAC-SHA256 over every frame. A large frame enters as the SHA-256 digests of its
-        HASH_CHUNK pieces, hashed on all cores at once (hashlib lets go of the interpreter
-        lock): one core hashes at ~1.6 GB/s here, slower than the socket moves the bytes."""
+        """HMAC-SHA256 over every frame (`frames[0]` is the stamp). Out-of-band buffers enter
+        it through their Poly1305 tag under a one-time key derived from the key and the stamp
+        (unique per message): keyed, every byte covered, and ~6x faster than SHA-256 here
+        (~12 GB/s on one core), which moving tensors at memory speed needs."""
         mac = hmac.new(self._key, digestmod=hashlib.sha256)
+        poly = None
         for frame in frames:
             view = memoryview(frame)
-            if view.nbytes < 2 * HASH_CHUNK:
+            mac.update(_LENGTH.pack(view.nbytes))
+            if view.nbytes < INBAND_LIMIT:
                 mac.update(view)
                 continue
-            view = view.cast("B")
-            chunks = [view[i : i + HASH_CHUNK] for i in range(0, view.nbytes, HASH_CHUNK)]
-            mac.update(view.nbytes.to_bytes(8, "big"))
-            for digest in _hash_pool().map(lambda chunk: hashlib.sha256(chunk).digest(), chunks):
-                mac.update(digest)
+            if poly is None:
+                poly = Poly1305(hmac.digest(self._key, b"fedq one-time key" + bytes(frames[0]), "sha256"))
+            poly.update(_LENGTH.pack(view.nbytes))
+            poly.update(view.cast("B") if view.ndim != 1 or view.format != "B" else view)
+        if poly is not None:
+            mac.update(poly.finalize())
         return mac.digest()
 
     def encode(self, seq: int, message: Any) -> list:
@@ -422,6 +428,8 @@ class Codec:
     def seal(self, packed: "Packed") -> list:
         """Stamp and sign a packed message right before it is sent. Counters are taken in
         send order, so a receiver sees them (nearly) in order whoever packed first."""
+        if os.getpid() != self._pid:  # a forked child must not repeat its parent's stamps
+            self._pid, self._session, self._counter = os.getpid(), os.urandom(16), itertools.count(1)
         frames = [_STAMP.pack(self._session, next(self._counter), packed.seq), *packed.frames]
         return [self._sign(frames), *frames]
 

@@ -45,6 +45,7 @@ from .wire import (
     DescribeObjects,
     Failure,
     GetObject,
+    HoldsObject,
     IncRef,
     ListObjects,
     MoveObject,
@@ -568,6 +569,11 @@ def describe_objects(worker: Worker, message: DescribeObjects, reply: Reply) -> 
             hop.address if hop else None, hop.id_at_location if hop else None,
         ))
     reply.ok(rows)
+
+
+@handles(HoldsObject)
+def holds_object(worker: Worker, message: HoldsObject, reply: Reply) -> None:
+    reply.ok(message.id in worker.store)
 
 
 @handles(CountObjects)

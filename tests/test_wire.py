@@ -53,6 +53,20 @@ def test_every_frame_is_signed_buffers_included():
         receiver.decode(frames)
 
 
+def test_large_buffers_cannot_be_swapped_or_reframed():
+    """Large buffers are covered by a one-time Poly1305 tag: their order and boundaries count."""
+    sender, receiver = _pair()
+    frames = [bytes(f) for f in sender.encode(1, wire.Ok((th.zeros(64 * 1024), th.ones(64 * 1024))))]
+    assert len(frames) == 5
+    swapped = frames[:3] + [frames[4], frames[3]]
+    reframed = frames[:3] + [frames[3] + frames[4][:4], frames[4][4:]]
+    for forged in (swapped, reframed):
+        with pytest.raises(ProtocolError, match="bad signature"):
+            receiver.decode(forged)
+    _, message = receiver.decode(frames)
+    assert th.equal(message.value[1], th.ones(64 * 1024))
+
+
 def test_wrong_key_and_unsigned_messages_are_refused_before_unpickling():
     stranger = wire.Codec(wire.new_key())
     receiver = wire.Codec(KEY)
