@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -138,7 +139,7 @@ def ls(
     address: Optional[str] = AddressOption,
     timeout: float = TimeoutOption,
 ) -> None:
-    """List what a worker holds: id, type, shape, dtype, bytes, references, tags, and where stored pointers point."""
+    """List what a worker holds: id, type, shape, dtype, bytes, references and who holds them, tags, and where stored pointers point."""
     from rich.console import Console
     from rich.table import Table
 
@@ -148,16 +149,26 @@ def ls(
     except FedqError as error:
         _fail(error)
     table = Table(title=f"{name}: {len(rows)} objects")
-    for column in ("id", "type", "shape", "dtype", "bytes", "refs", "tags", "points to"):
-        # ids, types and dtypes are what a user reads or copies: never cut; tags fold if they must
-        table.add_column(column, justify="right" if column in ("bytes", "refs") else "left", no_wrap=column != "tags", overflow="fold")
+    for column in ("id", "type", "shape", "dtype", "bytes", "refs", "held by", "tags", "points to"):
+        # ids, types and dtypes are what a user reads or copies: never cut; holders and tags fold if they must
+        table.add_column(
+            column, justify="right" if column in ("bytes", "refs") else "left", no_wrap=column not in ("held by", "tags"), overflow="fold"
+        )
     for row in rows:
         shape = str(list(row.shape)) if row.shape is not None else ""
         chain = " -> ".join([row.points_to, *_follow(row, timeout)]) if row.points_to else ""
-        table.add_row(str(row.id), row.type, shape, row.dtype or "", str(row.nbytes), str(row.refs), " ".join(row.tags), chain)
+        table.add_row(
+            str(row.id), row.type, shape, row.dtype or "", str(row.nbytes), str(row.refs), _holders(row), " ".join(row.tags), chain
+        )
     console = Console()
     console.width = max(console.width, 132)  # a 19-digit id, a type and where it points: complete beats narrow
     console.print(table)
+
+
+def _holders(row: Any) -> str:
+    """ "me:4242, alice:4243 x2": who holds the references (this host's name left out)."""
+    here = "@" + socket.gethostname()
+    return ", ".join(name.removesuffix(here) + (f" x{count}" if count > 1 else "") for name, count in row.holders)
 
 
 def _follow(row: Any, timeout: float, depth: int = 16) -> list[str]:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from . import wire
 from .errors import ConfigError, FedqError, ProtocolError, WorkerDiedError, WorkerUnreachableError, rebuild_remote_error
 from .keys import key_from_environment
-from .transport import IOThread
+from .transport import IOThread, client_name
 from .wire import DeleteObjects, Failure
 
 if TYPE_CHECKING:
@@ -81,7 +81,8 @@ class Client:
         # their object has a .grad, so that optimizers read p.grad without a round trip.
         self._grad_tracked: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
         self._closed = False
-        self._io = IOThread(self._on_replies, self._encode_deletes, self._seal, self._on_tick)
+        self.name = client_name()  # how workers list the references this process holds
+        self._io = IOThread(self.name, self._on_replies, self._encode_deletes, self._seal, self._on_tick)
         self._io.start()
         atexit.register(self.close)
 

@@ -32,7 +32,7 @@ from .errors import (
     WorkerUnreachableError,
 )
 from .ids import new_id
-from .wire import INBAND_LIMIT, GetObject, HoldsObject, IncRef, MoveObject, PointerSpec, Ref, RemoteGet, RunOp, StoreObject
+from .wire import INBAND_LIMIT, GetObject, HandOver, HoldsObject, IncRef, MoveObject, PointerSpec, Ref, RemoteGet, RunOp, StoreObject
 
 if TYPE_CHECKING:
     from .client import Client
@@ -165,6 +165,8 @@ class Pointer:
         # The new holder will talk to our location: what we sent there must land first.
         client.barrier(except_address=worker.address)
         client.submit(worker.address, StoreObject(self.id, self._spec()))
+        # Our reference at the next hop is the new holder's now (for listings; frees nothing).
+        client.submit(self.location.address, HandOver((self.id_at_location,), client.name, worker.id))
         self._spend(f"it was sent to {worker.id!r}; use the pointer .send() returned")
         return PointerTensor._make(_fresh_meta(self._meta), worker, new_id(), self.id, is_chain=True)
 

@@ -5,10 +5,18 @@ pointer to it lives anywhere. Each pointer, wherever it is (the user's process,
 another worker's store, in flight inside a message), holds one reference; the
 entry goes when the count reaches zero. A data owner's own objects are pinned:
 pointers to them (from a search) come and go without freeing them.
+
+Each reference is counted under its holder (a client or a worker, by the name
+its connection gives: "me:4242@host", "alice:4243@host"), for `fedq ls`. When a
+pointer changes hands without a message to us (it was sent on, or peeled by a
+.get()), the worker it went through tells us (`hand_over`). Freeing depends
+only on the total: a delete from a holder we have not heard of yet (its
+hand-over is still on its way) takes a reference from another holder.
 """
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -21,14 +29,31 @@ from .wire import PointerSpec
 PRIVATE_TAG = "#private"  # a sender can mark what it sends private with this tag
 
 
+DATA_OWNER = "data owner"  # the holder of what a data owner's script loaded
+
+
 @dataclass(slots=True)
 class Entry:
     obj: Any  # a torch.Tensor, or a PointerSpec (this worker's pointer to another worker)
-    refs: int = 1
+    holders: collections.Counter[str]  # references, by who holds them
     pinned: bool = False
     tags: frozenset[str] = field(default_factory=frozenset)
     description: str | None = None
     private: bool = False  # may not leave this worker (see privacy.py)
+
+    @property
+    def refs(self) -> int:
+        return sum(self.holders.values())
+
+    def drop(self, holder: str) -> None:
+        """One reference fewer, `holder`'s if it has one (else another's: see the module doc)."""
+        if self.holders[holder] <= 0:  # (a Counter answers 0 for a stranger without storing it)
+            if not self.holders:
+                return
+            holder = self.holders.most_common(1)[0][0]
+        self.holders[holder] -= 1
+        if self.holders[holder] <= 0:
+            del self.holders[holder]
 
 
 class ObjectStore:
@@ -49,7 +74,7 @@ class ObjectStore:
         id: int,
         obj: Any,
         *,
-        refs: int = 1,
+        holder: str,
         pinned: bool = False,
         tags: frozenset[str] = frozenset(),
         description: str | None = None,
@@ -62,7 +87,7 @@ class ObjectStore:
             raise StoreFullError(
                 f"worker {self.worker_id!r} holds {self.nbytes} bytes; {size} more would pass its limit of {self.max_bytes}"
             )
-        self._entries[id] = Entry(obj, refs, pinned, tags, description, private or PRIVATE_TAG in tags)
+        self._entries[id] = Entry(obj, collections.Counter({holder: 1}), pinned, tags, description, private or PRIVATE_TAG in tags)
         self.nbytes += size
 
     def entry(self, id: int) -> Entry:
@@ -80,20 +105,27 @@ class ObjectStore:
     def get(self, id: int) -> Any:
         return self.entry(id).obj
 
-    def incref(self, id: int) -> None:
-        self.entry(id).refs += 1
+    def incref(self, id: int, holder: str) -> None:
+        self.entry(id).holders[holder] += 1
 
-    def decref(self, id: int) -> Entry | None:
-        """Drop one reference; return the entry if that freed it. Unknown ids are ignored:
+    def decref(self, id: int, holder: str) -> Entry | None:
+        """Drop `holder`'s reference; return the entry if that freed it. Unknown ids are ignored:
         deletes are idempotent, and a cleared store may still get deletes for what it held."""
         entry = self._entries.get(id)
         if entry is None:
             return None
-        entry.refs -= 1
-        if entry.refs > 0 or entry.pinned:
-            entry.refs = max(entry.refs, 0)
+        entry.drop(holder)
+        if entry.holders or entry.pinned:
             return None
         return self._remove(id)
+
+    def hand_over(self, id: int, giver: str, taker: str) -> None:
+        """`giver`'s reference to `id` now belongs to `taker` (a pointer changed hands).
+        Nothing happens when `giver` holds none any more: its reference was dropped meanwhile."""
+        entry = self._entries.get(id)
+        if entry is not None and entry.holders[giver] > 0:
+            entry.drop(giver)
+            entry.holders[taker] += 1
 
     def pop(self, id: int) -> Entry:
         self.entry(id)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import socket
 import tempfile
 import threading
 import time
@@ -128,11 +129,24 @@ class CurveKeys:
         return authenticator
 
 
-class PeerSockets:
-    """DEALER sockets to other processes, one per address, created on first use."""
+def client_name() -> str:
+    """What a user's process calls itself to workers ("me:4242@host"); a worker goes by its id."""
+    return f"me:{os.getpid()}@{socket.gethostname()}"
 
-    def __init__(self, poller: zmq.Poller, curve: CurveKeys | None = None) -> None:
+
+def peer_name(routing_id: bytes) -> str:
+    """The name a peer introduced itself by (its routing id, less the suffix that keeps it unique)."""
+    return routing_id.decode("utf-8", "replace").rpartition("#")[0] or "?"
+
+
+class PeerSockets:
+    """DEALER sockets to other processes, one per address, created on first use. Each
+    introduces itself as `name` (its routing id, made unique by a random suffix): a worker
+    counts the references it holds for others under these names (`fedq ls`)."""
+
+    def __init__(self, poller: zmq.Poller, name: str, curve: CurveKeys | None = None) -> None:
         self._poller = poller
+        self.name = name
         self.curve = curve
         self.by_address: dict[str, zmq.Socket] = {}
         self.address_of: dict[zmq.Socket, str] = {}
@@ -144,6 +158,7 @@ class PeerSockets:
         if sock is None:
             sock = context().socket(zmq.DEALER)
             _tune(sock)
+            sock.setsockopt(zmq.ROUTING_ID, f"{self.name}#{os.urandom(4).hex()}".encode())
             if self.curve is not None:
                 self.curve.as_client(sock, address)
             sock.connect(address)
@@ -185,6 +200,7 @@ class ServerLoop:
     def __init__(
         self,
         address: str,
+        name: str,
         on_request: Callable[[bytes, list], None],
         on_peer_reply: Callable[[str, list], None],
         on_tick: Callable[[], None],
@@ -202,7 +218,7 @@ class ServerLoop:
         self.router.bind(address)
         self.address = self.router.getsockopt(zmq.LAST_ENDPOINT).decode()
         self.poller.register(self.router, zmq.POLLIN)
-        self.peers = PeerSockets(self.poller, curve=curve)
+        self.peers = PeerSockets(self.poller, name, curve=curve)
         self._on_request = on_request
         self._on_peer_reply = on_peer_reply
         self._on_tick = on_tick
@@ -267,6 +283,7 @@ class IOThread(threading.Thread):
 
     def __init__(
         self,
+        name: str,
         on_replies: Callable[[str, list[list]], None],
         encode_deletes: Callable[[str, list[int]], Any],
         seal: Callable[[Any], list],
@@ -282,7 +299,7 @@ class IOThread(threading.Thread):
         os.set_blocking(self._wake_r, False)
         self._poller = zmq.Poller()
         self._poller.register(self._wake_r, zmq.POLLIN)
-        self.peers = PeerSockets(self._poller)
+        self.peers = PeerSockets(self._poller, name)
         self._stopping = False
         self._sleeping = False  # in poll(): a submit must wake it; otherwise it will see the item anyway
         # Set by queue_delete, cleared only by flush_deletes: a reader that finds it set

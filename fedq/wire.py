@@ -84,6 +84,7 @@ class ObjectInfo:
     nbytes: int
     refs: int
     tags: tuple[str, ...] = ()
+    holders: tuple[tuple[str, int], ...] = ()  # (who, how many references), most first
     points_to: str | None = None  # "bob:123" for a stored pointer
     next_address: str | None = None  # where that next hop listens, so a listing can follow the chain
     next_id: int | None = None
@@ -94,12 +95,14 @@ class ObjectInfo:
 
 @dataclass
 class StoreObject:
-    """Store `obj` (a tensor, or a PointerSpec) under `id`, held by one reference."""
+    """Store `obj` (a tensor, or a PointerSpec) under `id`, held by one reference: the
+    sender's, or `holder`'s when the sender stores it for someone else (a move)."""
 
     id: int
     obj: Any
     tags: tuple[str, ...] = ()
     description: str | None = None
+    holder: str | None = None
 
 
 @dataclass
@@ -155,9 +158,20 @@ class Search:
 
 @dataclass
 class IncRef:
-    """Another pointer to each of `ids` now exists somewhere."""
+    """Another pointer to each of `ids` now exists, held by the sender (or by `holder`)."""
 
     ids: tuple[int, ...]
+    holder: str | None = None
+
+
+@dataclass
+class HandOver:
+    """`giver`'s references to `ids` now belong to `taker`: a pointer changed hands on its
+    way through another worker. Bookkeeping for listings; frees nothing."""
+
+    ids: tuple[int, ...]
+    giver: str
+    taker: str
 
 
 @dataclass
@@ -246,7 +260,7 @@ class Failure:
         return cls(type(error).__name__, type(error).__module__, str(error), tb, worker)
 
 
-REQUESTS = (StoreObject, RunOp, GetObject, MoveObject, RemoteGet, Search, IncRef, DeleteObjects, HoldsObject, ListObjects, DescribeObjects, CountObjects, ClearObjects, Ping, Shutdown)
+REQUESTS = (StoreObject, RunOp, GetObject, MoveObject, RemoteGet, Search, IncRef, HandOver, DeleteObjects, HoldsObject, ListObjects, DescribeObjects, CountObjects, ClearObjects, Ping, Shutdown)
 REPLIES = (Ok, Acked, Failure)
 
 # --------------------------------------------------------------------------- tensors

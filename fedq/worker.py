@@ -35,8 +35,8 @@ from .errors import (
 from .ids import new_id
 from .keys import key_from_environment
 from .privacy import Policy, refuse_if_private
-from .store import ObjectStore, describe, object_nbytes
-from .transport import CurveKeys, ServerLoop
+from .store import DATA_OWNER, ObjectStore, describe, object_nbytes
+from .transport import CurveKeys, ServerLoop, peer_name
 from .wire import (
     Acked,
     ClearObjects,
@@ -45,6 +45,7 @@ from .wire import (
     DescribeObjects,
     Failure,
     GetObject,
+    HandOver,
     HoldsObject,
     IncRef,
     ListObjects,
@@ -72,6 +73,11 @@ class Reply:
 
     def __init__(self, worker: "Worker", identity: bytes, seq: int) -> None:
         self._worker, self._identity, self._seq, self._sent = worker, identity, seq, False
+
+    @property
+    def caller(self) -> str:
+        """Who asked: the name its connection gave (it holds the references it creates)."""
+        return peer_name(self._identity)
 
     def ok(self, value: Any = None) -> None:
         if value is None and not self._sent:  # folded into one Acked per client per batch
@@ -144,8 +150,9 @@ class Worker:
         self.codec = wire.Codec(key, allow_code=allow_code, max_message_bytes=max_message_bytes)
         self.store = ObjectStore(id, max_bytes=max_store_bytes)
         self.privacy = Policy()
+        self.name = id  # what we call ourselves to the workers we relay to
         self.loop = ServerLoop(
-            address, self._on_request, self._on_peer_reply, self._on_tick, max_message_bytes, self.send_acks, curve
+            address, id, self._on_request, self._on_peer_reply, self._on_tick, max_message_bytes, self.send_acks, curve
         )
         self._acks: dict[bytes, list[int]] = {}
         self._unsettled: dict[int, list[Callable[[], None]]] = {}
@@ -262,6 +269,16 @@ class Worker:
         for hop, message in requests:
             self.relay(hop, message, on_reply)
 
+    def hand_over(self, pointer: PointerSpec, *, giver: str, taker: str, then: Callable[[], None]) -> None:
+        """Tell the worker `pointer` leads to that the reference there changed hands, then
+        `then()` (answer our caller once the next hop knows, as for every relay). A next hop
+        that does not answer fails nothing: only its listing is out of date."""
+        if pointer.address == self.address:
+            self.store.hand_over(pointer.id_at_location, giver, taker)
+            then()
+            return
+        self.relay(pointer, HandOver((pointer.id_at_location,), giver, taker), lambda answer: then())
+
     def pointer_to(self, id: int, obj: Any, tags: frozenset[str] = frozenset(), description: str | None = None) -> PointerSpec:
         """A spec for a pointer to object `id` held here (a result the caller will point at)."""
         return PointerSpec(0, self.id, self.address, id, tuple(obj.shape), obj.dtype, obj.requires_grad, tuple(sorted(tags)), description)
@@ -290,7 +307,7 @@ class DataOwner:
         self, tensor: torch.Tensor, *, tags: tuple[str, ...] | list[str] = (), description: str | None = None, private: bool = False
     ) -> int:
         id = new_id()
-        self.worker.store.put(id, tensor, pinned=True, tags=frozenset(tags), description=description, private=private)
+        self.worker.store.put(id, tensor, holder=DATA_OWNER, pinned=True, tags=frozenset(tags), description=description, private=private)
         self.count += 1
         return id
 
@@ -329,7 +346,7 @@ def store_object(worker: Worker, message: StoreObject, reply: Reply) -> None:
         obj.id = message.id  # a pointer handed over keeps its id (rule 3)
     elif not isinstance(obj, torch.Tensor):
         raise TypeError(f"workers store tensors and pointers, not {type(obj).__name__}")
-    worker.store.put(message.id, obj, tags=frozenset(message.tags), description=message.description)
+    worker.store.put(message.id, obj, holder=message.holder or reply.caller, tags=frozenset(message.tags), description=message.description)
     reply.ok()
 
 
@@ -375,14 +392,14 @@ def _run_here(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: 
         specs = []
         for result in results:
             id = new_id()
-            worker.store.put(id, result, private=private)
+            worker.store.put(id, result, holder=reply.caller, private=private)
             specs.append(worker.pointer_to(id, result))
         reply.ok(ops.unflatten_result(specs, out_spec))
         return
     if len(results) != len(message.result_ids):
         raise ProtocolError(f"{message.op} made {len(results)} tensors; the caller named {len(message.result_ids)} ids")
     for id, result in zip(message.result_ids, results):
-        worker.store.put(id, result, private=private)
+        worker.store.put(id, result, holder=reply.caller, private=private)
     reply.ok()
 
 
@@ -405,7 +422,10 @@ def _relay_op(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: 
                 if not isinstance(remote, PointerSpec):
                     return remote
                 id = new_id()
-                worker.store.put(id, PointerSpec(id, hop.location, hop.address, remote.id_at_location, remote.shape, remote.dtype, remote.requires_grad))
+                worker.store.put(
+                    id, PointerSpec(id, hop.location, hop.address, remote.id_at_location, remote.shape, remote.dtype, remote.requires_grad),
+                    holder=reply.caller,
+                )
                 return PointerSpec(0, worker.id, worker.address, id, remote.shape, remote.dtype, remote.requires_grad)
 
             reply.ok(tree_map(keep, answer.value))
@@ -415,7 +435,7 @@ def _relay_op(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: 
 
     next_ids = tuple(new_id() for _ in message.result_ids)
     for id, next_id, (shape, dtype, requires_grad) in zip(message.result_ids, next_ids, message.result_meta or ()):
-        worker.store.put(id, PointerSpec(id, hop.location, hop.address, next_id, tuple(shape), dtype, requires_grad))
+        worker.store.put(id, PointerSpec(id, hop.location, hop.address, next_id, tuple(shape), dtype, requires_grad), holder=reply.caller)
     worker.settle_later(message.result_ids)
 
     def on_done(answer: Ok | Failure) -> None:
@@ -441,10 +461,13 @@ def get_object(worker: Worker, message: GetObject, reply: Reply) -> None:
     shared = entry.refs > 1 or entry.pinned
     if not shared:
         worker.store.pop(message.id)
-        reply.ok(entry.obj)
+        if isinstance(entry.obj, PointerSpec):  # our reference at the next hop goes to the caller
+            worker.hand_over(entry.obj, giver=worker.name, taker=reply.caller, then=lambda: reply.ok(entry.obj))
+        else:
+            reply.ok(entry.obj)
         return
     if not isinstance(entry.obj, PointerSpec):
-        worker.store.decref(message.id)
+        worker.store.decref(message.id, reply.caller)
         reply.ok(entry.obj)
         return
     pointer = entry.obj
@@ -453,10 +476,10 @@ def get_object(worker: Worker, message: GetObject, reply: Reply) -> None:
         if isinstance(answer, Failure):
             reply.forward(answer)
             return
-        worker.store.decref(message.id)
+        worker.store.decref(message.id, reply.caller)
         reply.ok(pointer)
 
-    worker.relay(pointer, IncRef((pointer.id_at_location,)), on_incref)
+    worker.relay(pointer, IncRef((pointer.id_at_location,), holder=reply.caller), on_incref)
 
 
 @handles(MoveObject)
@@ -478,12 +501,15 @@ def move_object(worker: Worker, message: MoveObject, reply: Reply) -> None:
             reply.forward(answer)
             return
         if shared:  # other pointers still need it here: the mover's reference is what left
-            worker.store.decref(message.id)
+            worker.store.decref(message.id, reply.caller)
         else:
             worker.store.remove_if_present(message.id)
-        reply.ok()
+        if isinstance(entry.obj, PointerSpec):  # a moved pointer: its reference now is the destination's
+            worker.hand_over(entry.obj, giver=worker.name, taker=message.location, then=reply.ok)
+        else:
+            reply.ok()
 
-    worker.relay(message, StoreObject(message.id, entry.obj, tuple(sorted(entry.tags)), entry.description), on_stored)
+    worker.relay(message, StoreObject(message.id, entry.obj, tuple(sorted(entry.tags)), entry.description, holder=reply.caller), on_stored)
 
 
 @handles(RemoteGet)
@@ -514,7 +540,7 @@ def search(worker: Worker, message: Search, reply: Reply) -> None:
     found = []
     for id, entry in worker.store.items():
         if wanted <= entry.tags and isinstance(entry.obj, torch.Tensor):
-            entry.refs += 1
+            entry.holders[reply.caller] += 1
             found.append(worker.pointer_to(id, entry.obj, entry.tags, entry.description))
     reply.ok(found)
 
@@ -524,7 +550,14 @@ def inc_ref(worker: Worker, message: IncRef, reply: Reply) -> None:
     for id in message.ids:
         worker.store.entry(id)  # all or nothing: check every id first
     for id in message.ids:
-        worker.store.incref(id)
+        worker.store.incref(id, message.holder or reply.caller)
+    reply.ok()
+
+
+@handles(HandOver)
+def hand_over(worker: Worker, message: HandOver, reply: Reply) -> None:
+    for id in message.ids:
+        worker.store.hand_over(id, message.giver, message.taker)
     reply.ok()
 
 
@@ -533,7 +566,7 @@ def delete_objects(worker: Worker, message: DeleteObjects, reply: Reply) -> None
     """Rule 6: drop one reference per id; a freed pointer passes the delete one hop on."""
     onward: dict[str, tuple[PointerSpec, list[int]]] = {}
     for id in message.ids:
-        freed = worker.store.decref(id)
+        freed = worker.store.decref(id, reply.caller)
         if freed is not None and isinstance(freed.obj, PointerSpec):
             onward.setdefault(freed.obj.address, (freed.obj, []))[1].append(freed.obj.id_at_location)
     if not onward:
@@ -565,8 +598,8 @@ def describe_objects(worker: Worker, message: DescribeObjects, reply: Reply) -> 
         tags = tuple(sorted(entry.tags | ({"#private"} if entry.private else set())))
         hop = entry.obj if isinstance(entry.obj, PointerSpec) else None
         rows.append(ObjectInfo(
-            id, kind, shape, dtype, object_nbytes(entry.obj), entry.refs, tags, points_to,
-            hop.address if hop else None, hop.id_at_location if hop else None,
+            id, kind, shape, dtype, object_nbytes(entry.obj), entry.refs, tags, tuple(entry.holders.most_common()),
+            points_to, hop.address if hop else None, hop.id_at_location if hop else None,
         ))
     reply.ok(rows)
 

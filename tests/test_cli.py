@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,10 @@ def test_ls_lists_tensors_and_where_stored_pointers_point(bob, alice):
     result = runner.invoke(app, ["ls", "bob", "--address", bob.address])
     assert result.exit_code == 0, result.output
     assert str(x.id_at_location) in result.output and "float32" in result.output and "24" in result.output
+    rows = {line.split()[1]: line for line in result.output.splitlines() if line.split()[1:2] and line.split()[1].isdigit()}
+    [stored] = [row for row in alice.describe() if row.id == chain.id_at_location]
+    assert f"me:{os.getpid()}" in rows[str(x.id_at_location)]  # who holds each reference: x is mine,
+    assert "alice" in rows[str(stored.next_id)]  # and the chain's data is held by alice's pointer
     result = runner.invoke(app, ["ls", "alice", "--address", alice.address])
     assert result.exit_code == 0, result.output
     assert "PointerTensor" in result.output and "bob:" in result.output

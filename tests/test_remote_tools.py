@@ -143,3 +143,34 @@ def test_data_owners_data_is_found_and_never_freed_by_search_pointers(data_owner
         gc.collect()
     assert len(owner._objects) == before
     assert sorted(i.refs for i in owner.describe()) == [1, 1]
+    assert [dict(i.holders) for i in owner.describe()] == [{"data owner": 1}] * 2
+
+
+# ---- who holds each reference (what `fedq ls` shows)
+def _holders(worker, id: int) -> dict[str, int]:
+    return next(dict(row.holders) for row in worker.describe() if row.id == id)
+
+
+def test_listings_follow_each_reference_as_it_changes_hands(bob, alice, carol):
+    me = sy.local_client().name
+    x = th.ones(3).tag("#mine").send(bob)
+    data = x.id_at_location
+    assert _holders(bob, data) == {me: 1}
+    [found] = bob.search("#mine")  # rule 14, and rule 9's clone: more references, mine
+    second = x.clone()
+    assert _holders(bob, data) == {me: 3}
+    del found, second
+    p = x.send(alice)  # rule 3: my reference at bob is alice's now
+    assert _holders(bob, data) == {"alice": 1} and _holders(alice, p.id_at_location) == {me: 1}
+    q = p.send(carol)  # me -> carol -> alice -> bob
+    middle = p.id_at_location
+    assert _holders(alice, middle) == {"carol": 1} and _holders(carol, q.id_at_location) == {me: 1}
+    r = q.get()  # peels carol's pointer: carol's reference at alice comes to me
+    assert carol._objects == {} and _holders(alice, middle) == {me: 1}
+    r.move(carol)  # a stored pointer moves: its reference at bob goes with it
+    assert _holders(carol, middle) == {me: 1} and _holders(bob, data) == {"carol": 1}
+    r.remote_get()  # carol takes the data itself
+    assert bob._objects == {} and _holders(carol, middle) == {me: 1}
+    del r
+    assert carol._objects == alice._objects == bob._objects == {}
+
