@@ -180,7 +180,10 @@ class Pointer:
 
     def _received(self, obj: Any) -> Any:
         if isinstance(obj, PointerSpec):
-            location = self.location.client.handle_for(obj.location, obj.address)
+            client = self.location.client
+            # The reference at the next hop was our location's; it is ours now.
+            client.submit(obj.address, HandOver((obj.id_at_location,), self.location.id, client.name))
+            location = client.handle_for(obj.location, obj.address)
             return PointerTensor._make(_fresh_meta(self._meta), location, obj.id, obj.id_at_location, is_chain=True)
         return obj
 

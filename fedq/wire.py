@@ -158,16 +158,16 @@ class Search:
 
 @dataclass
 class IncRef:
-    """Another pointer to each of `ids` now exists, held by the sender (or by `holder`)."""
+    """Another pointer to each of `ids` now exists, held by the sender."""
 
     ids: tuple[int, ...]
-    holder: str | None = None
 
 
 @dataclass
 class HandOver:
-    """`giver`'s references to `ids` now belong to `taker`: a pointer changed hands on its
-    way through another worker. Bookkeeping for listings; frees nothing."""
+    """`giver`'s references to `ids` now belong to `taker`: a pointer to them changed hands
+    without passing here (sent on, or fetched from a chain). Sent by whoever hands it over or
+    receives it. Bookkeeping for listings; frees nothing."""
 
     ids: tuple[int, ...]
     giver: str

@@ -460,11 +460,8 @@ def get_object(worker: Worker, message: GetObject, reply: Reply) -> None:
     refuse_if_private(entry, message.id, worker.id, "fetched with .get()")
     shared = entry.refs > 1 or entry.pinned
     if not shared:
-        worker.store.pop(message.id)
-        if isinstance(entry.obj, PointerSpec):  # our reference at the next hop goes to the caller
-            worker.hand_over(entry.obj, giver=worker.name, taker=reply.caller, then=lambda: reply.ok(entry.obj))
-        else:
-            reply.ok(entry.obj)
+        worker.store.pop(message.id)  # (a pointer's reference at its next hop goes with it: the
+        reply.ok(entry.obj)           # receiver tells that hop, in order with what it sends there)
         return
     if not isinstance(entry.obj, PointerSpec):
         worker.store.decref(message.id, reply.caller)
@@ -479,7 +476,7 @@ def get_object(worker: Worker, message: GetObject, reply: Reply) -> None:
         worker.store.decref(message.id, reply.caller)
         reply.ok(pointer)
 
-    worker.relay(pointer, IncRef((pointer.id_at_location,), holder=reply.caller), on_incref)
+    worker.relay(pointer, IncRef((pointer.id_at_location,)), on_incref)  # ours, handed over by the receiver
 
 
 @handles(MoveObject)
@@ -525,10 +522,12 @@ def remote_get(worker: Worker, message: RemoteGet, reply: Reply) -> None:
             reply.forward(answer)
             return
         fetched = answer.value
-        if isinstance(fetched, PointerSpec):
-            fetched.id = message.id
         worker.store.replace(message.id, fetched)
-        reply.ok(isinstance(fetched, PointerSpec))
+        if isinstance(fetched, PointerSpec):  # the next hop's pointer: its reference is ours now
+            fetched.id = message.id
+            worker.hand_over(fetched, giver=hop.location, taker=worker.name, then=lambda: reply.ok(True))
+        else:
+            reply.ok(False)
 
     worker.relay(hop, GetObject(hop.id_at_location), on_fetched)
 
@@ -550,7 +549,7 @@ def inc_ref(worker: Worker, message: IncRef, reply: Reply) -> None:
     for id in message.ids:
         worker.store.entry(id)  # all or nothing: check every id first
     for id in message.ids:
-        worker.store.incref(id, message.holder or reply.caller)
+        worker.store.incref(id, reply.caller)
     reply.ok()
 
 

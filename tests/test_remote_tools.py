@@ -162,6 +162,12 @@ def test_listings_follow_each_reference_as_it_changes_hands(bob, alice, carol):
     del found, second
     p = x.send(alice)  # rule 3: my reference at bob is alice's now
     assert _holders(bob, data) == {"alice": 1} and _holders(alice, p.id_at_location) == {me: 1}
+    twin = p.clone()  # alice's pointer is shared now, so .get() leaves it and gives me a new reference
+    peeled = p.get()
+    assert _holders(bob, data) == {"alice": 1, me: 1} and _holders(alice, twin.id_at_location) == {me: 1}
+    del peeled, p
+    p = twin
+    assert _holders(bob, data) == {"alice": 1}
     q = p.send(carol)  # me -> carol -> alice -> bob
     middle = p.id_at_location
     assert _holders(alice, middle) == {"carol": 1} and _holders(carol, q.id_at_location) == {me: 1}
