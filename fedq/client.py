@@ -82,7 +82,7 @@ class Client:
         self._grad_tracked: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
         self._closed = False
         self.name = client_name()  # how workers list the references this process holds
-        self._io = IOThread(self.name, self._on_replies, self._encode_deletes, self._seal, self._on_tick)
+        self._io = IOThread(self.name, self._on_replies, self._encode_ref_updates, self._seal, self._on_tick)
         self._io.start()
         atexit.register(self.close)
 
@@ -148,7 +148,7 @@ class Client:
         seq = next(self._seq)
         packed = self.codec.pack(seq, message)
         call = self._register(seq, address, wait)
-        self._io.submit(address, packed, urgent=wait, may_pass_deletes=not wait and _allocates_little(message))
+        self._io.submit(address, packed, urgent=wait, may_pass_updates=not wait and _allocates_little(message))
         return call
 
     def request(
@@ -202,7 +202,13 @@ class Client:
     def queue_delete(self, address: str, id: int) -> None:
         """Safe from `__del__`: appends to a queue; the I/O thread sends deletes in batches."""
         if not self._closed:
-            self._io.queue_delete(address, id)
+            self._io.queue_ref_update(address, id)
+
+    def queue_hand_over(self, address: str, id: int, giver: str, taker: str) -> None:
+        """Tell the worker at `address` that `giver`'s reference to `id` is `taker`'s now (for
+        listings): batched with the deletes, and waited for only as they are."""
+        if not self._closed:
+            self._io.queue_ref_update(address, (id, giver, taker))
 
     def _register(self, seq: int, address: str, waited: bool, quiet: bool = False) -> Call:
         call = Call(address, waited, quiet)
@@ -211,10 +217,11 @@ class Client:
             (self._pending_deletes if quiet else self._pending)[address] += 1
         return call
 
-    def _encode_deletes(self, address: str, ids: list[int]) -> wire.Packed:  # runs on the I/O thread
+    def _encode_ref_updates(self, address: str, updates: list[Any]) -> wire.Packed:  # runs on the I/O thread
         seq = next(self._seq)
         self._register(seq, address, False, quiet=True)
-        return self.codec.pack(seq, DeleteObjects(tuple(ids)))
+        ids = tuple(u for u in updates if type(u) is int)
+        return self.codec.pack(seq, DeleteObjects(ids, hand_overs=tuple(u for u in updates if type(u) is tuple)))
 
     def _seal(self, packed: wire.Packed) -> list:  # runs on the I/O thread
         return self.codec.seal(packed)
@@ -235,9 +242,9 @@ class Client:
 
     def barrier(self, except_address: str | None = None, timeout: float | None = None, *, deletes: bool = False) -> None:
         """Wait until every request sent so far is answered, except those to `except_address`
-        and, unless `deletes`, the deletes."""
+        and, unless `deletes`, the deletes (and hand-overs: reference bookkeeping)."""
         if deletes:
-            self._io.flush_deletes(self.timeout)
+            self._io.flush_ref_updates(self.timeout)
         limit = self.timeout if timeout is None else timeout
 
         def others_busy() -> list[str]:

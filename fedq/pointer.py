@@ -32,7 +32,7 @@ from .errors import (
     WorkerUnreachableError,
 )
 from .ids import new_id
-from .wire import INBAND_LIMIT, GetObject, HandOver, HoldsObject, IncRef, MoveObject, PointerSpec, Ref, RemoteGet, RunOp, StoreObject
+from .wire import INBAND_LIMIT, GetObject, HoldsObject, IncRef, MoveObject, PointerSpec, Ref, RemoteGet, RunOp, StoreObject
 
 if TYPE_CHECKING:
     from .client import Client
@@ -166,7 +166,7 @@ class Pointer:
         client.barrier(except_address=worker.address)
         client.submit(worker.address, StoreObject(self.id, self._spec()))
         # Our reference at the next hop is the new holder's now (for listings; frees nothing).
-        client.submit(self.location.address, HandOver((self.id_at_location,), client.name, worker.id))
+        client.queue_hand_over(self.location.address, self.id_at_location, client.name, worker.id)
         self._spend(f"it was sent to {worker.id!r}; use the pointer .send() returned")
         return PointerTensor._make(_fresh_meta(self._meta), worker, new_id(), self.id, is_chain=True)
 
@@ -182,7 +182,7 @@ class Pointer:
         if isinstance(obj, PointerSpec):
             client = self.location.client
             # The reference at the next hop was our location's; it is ours now.
-            client.submit(obj.address, HandOver((obj.id_at_location,), self.location.id, client.name))
+            client.queue_hand_over(obj.address, obj.id_at_location, self.location.id, client.name)
             location = client.handle_for(obj.location, obj.address)
             return PointerTensor._make(_fresh_meta(self._meta), location, obj.id, obj.id_at_location, is_chain=True)
         return obj

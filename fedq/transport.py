@@ -262,9 +262,9 @@ class ServerLoop:
 
 
 @dataclass(slots=True)
-class _Delete:
+class _RefUpdate:
     address: str
-    id: int
+    update: Any  # a deleted reference's id, or a hand-over: what `encode_ref_updates` makes a message of
 
 
 @dataclass(slots=True)
@@ -276,22 +276,23 @@ class IOThread(threading.Thread):
     """The user process's only socket owner.
 
     Other threads hand it frames through `submit` (a deque plus a wakeup pipe).
-    `queue_delete` is safe to call from `__del__`: it only appends to the deque;
-    the deletes are batched per worker and sent in order with everything else,
-    after at most POLL_MS. `flush()` waits until everything queued so far is sent.
+    `queue_ref_update` (a delete, or a reference changing hands) is safe to call from
+    `__del__`: it only appends to the deque; updates are batched per worker, one message
+    for a batch, sent in order with everything else after at most POLL_MS. `flush()`
+    waits until everything queued so far is sent.
     """
 
     def __init__(
         self,
         name: str,
         on_replies: Callable[[str, list[list]], None],
-        encode_deletes: Callable[[str, list[int]], Any],
+        encode_ref_updates: Callable[[str, list[Any]], Any],
         seal: Callable[[Any], list],
         on_tick: Callable[[], None],
     ) -> None:
         super().__init__(name="fedq-io", daemon=True)
         self._on_replies = on_replies
-        self._encode_deletes = encode_deletes
+        self._encode_ref_updates = encode_ref_updates
         self._seal = seal
         self._on_tick = on_tick
         self._outbox: collections.deque = collections.deque()
@@ -302,18 +303,19 @@ class IOThread(threading.Thread):
         self.peers = PeerSockets(self._poller, name)
         self._stopping = False
         self._sleeping = False  # in poll(): a submit must wake it; otherwise it will see the item anyway
-        # Set by queue_delete, cleared only by flush_deletes: a reader that finds it set
-        # flushes, so deletes its own thread queued earlier reach the workers first.
-        self._deletes_dirty = False
+        # Set by queue_ref_update, cleared only by flush_ref_updates: a reader that finds it
+        # set flushes, so updates its own thread queued earlier reach the workers first.
+        self._updates_dirty = False
 
     # ---- any thread
-    def submit(self, address: str, message: Any, *, urgent: bool = True, may_pass_deletes: bool = False) -> None:
+    def submit(self, address: str, message: Any, *, urgent: bool = True, may_pass_updates: bool = False) -> None:
         """Queue a packed message for `address`; it is sealed (`seal`) when sent. A pipelined request (`urgent=False`) does not wake the
         loop: waking it hands the interpreter lock over once per message, which costs more
         than the message. It goes out with the next urgent one, at the next wait (`kick`),
-        once BATCH have queued, or after POLL_MS. Deletes queued before it go first, unless
-        `may_pass_deletes`: then they wait to go out together, at the end of the batch."""
-        self._outbox.append((address, message, may_pass_deletes))
+        once BATCH have queued, or after POLL_MS. Reference updates queued before it go
+        first, unless `may_pass_updates`: then they wait to go out together, at the end of
+        the batch."""
+        self._outbox.append((address, message, may_pass_updates))
         if (urgent or len(self._outbox) >= BATCH) and self._sleeping:
             self._wake()  # (the loop re-checks the outbox after saying it sleeps: no lost wake-up)
 
@@ -322,14 +324,14 @@ class IOThread(threading.Thread):
         if self._outbox and self._sleeping:
             self._wake()
 
-    def queue_delete(self, address: str, id: int) -> None:
-        self._outbox.append(_Delete(address, id))
-        self._deletes_dirty = True
+    def queue_ref_update(self, address: str, update: Any) -> None:
+        self._outbox.append(_RefUpdate(address, update))
+        self._updates_dirty = True
 
-    def flush_deletes(self, timeout: float) -> None:
-        """Make every delete queued so far a registered, sent request."""
-        if self._deletes_dirty:
-            self._deletes_dirty = False
+    def flush_ref_updates(self, timeout: float) -> None:
+        """Make every reference update queued so far a registered, sent request."""
+        if self._updates_dirty:
+            self._updates_dirty = False
             self.flush(timeout)
 
     def flush(self, timeout: float) -> None:
@@ -385,23 +387,23 @@ class IOThread(threading.Thread):
             os.close(self._wake_w)
 
     def _send_outbox(self) -> None:
-        deletes: dict[str, list[int]] = {}
+        updates: dict[str, list[Any]] = {}
         outbox = self._outbox
         while outbox:
             item = outbox.popleft()
-            if type(item) is _Delete:
-                deletes.setdefault(item.address, []).append(item.id)
+            if type(item) is _RefUpdate:
+                updates.setdefault(item.address, []).append(item.update)
             elif type(item) is _Flush:
-                self._send_deletes(deletes)
+                self._send_ref_updates(updates)
                 item.done.set()
             else:
-                address, message, may_pass_deletes = item
-                if address in deletes and not may_pass_deletes:  # earlier deletes go first
-                    self._send_deletes({address: deletes.pop(address)})
+                address, message, may_pass_updates = item
+                if address in updates and not may_pass_updates:  # earlier updates go first
+                    self._send_ref_updates({address: updates.pop(address)})
                 self.peers.send(address, self._seal(message))
-        self._send_deletes(deletes)
+        self._send_ref_updates(updates)
 
-    def _send_deletes(self, deletes: dict[str, list[int]]) -> None:
-        for address, ids in deletes.items():
-            self.peers.send(address, self._seal(self._encode_deletes(address, ids)))
-        deletes.clear()
+    def _send_ref_updates(self, updates: dict[str, list[Any]]) -> None:
+        for address, batch in updates.items():
+            self.peers.send(address, self._seal(self._encode_ref_updates(address, batch)))
+        updates.clear()

@@ -164,21 +164,14 @@ class IncRef:
 
 
 @dataclass
-class HandOver:
-    """`giver`'s references to `ids` now belong to `taker`: a pointer to them changed hands
-    without passing here (sent on, or fetched from a chain). Sent by whoever hands it over or
-    receives it. Bookkeeping for listings; frees nothing."""
-
-    ids: tuple[int, ...]
-    giver: str
-    taker: str
-
-
-@dataclass
 class DeleteObjects:
-    """A pointer to each of `ids` died; free what no pointer holds any more."""
+    """Reference bookkeeping, batched: a pointer to each of `ids` died (free what no pointer
+    holds any more), and each (id, giver, taker) in `hand_overs` says that `giver`'s reference
+    to `id` is `taker`'s now: a pointer changed hands without passing here (sent on, or
+    fetched from a chain). Hand-overs only change listings; they apply first."""
 
     ids: tuple[int, ...]
+    hand_overs: tuple[tuple[int, str, str], ...] = ()
 
 
 @dataclass
@@ -260,7 +253,7 @@ class Failure:
         return cls(type(error).__name__, type(error).__module__, str(error), tb, worker)
 
 
-REQUESTS = (StoreObject, RunOp, GetObject, MoveObject, RemoteGet, Search, IncRef, HandOver, DeleteObjects, HoldsObject, ListObjects, DescribeObjects, CountObjects, ClearObjects, Ping, Shutdown)
+REQUESTS = (StoreObject, RunOp, GetObject, MoveObject, RemoteGet, Search, IncRef, DeleteObjects, HoldsObject, ListObjects, DescribeObjects, CountObjects, ClearObjects, Ping, Shutdown)
 REPLIES = (Ok, Acked, Failure)
 
 # --------------------------------------------------------------------------- tensors

@@ -45,7 +45,6 @@ from .wire import (
     DescribeObjects,
     Failure,
     GetObject,
-    HandOver,
     HoldsObject,
     IncRef,
     ListObjects,
@@ -277,7 +276,7 @@ class Worker:
             self.store.hand_over(pointer.id_at_location, giver, taker)
             then()
             return
-        self.relay(pointer, HandOver((pointer.id_at_location,), giver, taker), lambda answer: then())
+        self.relay(pointer, DeleteObjects((), ((pointer.id_at_location, giver, taker),)), lambda answer: then())
 
     def pointer_to(self, id: int, obj: Any, tags: frozenset[str] = frozenset(), description: str | None = None) -> PointerSpec:
         """A spec for a pointer to object `id` held here (a result the caller will point at)."""
@@ -553,16 +552,13 @@ def inc_ref(worker: Worker, message: IncRef, reply: Reply) -> None:
     reply.ok()
 
 
-@handles(HandOver)
-def hand_over(worker: Worker, message: HandOver, reply: Reply) -> None:
-    for id in message.ids:
-        worker.store.hand_over(id, message.giver, message.taker)
-    reply.ok()
-
 
 @handles(DeleteObjects)
 def delete_objects(worker: Worker, message: DeleteObjects, reply: Reply) -> None:
-    """Rule 6: drop one reference per id; a freed pointer passes the delete one hop on."""
+    """Rule 6: drop one reference per id; a freed pointer passes the delete one hop on.
+    Hand-overs first: one queued before a delete of the same reference happened before it."""
+    for id, giver, taker in message.hand_overs:
+        worker.store.hand_over(id, giver, taker)
     onward: dict[str, tuple[PointerSpec, list[int]]] = {}
     for id in message.ids:
         freed = worker.store.decref(id, reply.caller)
