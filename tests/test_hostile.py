@@ -36,10 +36,10 @@ def _junk(codec: wire.Codec, stranger: wire.Codec, rng: random.Random, kept: lis
     if kind == 0:  # random bytes, random frame count
         return [rng.randbytes(rng.randrange(0, 200)) for _ in range(rng.randrange(1, 6))]
     if kind == 1:  # truncated
-        cut = rng.randrange(len(good))
-        return good[:cut] or [b""]
-    if kind == 2:  # unsigned: a plausible body with an empty or random signature
-        return [rng.choice([b"", rng.randbytes(32)]), good[1], pickle.dumps(wire.ClearObjects())]
+        return [good[0][: rng.randrange(len(good[0]))]]
+    if kind == 2:  # unsigned: a good stamp and a plausible body, with an empty or random signature
+        stamp = good[0][wire.SIGNATURE_BYTES : wire.SIGNATURE_BYTES + wire._STAMP.size]
+        return [rng.choice([b"", rng.randbytes(32)]) + stamp + pickle.dumps(wire.ClearObjects())]
     if kind == 3:  # another key's ClearObjects: must not clear anything
         return [bytes(f) for f in stranger.encode(1, wire.ClearObjects())]
     if kind == 4:  # replay of a message already accepted
