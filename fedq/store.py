@@ -6,11 +6,11 @@ another worker's store, in flight inside a message), holds one reference; the
 entry goes when the count reaches zero. A data owner's own objects are pinned:
 pointers to them (from a search) come and go without freeing them.
 
-Each reference is counted under its holder (a client or a worker, by the name
-its connection gives: "me:4242@host", "alice:4243@host"), for `fedq ls`. When a
-pointer changes hands without a message to us (it was sent on, or peeled by a
-.get()), the worker it went through tells us (`hand_over`). Freeing depends
-only on the total: a delete from a holder we have not heard of yet (its
+Each reference is counted under its holder, by the name its connection gives
+(a worker's id, or "me:4242@host" for a user's process), for `fedq ls`. When a
+pointer changes hands without a message to us (sent on, fetched from a chain,
+moved), whoever hands it over or receives it tells us (`hand_over`). Freeing
+depends only on the total: a delete from a holder we have not heard of yet (its
 hand-over is still on its way) takes a reference from another holder.
 """
 

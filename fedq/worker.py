@@ -149,7 +149,6 @@ class Worker:
         self.codec = wire.Codec(key, allow_code=allow_code, max_message_bytes=max_message_bytes)
         self.store = ObjectStore(id, max_bytes=max_store_bytes)
         self.privacy = Policy()
-        self.name = id  # what we call ourselves to the workers we relay to
         self.loop = ServerLoop(
             address, id, self._on_request, self._on_peer_reply, self._on_tick, max_message_bytes, self.send_acks, curve
         )
@@ -501,7 +500,7 @@ def move_object(worker: Worker, message: MoveObject, reply: Reply) -> None:
         else:
             worker.store.remove_if_present(message.id)
         if isinstance(entry.obj, PointerSpec):  # a moved pointer: its reference now is the destination's
-            worker.hand_over(entry.obj, giver=worker.name, taker=message.location, then=reply.ok)
+            worker.hand_over(entry.obj, giver=worker.id, taker=message.location, then=reply.ok)
         else:
             reply.ok()
 
@@ -524,7 +523,7 @@ def remote_get(worker: Worker, message: RemoteGet, reply: Reply) -> None:
         worker.store.replace(message.id, fetched)
         if isinstance(fetched, PointerSpec):  # the next hop's pointer: its reference is ours now
             fetched.id = message.id
-            worker.hand_over(fetched, giver=hop.location, taker=worker.name, then=lambda: reply.ok(True))
+            worker.hand_over(fetched, giver=hop.location, taker=worker.id, then=lambda: reply.ok(True))
         else:
             reply.ok(False)
 
