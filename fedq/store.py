@@ -16,7 +16,6 @@ hand-over is still on its way) takes a reference from another holder.
 
 from __future__ import annotations
 
-import collections
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -35,7 +34,7 @@ DATA_OWNER = "data owner"  # the holder of what a data owner's script loaded
 @dataclass(slots=True)
 class Entry:
     obj: Any  # a torch.Tensor, or a PointerSpec (this worker's pointer to another worker)
-    holders: collections.Counter[str]  # references, by who holds them
+    holders: dict[str, int]  # references, by who holds them (a plain dict: Counter costs a Python call per new entry)
     pinned: bool = False
     tags: frozenset[str] = field(default_factory=frozenset)
     description: str | None = None
@@ -45,15 +44,23 @@ class Entry:
     def refs(self) -> int:
         return sum(self.holders.values())
 
+    def add(self, holder: str) -> None:
+        self.holders[holder] = self.holders.get(holder, 0) + 1
+
     def drop(self, holder: str) -> None:
         """One reference fewer, `holder`'s if it has one (else another's: see the module doc)."""
-        if self.holders[holder] <= 0:  # (a Counter answers 0 for a stranger without storing it)
+        if holder not in self.holders:
             if not self.holders:
                 return
-            holder = self.holders.most_common(1)[0][0]
-        self.holders[holder] -= 1
-        if self.holders[holder] <= 0:
+            holder = max(self.holders, key=self.holders.__getitem__)
+        if self.holders[holder] > 1:
+            self.holders[holder] -= 1
+        else:
             del self.holders[holder]
+
+    def listing(self) -> tuple[tuple[str, int], ...]:
+        """(holder, references), most first."""
+        return tuple(sorted(self.holders.items(), key=lambda item: -item[1]))
 
 
 class ObjectStore:
@@ -87,7 +94,7 @@ class ObjectStore:
             raise StoreFullError(
                 f"worker {self.worker_id!r} holds {self.nbytes} bytes; {size} more would pass its limit of {self.max_bytes}"
             )
-        self._entries[id] = Entry(obj, collections.Counter({holder: 1}), pinned, tags, description, private or PRIVATE_TAG in tags)
+        self._entries[id] = Entry(obj, {holder: 1}, pinned, tags, description, private or PRIVATE_TAG in tags)
         self.nbytes += size
 
     def entry(self, id: int) -> Entry:
@@ -106,7 +113,7 @@ class ObjectStore:
         return self.entry(id).obj
 
     def incref(self, id: int, holder: str) -> None:
-        self.entry(id).holders[holder] += 1
+        self.entry(id).add(holder)
 
     def decref(self, id: int, holder: str) -> Entry | None:
         """Drop `holder`'s reference; return the entry if that freed it. Unknown ids are ignored:
@@ -123,9 +130,9 @@ class ObjectStore:
         """`giver`'s reference to `id` now belongs to `taker` (a pointer changed hands).
         Nothing happens when `giver` holds none any more: its reference was dropped meanwhile."""
         entry = self._entries.get(id)
-        if entry is not None and entry.holders[giver] > 0:
+        if entry is not None and giver in entry.holders:
             entry.drop(giver)
-            entry.holders[taker] += 1
+            entry.add(taker)
 
     def pop(self, id: int) -> Entry:
         self.entry(id)

@@ -13,6 +13,7 @@ zero-copy bookkeeping); larger ones go zero-copy in both directions.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
 import socket
@@ -134,6 +135,7 @@ def client_name() -> str:
     return f"me:{os.getpid()}@{socket.gethostname()}"
 
 
+@functools.lru_cache(maxsize=4096)  # asked for every object a request creates or frees
 def peer_name(routing_id: bytes) -> str:
     """The name a peer introduced itself by (its routing id, less the suffix that keeps it unique)."""
     return routing_id.decode("utf-8", "replace").rpartition("#")[0] or "?"
@@ -303,6 +305,9 @@ class IOThread(threading.Thread):
         self.peers = PeerSockets(self._poller, name)
         self._stopping = False
         self._sleeping = False  # in poll(): a submit must wake it; otherwise it will see the item anyway
+        # A wake-up is on its way: a caller that holds the interpreter lock while the loop
+        # waits for it must not write to the pipe once per submit meanwhile.
+        self._wake_sent = False
         # Set by queue_ref_update, cleared only by flush_ref_updates: a reader that finds it
         # set flushes, so updates its own thread queued earlier reach the workers first.
         self._updates_dirty = False
@@ -347,6 +352,9 @@ class IOThread(threading.Thread):
             self.join(timeout)
 
     def _wake(self) -> None:
+        if self._wake_sent:
+            return
+        self._wake_sent = True
         try:
             os.write(self._wake_w, b"\0")
         except (BlockingIOError, OSError):
@@ -366,6 +374,7 @@ class IOThread(threading.Thread):
                             pass
                     except BlockingIOError:
                         pass
+                    self._wake_sent = False  # (after draining: a wake written meanwhile stays in the pipe)
                 self._send_outbox()
                 for sock, address in list(self.peers.address_of.items()):
                     if sock in events:

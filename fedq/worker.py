@@ -537,7 +537,7 @@ def search(worker: Worker, message: Search, reply: Reply) -> None:
     found = []
     for id, entry in worker.store.items():
         if wanted <= entry.tags and isinstance(entry.obj, torch.Tensor):
-            entry.holders[reply.caller] += 1
+            entry.add(reply.caller)
             found.append(worker.pointer_to(id, entry.obj, entry.tags, entry.description))
     reply.ok(found)
 
@@ -592,7 +592,7 @@ def describe_objects(worker: Worker, message: DescribeObjects, reply: Reply) -> 
         tags = tuple(sorted(entry.tags | ({"#private"} if entry.private else set())))
         hop = entry.obj if isinstance(entry.obj, PointerSpec) else None
         rows.append(ObjectInfo(
-            id, kind, shape, dtype, object_nbytes(entry.obj), entry.refs, tags, tuple(entry.holders.most_common()),
+            id, kind, shape, dtype, object_nbytes(entry.obj), entry.refs, tags, entry.listing(),
             points_to, hop.address if hop else None, hop.id_at_location if hop else None,
         ))
     reply.ok(rows)
