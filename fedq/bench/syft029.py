@@ -8,12 +8,16 @@ it cannot share this process) and read the figures it prints as JSON.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
 SYFT_PYTHON = Path("/tmp/syft029/bin/python")
 PROBE = Path(__file__).with_name("_syft029_probe.py")
+# PySyft imports aiortc (its WebRTC grid code), which does not build here; the script that
+# builds the peer (../shared/peers/pysyft029.sh beside the project) keeps stand-ins for it.
+STUBS = Path(__file__).resolve().parents[3] / "shared" / "peers" / "stubs"
 
 
 def measure_pysyft029(*, number: int, repeats: int, ops: int, timeout: float = 300.0) -> dict[str, Any] | None:
@@ -22,7 +26,8 @@ def measure_pysyft029(*, number: int, repeats: int, ops: int, timeout: float = 3
         return None
     plan = json.dumps({"number": number, "repeats": repeats, "ops": ops})
     try:
-        done = subprocess.run([str(SYFT_PYTHON), str(PROBE), plan], capture_output=True, text=True, timeout=timeout)
+        env = {**os.environ, "PYTHONPATH": str(STUBS)} if STUBS.is_dir() else None
+        done = subprocess.run([str(SYFT_PYTHON), str(PROBE), plan], capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:  # run() has killed it already
         return {"error": f"the PySyft 0.2.9 probe took more than {timeout:g} s"}
     if done.returncode != 0:
