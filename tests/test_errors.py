@@ -152,3 +152,20 @@ def test_store_limit_is_a_clear_error(hook):
         small._objects
     assert list(small._objects) == [kept.id_at_location]
     small.shutdown()
+
+
+def test_a_loop_of_large_results_frees_each_before_making_the_next(hook):
+    """Deletes queued by `y = x + 1` reach the worker before the next large op: a loop over
+    1 MiB results fits a store with room for three, however many iterations run pipelined."""
+    tight = sy.VirtualWorker(hook, id="tight", max_store_bytes=3 << 20)
+    x = th.zeros(256 * 1024).send(tight)  # 1 MiB
+    for _ in range(50):
+        y = x + 1
+    assert th.equal(y.get(), th.ones(256 * 1024))
+    small = th.zeros(4).send(tight)
+    for _ in range(200):  # small results may batch their deletes: nothing piles up either
+        z = small + 1
+    del z
+    hook.local_worker.sync()
+    assert len(tight._objects) == 2
+    tight.shutdown()
