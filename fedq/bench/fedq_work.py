@@ -28,7 +28,7 @@ from fedq.launcher import start_worker_process
 
 from .payload import calls_per_sample, small_tensor, tensor_of
 from .ports import free_port
-from .procmem import peak_bytes, reset_peak, rss_bytes
+from .procmem import cpu_seconds, peak_bytes, reset_peak, rss_bytes
 from .timing import per_call, summarize
 
 
@@ -99,8 +99,18 @@ def measure_pipelined(fleet: Fleet, worker: sy.VirtualWorker, *, ops: int, repea
             y = x + x  # noqa: F841 - each result replaces (and frees) the last, as in a training loop
         fleet.client.sync()
 
+    cpu_before = (cpu_seconds(), cpu_seconds(worker.pid))
     timing = per_call(burst, number=1, repeats=repeats, warmup=1)
-    return {"ops": ops, "burst": timing.to_json(), "ops_per_s": ops / timing.median}
+    done = ops * (repeats + 1)  # the warm-up burst ran too
+
+    def per_op(before: float | None, after: float | None) -> float | None:
+        return None if before is None or after is None else (after - before) / done * 1e6
+
+    return {
+        "ops": ops, "burst": timing.to_json(), "ops_per_s": ops / timing.median,
+        "client_cpu_us_per_op": per_op(cpu_before[0], cpu_seconds()),
+        "worker_cpu_us_per_op": per_op(cpu_before[1], cpu_seconds(worker.pid)),
+    }
 
 
 def measure_transfer(fleet: Fleet, worker: sy.VirtualWorker, size_mib: int, *, repeats: int) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Resident memory of a process, from /proc/PID/status (Linux).
+"""What /proc says of a process (Linux): its resident memory and the CPU time it used.
 
 VmHWM is a high-water mark since the process started, so on its own it says
 nothing about one transfer. Writing "5" to /proc/PID/clear_refs resets it
@@ -8,6 +8,7 @@ it is about. When the reset is refused the caller must say so next to the figure
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -38,3 +39,13 @@ def reset_peak(pid: int | str = "self") -> bool:
     except OSError:
         return False
     return True
+
+
+def cpu_seconds(pid: int | str = "self") -> float | None:
+    """User plus system CPU time of every thread of the process so far (/proc/PID/stat), or None.
+    Less sensitive than wall time to what else the machine runs: it says what the work cost."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None

@@ -123,6 +123,8 @@ def evaluate(results: dict[str, Any]) -> list[Check]:
     add(work, ops, "ops/s", "torch rpc.remote, pipelined", _get(rpc, "pipelined_remote", "ops_per_s"), Bound(4.0, False))
     if syft:
         add(work, ops, "ops/s", "PySyft 0.2.9 (in-process worker)", _get(syft, "ops_per_s"), None)
+    for side in ("client", "worker"):  # where the time goes: CPU per op, steadier than wall time
+        add(f"  {side} CPU per op", _get(fq, "pipelined", f"{side}_cpu_us_per_op"), "µs", "—", None, None)
 
     # Transfers: send then get, payload GiB/s both ways
     sizes = sorted((_get(fq, "transfer") or {}).keys(), key=int)
