@@ -328,6 +328,7 @@ class _CodePickler(cloudpickle.Pickler):
 _STAMP = struct.Struct("!16sQQI")  # session id, message counter, seq, number of buffers
 _LENGTH = struct.Struct("!Q")
 SIGNATURE_BYTES = 32
+MAX_FRAMES = 1 + 65536  # a header and its buffers: a stranger must not make us walk millions of empty frames
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 30
 
 
@@ -454,8 +455,8 @@ class Codec:
         """
         from .errors import ProtocolError
 
-        if not frames:
-            raise ProtocolError("an empty message")
+        if not frames or len(frames) > MAX_FRAMES:
+            raise ProtocolError(f"a message of {len(frames)} frames (1 to {MAX_FRAMES})")
         header, buffers = memoryview(_as_buffer(frames[0])), [memoryview(_as_buffer(f)) for f in frames[1:]]
         size = header.nbytes + sum(b.nbytes for b in buffers)
         if size > self.max_message_bytes:

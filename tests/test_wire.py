@@ -68,6 +68,13 @@ def test_large_buffers_cannot_be_swapped_or_reframed():
     assert th.equal(message.value[1], th.ones(64 * 1024))
 
 
+def test_messages_of_no_frames_or_too_many_are_refused_before_any_hashing():
+    receiver = wire.Codec(KEY)
+    for frames in ([], [b""] * (wire.MAX_FRAMES + 1)):
+        with pytest.raises(ProtocolError, match="frames"):
+            receiver.decode(frames)
+
+
 def test_wrong_key_and_unsigned_messages_are_refused_before_unpickling():
     stranger = wire.Codec(wire.new_key())
     receiver = wire.Codec(KEY)
