@@ -130,13 +130,16 @@ class Client:
         return handle.id if handle is not None else address
 
     def stats(self) -> dict[str, int]:
-        """Transport counters of this process: every byte to and from workers passes here."""
+        """Transport counters of this process: every byte to and from workers passes here.
+        `requests_in_flight`: what this process asked and has no answer to yet;
+        `ref_updates_in_flight`: deletes and hand-overs (reference bookkeeping) not yet answered."""
         with self._cv:
-            in_flight = sum(self._pending.values()) + sum(self._pending_deletes.values())
+            requests, updates = sum(self._pending.values()), sum(self._pending_deletes.values())
         return {
             "bytes_sent": self._io.peers.bytes_sent,
             "bytes_received": self._io.peers.bytes_received,
-            "requests_in_flight": in_flight,
+            "requests_in_flight": requests,
+            "ref_updates_in_flight": updates,
             "waits": self._waits,
         }
 
