@@ -86,6 +86,17 @@ def test_fuzz_ten_thousand_hostile_messages(hook):
     target.shutdown()
 
 
+def test_a_message_of_a_hundred_thousand_empty_frames_is_dropped(bob):
+    x = th.tensor([1.0, 2.0]).send(bob)
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(bob.address)
+    sock.send_multipart([b""] * 100_000)
+    assert bob.ping(timeout=30).id == "bob"  # drained, refused, and still serving
+    assert th.equal(x.get(), th.tensor([1.0, 2.0]))
+    sock.close()
+
+
 # ---- faults: SIGKILL mid-operation, mid-chain, mid-transfer
 def _time_to_error(action, error=sy.WorkerUnreachableError) -> float:
     start = time.monotonic()
