@@ -1,8 +1,9 @@
 """The user's process ("me"): requests in flight, their replies, and when to wait.
 
-Commands are pipelined: `submit` registers a request and hands its frames to
-the I/O thread; nothing waits. Reads (`request`) wait, and first make sure
-they will see every earlier write (read-your-writes):
+Commands are pipelined: `submit` registers a request and queues it; nothing
+waits. Reads (`request`) wait, driving the sockets themselves while they do
+(`transport.ClientSockets`), and first make sure they will see every earlier
+write (read-your-writes):
 
 - requests to the *same* worker need no wait: one connection is FIFO and a
   worker handles its requests in order;
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from . import wire
 from .errors import ConfigError, FedqError, ProtocolError, WorkerDiedError, WorkerUnreachableError, rebuild_remote_error
 from .keys import key_from_environment
-from .transport import IOThread, client_name
+from .transport import ClientSockets, client_name
 from .wire import DeleteObjects, Failure
 
 if TYPE_CHECKING:
@@ -66,7 +67,6 @@ class Client:
         self.timeout = timeout
         self.key = key
         self.codec = wire.Codec(key)
-        self._cv = threading.Condition()
         self._calls: dict[int, Call] = {}
         self._pending: collections.Counter[str] = collections.Counter()  # requests in flight, deletes excepted
         self._pending_deletes: collections.Counter[str] = collections.Counter()
@@ -82,7 +82,8 @@ class Client:
         self._grad_tracked: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
         self._closed = False
         self.name = client_name()  # how workers list the references this process holds
-        self._io = IOThread(self.name, self._on_replies, self._encode_ref_updates, self._seal, self._on_tick)
+        self._io = ClientSockets(self.name, self._on_replies, self._encode_ref_updates, self._seal, self._on_tick)
+        self._cv = self._io.cv  # what waiters wait on: calls finish under it
         self._io.start()
         atexit.register(self.close)
 
@@ -203,7 +204,7 @@ class Client:
                 pointer._grad_state = None
 
     def queue_delete(self, address: str, id: int) -> None:
-        """Safe from `__del__`: appends to a queue; the I/O thread sends deletes in batches."""
+        """Safe from `__del__`: appends to a queue; deletes are sent in batches."""
         if not self._closed:
             self._io.queue_ref_update(address, id)
 
@@ -220,13 +221,13 @@ class Client:
             (self._pending_deletes if quiet else self._pending)[address] += 1
         return call
 
-    def _encode_ref_updates(self, address: str, updates: list[Any]) -> wire.Packed:  # runs on the I/O thread
+    def _encode_ref_updates(self, address: str, updates: list[Any]) -> wire.Packed:  # runs where the sockets are driven
         seq = next(self._seq)
         self._register(seq, address, False, quiet=True)
         ids = tuple(u for u in updates if type(u) is int)
         return self.codec.pack(seq, DeleteObjects(ids, hand_overs=tuple(u for u in updates if type(u) is tuple)))
 
-    def _seal(self, packed: wire.Packed) -> list:  # runs on the I/O thread
+    def _seal(self, packed: wire.Packed) -> list:  # runs where the sockets are driven
         return self.codec.seal(packed)
 
     # ---- waiting
@@ -234,9 +235,8 @@ class Client:
         """The answer to `call`; raises its error, or an earlier pipelined one first."""
         limit = self.timeout if timeout is None else timeout
         self._waits += 1
-        self._io.kick()
-        with self._cv:
-            if not self._cv.wait_for(lambda: call.done, limit):
+        if not self._io.wait_until(lambda: call.done, limit):
+            with self._cv:
                 raise self._give_up([call.address], limit)
         self._raise_deferred()
         if call.error is not None:
@@ -256,11 +256,11 @@ class Client:
                 busy += [a for a, n in self._pending_deletes.items() if n and a != except_address]
             return busy
 
-        self._io.kick()
         with self._cv:
-            if others_busy():
-                self._waits += 1
-            if not self._cv.wait_for(lambda: not others_busy(), limit):
+            busy = bool(others_busy())
+            self._waits += busy
+        if busy and not self._io.wait_until(lambda: not others_busy(), limit):
+            with self._cv:
                 raise self._give_up(others_busy(), limit)
         self._raise_deferred()
 
@@ -301,7 +301,7 @@ class Client:
             first.add_note(f"a later pipelined request failed too: {type(later).__name__}: {str(later).splitlines()[0]}")
         raise first
 
-    # ---- the I/O thread's side
+    # ---- where the sockets are driven (a waiting caller, or the background thread)
     def _on_replies(self, address: str, messages: list[list]) -> None:
         answers = []
         for frames in messages:
@@ -348,7 +348,7 @@ class Client:
 
     # ---- shutdown
     def close(self, timeout: float = 2.0) -> None:
-        """Stop the workers this process started and the I/O thread. Bounded: never hangs."""
+        """Stop the workers this process started and close the sockets. Bounded: never hangs."""
         if self._closed:
             return
         try:

@@ -1,10 +1,10 @@
-"""Sockets and event loops. Every socket here is owned by exactly one thread.
+"""Sockets and event loops. Every socket here is used by one thread at a time.
 
 - A worker runs `ServerLoop` on its main thread: one ROUTER bound on the
   worker's address for requests, plus one DEALER per other worker it relays to.
-- The user's process runs `IOThread`: one DEALER per worker, fed from a
-  thread-safe outbox, so the caller's thread (or Jupyter's running event loop)
-  never touches a socket and `__del__` never does I/O.
+- The user's process has `ClientSockets`: one DEALER per worker, fed from a
+  thread-safe outbox (so `__del__` never does I/O) and driven by whichever thread
+  waits for an answer (leader/follower), or by a background thread when none does.
 
 Frames smaller than `wire.INBAND_LIMIT` are copied (cheaper than zmq's
 zero-copy bookkeeping); larger ones go zero-copy in both directions.
@@ -31,7 +31,7 @@ from .wire import INBAND_LIMIT, MAX_FRAMES
 log = logging.getLogger("fedq.transport")
 
 POLL_MS = 50  # longest a loop sleeps before looking at timers, deletes and children
-BATCH = 256  # pipelined messages queued before the I/O thread is woken to send them
+BATCH = 256  # pipelined messages queued before the caller sends them without waiting
 
 
 def context() -> zmq.Context:
@@ -273,17 +273,23 @@ class _RefUpdate:
 
 @dataclass(slots=True)
 class _Flush:
-    done: threading.Event
+    sent: bool = False  # set (under cv) by the leader once everything queued before it is sent
 
 
-class IOThread(threading.Thread):
-    """The user process's only socket owner.
+class ClientSockets:
+    """The user process's DEALER sockets (one per worker), driven by whichever thread waits.
 
-    Other threads hand it frames through `submit` (a deque plus a wakeup pipe).
-    `queue_ref_update` (a delete, or a reference changing hands) is safe to call from
-    `__del__`: it only appends to the deque; updates are batched per worker, one message
-    for a batch, sent in order with everything else after at most POLL_MS. `flush()`
-    waits until everything queued so far is sent.
+    Leader/follower: at any moment at most one thread *leads* (owns every socket; taking
+    the lead under `cv` is the memory barrier zmq asks of a socket changing threads). A
+    thread that waits for an answer leads if nobody does: it sends what is queued, polls,
+    and hands every reply to `on_replies` itself, so a round trip costs no hand-off to
+    another thread and back. Other waiting threads follow (sleep on `cv`) and take over
+    when the leader is done. A background thread leads only once callers have left the
+    sockets alone for POLL_MS: it sends what `__del__` queued and reads late replies.
+
+    `submit` and `queue_ref_update` only append to a deque (safe from `__del__`, never
+    I/O); everything queued goes out in order. Reference updates (deletes, hand-overs)
+    are batched per worker, one message a batch.
     """
 
     def __init__(
@@ -294,7 +300,7 @@ class IOThread(threading.Thread):
         seal: Callable[[Any], list],
         on_tick: Callable[[], None],
     ) -> None:
-        super().__init__(name="fedq-io", daemon=True)
+        self.cv = threading.Condition()  # guards the lead, and what waiters wait on (the client's calls)
         self._on_replies = on_replies
         self._encode_ref_updates = encode_ref_updates
         self._seal = seal
@@ -305,35 +311,64 @@ class IOThread(threading.Thread):
         self._poller = zmq.Poller()
         self._poller.register(self._wake_r, zmq.POLLIN)
         self.peers = PeerSockets(self._poller, name)
-        self._stopping = False
-        self._sleeping = False  # in poll(): a submit must wake it; otherwise it will see the item anyway
-        # A wake-up is on its way: a caller that holds the interpreter lock while the loop
-        # waits for it must not write to the pipe once per submit meanwhile.
-        self._wake_sent = False
+        self._leading = False
+        self._background_leads = False
+        self._followers = 0
+        self._closed = False
+        self._caller_active_at = 0.0  # the background keeps out for POLL_MS after a caller led or asked to
+        self._next_tick = time.monotonic()
+        self._wake_sent = False  # a wake-up is in the pipe: don't write one per submit
         # Set by queue_ref_update, cleared only by flush_ref_updates: a reader that finds it
         # set flushes, so updates its own thread queued earlier reach the workers first.
         self._updates_dirty = False
+        self._stopping = threading.Event()
+        self._background = threading.Thread(target=self._run_background, name="fedq-io", daemon=True)
 
-    # ---- any thread
+    def start(self) -> None:
+        self._background.start()
+
+    # ---- any thread, no I/O
     def submit(self, address: str, message: Any, *, urgent: bool = True, may_pass_updates: bool = False) -> None:
-        """Queue a packed message for `address`; it is sealed (`seal`) when sent. A pipelined request (`urgent=False`) does not wake the
-        loop: waking it hands the interpreter lock over once per message, which costs more
-        than the message. It goes out with the next urgent one, at the next wait (`kick`),
-        once BATCH have queued, or after POLL_MS. Reference updates queued before it go
-        first, unless `may_pass_updates`: then they wait to go out together, at the end of
-        the batch."""
+        """Queue a packed message for `address` (sealed by `seal` when sent). An urgent one
+        is sent by the wait that follows it; a pipelined one (`urgent=False`) goes out with
+        the next wait, once BATCH have queued, or after POLL_MS. Reference updates queued
+        before it go first, unless `may_pass_updates`: then they go at the end of the batch."""
         self._outbox.append((address, message, may_pass_updates))
-        if (urgent or len(self._outbox) >= BATCH) and self._sleeping:
-            self._wake()  # (the loop re-checks the outbox after saying it sleeps: no lost wake-up)
-
-    def kick(self) -> None:
-        """Someone is about to wait: send what is queued now."""
-        if self._outbox and self._sleeping:
-            self._wake()
+        if not urgent and len(self._outbox) >= BATCH:
+            self._send_batch()
 
     def queue_ref_update(self, address: str, update: Any) -> None:
         self._outbox.append(_RefUpdate(address, update))
         self._updates_dirty = True
+
+    # ---- I/O, on the calling thread when it can lead
+    def wait_until(self, done: Callable[[], bool], timeout: float) -> bool:
+        """Drive the sockets (or follow whoever does) until `done()`, checked under `cv`, holds;
+        False after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        if not self._take_lead(done, deadline):
+            with self.cv:
+                return done()
+        try:
+            while True:
+                self._pump(max(0.0, min(deadline - time.monotonic(), POLL_MS / 1000)))
+                with self.cv:
+                    if done():
+                        return True
+                if time.monotonic() >= deadline:
+                    return False
+        finally:
+            self._drop_lead()
+
+    def flush(self, timeout: float) -> None:
+        """Return once everything queued so far is sent (by this thread, or by the leader)."""
+        marker = _Flush()
+        self._outbox.append(marker)
+        if self._take_lead(lambda: marker.sent, time.monotonic() + timeout):
+            try:
+                self._pump(0.0)
+            finally:
+                self._drop_lead()
 
     def flush_ref_updates(self, timeout: float) -> None:
         """Make every reference update queued so far a registered, sent request."""
@@ -341,61 +376,95 @@ class IOThread(threading.Thread):
             self._updates_dirty = False
             self.flush(timeout)
 
-    def flush(self, timeout: float) -> None:
-        done = threading.Event()
-        self._outbox.append(_Flush(done))
-        self._wake()
-        done.wait(timeout)
+    def _send_batch(self) -> None:
+        """A batch of pipelined requests is queued: send it, and read what has arrived
+        meanwhile, if the sockets are free; otherwise their leader is told to."""
+        if self._take_lead(None, 0.0):
+            try:
+                self._pump(0.0)
+            finally:
+                self._drop_lead()
 
     def stop(self, timeout: float = 2.0) -> None:
-        self._stopping = True
+        """Stop the background thread and close the sockets (taking the lead to do so)."""
+        self._stopping.set()
         self._wake()
-        if self.is_alive() and threading.current_thread() is not self:
-            self.join(timeout)
+        if self._background.is_alive() and threading.current_thread() is not self._background:
+            self._background.join(timeout)
+        if self._take_lead(None, time.monotonic() + timeout):
+            self.peers.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_r = self._wake_w = -1
+            with self.cv:  # the lead is never given back: nothing touches the closed sockets
+                self._closed = True
+                self.cv.notify_all()
+
+    # ---- the lead
+    def _take_lead(self, done: Callable[[], bool] | None, deadline: float) -> bool:
+        """Become the leader; False when `done()` holds first or `deadline` passes."""
+        with self.cv:
+            while True:
+                if done is not None and done():
+                    return False
+                if self._closed:
+                    return False
+                if not self._leading:
+                    self._leading = True
+                    self._background_leads = threading.current_thread() is self._background
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    if self._outbox:
+                        self._wake()  # the leader sends what we queued
+                    return False
+                self._wake()  # the leader sends what we queued, and lets go if it is the background
+                self._caller_active_at = time.monotonic()  # (the background then keeps out a while)
+                self._followers += 1
+                try:
+                    self.cv.wait(remaining)
+                finally:
+                    self._followers -= 1
+
+    def _drop_lead(self) -> None:
+        with self.cv:
+            self._leading = False
+            if not self._background_leads:
+                self._caller_active_at = time.monotonic()
+            if self._followers:
+                self.cv.notify_all()
 
     def _wake(self) -> None:
-        if self._wake_sent:
+        if self._wake_sent or self._wake_w < 0:
             return
         self._wake_sent = True
         try:
             os.write(self._wake_w, b"\0")
         except (BlockingIOError, OSError):
-            pass  # the pipe is full: the loop is awake already
+            pass  # the pipe is full: the leader is awake already
 
-    # ---- the I/O thread
-    def run(self) -> None:
-        next_tick = time.monotonic()
-        try:
-            while True:
-                self._sleeping = True
-                events = dict(self._poller.poll(0 if self._outbox else POLL_MS))
-                self._sleeping = False
-                if self._wake_r in events:
-                    try:
-                        while os.read(self._wake_r, 65536):
-                            pass
-                    except BlockingIOError:
-                        pass
-                    self._wake_sent = False  # (after draining: a wake written meanwhile stays in the pipe)
-                self._send_outbox()
-                for sock, address in list(self.peers.address_of.items()):
-                    if sock in events:
-                        messages = self.peers.drain(sock)
-                        if messages:
-                            self._on_replies(address, messages)
-                if self._stopping:
-                    return
-                now = time.monotonic()
-                if now >= next_tick:
-                    next_tick = now + POLL_MS / 1000
-                    self._on_tick()
-        except Exception:  # pragma: no cover - a bug here must be loud, not a silent hang
-            log.exception("fedq I/O thread crashed")
-            raise
-        finally:
-            self.peers.close()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+    # ---- the leader only
+    def _pump(self, timeout: float) -> None:
+        """One turn: send the queue, poll up to `timeout` s (less if woken), deliver replies."""
+        self._send_outbox()
+        events = dict(self._poller.poll(timeout * 1000 if not self._outbox else 0))
+        if self._wake_r in events:
+            try:
+                while os.read(self._wake_r, 65536):
+                    pass
+            except BlockingIOError:
+                pass
+            self._wake_sent = False  # (after draining: a wake written meanwhile stays in the pipe)
+            self._send_outbox()
+        for sock, address in list(self.peers.address_of.items()):
+            if sock in events:
+                messages = self.peers.drain(sock)
+                if messages:
+                    self._on_replies(address, messages)
+        now = time.monotonic()
+        if now >= self._next_tick:
+            self._next_tick = now + POLL_MS / 1000
+            self._on_tick()
 
     def _send_outbox(self) -> None:
         updates: dict[str, list[Any]] = {}
@@ -406,7 +475,9 @@ class IOThread(threading.Thread):
                 updates.setdefault(item.address, []).append(item.update)
             elif type(item) is _Flush:
                 self._send_ref_updates(updates)
-                item.done.set()
+                with self.cv:
+                    item.sent = True
+                    self.cv.notify_all()
             else:
                 address, message, may_pass_updates = item
                 if address in updates and not may_pass_updates:  # earlier updates go first
@@ -418,3 +489,25 @@ class IOThread(threading.Thread):
         for address, batch in updates.items():
             self.peers.send(address, self._seal(self._encode_ref_updates(address, batch)))
         updates.clear()
+
+    # ---- the background thread
+    def _run_background(self) -> None:
+        """Lead while no caller does: what `__del__` queued goes out within about POLL_MS
+        of a caller's last wait, and replies nobody waits for are read."""
+        try:
+            while not self._stopping.is_set():
+                with self.cv:
+                    idle = not self._leading and time.monotonic() - self._caller_active_at >= POLL_MS / 1000
+                    if idle:
+                        self._leading, self._background_leads = True, True
+                if not idle:
+                    self._stopping.wait(POLL_MS / 1000)
+                    continue
+                try:
+                    self._pump(POLL_MS / 1000)
+                finally:
+                    self._drop_lead()
+        except Exception:  # pragma: no cover - a bug here must be loud, not a silent hang
+            log.exception("fedq I/O thread crashed")
+            raise
+
