@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import zmq
 
@@ -346,9 +346,9 @@ class ClientSockets:
         """Drive the sockets (or follow whoever does) until `done()`, checked under `cv`, holds;
         False after `timeout` seconds."""
         deadline = time.monotonic() + timeout
-        if not self._take_lead(done, deadline):
-            with self.cv:
-                return done()
+        outcome = self._take_lead(done, deadline)
+        if outcome != "leading":
+            return outcome == "done"  # (done() may not hold any more: another thread may have queued since)
         try:
             while True:
                 self._pump(max(0.0, min(deadline - time.monotonic(), POLL_MS / 1000)))
@@ -364,7 +364,7 @@ class ClientSockets:
         """Return once everything queued so far is sent (by this thread, or by the leader)."""
         marker = _Flush()
         self._outbox.append(marker)
-        if self._take_lead(lambda: marker.sent, time.monotonic() + timeout):
+        if self._take_lead(lambda: marker.sent, time.monotonic() + timeout) == "leading":
             try:
                 self._pump(0.0)
             finally:
@@ -379,7 +379,7 @@ class ClientSockets:
     def _send_batch(self) -> None:
         """A batch of pipelined requests is queued: send it, and read what has arrived
         meanwhile, if the sockets are free; otherwise their leader is told to."""
-        if self._take_lead(None, 0.0):
+        if self._take_lead(None, 0.0) == "leading":
             try:
                 self._pump(0.0)
             finally:
@@ -391,7 +391,7 @@ class ClientSockets:
         self._wake()
         if self._background.is_alive() and threading.current_thread() is not self._background:
             self._background.join(timeout)
-        if self._take_lead(None, time.monotonic() + timeout):
+        if self._take_lead(None, time.monotonic() + timeout) == "leading":
             self.peers.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
@@ -401,23 +401,23 @@ class ClientSockets:
                 self.cv.notify_all()
 
     # ---- the lead
-    def _take_lead(self, done: Callable[[], bool] | None, deadline: float) -> bool:
-        """Become the leader; False when `done()` holds first or `deadline` passes."""
+    def _take_lead(self, done: Callable[[], bool] | None, deadline: float) -> Literal["leading", "done", "gave up"]:
+        """Become the leader, unless `done()` holds first (as a follower) or `deadline` passes."""
         with self.cv:
             while True:
                 if done is not None and done():
-                    return False
+                    return "done"
                 if self._closed:
-                    return False
+                    return "gave up"
                 if not self._leading:
                     self._leading = True
                     self._background_leads = threading.current_thread() is self._background
-                    return True
+                    return "leading"
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     if self._outbox:
                         self._wake()  # the leader sends what we queued
-                    return False
+                    return "gave up"
                 self._wake()  # the leader sends what we queued, and lets go if it is the background
                 self._caller_active_at = time.monotonic()  # (the background then keeps out a while)
                 self._followers += 1
