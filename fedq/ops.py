@@ -14,6 +14,8 @@ from typing import Any, Callable, NamedTuple
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from .errors import UnsupportedOperationError
+
 #: namespaces whose public callables may run on a worker, by the prefix used on the wire
 NAMESPACES: dict[str, Any] = {
     "Tensor": torch.Tensor,
@@ -79,8 +81,6 @@ def name_of(func: Callable) -> str | None:
 
 def resolve(name: str) -> Callable:
     """The function behind a wire name; raises UnsupportedOperationError for anything else."""
-    from .errors import UnsupportedOperationError
-
     func = _functions().get(name)
     if func is None:
         raise UnsupportedOperationError(f"{name!r} is not a torch function fedq runs remotely")

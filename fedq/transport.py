@@ -26,7 +26,7 @@ from typing import Any, Callable, Literal
 
 import zmq
 
-from .wire import INBAND_LIMIT, MAX_FRAMES
+from .wire import INBAND_LIMIT, MAX_BATCH, MAX_FRAMES, split_messages
 
 log = logging.getLogger("fedq.transport")
 
@@ -75,15 +75,13 @@ def send_frames(sock: zmq.Socket, frames: list, prefix: list | None = None) -> i
 def recv_frames(sock: zmq.Socket, copied: int) -> list:
     """Receive one multipart message without blocking: the first `copied` frames as bytes
     (routing id, header), the rest zero-copy when large. Raises zmq.Again when none waits."""
-    parts: list = [sock.recv(zmq.NOBLOCK)]
-    while sock.getsockopt(zmq.RCVMORE):
+    frame = sock.recv(zmq.NOBLOCK, copy=False)  # (a Frame says whether more follow: no getsockopt per frame)
+    parts: list = [frame.bytes]
+    while frame.more:
+        frame = sock.recv(copy=False)
         if len(parts) > MAX_FRAMES:  # a message no fedq peer sends: drained, not kept (decode refuses it)
-            sock.recv()
-        elif len(parts) < copied:
-            parts.append(sock.recv())
-        else:
-            frame = sock.recv(copy=False)
-            parts.append(frame if len(frame) >= INBAND_LIMIT else frame.bytes)
+            continue
+        parts.append(frame.bytes if len(parts) < copied or len(frame) < INBAND_LIMIT else frame)
     return parts
 
 
@@ -245,7 +243,8 @@ class ServerLoop:
                 events = dict(self.poller.poll(POLL_MS))
                 if self.router in events:
                     for frames in self.peers.drain(self.router, limit=1000):
-                        self._on_request(frames[0], frames[1:])
+                        for message in split_messages(frames[1:]):
+                            self._on_request(frames[0], message)
                         if not self.running:
                             self._on_batch_end()
                             return
@@ -253,7 +252,8 @@ class ServerLoop:
                 for sock, address in list(self.peers.address_of.items()):
                     if sock in events:
                         for frames in self.peers.drain(sock):
-                            self._on_peer_reply(address, frames)
+                            for message in split_messages(frames):
+                                self._on_peer_reply(address, message)
                 now = time.monotonic()
                 if now >= next_tick:
                     next_tick = now + POLL_MS / 1000
@@ -458,7 +458,7 @@ class ClientSockets:
             self._send_outbox()
         for sock, address in list(self.peers.address_of.items()):
             if sock in events:
-                messages = self.peers.drain(sock)
+                messages = [message for frames in self.peers.drain(sock) for message in split_messages(frames)]
                 if messages:
                     self._on_replies(address, messages)
         now = time.monotonic()
@@ -467,27 +467,32 @@ class ClientSockets:
             self._on_tick()
 
     def _send_outbox(self) -> None:
+        """Send everything queued, in order per worker: what goes to one worker travels as
+        one zmq message of several fedq messages (one send, one wake-up at each end)."""
         updates: dict[str, list[Any]] = {}
+        batches = _Batches(self.peers)
         outbox = self._outbox
         while outbox:
             item = outbox.popleft()
             if type(item) is _RefUpdate:
                 updates.setdefault(item.address, []).append(item.update)
             elif type(item) is _Flush:
-                self._send_ref_updates(updates)
+                self._add_ref_updates(batches, updates)
+                batches.send()
                 with self.cv:
                     item.sent = True
                     self.cv.notify_all()
             else:
                 address, message, may_pass_updates = item
                 if address in updates and not may_pass_updates:  # earlier updates go first
-                    self._send_ref_updates({address: updates.pop(address)})
-                self.peers.send(address, self._seal(message))
-        self._send_ref_updates(updates)
+                    self._add_ref_updates(batches, {address: updates.pop(address)})
+                batches.add(address, self._seal(message))
+        self._add_ref_updates(batches, updates)
+        batches.send()
 
-    def _send_ref_updates(self, updates: dict[str, list[Any]]) -> None:
+    def _add_ref_updates(self, batches: "_Batches", updates: dict[str, list[Any]]) -> None:
         for address, batch in updates.items():
-            self.peers.send(address, self._seal(self._encode_ref_updates(address, batch)))
+            batches.add(address, self._seal(self._encode_ref_updates(address, batch)))
         updates.clear()
 
     # ---- the background thread
@@ -511,3 +516,30 @@ class ClientSockets:
             log.exception("fedq I/O thread crashed")
             raise
 
+
+class _Batches:
+    """Sealed messages gathered per address, sent as one zmq message each (MAX_BATCH
+    messages and MAX_FRAMES frames at most; `wire.split_messages` takes them apart)."""
+
+    def __init__(self, peers: PeerSockets) -> None:
+        self._peers = peers
+        self._frames: dict[str, list] = {}
+        self._counts: dict[str, int] = {}
+
+    def add(self, address: str, frames: list) -> None:
+        gathered = self._frames.get(address)
+        if gathered is None:
+            self._frames[address], self._counts[address] = list(frames), 1
+            return
+        if self._counts[address] == MAX_BATCH or len(gathered) + len(frames) > MAX_FRAMES:
+            self._peers.send(address, gathered)
+            self._frames[address], self._counts[address] = list(frames), 1
+            return
+        gathered += frames
+        self._counts[address] += 1
+
+    def send(self) -> None:
+        for address, frames in self._frames.items():
+            self._peers.send(address, frames)
+        self._frames.clear()
+        self._counts.clear()

@@ -46,6 +46,8 @@ import cloudpickle
 import torch
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 
+from .errors import CodeNotAllowedError, ProtocolError
+
 INBAND_LIMIT = 64 * 1024
 
 # --------------------------------------------------------------------------- values
@@ -329,6 +331,9 @@ _STAMP = struct.Struct("!16sQQI")  # session id, message counter, seq, number of
 _LENGTH = struct.Struct("!Q")
 SIGNATURE_BYTES = 32
 MAX_FRAMES = 1 + 65536  # a header and its buffers: a stranger must not make us walk millions of empty frames
+MAX_BATCH = 1024  # fedq messages that one zmq message may carry back to back
+_COUNT = struct.Struct("!I")  # the stamp's last field: how many buffer frames follow the header
+_COUNT_AT = SIGNATURE_BYTES + _STAMP.size - _COUNT.size
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 30
 
 
@@ -453,8 +458,6 @@ class Codec:
         fedq message or names anything outside the allow-list (then `error.seq` says
         which request to answer: the sender did hold the key).
         """
-        from .errors import ProtocolError
-
         if not frames or len(frames) > MAX_FRAMES:
             raise ProtocolError(f"a message of {len(frames)} frames (1 to {MAX_FRAMES})")
         header, buffers = memoryview(_as_buffer(frames[0])), [memoryview(_as_buffer(f)) for f in frames[1:]]
@@ -482,6 +485,23 @@ class Codec:
         if not isinstance(message, REQUESTS + REPLIES):
             raise ProtocolError(f"not a fedq message: {type(message).__name__}", seq=seq)
         return seq, message
+
+
+def split_messages(frames: list) -> list[list]:
+    """The fedq messages one zmq message carries back to back (each a header, then as many
+    buffer frames as its stamp counts), up to MAX_BATCH. Frames that do not parse are left
+    as one last message, which `decode` then refuses (nothing is trusted before that)."""
+    if len(frames) == 1:
+        return [frames]
+    messages, i = [], 0
+    while i < len(frames):
+        header = memoryview(_as_buffer(frames[i]))
+        end = i + 1 + _COUNT.unpack_from(header, _COUNT_AT)[0] if header.nbytes >= _COUNT_AT + _COUNT.size else len(frames)
+        if end > len(frames) or len(messages) == MAX_BATCH - 1:
+            end = len(frames)
+        messages.append(frames[i:end])
+        i = end
+    return messages
 
 
 def answers(seq: int, reply: Any) -> list[tuple[int, Any]]:
@@ -518,8 +538,6 @@ class _SafeUnpickler(pickle.Unpickler):
             return getattr(torch.return_types, name)
         if module == "collections" and name == "OrderedDict":
             return collections.OrderedDict
-        from .errors import CodeNotAllowedError
-
         raise CodeNotAllowedError(
             f"{module}.{name} is not allowed in a fedq message: shipping code (functions, classes) is "
             "refused; start the receiving worker with --allow-code (or allow_code=True) to allow it"

@@ -75,6 +75,25 @@ def test_messages_of_no_frames_or_too_many_are_refused_before_any_hashing():
             receiver.decode(frames)
 
 
+def test_one_zmq_message_carries_several_and_each_is_verified_alone():
+    sender, receiver = _pair()
+    batch = [*sender.encode(1, wire.Ping()), *sender.encode(2, wire.StoreObject(7, th.ones(64 * 1024))), *sender.encode(3, wire.Ping())]
+    messages = wire.split_messages(batch)
+    assert [len(m) for m in messages] == [1, 2, 1]
+    assert [receiver.decode(m)[0] for m in messages] == [1, 2, 3]
+    # A forged count cannot make frames of one message pass as another's: they fail their own signature.
+    lying = bytearray(batch[0])
+    lying[wire._COUNT_AT : wire._COUNT_AT + 4] = (1).to_bytes(4, "big")
+    first, *rest = wire.split_messages([bytes(lying), *batch[1:]])
+    with pytest.raises(ProtocolError, match="bad signature"):
+        receiver.decode(first)
+    # Frames that do not parse, or more than MAX_BATCH messages, end as one message that is refused.
+    assert wire.split_messages([b""] * 5) == [[b""] * 5]
+    pings = [f for seq in range(wire.MAX_BATCH + 3) for f in sender.encode(seq, wire.Ping())]
+    split = wire.split_messages(pings)
+    assert len(split) == wire.MAX_BATCH and len(split[-1]) == 4
+
+
 def test_wrong_key_and_unsigned_messages_are_refused_before_unpickling():
     stranger = wire.Codec(wire.new_key())
     receiver = wire.Codec(KEY)
