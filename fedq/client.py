@@ -227,8 +227,8 @@ class Client:
         ids = tuple(u for u in updates if type(u) is int)
         return self.codec.pack(seq, DeleteObjects(ids, hand_overs=tuple(u for u in updates if type(u) is tuple)))
 
-    def _seal(self, packed: wire.Packed) -> list:  # runs where the sockets are driven
-        return self.codec.seal(packed)
+    def _seal(self, packed: list[wire.Packed]) -> list:  # runs where the sockets are driven
+        return self.codec.seal_many(packed)
 
     # ---- waiting
     def wait(self, call: Call, timeout: float | None = None) -> Any:
@@ -306,11 +306,16 @@ class Client:
         answers = []
         for frames in messages:
             try:
-                answers.append(self.codec.decode(frames))
+                decoded = self.codec.decode_all(frames)
             except ProtocolError as error:
-                log.warning("dropped a reply from %s: %s", address, error)
-                if error.seq is not None:  # signed, but refused (it carried code): fail that request
-                    answers.append((error.seq, Failure.from_exception(error, self.name_of(address))))
+                decoded = [(error.seq, error)]
+            for seq, reply in decoded:
+                if isinstance(reply, ProtocolError):
+                    log.warning("dropped a reply from %s: %s", address, reply)
+                    if seq is None:
+                        continue
+                    reply = Failure.from_exception(reply, self.name_of(address))  # signed, but refused: fail that request
+                answers.append((seq, reply))
         with self._cv:
             for envelope_seq, reply in answers:
                 for seq, message in wire.answers(envelope_seq, reply):

@@ -26,7 +26,7 @@ from typing import Any, Callable, Literal
 
 import zmq
 
-from .wire import INBAND_LIMIT, MAX_BATCH, MAX_FRAMES, split_messages
+from .wire import INBAND_LIMIT, MAX_BATCH, MAX_FRAMES
 
 log = logging.getLogger("fedq.transport")
 
@@ -243,8 +243,7 @@ class ServerLoop:
                 events = dict(self.poller.poll(POLL_MS))
                 if self.router in events:
                     for frames in self.peers.drain(self.router, limit=1000):
-                        for message in split_messages(frames[1:]):
-                            self._on_request(frames[0], message)
+                        self._on_request(frames[0], frames[1:])
                         if not self.running:
                             self._on_batch_end()
                             return
@@ -252,8 +251,7 @@ class ServerLoop:
                 for sock, address in list(self.peers.address_of.items()):
                     if sock in events:
                         for frames in self.peers.drain(sock):
-                            for message in split_messages(frames):
-                                self._on_peer_reply(address, message)
+                            self._on_peer_reply(address, frames)
                 now = time.monotonic()
                 if now >= next_tick:
                     next_tick = now + POLL_MS / 1000
@@ -297,7 +295,7 @@ class ClientSockets:
         name: str,
         on_replies: Callable[[str, list[list]], None],
         encode_ref_updates: Callable[[str, list[Any]], Any],
-        seal: Callable[[Any], list],
+        seal: Callable[[list[Any]], list],
         on_tick: Callable[[], None],
     ) -> None:
         self.cv = threading.Condition()  # guards the lead, and what waiters wait on (the client's calls)
@@ -458,7 +456,7 @@ class ClientSockets:
             self._send_outbox()
         for sock, address in list(self.peers.address_of.items()):
             if sock in events:
-                messages = [message for frames in self.peers.drain(sock) for message in split_messages(frames)]
+                messages = self.peers.drain(sock)
                 if messages:
                     self._on_replies(address, messages)
         now = time.monotonic()
@@ -467,10 +465,10 @@ class ClientSockets:
             self._on_tick()
 
     def _send_outbox(self) -> None:
-        """Send everything queued, in order per worker: what goes to one worker travels as
-        one zmq message of several fedq messages (one send, one wake-up at each end)."""
+        """Send everything queued, in order per worker: what goes to one worker travels as one
+        message (`seal` makes one of several: one signature, one send, one wake-up at each end)."""
         updates: dict[str, list[Any]] = {}
-        batches = _Batches(self.peers)
+        batches = _Batches(self.peers, self._seal)
         outbox = self._outbox
         while outbox:
             item = outbox.popleft()
@@ -486,13 +484,13 @@ class ClientSockets:
                 address, message, may_pass_updates = item
                 if address in updates and not may_pass_updates:  # earlier updates go first
                     self._add_ref_updates(batches, {address: updates.pop(address)})
-                batches.add(address, self._seal(message))
+                batches.add(address, message)
         self._add_ref_updates(batches, updates)
         batches.send()
 
     def _add_ref_updates(self, batches: "_Batches", updates: dict[str, list[Any]]) -> None:
         for address, batch in updates.items():
-            batches.add(address, self._seal(self._encode_ref_updates(address, batch)))
+            batches.add(address, self._encode_ref_updates(address, batch))
         updates.clear()
 
     # ---- the background thread
@@ -518,28 +516,27 @@ class ClientSockets:
 
 
 class _Batches:
-    """Sealed messages gathered per address, sent as one zmq message each (MAX_BATCH
-    messages and MAX_FRAMES frames at most; `wire.split_messages` takes them apart)."""
+    """Packed messages gathered per address; each address's are sealed together (`seal`)
+    and sent as one message: at most MAX_BATCH messages and MAX_FRAMES frames each."""
 
-    def __init__(self, peers: PeerSockets) -> None:
+    def __init__(self, peers: PeerSockets, seal: Callable[[list[Any]], list]) -> None:
         self._peers = peers
-        self._frames: dict[str, list] = {}
-        self._counts: dict[str, int] = {}
+        self._seal = seal
+        self._packed: dict[str, list[Any]] = {}
+        self._frames: dict[str, int] = {}
 
-    def add(self, address: str, frames: list) -> None:
-        gathered = self._frames.get(address)
-        if gathered is None:
-            self._frames[address], self._counts[address] = list(frames), 1
-            return
-        if self._counts[address] == MAX_BATCH or len(gathered) + len(frames) > MAX_FRAMES:
-            self._peers.send(address, gathered)
-            self._frames[address], self._counts[address] = list(frames), 1
-            return
-        gathered += frames
-        self._counts[address] += 1
+    def add(self, address: str, packed: Any) -> None:
+        gathered = self._packed.setdefault(address, [])
+        frames = 1 + len(packed.buffers)
+        if gathered and (len(gathered) == MAX_BATCH or self._frames[address] + frames > MAX_FRAMES):
+            self._peers.send(address, self._seal(gathered))
+            gathered = self._packed[address] = []
+            self._frames[address] = 0
+        gathered.append(packed)
+        self._frames[address] = self._frames.get(address, 0) + frames
 
     def send(self) -> None:
-        for address, frames in self._frames.items():
-            self._peers.send(address, frames)
+        for address, gathered in self._packed.items():
+            self._peers.send(address, self._seal(gathered))
+        self._packed.clear()
         self._frames.clear()
-        self._counts.clear()

@@ -16,7 +16,10 @@ A message on the wire is a header frame, then one frame per out-of-band buffer::
   the body. Buffers under `INBAND_LIMIT` stay in the body.
 
 One header frame, not three: every frame costs a pass through pyzmq on each side,
-and a round trip of a small op is mostly such fixed costs.
+and a round trip of a small op is mostly such fixed costs. For the same reason what
+a sender has queued for one receiver goes as one `Batch` (`seal_many`): one stamp
+and one signature over several messages, each pickled and unpickled on its own, so
+that one the receiver refuses is answered with a failure and spoils no other.
 
 Unpickling goes through an allow-list (`_SafeUnpickler`): fedq's messages,
 tensors, torch dtypes and a few builtins. A cloudpickled function or class (code)
@@ -245,6 +248,15 @@ class Acked:
 
 
 @dataclass
+class Batch:
+    """Several messages under one stamp and one signature (what one flush sends one worker).
+    Each item is (seq, the message's own pickle, how many of the buffer frames that follow
+    are its own); each is unpickled alone, so one that is refused spoils none of the others."""
+
+    items: tuple[tuple[int, bytes, int], ...]
+
+
+@dataclass
 class Failure:
     """A request failed on `worker`; rebuilt as an exception by the receiver."""
 
@@ -326,7 +338,7 @@ class _Pickler(pickle.Pickler):
         **copyreg.dispatch_table,
         torch.Tensor: _reduce_any_tensor,
         torch.nn.Parameter: _reduce_any_tensor,
-        **{cls: _by_fields(cls) for cls in (*REQUESTS, *REPLIES, PointerSpec, Ref, ObjectInfo, WorkerStatus)},
+        **{cls: _by_fields(cls) for cls in (*REQUESTS, *REPLIES, Batch, PointerSpec, Ref, ObjectInfo, WorkerStatus)},
     }
 
 
@@ -346,9 +358,7 @@ _STAMP = struct.Struct("!16sQQI")  # session id, message counter, seq, number of
 _LENGTH = struct.Struct("!Q")
 SIGNATURE_BYTES = 32
 MAX_FRAMES = 1 + 65536  # a header and its buffers: a stranger must not make us walk millions of empty frames
-MAX_BATCH = 1024  # fedq messages that one zmq message may carry back to back
-_COUNT = struct.Struct("!I")  # the stamp's last field: how many buffer frames follow the header
-_COUNT_AT = SIGNATURE_BYTES + _STAMP.size - _COUNT.size
+MAX_BATCH = 1024  # messages a sender puts in one Batch
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 30
 
 
@@ -465,14 +475,53 @@ class Codec:
         header[:SIGNATURE_BYTES] = self._sign(memoryview(header)[SIGNATURE_BYTES:], packed.buffers)
         return [header, *packed.buffers]
 
+    def seal_many(self, packed: list["Packed"]) -> list:
+        """Several packed messages as one `Batch`: one stamp and one signature for all of them
+        (the receiver's `decode_all` takes it apart). A single message is sealed as itself."""
+        if len(packed) == 1:
+            return self.seal(packed[0])
+        out = io.BytesIO()
+        _Pickler(out, protocol=5).dump(Batch(tuple((p.seq, bytes(p.body), len(p.buffers)) for p in packed)))
+        return self.seal(Packed(0, out.getbuffer(), [buffer for p in packed for buffer in p.buffers]))
+
     def decode(self, frames: list) -> tuple[int, Any]:
-        """Inverse of `encode`. Frames may be bytes, memoryviews or zmq.Frame objects.
+        """Inverse of `encode`, for one message (not a Batch). Frames may be bytes,
+        memoryviews or zmq.Frame objects.
 
         Raises ProtocolError, before unpickling anything, for a message that is too
         large, unsigned, wrongly signed or replayed; and for one whose body is not a
         fedq message or names anything outside the allow-list (then `error.seq` says
         which request to answer: the sender did hold the key).
         """
+        seq, body, buffers = self._open(frames)
+        return seq, self._unpickle(seq, body, buffers)
+
+    def decode_all(self, frames: list) -> list[tuple[int, Any]]:
+        """Inverse of `seal` and `seal_many`: (seq, message) for each message the frames carry.
+        A message of a batch that is refused comes as (seq, ProtocolError), and the others
+        still count. Raises ProtocolError, as `decode` does, when the whole is refused."""
+        seq, body, buffers = self._open(frames)
+        message = self._unpickle(seq, body, buffers, batch=True)
+        if type(message) is not Batch:
+            return [(seq, message)]
+        try:
+            items = [(int(item_seq), memoryview(item_body), int(count)) for item_seq, item_body, count in message.items]
+        except (TypeError, ValueError) as error:
+            raise ProtocolError(f"a malformed batch: {error}") from None
+        if any(count < 0 for _, _, count in items) or sum(count for _, _, count in items) != len(buffers):
+            raise ProtocolError("a batch whose messages do not account for its buffers")
+        decoded: list[tuple[int, Any]] = []
+        start = 0
+        for item_seq, item_body, count in items:
+            try:
+                decoded.append((item_seq, self._unpickle(item_seq, item_body, buffers[start : start + count])))
+            except ProtocolError as error:
+                decoded.append((item_seq, error))
+            start += count
+        return decoded
+
+    def _open(self, frames: list) -> tuple[int, memoryview, list]:
+        """Check size, signature, stamp and replay: (seq, pickled body, buffers)."""
         if not frames or len(frames) > MAX_FRAMES:
             raise ProtocolError(f"a message of {len(frames)} frames (1 to {MAX_FRAMES})")
         header, buffers = memoryview(_as_buffer(frames[0])), [memoryview(_as_buffer(f)) for f in frames[1:]]
@@ -489,34 +538,19 @@ class Codec:
             raise ProtocolError(f"the stamp says {count} buffers follow, not {len(buffers)}")
         if not self._replays.accept(session, counter):
             raise ProtocolError("replayed message refused")
+        return seq, signed[_STAMP.size :], buffers
+
+    def _unpickle(self, seq: int, body: memoryview, buffers: list, *, batch: bool = False) -> Any:
         try:
-            unpickler = (pickle.Unpickler if self.allow_code else _SafeUnpickler)(io.BytesIO(signed[_STAMP.size :]), buffers=buffers)
-            message = unpickler.load()
+            message = (pickle.Unpickler if self.allow_code else _SafeUnpickler)(io.BytesIO(body), buffers=buffers).load()
         except ProtocolError as error:
             error.seq = seq
             raise
         except Exception as error:
             raise ProtocolError(f"undecodable message: {type(error).__name__}: {error}", seq=seq) from None
-        if not isinstance(message, REQUESTS + REPLIES):
+        if not isinstance(message, REQUESTS + REPLIES) and not (batch and type(message) is Batch):
             raise ProtocolError(f"not a fedq message: {type(message).__name__}", seq=seq)
-        return seq, message
-
-
-def split_messages(frames: list) -> list[list]:
-    """The fedq messages one zmq message carries back to back (each a header, then as many
-    buffer frames as its stamp counts), up to MAX_BATCH. Frames that do not parse are left
-    as one last message, which `decode` then refuses (nothing is trusted before that)."""
-    if len(frames) == 1:
-        return [frames]
-    messages, i = [], 0
-    while i < len(frames):
-        header = memoryview(_as_buffer(frames[i]))
-        end = i + 1 + _COUNT.unpack_from(header, _COUNT_AT)[0] if header.nbytes >= _COUNT_AT + _COUNT.size else len(frames)
-        if end > len(frames) or len(messages) == MAX_BATCH - 1:
-            end = len(frames)
-        messages.append(frames[i:end])
-        i = end
-    return messages
+        return message
 
 
 def answers(seq: int, reply: Any) -> list[tuple[int, Any]]:
@@ -560,6 +594,6 @@ class _SafeUnpickler(pickle.Unpickler):
 
 
 _WIRE_NAMES = frozenset(  # (Acked is in REPLIES)
-    {cls.__name__ for cls in REQUESTS + REPLIES} | {"PointerSpec", "Ref", "ObjectInfo", "WorkerStatus", "_rebuild_tensor", "_rebuild_meta"}
+    {cls.__name__ for cls in REQUESTS + REPLIES} | {"Batch", "PointerSpec", "Ref", "ObjectInfo", "WorkerStatus", "_rebuild_tensor", "_rebuild_meta"}
 )
 

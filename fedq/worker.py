@@ -198,14 +198,20 @@ class Worker:
     # ---- incoming
     def _on_request(self, identity: bytes, frames: list) -> None:
         try:
-            seq, message = self.codec.decode(frames)
+            requests = self.codec.decode_all(frames)
         except ProtocolError as error:
-            if error.seq is None:  # not from a key holder: no answer at all
-                self._peer_log.warning("worker %s dropped a message: %s", self.id, error)
-            else:  # a key holder sent something we refuse: tell it why
-                self._peer_log.warning("worker %s refused request %d: %s", self.id, error.seq, error)
-                Reply(self, identity, error.seq).fail(error)
-            return
+            requests = [(error.seq, error)]
+        for seq, message in requests:
+            if isinstance(message, ProtocolError):
+                if seq is None:  # not from a key holder: no answer at all
+                    self._peer_log.warning("worker %s dropped a message: %s", self.id, message)
+                else:  # a key holder sent something we refuse: tell it why
+                    self._peer_log.warning("worker %s refused request %d: %s", self.id, seq, message)
+                    Reply(self, identity, seq).fail(message)
+                continue
+            self._handle(identity, seq, message)
+
+    def _handle(self, identity: bytes, seq: int, message: Any) -> None:
         reply = Reply(self, identity, seq)
         handler = HANDLERS.get(type(message))
         if handler is None:
@@ -221,19 +227,21 @@ class Worker:
 
     def _on_peer_reply(self, address: str, frames: list) -> None:
         try:
-            seq, message = self.codec.decode(frames)
+            replies = self.codec.decode_all(frames)
         except ProtocolError as error:
-            log.warning("worker %s dropped a reply from %s: %s", self.id, address, error)
-            if error.seq is None:
-                return
-            message = Failure.from_exception(error, self.id)
-            seq = error.seq
-        for seq, answer in wire.answers(seq, message):
-            relay = self._relays.pop(seq, None)
-            if relay is None:
-                log.warning("worker %s: late or unknown reply %d from %s", self.id, seq, address)
-                continue
-            relay.on_reply(answer)
+            replies = [(error.seq, error)]
+        for envelope_seq, message in replies:
+            if isinstance(message, ProtocolError):
+                log.warning("worker %s dropped a reply from %s: %s", self.id, address, message)
+                if envelope_seq is None:
+                    continue
+                message = Failure.from_exception(message, self.id)
+            for seq, answer in wire.answers(envelope_seq, message):
+                relay = self._relays.pop(seq, None)
+                if relay is None:
+                    log.warning("worker %s: late or unknown reply %d from %s", self.id, seq, address)
+                    continue
+                relay.on_reply(answer)
         self.send_acks()  # relays answered above may have acks to pass on now
 
     def _on_tick(self) -> None:

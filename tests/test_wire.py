@@ -75,23 +75,28 @@ def test_messages_of_no_frames_or_too_many_are_refused_before_any_hashing():
             receiver.decode(frames)
 
 
-def test_one_zmq_message_carries_several_and_each_is_verified_alone():
+def test_a_batch_is_signed_once_and_each_message_in_it_stands_alone():
     sender, receiver = _pair()
-    batch = [*sender.encode(1, wire.Ping()), *sender.encode(2, wire.StoreObject(7, th.ones(64 * 1024))), *sender.encode(3, wire.Ping())]
-    messages = wire.split_messages(batch)
-    assert [len(m) for m in messages] == [1, 2, 1]
-    assert [receiver.decode(m)[0] for m in messages] == [1, 2, 3]
-    # A forged count cannot make frames of one message pass as another's: they fail their own signature.
-    lying = bytearray(batch[0])
-    lying[wire._COUNT_AT : wire._COUNT_AT + 4] = (1).to_bytes(4, "big")
-    first, *rest = wire.split_messages([bytes(lying), *batch[1:]])
-    with pytest.raises(ProtocolError, match="bad signature"):
-        receiver.decode(first)
-    # Frames that do not parse, or more than MAX_BATCH messages, end as one message that is refused.
-    assert wire.split_messages([b""] * 5) == [[b""] * 5]
-    pings = [f for seq in range(wire.MAX_BATCH + 3) for f in sender.encode(seq, wire.Ping())]
-    split = wire.split_messages(pings)
-    assert len(split) == wire.MAX_BATCH and len(split[-1]) == 4
+    batch = sender.seal_many([
+        sender.pack(1, wire.Ping()),
+        sender.pack(2, wire.StoreObject(7, th.ones(64 * 1024))),  # its tensor travels as the batch's buffer
+        sender.pack(3, wire.RunOp("torch.add", (lambda x: x,), {}, ())),  # code: this receiver refuses it
+        sender.pack(4, wire.GetObject(7)),
+    ])
+    assert len(batch) == 2  # one header, one buffer: one signature for all four
+    decoded = receiver.decode_all(batch)
+    assert [seq for seq, _ in decoded] == [1, 2, 3, 4]
+    assert th.equal(decoded[1][1].obj, th.ones(64 * 1024))
+    assert isinstance(decoded[2][1], CodeNotAllowedError) and decoded[2][1].seq == 3  # answered as a failure
+    assert decoded[3][1] == wire.GetObject(7)  # the refused one spoiled nothing after it
+    # The batch is one message: tampered, replayed or unsigned, it is refused whole.
+    tampered = [bytes(batch[0]), bytearray(bytes(batch[1]))]
+    tampered[1][-1] ^= 1
+    for frames in (tampered, batch):
+        with pytest.raises(ProtocolError):
+            receiver.decode_all(frames)
+    with pytest.raises(ProtocolError, match="not a fedq message"):  # a batch where one message belongs
+        wire.Codec(KEY).decode(sender.seal_many([sender.pack(5, wire.Ping()), sender.pack(6, wire.Ping())]))
 
 
 def test_wrong_key_and_unsigned_messages_are_refused_before_unpickling():
