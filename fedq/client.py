@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import functools
 import itertools
 import logging
 import math
@@ -379,7 +380,12 @@ def _allocates_little(message: Any) -> bool:
     large allocation must wait for the memory those deletes free."""
     if type(message) is not wire.RunOp or message.result_meta is None and message.result_ids != ():
         return False
-    return sum(math.prod(shape) * dtype.itemsize for shape, dtype, _ in message.result_meta or ()) < wire.INBAND_LIMIT
+    return _result_bytes(message.result_meta or ()) < wire.INBAND_LIMIT
+
+
+@functools.lru_cache(maxsize=1024)  # asked once per pipelined op; a loop repeats the same few
+def _result_bytes(result_meta: tuple) -> int:
+    return sum(math.prod(shape) * dtype.itemsize for shape, dtype, _ in result_meta)
 
 
 def stop_processes(processes: list[subprocess.Popen], timeout: float) -> None:

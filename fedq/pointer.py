@@ -365,13 +365,13 @@ def _run_remote(func: Any, args: tuple, kwargs: dict) -> Any:
 
     inferred = _infer(func, args, kwargs, leaves, spec)
     if inferred is not None:
-        results, out_spec = inferred
+        results, out_spec, result_meta = inferred
         tensors = [r for r in results if isinstance(r, torch.Tensor)]
         if not tensors:
             return ops.unflatten_result(results, out_spec)  # metadata only (a size, a stride): answered here
         if len(tensors) != len(results):
             raise ValueNeedsGetError(f"{name} returns Python values along with tensors; .get() the tensors first")
-        pointers = _pipelined(location, RunOp(name, wire_args, wire_kwargs, None, None, grad_enabled), results, is_chain)
+        pointers = _pipelined(location, RunOp(name, wire_args, wire_kwargs, None, result_meta, grad_enabled), results, is_chain)
         return ops.unflatten_result(pointers, out_spec)
 
     # Shapes that depend on the data (nonzero, masked_select...): the worker runs it and tells us.
@@ -403,10 +403,11 @@ _META_CACHE_SIZE = 4096
 _NOT_INFERRED = object()
 
 
-def _infer(func: Any, args: tuple, kwargs: dict, leaves: list, spec: Any) -> tuple[list, Any] | None:
-    """The results' metadata (flattened) and structure, worked out on meta tensors; None when
-    that cannot be done (the shape depends on the data). Running an op on meta tensors costs
-    far more than sending it, so answers are remembered by op, structure and input metadata."""
+def _infer(func: Any, args: tuple, kwargs: dict, leaves: list, spec: Any) -> tuple[list, Any, tuple] | None:
+    """The results' meta tensors (flattened), structure and wire metadata (`RunOp.result_meta`),
+    worked out on meta tensors; None when that cannot be done (the shape depends on the data).
+    Running an op on meta tensors costs far more than sending it, so answers are remembered
+    by op, structure and input metadata."""
     try:
         key = (func, spec, torch.is_grad_enabled(), tuple(
             (leaf._meta.shape, leaf._meta.dtype, leaf._meta.requires_grad) if isinstance(leaf, Pointer) else (type(leaf), leaf)
@@ -418,7 +419,8 @@ def _infer(func: Any, args: tuple, kwargs: dict, leaves: list, spec: Any) -> tup
     cached = _META_CACHE.get(key, None) if key is not None else None
     if cached is None:
         try:
-            cached = ops.flatten_result(_on_meta(func, args, kwargs))
+            results, out_spec = ops.flatten_result(_on_meta(func, args, kwargs))
+            cached = (results, out_spec, _result_meta(results))
         except Exception:
             cached = _NOT_INFERRED
         if key is not None:
@@ -428,10 +430,16 @@ def _infer(func: Any, args: tuple, kwargs: dict, leaves: list, spec: Any) -> tup
     return None if cached is _NOT_INFERRED else cached
 
 
+def _result_meta(metas: list) -> tuple:
+    """(shape, dtype, requires_grad) per result: what a relaying worker needs to store pointers."""
+    return tuple((tuple(m.shape), m.dtype, m.requires_grad) for m in metas if isinstance(m, torch.Tensor))
+
+
 def _pipelined(location: "VirtualWorker", op: RunOp, metas: list[torch.Tensor], is_chain: bool) -> list["PointerTensor"]:
     """Send `op` without waiting (rule 1: we name the results), and return pointers to them."""
     op.result_ids = tuple(new_id() for _ in metas)
-    op.result_meta = tuple((tuple(m.shape), m.dtype, m.requires_grad) for m in metas)
+    if op.result_meta is None:
+        op.result_meta = _result_meta(metas)
     location.client.submit(location.address, op)
     return [PointerTensor._make(_fresh_meta(m), location, new_id(), id, is_chain=is_chain) for m, id in zip(metas, op.result_ids)]
 
