@@ -360,12 +360,14 @@ class _Pickling:
         return False
 
     def dump(self, message: Any) -> bytes:
-        self.out.seek(0)
-        self.out.truncate()
         self.buffers.clear()
-        self.pickler.clear_memo()
-        self.pickler.dump(message)
-        return self.out.getvalue()
+        try:
+            self.pickler.dump(message)
+            return self.out.getvalue()
+        finally:
+            self.pickler.clear_memo()  # the memo holds what was pickled: a sent tensor must not live on here
+            self.out.seek(0)
+            self.out.truncate()
 
     def take_buffers(self) -> list:
         buffers, self.buffers = self.buffers, []

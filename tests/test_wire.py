@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
+import weakref
 
 import pytest
 import torch as th
@@ -97,6 +99,20 @@ def test_a_batch_is_signed_once_and_each_message_in_it_stands_alone():
             receiver.decode_all(frames)
     with pytest.raises(ProtocolError, match="not a fedq message"):  # a batch where one message belongs
         wire.Codec(KEY).decode(sender.seal_many([sender.pack(5, wire.Ping()), sender.pack(6, wire.Ping())]))
+
+
+def test_packing_keeps_no_reference_to_what_was_sent():
+    """The pickler is reused; what it pickled must not stay alive in it (a sent 256 MiB
+    tensor would stay in memory until the next message)."""
+    sender = wire.Codec(KEY)
+    for size in (16, 1 << 20):  # in band, out of band
+        tensor = th.ones(size)
+        alive = weakref.ref(tensor)
+        packed = sender.pack(1, wire.StoreObject(1, tensor))
+        sender.seal_many([packed])
+        del tensor, packed
+        gc.collect()
+        assert alive() is None, f"a tensor of {size} elements outlived its message"
 
 
 def test_wrong_key_and_unsigned_messages_are_refused_before_unpickling():
