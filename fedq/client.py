@@ -83,7 +83,7 @@ class Client:
         self._grad_tracked: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
         self._closed = False
         self.name = client_name()  # how workers list the references this process holds
-        self._io = ClientSockets(self.name, self._on_replies, self._encode_ref_updates, self._seal, self._on_tick)
+        self._io = ClientSockets(self.name, self._on_send, self._on_replies, self._encode_ref_updates, self._seal, self._on_tick)
         self._cv = self._io.cv  # what waiters wait on: calls finish under it
         self._io.start()
         atexit.register(self.close)
@@ -150,10 +150,11 @@ class Client:
         """Send a request without waiting; `wait=True` if the caller will `wait()` on it."""
         if self._closed:
             raise FedqError("this fedq client is closed (the interpreter is exiting)")
-        seq = next(self._seq)
-        packed = self.codec.pack(seq, message)
-        call = self._register(seq, address, wait)
-        self._io.submit(address, packed, urgent=wait, may_pass_updates=not wait and _allocates_little(message))
+        packed = self.codec.pack(next(self._seq), message)
+        call = Call(address, wait)
+        # Registered when it is sent (`_on_send`), not here: a Ctrl-C between the two steps
+        # must not leave a request that was registered but never queued (waited for in vain).
+        self._io.submit(address, packed, call, urgent=wait, may_pass_updates=not wait and _allocates_little(message))
         return call
 
     def request(
@@ -215,16 +216,14 @@ class Client:
         if not self._closed:
             self._io.queue_ref_update(address, (id, giver, taker))
 
-    def _register(self, seq: int, address: str, waited: bool, quiet: bool = False) -> Call:
-        call = Call(address, waited, quiet)
+    def _on_send(self, seq: int, call: Call) -> None:  # runs where the sockets are driven, before sending
         with self._cv:
             self._calls[seq] = call
-            (self._pending_deletes if quiet else self._pending)[address] += 1
-        return call
+            (self._pending_deletes if call.quiet else self._pending)[call.address] += 1
 
     def _encode_ref_updates(self, address: str, updates: list[Any]) -> wire.Packed:  # runs where the sockets are driven
         seq = next(self._seq)
-        self._register(seq, address, False, quiet=True)
+        self._on_send(seq, Call(address, False, quiet=True))
         ids = tuple(u for u in updates if type(u) is int)
         return self.codec.pack(seq, DeleteObjects(ids, hand_overs=tuple(u for u in updates if type(u) is tuple)))
 
@@ -247,9 +246,11 @@ class Client:
     def barrier(self, except_address: str | None = None, timeout: float | None = None, *, deletes: bool = False) -> None:
         """Wait until every request sent so far is answered, except those to `except_address`
         and, unless `deletes`, the deletes (and hand-overs: reference bookkeeping)."""
-        if deletes:
-            self._io.flush_ref_updates(self.timeout)
         limit = self.timeout if timeout is None else timeout
+        if deletes:
+            self._io.flush_ref_updates(limit)
+        if self._io.queued_for_others(except_address):
+            self._io.flush(limit)  # registers them: only sent requests are counted as in flight
 
         def others_busy() -> list[str]:
             busy = [a for a, n in self._pending.items() if n and a != except_address]

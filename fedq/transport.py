@@ -16,6 +16,7 @@ import collections
 import functools
 import logging
 import os
+import signal
 import socket
 import tempfile
 import threading
@@ -263,6 +264,46 @@ class ServerLoop:
                 self._authenticator.stop()
 
 
+def _noted(held: "_HeldInterrupt | None") -> bool:
+    return held is not None and held.noted is not None
+
+
+class _HeldInterrupt:
+    """On the main thread, a KeyboardInterrupt raised between taking a message off the queue
+    or the socket and handing it on would lose it (a request never sent, a reply never
+    delivered: its caller would wait for it until the timeout). While held, SIGINT is only
+    noted; `release` restores the handler and lets a noted one happen."""
+
+    __slots__ = ("previous", "noted")
+
+    def __init__(self, previous: Any) -> None:
+        self.previous = previous
+        self.noted: tuple | None = None
+
+    @classmethod
+    def hold(cls) -> "_HeldInterrupt | None":
+        if threading.current_thread() is not threading.main_thread():
+            return None  # only the main thread ever sees KeyboardInterrupt
+        previous = signal.getsignal(signal.SIGINT)
+        if previous in (signal.SIG_IGN, None):
+            return None
+        held = cls(previous)
+        signal.signal(signal.SIGINT, held._note)
+        return held
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self.noted = (signum, frame)
+
+    def release(self) -> None:
+        signal.signal(signal.SIGINT, self.previous)
+        if self.noted is None:
+            return
+        if callable(self.previous):
+            self.previous(*self.noted)  # the default handler raises KeyboardInterrupt here
+        else:  # SIG_DFL: what SIGINT would have done
+            signal.raise_signal(signal.SIGINT)
+
+
 @dataclass(slots=True)
 class _RefUpdate:
     address: str
@@ -293,12 +334,14 @@ class ClientSockets:
     def __init__(
         self,
         name: str,
+        on_send: Callable[[int, Any], None],
         on_replies: Callable[[str, list[list]], None],
         encode_ref_updates: Callable[[str, list[Any]], Any],
         seal: Callable[[list[Any]], list],
         on_tick: Callable[[], None],
     ) -> None:
         self.cv = threading.Condition()  # guards the lead, and what waiters wait on (the client's calls)
+        self._on_send = on_send
         self._on_replies = on_replies
         self._encode_ref_updates = encode_ref_updates
         self._seal = seal
@@ -326,14 +369,19 @@ class ClientSockets:
         self._background.start()
 
     # ---- any thread, no I/O
-    def submit(self, address: str, message: Any, *, urgent: bool = True, may_pass_updates: bool = False) -> None:
-        """Queue a packed message for `address` (sealed by `seal` when sent). An urgent one
-        is sent by the wait that follows it; a pipelined one (`urgent=False`) goes out with
-        the next wait, once BATCH have queued, or after POLL_MS. Reference updates queued
-        before it go first, unless `may_pass_updates`: then they go at the end of the batch."""
-        self._outbox.append((address, message, may_pass_updates))
+    def submit(self, address: str, message: Any, call: Any, *, urgent: bool = True, may_pass_updates: bool = False) -> None:
+        """Queue a packed message for `address`; `on_send(seq, call)` runs right before it is
+        sent (sealed by `seal`). An urgent one is sent by the wait that follows it; a pipelined
+        one (`urgent=False`) goes out with the next wait, once BATCH have queued, or after
+        POLL_MS. Reference updates queued before it go first, unless `may_pass_updates`: then
+        they go at the end of the batch. One append: a Ctrl-C leaves it queued or not at all."""
+        self._outbox.append((address, message, call, may_pass_updates))
         if not urgent and len(self._outbox) >= BATCH:
             self._send_batch()
+
+    def queued_for_others(self, address: str | None) -> bool:
+        """Is a request to another worker than `address` queued but not sent yet?"""
+        return any(type(item) is tuple and item[0] != address for item in list(self._outbox))
 
     def queue_ref_update(self, address: str, update: Any) -> None:
         self._outbox.append(_RefUpdate(address, update))
@@ -342,31 +390,35 @@ class ClientSockets:
     # ---- I/O, on the calling thread when it can lead
     def wait_until(self, done: Callable[[], bool], timeout: float) -> bool:
         """Drive the sockets (or follow whoever does) until `done()`, checked under `cv`, holds;
-        False after `timeout` seconds."""
+        False after `timeout` seconds. Ctrl-C is held while the lead changes hands and during
+        each turn (at most POLL_MS), so it never lands between taking a message and handing
+        it on; it is raised as soon as the turn is over."""
         deadline = time.monotonic() + timeout
-        outcome = self._take_lead(done, deadline)
-        if outcome != "leading":
-            return outcome == "done"  # (done() may not hold any more: another thread may have queued since)
+        held = _HeldInterrupt.hold()
         try:
-            while True:
-                self._pump(max(0.0, min(deadline - time.monotonic(), POLL_MS / 1000)))
-                with self.cv:
-                    if done():
-                        return True
-                if time.monotonic() >= deadline:
-                    return False
+            outcome = self._take_lead(done, deadline, held)
+            if outcome != "leading":
+                return outcome == "done"  # (done() may not hold any more: another thread may have queued since)
+            try:
+                while not _noted(held):
+                    self._pump(max(0.0, min(deadline - time.monotonic(), POLL_MS / 1000)))
+                    with self.cv:
+                        if done():
+                            return True
+                    if time.monotonic() >= deadline:
+                        return False
+                return False  # (interrupted: `release` raises KeyboardInterrupt below)
+            finally:
+                self._drop_lead()
         finally:
-            self._drop_lead()
+            if held is not None:
+                held.release()
 
     def flush(self, timeout: float) -> None:
         """Return once everything queued so far is sent (by this thread, or by the leader)."""
         marker = _Flush()
         self._outbox.append(marker)
-        if self._take_lead(lambda: marker.sent, time.monotonic() + timeout) == "leading":
-            try:
-                self._pump(0.0)
-            finally:
-                self._drop_lead()
+        self._one_turn(lambda: marker.sent, time.monotonic() + timeout)
 
     def flush_ref_updates(self, timeout: float) -> None:
         """Make every reference update queued so far a registered, sent request."""
@@ -377,11 +429,19 @@ class ClientSockets:
     def _send_batch(self) -> None:
         """A batch of pipelined requests is queued: send it, and read what has arrived
         meanwhile, if the sockets are free; otherwise their leader is told to."""
-        if self._take_lead(None, 0.0) == "leading":
-            try:
-                self._pump(0.0)
-            finally:
-                self._drop_lead()
+        self._one_turn(None, 0.0)
+
+    def _one_turn(self, done: Callable[[], bool] | None, deadline: float) -> None:
+        held = _HeldInterrupt.hold()
+        try:
+            if self._take_lead(done, deadline, held) == "leading":
+                try:
+                    self._pump(0.0)
+                finally:
+                    self._drop_lead()
+        finally:
+            if held is not None:
+                held.release()
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stop the background thread and close the sockets (taking the lead to do so)."""
@@ -389,7 +449,7 @@ class ClientSockets:
         self._wake()
         if self._background.is_alive() and threading.current_thread() is not self._background:
             self._background.join(timeout)
-        if self._take_lead(None, time.monotonic() + timeout) == "leading":
+        if self._take_lead(None, time.monotonic() + timeout, None) == "leading":
             self.peers.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
@@ -399,13 +459,16 @@ class ClientSockets:
                 self.cv.notify_all()
 
     # ---- the lead
-    def _take_lead(self, done: Callable[[], bool] | None, deadline: float) -> Literal["leading", "done", "gave up"]:
-        """Become the leader, unless `done()` holds first (as a follower) or `deadline` passes."""
+    def _take_lead(
+        self, done: Callable[[], bool] | None, deadline: float, held: "_HeldInterrupt | None"
+    ) -> Literal["leading", "done", "gave up"]:
+        """Become the leader, unless `done()` holds first (as a follower), `deadline` passes
+        or a Ctrl-C was noted meanwhile (`held`)."""
         with self.cv:
             while True:
                 if done is not None and done():
                     return "done"
-                if self._closed:
+                if self._closed or _noted(held):
                     return "gave up"
                 if not self._leading:
                     self._leading = True
@@ -420,7 +483,7 @@ class ClientSockets:
                 self._caller_active_at = time.monotonic()  # (the background then keeps out a while)
                 self._followers += 1
                 try:
-                    self.cv.wait(remaining)
+                    self.cv.wait(min(remaining, POLL_MS / 1000))  # (bounded: a noted Ctrl-C is seen soon)
                 finally:
                     self._followers -= 1
 
@@ -481,9 +544,10 @@ class ClientSockets:
                     item.sent = True
                     self.cv.notify_all()
             else:
-                address, message, may_pass_updates = item
+                address, message, call, may_pass_updates = item
                 if address in updates and not may_pass_updates:  # earlier updates go first
                     self._add_ref_updates(batches, {address: updates.pop(address)})
+                self._on_send(message.seq, call)
                 batches.add(address, message)
         self._add_ref_updates(batches, updates)
         batches.send()
