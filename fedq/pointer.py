@@ -440,8 +440,11 @@ def _pipelined(location: "VirtualWorker", op: RunOp, metas: list[torch.Tensor], 
     op.result_ids = tuple(new_id() for _ in metas)
     if op.result_meta is None:
         op.result_meta = _result_meta(metas)
+    # The pointers first: a Ctrl-C between the two then leaves deletes of ids never stored
+    # (ignored), not stored objects that no pointer holds.
+    pointers = [PointerTensor._make(_fresh_meta(m), location, new_id(), id, is_chain=is_chain) for m, id in zip(metas, op.result_ids)]
     location.client.submit(location.address, op)
-    return [PointerTensor._make(_fresh_meta(m), location, new_id(), id, is_chain=is_chain) for m, id in zip(metas, op.result_ids)]
+    return pointers
 
 
 # ---- autograd: .grad without a round trip per parameter
@@ -500,25 +503,28 @@ def send_tensor(tensor: torch.Tensor, worker: "VirtualWorker") -> PointerTensor:
         return tensor  # sending to me: nothing to do
     tags = tuple(sorted(getattr(tensor, "tags", None) or ()))
     description = getattr(tensor, "description", None)
-    id_at_location = _store(tensor, worker, tags, description)
+    id_at_location = new_id()
     meta = torch.empty(tuple(tensor.shape), dtype=tensor.dtype, device="meta", requires_grad=tensor.requires_grad)
-    return PointerTensor._make(
+    pointer = PointerTensor._make(
         meta, worker, new_id(), id_at_location, is_chain=False,
         grad=_GRAD_PRESENT if tensor.is_leaf and tensor.grad is not None else None, tags=tags, description=description,
     )
+    _store(tensor, worker, id_at_location, tags, description)
+    return pointer
 
 
-def _store(tensor: torch.Tensor, worker: "VirtualWorker", tags: tuple[str, ...] = (), description: str | None = None) -> int:
-    """Have `worker` store a copy of `tensor` under a new id (one reference); return the id."""
-    client = worker.client
-    id_at_location = new_id()
+def _store(
+    tensor: torch.Tensor, worker: "VirtualWorker", id_at_location: int, tags: tuple[str, ...] = (), description: str | None = None
+) -> None:
+    """Have `worker` store a copy of `tensor` under `id_at_location` (one reference). Called
+    once a pointer holds that id: a Ctrl-C from here on frees the object (the pointer dies)
+    instead of leaving it on the worker with nothing pointing at it."""
     large = tensor.element_size() * tensor.numel() >= INBAND_LIMIT
-    call = client.submit(worker.address, StoreObject(id_at_location, tensor, tags, description), wait=large)
+    call = worker.client.submit(worker.address, StoreObject(id_at_location, tensor, tags, description), wait=large)
     if large:
         # Large payloads go zero-copy: wait until they have arrived, so that the caller
         # changing `tensor` afterwards cannot change what the worker stores.
-        client.wait(call)
-    return id_at_location
+        worker.client.wait(call)
 
 
 def tag_tensor(tensor: torch.Tensor, *tags: str) -> torch.Tensor:
@@ -539,7 +545,9 @@ def send_module(module: torch.nn.Module, worker: "VirtualWorker") -> torch.nn.Mo
         if isinstance(param, Pointer):
             raise ValueError(f"this model is already on {param.location.id!r}; .get() or .move() it")
     for param in module.parameters():
-        _become_pointer(param, worker, _store(param.detach().requires_grad_(param.requires_grad), worker))
+        value, id_at_location = param.detach().requires_grad_(param.requires_grad), new_id()
+        _become_pointer(param, worker, id_at_location)
+        _store(value, worker, id_at_location)
     for owner, name, buffer in _buffers(module):
         owner._buffers[name] = send_tensor(buffer, worker)
     return module
