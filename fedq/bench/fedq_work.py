@@ -86,8 +86,18 @@ def measure_latency(fleet: Fleet, workers: list[sy.VirtualWorker], tcp_worker: s
         raise RuntimeError("fedq computed x + x wrong")
     figures = {}
     for name, x in chains.items():
+        cpu_before = (cpu_seconds(), cpu_seconds(workers[0].pid))
         figures[name] = per_call(lambda x=x: (x + x).get(), number=number, repeats=repeats, warmup=number).to_json()
+        if name == "ipc_1hop":  # where a round trip's time goes: CPU on each side, steadier than wall time
+            calls = number * (repeats + 1)  # the warm-up calls ran too
+            figures[name]["client_cpu_us"] = _cpu_us(cpu_before[0], cpu_seconds(), calls)
+            figures[name]["worker_cpu_us"] = _cpu_us(cpu_before[1], cpu_seconds(workers[0].pid), calls)
     return figures
+
+
+def _cpu_us(before: float | None, after: float | None, calls: int) -> float | None:
+    """CPU microseconds per call between two /proc readings (None where /proc is unreadable)."""
+    return None if before is None or after is None else (after - before) / calls * 1e6
 
 
 def measure_pipelined(fleet: Fleet, worker: sy.VirtualWorker, *, ops: int, repeats: int) -> dict[str, Any]:
@@ -103,13 +113,10 @@ def measure_pipelined(fleet: Fleet, worker: sy.VirtualWorker, *, ops: int, repea
     timing = per_call(burst, number=1, repeats=repeats, warmup=1)
     done = ops * (repeats + 1)  # the warm-up burst ran too
 
-    def per_op(before: float | None, after: float | None) -> float | None:
-        return None if before is None or after is None else (after - before) / done * 1e6
-
     return {
         "ops": ops, "burst": timing.to_json(), "ops_per_s": ops / timing.median,
-        "client_cpu_us_per_op": per_op(cpu_before[0], cpu_seconds()),
-        "worker_cpu_us_per_op": per_op(cpu_before[1], cpu_seconds(worker.pid)),
+        "client_cpu_us_per_op": _cpu_us(cpu_before[0], cpu_seconds(), done),
+        "worker_cpu_us_per_op": _cpu_us(cpu_before[1], cpu_seconds(worker.pid), done),
     }
 
 

@@ -114,6 +114,8 @@ def evaluate(results: dict[str, Any]) -> list[Check]:
         add(f"hop {hops} adds (ipc)", extra, "ms", "raw pyzmq echo, ipc", echo["ipc"], Bound(1.2, True))
     if syft:  # optional peer: rows only when it ran
         add("(x + x).get(), 1 hop, ipc", lat["ipc_1hop"], "ms", "PySyft 0.2.9 (in-process worker)", _ms(syft, "latency_1hop"), None)
+    for side in ("client", "worker"):  # where a round trip's time goes
+        add(f"  {side} CPU per round trip", _get(fq, "latency", "ipc_1hop", f"{side}_cpu_us"), "µs", "—", None, None)
 
     # Pipelined ops
     ops = _get(fq, "pipelined", "ops_per_s")
