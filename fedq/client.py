@@ -1,7 +1,7 @@
 """The user's process ("me"): requests in flight, their replies, and when to wait.
 
-Commands are pipelined: `submit` registers a request and queues it; nothing
-waits. Reads (`request`) wait, driving the sockets themselves while they do
+Commands are pipelined: `submit` queues a request (it is registered as in flight
+when it is sent); nothing waits. Reads (`request`) wait, driving the sockets themselves while they do
 (`transport.ClientSockets`), and first make sure they will see every earlier
 write (read-your-writes):
 
@@ -307,11 +307,7 @@ class Client:
     def _on_replies(self, address: str, messages: list[list]) -> None:
         answers = []
         for frames in messages:
-            try:
-                decoded = self.codec.decode_all(frames)
-            except ProtocolError as error:
-                decoded = [(error.seq, error)]
-            for seq, reply in decoded:
+            for seq, reply in self.codec.decode_each(frames):
                 if isinstance(reply, ProtocolError):
                     log.warning("dropped a reply from %s: %s", address, reply)
                     if seq is None:

@@ -13,6 +13,7 @@ zero-copy bookkeeping); larger ones go zero-copy in both directions.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import logging
 import os
@@ -23,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import zmq
 
@@ -394,25 +395,17 @@ class ClientSockets:
         each turn (at most POLL_MS), so it never lands between taking a message and handing
         it on; it is raised as soon as the turn is over."""
         deadline = time.monotonic() + timeout
-        held = _HeldInterrupt.hold()
-        try:
-            outcome = self._take_lead(done, deadline, held)
+        with self._lead_session(done, deadline) as (outcome, held):
             if outcome != "leading":
                 return outcome == "done"  # (done() may not hold any more: another thread may have queued since)
-            try:
-                while not _noted(held):
-                    self._pump(max(0.0, min(deadline - time.monotonic(), POLL_MS / 1000)))
-                    with self.cv:
-                        if done():
-                            return True
-                    if time.monotonic() >= deadline:
-                        return False
-                return False  # (interrupted: `release` raises KeyboardInterrupt below)
-            finally:
-                self._drop_lead()
-        finally:
-            if held is not None:
-                held.release()
+            while not _noted(held):
+                self._pump(max(0.0, min(deadline - time.monotonic(), POLL_MS / 1000)))
+                with self.cv:
+                    if done():
+                        return True
+                if time.monotonic() >= deadline:
+                    return False
+            return False  # (interrupted: leaving the session raises KeyboardInterrupt)
 
     def flush(self, timeout: float) -> None:
         """Return once everything queued so far is sent (by this thread, or by the leader)."""
@@ -432,12 +425,21 @@ class ClientSockets:
         self._one_turn(None, 0.0)
 
     def _one_turn(self, done: Callable[[], bool] | None, deadline: float) -> None:
+        with self._lead_session(done, deadline) as (outcome, _):
+            if outcome == "leading":
+                self._pump(0.0)
+
+    @contextlib.contextmanager
+    def _lead_session(self, done: Callable[[], bool] | None, deadline: float) -> Iterator[tuple[str, "_HeldInterrupt | None"]]:
+        """Hold Ctrl-C, try to take the lead (`_take_lead`), and on leaving give the lead back
+        and let a held Ctrl-C happen."""
         held = _HeldInterrupt.hold()
         try:
-            if self._take_lead(done, deadline, held) == "leading":
-                try:
-                    self._pump(0.0)
-                finally:
+            outcome = self._take_lead(done, deadline, held)
+            try:
+                yield outcome, held
+            finally:
+                if outcome == "leading":
                     self._drop_lead()
         finally:
             if held is not None:

@@ -557,6 +557,14 @@ class Codec:
             start += count
         return decoded
 
+    def decode_each(self, frames: list) -> list[tuple[int | None, Any]]:
+        """`decode_all`, with a refusal of the whole also as an item, (error.seq, ProtocolError):
+        what a receiver handles one by one, answering a refused one if its seq is known."""
+        try:
+            return self.decode_all(frames)
+        except ProtocolError as error:
+            return [(error.seq, error)]
+
     def _open(self, frames: list) -> tuple[int, memoryview, list]:
         """Check size, signature, stamp and replay: (seq, pickled body, buffers)."""
         if not frames or len(frames) > MAX_FRAMES:

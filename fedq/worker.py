@@ -197,11 +197,7 @@ class Worker:
 
     # ---- incoming
     def _on_request(self, identity: bytes, frames: list) -> None:
-        try:
-            requests = self.codec.decode_all(frames)
-        except ProtocolError as error:
-            requests = [(error.seq, error)]
-        for seq, message in requests:
+        for seq, message in self.codec.decode_each(frames):
             if isinstance(message, ProtocolError):
                 if seq is None:  # not from a key holder: no answer at all
                     self._peer_log.warning("worker %s dropped a message: %s", self.id, message)
@@ -226,11 +222,7 @@ class Worker:
             reply.fail(error)
 
     def _on_peer_reply(self, address: str, frames: list) -> None:
-        try:
-            replies = self.codec.decode_all(frames)
-        except ProtocolError as error:
-            replies = [(error.seq, error)]
-        for envelope_seq, message in replies:
+        for envelope_seq, message in self.codec.decode_each(frames):
             if isinstance(message, ProtocolError):
                 log.warning("worker %s dropped a reply from %s: %s", self.id, address, message)
                 if envelope_seq is None:
