@@ -18,6 +18,7 @@ import functools
 import logging
 import os
 import signal
+import _signal  # the C module: `signal.signal` converts to and from enums, 3 us per call here
 import socket
 import tempfile
 import threading
@@ -175,14 +176,18 @@ class PeerSockets:
         self.bytes_sent += send_frames(self.socket(address), frames)
 
     def drain(self, sock: zmq.Socket, limit: int = 10_000) -> list[list]:
+        """The messages waiting on a socket the poller found readable (at most `limit`)."""
         messages = []
-        for _ in range(limit):
-            try:
+        try:
+            while len(messages) < limit:
                 frames = recv_frames(sock, copied=1)
-            except zmq.Again:
-                break
-            self.bytes_received += sum(len(f) for f in frames)
-            messages.append(frames)
+                self.bytes_received += sum(len(f) for f in frames)
+                messages.append(frames)
+                # Asking whether another waits costs half of what an empty recv's Again does.
+                if not sock.get(zmq.EVENTS) & zmq.POLLIN:
+                    break
+        except zmq.Again:
+            pass
         return messages
 
     def close(self) -> None:
@@ -283,20 +288,20 @@ class _HeldInterrupt:
 
     @classmethod
     def hold(cls) -> "_HeldInterrupt | None":
-        if threading.current_thread() is not threading.main_thread():
+        if threading.get_ident() != threading.main_thread().ident:
             return None  # only the main thread ever sees KeyboardInterrupt
-        previous = signal.getsignal(signal.SIGINT)
-        if previous in (signal.SIG_IGN, None):
+        previous = _signal.getsignal(_signal.SIGINT)
+        if previous in (_signal.SIG_IGN, None):
             return None
         held = cls(previous)
-        signal.signal(signal.SIGINT, held._note)
+        _signal.signal(_signal.SIGINT, held._note)
         return held
 
     def _note(self, signum: int, frame: Any) -> None:
         self.noted = (signum, frame)
 
     def release(self) -> None:
-        signal.signal(signal.SIGINT, self.previous)
+        _signal.signal(_signal.SIGINT, self.previous)
         if self.noted is None:
             return
         if callable(self.previous):
