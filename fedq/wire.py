@@ -6,7 +6,7 @@ A message on the wire is a header frame, then one frame per out-of-band buffer::
 
 - `signature` (32 bytes): HMAC-SHA256, under the federation's key, of the rest of
   the header and of every buffer (Jupyter leaves its buffers unsigned; we do
-  not): the buffers enter it as their Poly1305 tag under a one-time key derived
+  not): the buffers enter it as their GMAC tag under a one-time key derived
   from the key and the stamp. Checked in constant time before anything is unpickled.
 - `stamp`: the sender's session id and message counter, so a replayed message
   is refused (`ReplayWindow`); `seq`, so that a signed message whose body is
@@ -50,7 +50,9 @@ from typing import Any, Callable
 
 import cloudpickle
 import torch
-from cryptography.hazmat.primitives.poly1305 import Poly1305
+from cryptography.hazmat.primitives.ciphers import Cipher
+from cryptography.hazmat.primitives.ciphers.algorithms import AES
+from cryptography.hazmat.primitives.ciphers.modes import GCM
 
 from .errors import CodeNotAllowedError, ProtocolError
 
@@ -398,6 +400,8 @@ class _CodePickler(cloudpickle.Pickler):
 
 _STAMP = struct.Struct("!16sQQI")  # session id, message counter, seq, number of buffers
 _LENGTH = struct.Struct("!Q")
+_GMAC_NONCE = bytes(12)  # each one-time key signs one message: a fixed nonce is safe
+_GMAC_CHUNK = 1 << 30
 SIGNATURE_BYTES = 32
 MAX_FRAMES = 1 + 65536  # a header and its buffers: a stranger must not make us walk millions of empty frames
 MAX_BATCH = 1024  # messages a sender puts in one Batch
@@ -467,21 +471,26 @@ class Codec:
 
     def _sign(self, signed: Any, buffers: list) -> bytes:
         """HMAC-SHA256 over the header after the signature (stamp and body) and the buffers.
-        The buffers enter it through their Poly1305 tag under a one-time key derived from
-        the key and the stamp (unique per message; it also fixes how many buffers follow):
-        keyed, every byte covered, and ~6x faster than SHA-256 here (~12 GB/s on one
-        core), which moving tensors at memory speed needs."""
+        The buffers enter it through their GMAC tag (AES-GCM authenticating them as associated
+        data, encrypting nothing) under a one-time AES key derived from the key and the stamp
+        (unique per message, so a fixed nonce is never reused under one key; the stamp also
+        fixes how many buffers follow): keyed, every byte covered, at ~20 GB/s on one core
+        here (AES and carry-less multiply in hardware), where SHA-256 does ~1.7 and Poly1305
+        ~12. Moving tensors at memory speed needs it."""
         if not buffers:
             return hmac.digest(self._key, signed, "sha256")
-        poly = Poly1305(hmac.digest(self._key, b"fedq one-time key" + bytes(signed[: _STAMP.size]), "sha256"))
+        one_time_key = hmac.digest(self._key, b"fedq one-time key" + bytes(signed[: _STAMP.size]), "sha256")
+        gmac = Cipher(AES(one_time_key), GCM(_GMAC_NONCE)).encryptor()
         for buffer in buffers:
             view = memoryview(buffer)
             if view.ndim != 1 or view.format != "B":
                 view = view.cast("B")
-            poly.update(_LENGTH.pack(view.nbytes))
-            poly.update(view)
+            gmac.authenticate_additional_data(_LENGTH.pack(view.nbytes))
+            for start in range(0, view.nbytes, _GMAC_CHUNK):  # (OpenSSL takes under 2 GiB a call)
+                gmac.authenticate_additional_data(view[start : start + _GMAC_CHUNK])
+        gmac.finalize()
         mac = hmac.new(self._key, signed, hashlib.sha256)
-        mac.update(poly.finalize())
+        mac.update(gmac.tag)
         return mac.digest()
 
     def encode(self, seq: int, message: Any) -> list:

@@ -56,7 +56,7 @@ def test_every_frame_is_signed_buffers_included():
 
 
 def test_large_buffers_cannot_be_swapped_or_reframed():
-    """Large buffers are covered by a one-time Poly1305 tag: their order and boundaries count."""
+    """Large buffers are covered by a one-time GMAC tag: their order and boundaries count."""
     sender, receiver = _pair()
     frames = [bytes(f) for f in sender.encode(1, wire.Ok((th.zeros(64 * 1024), th.ones(64 * 1024))))]
     assert len(frames) == 3
