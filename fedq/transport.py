@@ -35,6 +35,7 @@ log = logging.getLogger("fedq.transport")
 
 POLL_MS = 50  # longest a loop sleeps before looking at timers, deletes and children
 BATCH = 256  # pipelined messages queued before the caller sends them without waiting
+BATCH_BYTES = 1 << 20  # a batch of several messages stays under this (what any receiver takes)
 
 
 def context() -> zmq.Context:
@@ -538,7 +539,7 @@ class ClientSockets:
         """Send everything queued, in order per worker: what goes to one worker travels as one
         message (`seal` makes one of several: one signature, one send, one wake-up at each end)."""
         updates: dict[str, list[Any]] = {}
-        batches = _Batches(self.peers, self._seal)
+        batches = Batches(self.peers, self._seal)
         outbox = self._outbox
         while outbox:
             item = outbox.popleft()
@@ -559,7 +560,7 @@ class ClientSockets:
         self._add_ref_updates(batches, updates)
         batches.send()
 
-    def _add_ref_updates(self, batches: "_Batches", updates: dict[str, list[Any]]) -> None:
+    def _add_ref_updates(self, batches: "Batches", updates: dict[str, list[Any]]) -> None:
         for address, batch in updates.items():
             batches.add(address, self._encode_ref_updates(address, batch))
         updates.clear()
@@ -586,28 +587,36 @@ class ClientSockets:
             raise
 
 
-class _Batches:
+class Batches:
     """Packed messages gathered per address; each address's are sealed together (`seal`)
-    and sent as one message: at most MAX_BATCH messages and MAX_FRAMES frames each."""
+    and sent as one message (one signature, one send, one wake-up at each end): at most
+    MAX_BATCH messages, MAX_FRAMES frames and, past the first, BATCH_BYTES bytes each (a
+    receiver refuses a message over its size limit: two large tensors go apart)."""
 
     def __init__(self, peers: PeerSockets, seal: Callable[[list[Any]], list]) -> None:
         self._peers = peers
         self._seal = seal
         self._packed: dict[str, list[Any]] = {}
         self._frames: dict[str, int] = {}
+        self._bytes: dict[str, int] = {}
 
     def add(self, address: str, packed: Any) -> None:
         gathered = self._packed.setdefault(address, [])
         frames = 1 + len(packed.buffers)
-        if gathered and (len(gathered) == MAX_BATCH or self._frames[address] + frames > MAX_FRAMES):
+        size = len(packed.body) + sum(memoryview(buffer).nbytes for buffer in packed.buffers)
+        if gathered and (
+            len(gathered) == MAX_BATCH or self._frames[address] + frames > MAX_FRAMES or self._bytes[address] + size > BATCH_BYTES
+        ):
             self._peers.send(address, self._seal(gathered))
             gathered = self._packed[address] = []
-            self._frames[address] = 0
+            self._frames[address] = self._bytes[address] = 0
         gathered.append(packed)
         self._frames[address] = self._frames.get(address, 0) + frames
+        self._bytes[address] = self._bytes.get(address, 0) + size
 
     def send(self) -> None:
         for address, gathered in self._packed.items():
             self._peers.send(address, self._seal(gathered))
         self._packed.clear()
         self._frames.clear()
+        self._bytes.clear()

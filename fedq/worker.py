@@ -36,7 +36,7 @@ from .ids import new_id
 from .keys import key_from_environment
 from .privacy import Policy, refuse_if_private
 from .store import DATA_OWNER, ObjectStore, describe, object_nbytes
-from .transport import CurveKeys, ServerLoop, peer_name
+from .transport import Batches, CurveKeys, ServerLoop, peer_name
 from .wire import (
     Acked,
     ClearObjects,
@@ -150,8 +150,11 @@ class Worker:
         self.store = ObjectStore(id, max_bytes=max_store_bytes)
         self.privacy = Policy()
         self.loop = ServerLoop(
-            address, id, self._on_request, self._on_peer_reply, self._on_tick, max_message_bytes, self.send_acks, curve
+            address, id, self._on_request, self._on_peer_reply, self._on_tick, max_message_bytes, self.flush, curve
         )
+        # Relays wait here until the end of what the loop is handling: one message per next hop
+        # for a batch of pipelined ops on a chain, not one each.
+        self._relays_out = Batches(self.loop.peers, self.codec.seal_many)
         self._acks: dict[bytes, list[int]] = {}
         self._unsettled: dict[int, list[Callable[[], None]]] = {}
         self.address = self.loop.address
@@ -174,6 +177,11 @@ class Worker:
         """Send the acks owed to each caller as one Acked each."""
         for who in list(self._acks):
             self.loop.reply(who, self.codec.encode(0, Acked(self._acks.pop(who))))
+
+    def flush(self) -> None:
+        """Send the relays queued and the acks owed: after each batch the loop handled."""
+        self._relays_out.send()
+        self.send_acks()
 
     # ---- objects whose creation a relay has not confirmed yet
     def settle_later(self, ids: tuple[int, ...]) -> None:
@@ -234,7 +242,7 @@ class Worker:
                     log.warning("worker %s: late or unknown reply %d from %s", self.id, seq, address)
                     continue
                 relay.on_reply(answer)
-        self.send_acks()  # relays answered above may have acks to pass on now
+        self.flush()  # relays answered above may have acks to pass on, or relays of their own
 
     def _on_tick(self) -> None:
         now = time.monotonic()
@@ -243,13 +251,15 @@ class Worker:
                 del self._relays[seq]
                 error = WorkerUnreachableError(f"worker {relay.hop} (the next hop of a chain) did not answer worker {self.id!r} within {self.timeout:g}s")
                 relay.on_reply(Failure.from_exception(error, self.id))
+        self.flush()
 
     # ---- outgoing, hop by hop
     def relay(self, hop: PointerSpec | MoveObject, message: Any, on_reply: Callable[[Ok | Failure], None]) -> None:
         """Send `message` to the worker at `hop.address`; `on_reply` gets its answer (or a timeout)."""
+        self.loop.peers.socket(hop.address)  # connect now: an address zmq refuses fails this request
         seq = next(self._seq)
+        self._relays_out.add(hop.address, self.codec.pack(seq, message))  # sent by `flush`
         self._relays[seq] = _Relay(f"{hop.location!r} at {hop.address}", time.monotonic() + self.timeout, on_reply)
-        self.loop.peers.send(hop.address, self.codec.encode(seq, message))
 
     def relay_all(self, requests: list[tuple[PointerSpec, Any]], done: Callable[[Failure | None], None]) -> None:
         """Relay several requests; `done` gets the first failure (or None) once all are answered."""

@@ -265,6 +265,23 @@ def test_rule11_inplace_through_a_chain_is_visible_on_the_last_hop(bob, alice):
     assert th.equal(bob._objects[p.id_at_location], th.tensor([11, 12]))
 
 
+def test_pipelined_ops_through_a_chain_run_in_order_and_a_failure_among_them_surfaces(bob, alice):
+    """A relaying worker sends the next hop what it relays in batches: order and errors hold."""
+    x = th.zeros(3, dtype=th.float64).send(bob).send(alice)
+    out_of_range = th.tensor([7]).send(bob).send(alice)
+    local = th.zeros(3, dtype=th.float64)
+    for i in range(300):  # in place, and order-sensitive: any reordering changes the result
+        x.mul_(0.5).add_(i)
+        local.mul_(0.5).add_(i)
+        if i == 150:
+            bad = x.index_select(0, out_of_range)  # fails on bob only: no shape says so earlier
+    with pytest.raises(sy.RemoteError, match="index") as caught:
+        bob._objects
+    assert caught.value.worker == "bob"
+    assert th.equal(x.get().get(), local)
+    del bad
+
+
 # ---- rule 12: metadata locally, values only after get
 def test_rule12_metadata_is_local_and_values_need_get(bob):
     x = th.ones(2, 3).send(bob)
