@@ -7,8 +7,9 @@ import subprocess
 import sys
 
 # The gate: `fedq bench` exits 3 when a figure is more than 2x off its target, or, for a miss
-# the README owns up to (fedq/bench/baseline.json), more than 2x worse than its recorded ratio.
-# Noise on a shared machine stays inside 2x; a real regression does not: CI fails on it.
+# the README owns up to (fedq/bench/baseline.json), more than 2x worse than its recorded ratio,
+# in two runs in a row (it measures again before failing). Noise on a shared machine stays
+# inside 2x or does not strike the same figure twice; a real regression does: CI fails on it.
 
 
 def test_quick_bench_measures_every_work_item_and_writes_the_json(tmp_path):
@@ -41,6 +42,7 @@ def test_quick_bench_measures_every_work_item_and_writes_the_json(tmp_path):
         assert {"work", "fedq", "peer", "peer_value", "ratio", "bound", "status", "gate_failed"} <= check.keys()
     assert any(c["status"] in ("met", "missed") for c in results["checks"])
 
+    assert set(results["gate"]["failed"]) <= set(results["gate"]["first_run_failed"])  # failing takes two runs
     verdict = results["gate"]["exit_code"]
     assert done.returncode == verdict, f"exit {done.returncode}, gate says {verdict}:\n{done.stderr}"
     assert "Traceback" not in done.stderr, done.stderr

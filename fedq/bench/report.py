@@ -59,7 +59,10 @@ def summary(results: dict[str, Any]) -> list[str]:
     judged = sum(c["status"] in ("met", "missed") for c in checks)
     lines = [f"{met} of {judged} targets met ({len(checks) - judged} n/a); {results['meta']['duration_s']:.0f} s"]
     failed = results["gate"]["failed"]
-    lines.append(f"gate: more than {results['gate']['factor']:g}× off target: {'; '.join(failed)}" if failed else "gate: ok (nothing more than 2× off target)")
+    noise = [f for f in results["gate"].get("first_run_failed", []) if f not in failed]
+    lines.append(f"gate: more than {results['gate']['factor']:g}× off target in two runs: {'; '.join(failed)}" if failed else "gate: ok (nothing more than 2× off target)")
+    if noise:
+        lines.append(f"      (off in the first run only, taken for noise: {'; '.join(noise)})")
     for section in ("floor", "torch_rpc", "pysyft029", "fedq"):
         data = results.get(section)
         if isinstance(data, dict) and "error" in data:

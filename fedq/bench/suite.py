@@ -67,7 +67,8 @@ DEFINITIONS = {
     "client_peak_rss": "VmHWM of the benchmark process, reset the same way; client_rss_before already holds the source tensor",
     "move": "seconds for pointer.move(other worker) then sync(); client_bytes: bytes this process sent and received meanwhile",
     "gate": "checks whose ratio is more than twice as bad as the target (for a known miss recorded in "
-    "baseline.json: as its recorded ratio); any makes `fedq bench` exit with code 3",
+    "baseline.json: as its recorded ratio) in two runs in a row (the second runs only if the first "
+    "failed: first_run_failed); any makes `fedq bench` exit with code 3",
 }
 
 
@@ -84,13 +85,42 @@ def _section(name: str, run: Callable[[], Any], log: Callable[[str], None]) -> t
 
 
 def run(plan: Plan, log: Callable[[str], None] = lambda _: None, *, record_baseline: bool = False) -> dict[str, Any]:
-    """Every section of the plan; the raw figures, the checks against the targets, and the gate."""
+    """Every section of the plan; the raw figures, the checks against the targets, and the gate.
+
+    When the gate fails, every section runs once more and only what fails both times counts:
+    a regression is there again, while noise from other processes on a shared machine seldom
+    hits the same figure twice. The figures reported are the second run's."""
+    started = time.perf_counter()
+    results = _measure(plan, log)
+    checks = evaluate(results)
+    if record_baseline:
+        log(f"recorded {len(record_misses(checks))} known misses in {BASELINE}")
+    checks = against_baseline(checks, known_misses())
+    failed = gate(checks)
+    first_failed = [f"{c.work} vs {c.peer}" for c in failed]
+    if failed:
+        log(f"gate: {len(failed)} figure(s) more than {GATE_FACTOR:g}x off; measuring everything again to tell noise from a regression")
+        results = _measure(plan, log)
+        checks = against_baseline(evaluate(results), known_misses())
+        failed = [c for c in gate(checks) if f"{c.work} vs {c.peer}" in first_failed]
+    results["checks"] = [c.to_json() for c in checks]
+    results["gate"] = {
+        "factor": GATE_FACTOR,
+        "first_run_failed": first_failed,  # empty: the figures were measured once
+        "failed": [f"{c.work} vs {c.peer}" for c in failed],
+        "exit_code": 3 if failed else 0,
+    }
+    results["meta"].update(loadavg_end=os.getloadavg(), duration_s=time.perf_counter() - started)
+    return results
+
+
+def _measure(plan: Plan, log: Callable[[str], None]) -> dict[str, Any]:
+    """One run of every section, one after the other."""
     from .fedq_work import measure_fedq
     from .floor import measure_floor
     from .syft029 import measure_pysyft029
     from .torch_rpc import measure_torch_rpc
 
-    started = time.perf_counter()
     sizes = list(plan.sizes_mib)
     results: dict[str, Any] = {
         "meta": {
@@ -121,16 +151,5 @@ def run(plan: Plan, log: Callable[[str], None] = lambda _: None, *, record_basel
         sizes_mib=sizes, latency_number=plan.latency_number, latency_repeats=plan.latency_repeats,
         pipelined_ops=plan.pipelined_ops, pipelined_repeats=plan.pipelined_repeats,
         transfer_repeats=plan.transfer_repeats, move_mib=plan.move_mib), log)
-    checks = evaluate(results)
-    if record_baseline:
-        log(f"recorded {len(record_misses(checks))} known misses in {BASELINE}")
-    checks = against_baseline(checks, known_misses())
-    failed = gate(checks)
-    results["checks"] = [c.to_json() for c in checks]
-    results["gate"] = {
-        "factor": GATE_FACTOR,
-        "failed": [f"{c.work} vs {c.peer}" for c in failed],
-        "exit_code": 3 if failed else 0,
-    }
-    results["meta"].update(loadavg_end=os.getloadavg(), durations_s=durations, duration_s=time.perf_counter() - started)
+    results["meta"]["durations_s"] = durations
     return results
