@@ -205,10 +205,13 @@ class Client:
             else:
                 pointer._grad_state = None
 
-    def queue_delete(self, address: str, id: int) -> None:
-        """Safe from `__del__`: appends to a queue; deletes are sent in batches."""
-        if not self._closed:
-            self._io.queue_ref_update(address, id)
+    def delete_on_death(self, ref: Any, address: str, id: int) -> Any:
+        """Delete object `id` at `address` once `ref` dies (batched with other deletes), unless
+        `keep_on_death` is told first. Returns what `keep_on_death` takes."""
+        return self._io.ref_update_on_death(ref, address, id)
+
+    def keep_on_death(self, watcher: Any) -> None:
+        self._io.cancel_on_death(watcher)
 
     def queue_hand_over(self, address: str, id: int, giver: str, taker: str) -> None:
         """Tell the worker at `address` that `giver`'s reference to `id` is `taker`'s now (for

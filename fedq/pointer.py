@@ -42,24 +42,35 @@ if TYPE_CHECKING:
 class RemoteRef:
     """One counted reference to a remote object (rule 6).
 
-    When it dies its delete is queued, never sent here: `__del__` may run in
-    the middle of anything, including a send (RPyC's deadlock).
+    When it dies its delete is queued, never sent then: it may die in the middle of
+    anything, including a send (RPyC's deadlock). The client queues it without running
+    Python code (a weak reference's callback), so a Ctrl-C cannot lose it.
     """
 
-    __slots__ = ("client", "address", "id_at_location", "spent")
+    __slots__ = ("client", "spent", "_on_death", "__weakref__")
 
     def __init__(self, client: "Client", address: str, id_at_location: int) -> None:
         self.client = client
-        self.address = address
-        self.id_at_location = id_at_location
         self.spent: str | None = None  # why this reference no longer counts
+        # What the delete will say lives on the watcher itself: a move changes it in one step.
+        self._on_death = client.delete_on_death(self, address, id_at_location)
 
-    def __del__(self) -> None:
-        if self.spent is None:
-            try:
-                self.client.queue_delete(self.address, self.id_at_location)
-            except Exception:  # interpreter shutdown: the workers die with us anyway
-                pass
+    @property
+    def address(self) -> str:
+        return self._on_death.address
+
+    @address.setter
+    def address(self, address: str) -> None:  # the object moved (rule 7)
+        self._on_death.address = address
+
+    @property
+    def id_at_location(self) -> int:
+        return self._on_death.update
+
+    def spend(self, why: str) -> None:
+        """This reference no longer counts (it was handed on, or brought back): no delete."""
+        self.spent = why
+        self.client.keep_on_death(self._on_death)
 
 
 _T = torch.Tensor
@@ -142,7 +153,7 @@ class Pointer:
         return ref
 
     def _spend(self, why: str) -> None:
-        self._check_usable().spent = why
+        self._check_usable().spend(why)
 
     def _spec(self) -> PointerSpec:
         return PointerSpec(

@@ -23,6 +23,7 @@ import socket
 import tempfile
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal
@@ -317,6 +318,14 @@ class _RefUpdate:
     update: Any  # a deleted reference's id, or a hand-over: what `encode_ref_updates` makes a message of
 
 
+class _OnDeath(weakref.ref):
+    """A reference update to queue when an object dies. Its callback is the outbox's own
+    `append`, C code: when the object dies no Python code runs, so a Ctrl-C cannot land
+    between the death and the queueing (a `__del__` could lose it, and swallow the Ctrl-C)."""
+
+    __slots__ = ("address", "update")
+
+
 @dataclass(slots=True)
 class _Flush:
     sent: bool = False  # set (under cv) by the leader once everything queued before it is sent
@@ -333,8 +342,8 @@ class ClientSockets:
     when the leader is done. A background thread leads only once callers have left the
     sockets alone for POLL_MS: it sends what `__del__` queued and reads late replies.
 
-    `submit` and `queue_ref_update` only append to a deque (safe from `__del__`, never
-    I/O); everything queued goes out in order. Reference updates (deletes, hand-overs)
+    `submit`, `queue_ref_update` and the death of an object `ref_update_on_death` watches
+    only append to a deque (never I/O); everything queued goes out in order. Reference updates (deletes, hand-overs)
     are batched per worker, one message a batch.
     """
 
@@ -366,9 +375,7 @@ class ClientSockets:
         self._caller_active_at = 0.0  # the background keeps out for POLL_MS after a caller led or asked to
         self._next_tick = time.monotonic()
         self._wake_sent = False  # a wake-up is in the pipe: don't write one per submit
-        # Set by queue_ref_update, cleared only by flush_ref_updates: a reader that finds it
-        # set flushes, so updates its own thread queued earlier reach the workers first.
-        self._updates_dirty = False
+        self._armed: set[_OnDeath] = set()  # watched objects still alive (or dead, their update not sent yet)
         self._stopping = threading.Event()
         self._background = threading.Thread(target=self._run_background, name="fedq-io", daemon=True)
 
@@ -392,7 +399,18 @@ class ClientSockets:
 
     def queue_ref_update(self, address: str, update: Any) -> None:
         self._outbox.append(_RefUpdate(address, update))
-        self._updates_dirty = True
+
+    def ref_update_on_death(self, obj: Any, address: str, update: Any) -> _OnDeath:
+        """Queue `update` for `address` when `obj` dies (unless cancelled first). The set keeps
+        the watcher reachable: the garbage collector then runs its callback even when `obj`
+        dies in a reference cycle."""
+        watcher = _OnDeath(obj, self._outbox.append)
+        watcher.address, watcher.update = address, update
+        self._armed.add(watcher)
+        return watcher
+
+    def cancel_on_death(self, watcher: _OnDeath) -> None:
+        self._armed.discard(watcher)
 
     # ---- I/O, on the calling thread when it can lead
     def wait_until(self, done: Callable[[], bool], timeout: float) -> bool:
@@ -420,10 +438,9 @@ class ClientSockets:
         self._one_turn(lambda: marker.sent, time.monotonic() + timeout)
 
     def flush_ref_updates(self, timeout: float) -> None:
-        """Make every reference update queued so far a registered, sent request."""
-        if self._updates_dirty:
-            self._updates_dirty = False
-            self.flush(timeout)
+        """Make every reference update queued so far a registered, sent request (a flush,
+        always: an update the leader has taken but not sent yet is in no queue to look at)."""
+        self.flush(timeout)
 
     def _send_batch(self) -> None:
         """A batch of pipelined requests is queued: send it, and read what has arrived
@@ -544,6 +561,12 @@ class ClientSockets:
         while outbox:
             item = outbox.popleft()
             if type(item) is _RefUpdate:
+                updates.setdefault(item.address, []).append(item.update)
+            elif type(item) is _OnDeath:
+                try:
+                    self._armed.remove(item)  # (not there: cancelled, the reference was spent)
+                except KeyError:
+                    continue
                 updates.setdefault(item.address, []).append(item.update)
             elif type(item) is _Flush:
                 self._add_ref_updates(batches, updates)

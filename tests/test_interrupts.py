@@ -68,3 +68,29 @@ def test_ctrl_c_never_leaves_a_request_waited_for_in_vain():
     assert run.returncode == 0, run.stderr[-2000:]  # sync() above returned: every request was answered
     interrupts, rounds = map(int, run.stdout.split())
     assert interrupts > 50 and rounds > 10  # it was interrupted often, and got work done in between
+
+
+DIES_UNDER_CTRL_C = textwrap.dedent(
+    """
+    import _thread, functools, operator, torch, fedq as sy
+    hook = sy.TorchHook(torch)
+    w = sy.VirtualWorker(hook, id="dies_under_ctrl_c")
+    holder = [torch.ones(3).send(w)]
+    assert len(w._objects) == 1
+    try:
+        # One C call that makes a Ctrl-C pending, then drops the last reference to the pointer:
+        # the interrupt is raised at the first Python code that runs next, whatever it is.
+        list(map(operator.call, [_thread.interrupt_main, holder.clear]))
+        print("Ctrl-C lost")
+    except KeyboardInterrupt:
+        print("Ctrl-C raised")
+    print(len(w._objects))
+    """
+)
+
+
+def test_ctrl_c_as_a_pointer_dies_loses_neither_the_delete_nor_the_ctrl_c():
+    run = subprocess.run([sys.executable, "-c", DIES_UNDER_CTRL_C], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split("\n")[:2] == ["Ctrl-C raised", "0"], run.stdout + run.stderr[-2000:]
+    assert "Exception ignored" not in run.stderr
