@@ -34,7 +34,7 @@ from . import wire
 from .errors import ConfigError, FedqError, ProtocolError, WorkerDiedError, WorkerUnreachableError, rebuild_remote_error
 from .keys import key_from_environment
 from .transport import ClientSockets, client_name
-from .wire import DeleteObjects, Failure
+from .wire import DeleteObjects, Failure, Ok
 
 if TYPE_CHECKING:
     from .handle import VirtualWorker
@@ -46,17 +46,21 @@ DEFAULT_TIMEOUT = float(os.environ.get("FEDQ_TIMEOUT", "30"))
 
 class Call:
     """One request in flight. `waited`: someone will wait for it and see its error.
-    `quiet`: a failure is only logged (a delete to a worker that is gone frees nothing)."""
+    `quiet`: a failure is only logged (a delete to a worker that is gone frees nothing).
+    `hands_over`: its answer carries references for the caller; `abandoned`: nobody will
+    take them (its wait was interrupted), so they are given back when the answer comes."""
 
-    __slots__ = ("address", "done", "value", "error", "waited", "quiet")
+    __slots__ = ("address", "done", "value", "error", "waited", "quiet", "hands_over", "abandoned")
 
-    def __init__(self, address: str, waited: bool, quiet: bool = False) -> None:
+    def __init__(self, address: str, waited: bool, quiet: bool = False, hands_over: bool = False) -> None:
         self.address = address
         self.done = False
         self.value: Any = None
         self.error: FedqError | None = None
         self.waited = waited
         self.quiet = quiet
+        self.hands_over = hands_over
+        self.abandoned = False
 
 
 class Client:
@@ -72,6 +76,7 @@ class Client:
         self._pending: collections.Counter[str] = collections.Counter()  # requests in flight, deletes excepted
         self._pending_deletes: collections.Counter[str] = collections.Counter()
         self._deferred: list[FedqError] = []
+        self._unclaimed: set[int] = set()  # seqs of timed-out requests whose late answer hands over references
         self._seq = itertools.count(1)
         self._waits = 0  # how many times the caller waited for a worker (round trips it felt)
         self._handles: dict[str, VirtualWorker] = {}  # by address
@@ -151,7 +156,7 @@ class Client:
         if self._closed:
             raise FedqError("this fedq client is closed (the interpreter is exiting)")
         packed = self.codec.pack(next(self._seq), message)
-        call = Call(address, wait)
+        call = Call(address, wait, hands_over=wire.hands_over_references(message))
         # Registered when it is sent (`_on_send`), not here: a Ctrl-C between the two steps
         # must not leave a request that was registered but never queued (waited for in vain).
         self._io.submit(address, packed, call, urgent=wait, may_pass_updates=not wait and _allocates_little(message))
@@ -177,14 +182,19 @@ class Client:
         calls = [self.submit(address, message, wait=True) for address, message in requests]
         results: list[Any] = []
         first_error: BaseException | None = None
-        for call in calls:
-            try:
-                results.append(self.wait(call, timeout))
-            except FedqError as error:
-                first_error = first_error or error
-                results.append(None)
-        if first_error is not None:
-            raise first_error
+        try:
+            for call in calls:
+                try:
+                    results.append(self.wait(call, timeout))
+                except FedqError as error:
+                    first_error = first_error or error
+                    results.append(None)
+            if first_error is not None:
+                raise first_error
+        except BaseException:  # the caller gets none of the answers: give back what they hand over
+            for call in calls:
+                self._abandon(call)
+            raise
         return results
 
     def track_grads(self, pointer: Any) -> None:
@@ -238,7 +248,12 @@ class Client:
         """The answer to `call`; raises its error, or an earlier pipelined one first."""
         limit = self.timeout if timeout is None else timeout
         self._waits += 1
-        if not self._io.wait_until(lambda: call.done, limit):
+        try:
+            answered = self._io.wait_until(lambda: call.done, limit)
+        except BaseException:  # Ctrl-C: what the answer hands over would be held by nobody
+            self._abandon(call)
+            raise
+        if not answered:
             with self._cv:
                 raise self._give_up([call.address], limit)
         self._raise_deferred()
@@ -288,6 +303,8 @@ class Client:
         failed = [(seq, call) for seq, call in self._calls.items() if call.address in addresses]
         for seq, call in failed:
             del self._calls[seq]
+            if call.hands_over:
+                self._unclaimed.add(seq)  # a late answer's references are given back
             if not defer:
                 call.waited = True  # the error is raised right now, not at the next wait
             self._finish(seq, call, Failure(type(error).__name__, type(error).__module__, str(error), "", self.name_of(call.address)))
@@ -321,8 +338,11 @@ class Client:
             for envelope_seq, reply in answers:
                 for seq, message in wire.answers(envelope_seq, reply):
                     call = self._calls.pop(seq, None)
-                    if call is None:
-                        continue  # answered already (its worker was declared dead)
+                    if call is None:  # answered already (its worker was declared dead, or it timed out)
+                        if seq in self._unclaimed:
+                            self._unclaimed.discard(seq)
+                            self._give_back(message.value if isinstance(message, Ok) else None)
+                        continue
                     self._finish(seq, call, message)
             self._cv.notify_all()
 
@@ -339,7 +359,23 @@ class Client:
                 self._deferred.append(call.error)
         else:
             call.value = message.value
+            if call.abandoned:
+                self._give_back(call.value)
         call.done = True
+
+    def _abandon(self, call: Call) -> None:
+        """Nobody will take `call`'s answer: give back what it hands over, now or when it comes."""
+        with self._cv:
+            if not call.hands_over or call.abandoned:
+                return
+            call.abandoned = True
+            if call.done:
+                self._give_back(call.value)
+
+    def _give_back(self, value: Any) -> None:
+        """Delete the references an answer handed over that no pointer will hold."""
+        for spec in wire.references_in(value):
+            self._io.queue_ref_update(spec.address, spec.id_at_location)
 
     def _on_tick(self) -> None:
         for address, process in list(self._children.items()):

@@ -607,6 +607,24 @@ class Codec:
         return message
 
 
+def hands_over_references(request: Any) -> bool:
+    """Does the answer to `request` carry references the worker now counts as the caller's
+    (PointerSpecs: search results, a peeled chain, results whose shapes only the worker knew)?"""
+    kind = type(request)
+    return kind is Search or kind is GetObject or (kind is RunOp and request.result_ids is None)
+
+
+def references_in(value: Any) -> list[PointerSpec]:
+    """The PointerSpecs in an answer (nested in tuples, lists or dicts)."""
+    if isinstance(value, PointerSpec):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [spec for item in value for spec in references_in(item)]
+    if isinstance(value, dict):
+        return [spec for item in value.values() for spec in references_in(item)]
+    return []
+
+
 def answers(seq: int, reply: Any) -> list[tuple[int, Any]]:
     """(seq, Ok or Failure) for each request a reply answers: an Acked answers several."""
     if isinstance(reply, Acked):

@@ -94,3 +94,40 @@ def test_ctrl_c_as_a_pointer_dies_loses_neither_the_delete_nor_the_ctrl_c():
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split("\n")[:2] == ["Ctrl-C raised", "0"], run.stdout + run.stderr[-2000:]
     assert "Exception ignored" not in run.stderr
+
+
+ABANDONED_ANSWERS = textwrap.dedent(
+    """
+    import _thread, threading, torch, fedq as sy
+    hook = sy.TorchHook(torch)
+    me = hook.local_worker
+    w = sy.VirtualWorker(hook, id="abandoned_answers")
+    x = torch.rand(5_000_000).send(w)  # unique() of it takes ~0.5 s; its shape only the worker knows
+    threading.Timer(0.1, _thread.interrupt_main).start()
+    try:
+        x.unique()
+        print("not interrupted")
+    except KeyboardInterrupt:
+        print("interrupted")
+    me.sync()
+    print(len(w._objects))
+    me.timeout = 0.1
+    try:
+        x.unique()
+        print("no timeout")
+    except sy.WorkerUnreachableError:
+        print("timed out")
+    me.timeout = 30
+    me.sync()
+    w.ping()  # the late answer has come in by now: the worker answers in order
+    print(len(w._objects))
+    """
+)
+
+
+def test_an_answer_nobody_waits_for_any_more_gives_its_references_back():
+    """The worker picks the ids of results whose shapes only it knows; when the wait for them
+    is interrupted, or times out, the objects it made must not stay there with no pointer."""
+    run = subprocess.run([sys.executable, "-c", ABANDONED_ANSWERS], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split("\n")[:4] == ["interrupted", "1", "timed out", "1"], run.stdout + run.stderr[-2000:]
