@@ -3,7 +3,7 @@
 - A worker runs `ServerLoop` on its main thread: one ROUTER bound on the
   worker's address for requests, plus one DEALER per other worker it relays to.
 - The user's process has `ClientSockets`: one DEALER per worker, fed from a
-  thread-safe outbox (so `__del__` never does I/O) and driven by whichever thread
+  thread-safe outbox (a dying pointer never does I/O) and driven by whichever thread
   waits for an answer (leader/follower), or by a background thread when none does.
 
 Frames smaller than `wire.INBAND_LIMIT` are copied (cheaper than zmq's
@@ -340,11 +340,12 @@ class ClientSockets:
     and hands every reply to `on_replies` itself, so a round trip costs no hand-off to
     another thread and back. Other waiting threads follow (sleep on `cv`) and take over
     when the leader is done. A background thread leads only once callers have left the
-    sockets alone for POLL_MS: it sends what `__del__` queued and reads late replies.
+    sockets alone for POLL_MS: it sends the deletes of pointers that died and reads late
+    replies.
 
     `submit`, `queue_ref_update` and the death of an object `ref_update_on_death` watches
-    only append to a deque (never I/O); everything queued goes out in order. Reference updates (deletes, hand-overs)
-    are batched per worker, one message a batch.
+    only append to a deque (never I/O); everything queued goes out in order. Reference
+    updates (deletes, hand-overs) are batched per worker, one message a batch.
     """
 
     def __init__(
@@ -590,7 +591,7 @@ class ClientSockets:
 
     # ---- the background thread
     def _run_background(self) -> None:
-        """Lead while no caller does: what `__del__` queued goes out within about POLL_MS
+        """Lead while no caller does: the deletes of pointers that died go out within about POLL_MS
         of a caller's last wait, and replies nobody waits for are read."""
         try:
             while not self._stopping.is_set():
