@@ -1,0 +1,42 @@
+"""A worker's safety settings, with their defaults, written once.
+
+The CLI (`fedq worker`, `fedq up`), the config files (`[federation]`) and
+`VirtualWorker(...)` all read this table; so does the worker process itself. Each
+setting is a field of `Limits`: its name is the keyword, the config key and (with
+dashes) the command-line option. Add a safety setting here, nowhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Limits:
+    #: seconds a client's references outlive its last message (or heartbeat); then the worker
+    #: frees what only that client held. Clients renew idle leases every third of this.
+    lease_seconds: float = 60.0
+
+
+DEFAULTS = Limits()
+
+
+def limits_from(mapping: Mapping[str, Any], *, where: str = "settings") -> Limits:
+    """The `Limits` named in `mapping` (a config's [federation] table, CLI options, keywords);
+    a key that is not a setting here is ignored, a value of the wrong kind is a ConfigError."""
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(Limits):
+        value = mapping.get(field.name)
+        if value is None:
+            continue
+        default = getattr(DEFAULTS, field.name)
+        kind = type(default) if default is not None else None
+        try:
+            values[field.name] = kind(value) if kind is not None and not isinstance(value, bool) else value
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: {field.name} = {value!r} is not a {kind.__name__}") from None
+    return Limits(**values)
