@@ -45,9 +45,15 @@ def start_worker_process(
 
 # Runs before anything is imported: from its first instant the child exits when our pipe
 # closes (EOF), even while torch is still importing (a second or two): no orphan, ever.
+# The watcher reads the raw descriptor, never sys.stdin: a daemon thread blocked inside a
+# buffered reader holds its lock, and the interpreter aborts at exit ("_enter_buffered_busy").
 _BOOT = """\
-import os, sys, threading
-threading.Thread(target=lambda: (sys.stdin.buffer.read(), os._exit(0)), name="fedq-parent-watch", daemon=True).start()
+import os, threading
+def _watch_parent():
+    while os.read(0, 65536):
+        pass
+    os._exit(0)
+threading.Thread(target=_watch_parent, name="fedq-parent-watch", daemon=True).start()
 from fedq.worker import main
 main()
 """

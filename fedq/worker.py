@@ -682,6 +682,7 @@ def run_worker(
         pass
     # Already stopping: a late SIGTERM must not interrupt the interpreter's own cleanup.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    worker.store.clear()  # (the loop closed the sockets on its way out)
     log.info("worker %s stopped", id)
 
 

@@ -158,3 +158,18 @@ def test_a_script_that_only_hooks_torch_exits_cleanly():
     """TorchHook starts warming torch's meta kernels in a thread: exiting at once must not abort."""
     done = subprocess.run([sys.executable, "-c", "import torch as th, fedq as sy; hook = sy.TorchHook(th)"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("how", ["shutdown", "sigterm"])
+def test_a_worker_stops_cleanly_with_exit_code_0(hook, how):
+    """A stop the owner asks for is a clean exit: code 0, no "Fatal Python error" from the
+    thread that watches the parent, whatever the worker held."""
+    worker = sy.VirtualWorker(hook, id=f"stopped-by-{how}")
+    held = [th.ones(1000).send(worker) for _ in range(5)]  # something to free on the way out
+    worker.ping()
+    if how == "shutdown":
+        worker.shutdown()
+    else:
+        worker.process.send_signal(signal.SIGTERM)
+    assert worker.process.wait(10) == 0
+    del held
