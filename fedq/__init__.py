@@ -24,6 +24,7 @@ from .errors import (  # noqa: E402
     UnsupportedOperationError,
     ValueNeedsGetError,
     WorkerDiedError,
+    WorkerRestartedError,
     WorkerUnreachableError,
 )
 from .client import Client, local_client  # noqa: E402
@@ -35,5 +36,5 @@ __all__ = [
     "CodeNotAllowedError", "ConfigError", "StoreFullError",
     "Client", "FedqError", "GetNotPermittedError", "ObjectNotFoundError", "PointerTensor", "ProtocolError",
     "RemoteError", "SpentPointerError", "TensorsNotCollocatedError", "TorchHook", "UnsupportedOperationError",
-    "ValueNeedsGetError", "VirtualWorker", "Pointer", "PointerParameter", "WorkerDiedError", "WorkerUnreachableError", "connect", "local_client",
+    "ValueNeedsGetError", "VirtualWorker", "Pointer", "PointerParameter", "WorkerDiedError", "WorkerRestartedError", "WorkerUnreachableError", "connect", "local_client",
 ]

@@ -42,20 +42,22 @@ AddressOption = typer.Option(None, "--address", help="Endpoint of the worker, in
 TimeoutOption = typer.Option(5.0, "--timeout", help="Seconds to wait for an answer.")
 
 
-def _connect(name: str, config: Path, address: Optional[str]) -> Any:
+def _connect(name: str, config: Path, address: Optional[str], *, owner: bool = False) -> Any:
     """A handle to worker `name`, by the config or by `address`. With an address, messages are
-    signed with FEDQ_KEY, or with the config's key when this process has no key in use yet."""
+    signed with FEDQ_KEY, or with the config's key when this process has no key in use yet.
+    `owner`: this is the worker's host and we act as its owner (clear, stop): those requests
+    are signed with the config's admin key file."""
     from .client import local_client
     from .handle import connect
     from .keys import key_from_environment
 
     try:
         if address is None:
-            return connect(None, name, config=config)
+            return connect(None, name, config=config, owner=owner)
         client = local_client()
         if key_from_environment() is None and not client.knows_workers() and config.exists():
             client.use_key(load_config(config).key(create=False))
-        return connect(None, name, address=address)
+        return connect(None, name, address=address, config=config, owner=owner and config.exists())
     except FedqError as error:
         _fail(error)
 
@@ -93,6 +95,7 @@ def worker(
             max_store_bytes=max_store_bytes if max_store_bytes is not None else (federation.max_store_bytes if federation else None),
             curve_dir=str(federation.curve_dir) if federation and federation.curve_dir else None,
             peers=federation.peers() if federation else None,
+            admin_key=federation.admin_key() if federation else None,  # (else FEDQ_ADMIN_KEY's, if set)
         )
     except FedqError as error:
         _fail(error)
@@ -106,7 +109,7 @@ def up(config: Path = ConfigOption, verbose: bool = typer.Option(False, "--verbo
 
     try:
         federation = load_config(config)
-        key = federation.key()
+        key, admin_key = federation.key(), federation.admin_key()
     except FedqError as error:
         _fail(error)
     processes = {
@@ -114,6 +117,7 @@ def up(config: Path = ConfigOption, verbose: bool = typer.Option(False, "--verbo
             id, w.address, key=key, timeout=federation.timeout, verbose=verbose, data=w.data,
             allow_code=federation.allow_code, max_store_bytes=federation.max_store_bytes,
             curve_dir=str(federation.curve_dir) if federation.curve_dir else None, peers=federation.peers(),
+            admin_key=admin_key,
         )
         for id, w in federation.workers.items()
     }
@@ -262,14 +266,31 @@ def clear(
     address: Optional[str] = AddressOption,
     timeout: float = TimeoutOption,
 ) -> None:
-    """Empty a worker's store: everything it holds, its owner's data included. Other workers are not touched, so pointers into it stop working."""
-    handle = _connect(name, config, address)
+    """Empty a worker's store: everything it holds, its owner's data included. Other workers are not touched, so pointers into it stop working.
+    Run on the worker's host: it is the owner's action, signed with the config's admin key file."""
+    handle = _connect(name, config, address, owner=True)
     try:
         held = handle.ping(timeout=timeout).objects
         handle.clear_objects()
     except FedqError as error:
         _fail(error)
     typer.echo(f"{name}: cleared, {held} objects freed")
+
+
+@app.command()
+def stop(
+    name: str = typer.Argument(..., help="The worker's id."),
+    config: Path = ConfigOption,
+    address: Optional[str] = AddressOption,
+    timeout: float = TimeoutOption,
+) -> None:
+    """Stop a worker: it frees what it holds and exits. Run on the worker's host: it is the owner's action, signed with the config's admin key file."""
+    handle = _connect(name, config, address, owner=True)
+    try:
+        handle.shutdown(timeout=timeout)
+    except FedqError as error:
+        _fail(error)
+    typer.echo(f"{name}: stopped")
 
 
 @app.command()
@@ -294,7 +315,12 @@ def keygen(
     except FedqError as error:
         _fail(error)
     write_key_file(federation.key_file, key)
-    typer.echo(f"wrote a new key to {federation.key_file} (mode 600); restart the federation's workers to use it")
+    write_key_file(federation.admin_key_file, new_key())
+    typer.echo(
+        f"wrote a new key to {federation.key_file} and a new admin key (the data owner's: keep it on the workers' host) "
+        f"to {federation.admin_key_file} (mode 600); restart the federation's workers to use them"
+    )
+
 
 
 def _make_curve_keys(config: Path) -> None:

@@ -31,7 +31,15 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from . import wire
-from .errors import ConfigError, FedqError, ProtocolError, WorkerDiedError, WorkerUnreachableError, rebuild_remote_error
+from .errors import (
+    ConfigError,
+    FedqError,
+    ProtocolError,
+    WorkerDiedError,
+    WorkerRestartedError,
+    WorkerUnreachableError,
+    rebuild_remote_error,
+)
 from .keys import key_from_environment
 from .transport import ClientSockets, client_name
 from .wire import DeleteObjects, Failure, Ok
@@ -42,6 +50,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("fedq.client")
 
 DEFAULT_TIMEOUT = float(os.environ.get("FEDQ_TIMEOUT", "30"))
+#: seconds a worker we wait on may answer nothing before we ask who it is now (a hello): one
+#: that restarted drops what is sealed to its old incarnation, and we say so instead of timing out
+RESTART_PROBE_SECONDS = 1.0
 
 
 class Call:
@@ -83,6 +94,13 @@ class Client:
         self._children: dict[str, subprocess.Popen] = {}  # workers this process started, by address
         self.spawned: dict[str, VirtualWorker] = {}  # the same, by id
         self._dead: dict[str, str] = {}  # address -> why
+        # Which life of each worker we talk to (what we seal to): chosen by us for a worker we
+        # spawn, else learned from its answers (a hello first) or from pointers that name it.
+        self._incarnations: dict[str, bytes] = {}  # address -> incarnation
+        self._restarted: dict[str, str] = {}  # address -> what to tell a user of its old objects
+        self._stalled_since: dict[str, float] = {}  # address -> since when we wait on it and hear nothing
+        self._probing: set[str] = set()  # addresses a hello was sent to because they went quiet
+        self._admin_keys: dict[str, bytes] = {}  # address -> that worker's admin key, if we are its owner
         # Pointers to leaves that need grads, by pointer id: told after each backward whether
         # their object has a .grad, so that optimizers read p.grad without a round trip.
         self._grad_tracked: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
@@ -127,10 +145,34 @@ class Client:
             raise ConfigError("this process already talks to workers unencrypted; switch to CURVE before the first one")
         self._io.peers.curve = keys
 
-    def register(self, handle: "VirtualWorker", process: subprocess.Popen | None = None) -> None:
+    def register(
+        self, handle: "VirtualWorker", process: subprocess.Popen | None = None, *, incarnation: bytes | None = None, admin_key: bytes | None = None
+    ) -> None:
+        """Know the worker behind `handle`: the `process` and `incarnation` we started it with,
+        and its `admin_key` if we are its owner."""
         self._handles[handle.address] = handle
         if process is not None:
             self._children[handle.address] = process
+        if incarnation is not None:
+            self._incarnations[handle.address] = incarnation
+        if admin_key is not None:
+            self.use_admin_key(handle.address, admin_key)
+
+    def use_admin_key(self, address: str, admin_key: bytes) -> None:
+        """Sign the owner's actions (wire.OWNER_ACTIONS) to the worker at `address` with its admin key."""
+        if len(admin_key) < 16:
+            raise ConfigError("an admin key must hold at least 16 bytes")
+        self._admin_keys[address] = admin_key
+
+    def incarnation_of(self, address: str, timeout: float | None = None) -> bytes:
+        """The incarnation of the worker at `address` (what our messages to it are sealed to):
+        known if we spawned it, met it or hold a pointer naming it; else asked, once (a hello)."""
+        known = self._incarnations.get(address)
+        if known is None:
+            self.wait(self._submit(address, wire.Ping(), wait=True, to=wire.NO_INCARNATION), timeout)
+            known = self._incarnations[address]  # (learned from the answer's stamp before it finished)
+        return known
+
 
     def name_of(self, address: str) -> str:
         handle = self._handles.get(address)
@@ -155,7 +197,15 @@ class Client:
         """Send a request without waiting; `wait=True` if the caller will `wait()` on it."""
         if self._closed:
             raise FedqError("this fedq client is closed (the interpreter is exiting)")
-        packed = self.codec.pack(next(self._seq), message)
+        if address not in self._incarnations:
+            self.incarnation_of(address)
+        return self._submit(address, message, wait=wait)
+
+    def _submit(self, address: str, message: Any, *, wait: bool, to: bytes | None = None) -> Call:
+        """`submit`, sealed to `to` (None: the worker's incarnation when it is sent); an owner's
+        action is signed with the worker's admin key if we hold it."""
+        admin_key = self._admin_keys.get(address) if type(message) in wire.OWNER_ACTIONS else None
+        packed = self.codec.pack(next(self._seq), message, to, admin_key=admin_key)
         call = Call(address, wait, hands_over=wire.hands_over_references(message))
         # Registered when it is sent (`_on_send`), not here: a Ctrl-C between the two steps
         # must not leave a request that was registered but never queued (waited for in vain).
@@ -172,13 +222,20 @@ class Client:
         `after_deletes` also waits for deletes: only a listing of what a worker holds can
         tell (a delete never touches an object some pointer still holds)."""
         self.barrier(except_address=None if after_all else address, timeout=timeout, deletes=after_deletes)
+        if address not in self._incarnations:
+            if type(message) is wire.Ping:  # a worker we have not met: this ping is the hello
+                return self.wait(self._submit(address, message, wait=True, to=wire.NO_INCARNATION), timeout)
+            self.incarnation_of(address, timeout)
         return self.wait(self.submit(address, message, wait=True), timeout)
+
 
     def request_many(self, requests: list[tuple[str, Any]], timeout: float | None = None) -> list[Any]:
         """Several reads at once: one barrier, all sent, all awaited (one round trip, not N).
         Every answer is awaited before the first error, if any, is raised."""
         addresses = {address for address, _ in requests}
         self.barrier(except_address=next(iter(addresses)) if len(addresses) == 1 else None, timeout=timeout)
+        for address in addresses:
+            self.incarnation_of(address, timeout)
         calls = [self.submit(address, message, wait=True) for address, message in requests]
         results: list[Any] = []
         first_error: BaseException | None = None
@@ -240,8 +297,15 @@ class Client:
         ids = tuple(u for u in updates if type(u) is int)
         return self.codec.pack(seq, DeleteObjects(ids, hand_overs=tuple(u for u in updates if type(u) is tuple)))
 
-    def _seal(self, packed: list[wire.Packed]) -> list:  # runs where the sockets are driven
+    def _seal(self, address: str, packed: list[wire.Packed]) -> list:  # runs where the sockets are driven
+        """Seal for the incarnation of the worker at `address` we know now (NO_INCARNATION if
+        none: the worker drops it, unless it is a hello)."""
+        to = self._incarnations.get(address, wire.NO_INCARNATION)
+        for one in packed:
+            if one.to is None:
+                one.to = to
         return self.codec.seal_many(packed)
+
 
     # ---- waiting
     def wait(self, call: Call, timeout: float | None = None) -> Any:
@@ -326,8 +390,12 @@ class Client:
     # ---- where the sockets are driven (a waiting caller, or the background thread)
     def _on_replies(self, address: str, messages: list[list]) -> None:
         answers = []
+        restarted = False
         for frames in messages:
-            for seq, reply in self.codec.decode_each(frames):
+            origin, replies = self.codec.receive(frames)
+            if origin is not None and origin.session != self._incarnations.get(address):
+                restarted |= self._learn_incarnation(address, origin.session)
+            for seq, reply in replies:
                 if isinstance(reply, ProtocolError):
                     log.warning("dropped a reply from %s: %s", address, reply)
                     if seq is None:
@@ -344,7 +412,26 @@ class Client:
                             self._give_back(message.value if isinstance(message, Ok) else None)
                         continue
                     self._finish(seq, call, message)
+            if restarted:  # what is still waiting was sealed to the old incarnation: dropped there
+                self._fail_calls({address}, WorkerRestartedError(self._restarted[address]), defer=True)
             self._cv.notify_all()
+        self._stalled_since.pop(address, None)
+        self._probing.discard(address)
+
+    def _learn_incarnation(self, address: str, incarnation: bytes) -> bool:
+        """The worker at `address` answers as `incarnation` now; True if it had another before
+        (it restarted: what it held is gone)."""
+        before = self._incarnations.get(address)
+        self._incarnations[address] = incarnation
+        if before is None:
+            return False
+        self._restarted[address] = (
+            f"worker {self.name_of(address)!r} at {address} restarted (new incarnation): the objects it held are gone, "
+            "and pointers to them no longer work; send the data again"
+        )
+        log.warning("%s", self._restarted[address])
+        return True
+
 
     def _finish(self, seq: int, call: Call, message: Any) -> None:
         pending = self._pending_deletes if call.quiet else self._pending
@@ -353,12 +440,18 @@ class Client:
             del pending[call.address]
         if isinstance(message, Failure):
             call.error = rebuild_remote_error(message.type_name, message.module, message.message, message.traceback, message.worker)
+            if message.type_name == "ObjectNotFoundError" and call.address in self._restarted:
+                call.error.add_note(self._restarted[call.address])  # (an old pointer's object: gone with the restart)
             if call.quiet:
                 log.warning("%s", str(call.error).splitlines()[0])
             elif not call.waited:
                 self._deferred.append(call.error)
         else:
             call.value = message.value
+            if call.hands_over:  # pointers to other workers name their incarnation: no hello needed there
+                for spec in wire.references_in(call.value):
+                    if spec.incarnation != wire.NO_INCARNATION:
+                        self._incarnations.setdefault(spec.address, spec.incarnation)
             if call.abandoned:
                 self._give_back(call.value)
         call.done = True
@@ -377,7 +470,26 @@ class Client:
         for spec in wire.references_in(value):
             self._io.queue_ref_update(spec.address, spec.id_at_location)
 
+    def _probe_quiet_workers(self) -> None:  # where the sockets are driven
+        """A hello to each worker (not one we spawned: it cannot restart) that we wait on and
+        that answered nothing for RESTART_PROBE_SECONDS: if it restarted, its answer names its
+        new incarnation, and what waits on the old one fails at once (`_on_replies`)."""
+        now = time.monotonic()
+        with self._cv:
+            waited_on = [a for a, n in self._pending.items() if n and a not in self._children and a in self._incarnations]
+        for address in [a for a in self._stalled_since if a not in waited_on]:  # answered, or given up on
+            del self._stalled_since[address]
+            self._probing.discard(address)
+        for address in waited_on:
+            since = self._stalled_since.setdefault(address, now)
+            if now - since >= RESTART_PROBE_SECONDS and address not in self._probing:
+                self._probing.add(address)
+                packed = self.codec.pack(next(self._seq), wire.Ping(), wire.NO_INCARNATION)
+                self._io.submit(address, packed, Call(address, False, quiet=True))  # (only queued: sent this turn)
+
     def _on_tick(self) -> None:
+        if not self._closed:
+            self._probe_quiet_workers()
         for address, process in list(self._children.items()):
             code = process.poll()
             if code is not None and address not in self._dead:

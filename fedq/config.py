@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .keys import key_from_environment, read_key_file
+from .settings import DEFAULTS, Limits, limits_from
 from .transport import runtime_dir
 
 DEFAULT_CONFIG = Path("configs/local.toml")
@@ -42,6 +43,7 @@ class FederationConfig:
     max_store_bytes: int | None = None
     allow_code: bool = False
     curve_dir: Path | None = None  # set: every socket is CURVE-encrypted with the keys there
+    limits: Limits = DEFAULTS  # the safety settings of [federation] (settings.py), e.g. lease_seconds
 
     def peers(self) -> dict[str, str]:
         return {id: w.address for id, w in self.workers.items()}
@@ -50,6 +52,18 @@ class FederationConfig:
         """The federation's signing key: FEDQ_KEY if set, else the key file. Workers make a
         missing one (`create`); a client must not: a new key would match no running worker."""
         return key_from_environment() or read_key_file(self.key_file, create=create)
+
+    @property
+    def admin_key_file(self) -> Path:
+        """Where the workers' admin key (their owner's) is kept: `admin_key_file`, else next to the key file."""
+        if self.limits.admin_key_file:
+            return Path(self.limits.admin_key_file).expanduser()
+        return self.key_file.with_name(self.key_file.stem + ".admin" + self.key_file.suffix)
+
+    def admin_key(self, *, create: bool = True) -> bytes:
+        """The owner's admin key of this federation's standing workers. A worker makes a missing
+        one (`create`); the CLI on the worker's host reads it."""
+        return read_key_file(self.admin_key_file, create=create, what="admin key")
 
     def worker(self, id: str) -> WorkerConfig:
         try:
@@ -88,4 +102,5 @@ def load_config(path: str | Path | None = None) -> FederationConfig:
     return FederationConfig(
         path, float(federation.get("timeout", 30)), key_file, workers,
         int(max_store) if max_store is not None else None, bool(federation.get("allow_code", False)), curve_dir,
+        limits_from(federation, where=f"{path} [federation]"),
     )

@@ -74,6 +74,11 @@ class WorkerDiedError(WorkerUnreachableError):
     """A worker process that this client started has exited."""
 
 
+class WorkerRestartedError(WorkerUnreachableError):
+    """A worker restarted (it answers under a new incarnation): what it held before is gone, and
+    what was sent to its earlier incarnation was dropped unanswered."""
+
+
 class ConfigError(FedqError, ValueError):
     """A federation config or key is missing, malformed, or lacks what was asked for."""
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .client import Client, local_client
+from .errors import ConfigError
 from .ids import new_id
 from .launcher import start_worker_process
 from .transport import runtime_dir
@@ -29,6 +30,8 @@ from .wire import (
     Search,
     Shutdown,
     WorkerStatus,
+    new_incarnation,
+    new_key,
 )
 
 
@@ -68,13 +71,16 @@ class VirtualWorker:
         self.id = id
         directory = Path(tempfile.mkdtemp(prefix="vw-", dir=runtime_dir()))
         self.address = f"ipc://{directory}/{id}.sock"
+        # We choose its incarnation (our first request needs no hello) and, as the owner of what
+        # we spawn, its admin key: our clear_objects() and shutdown() are the owner's.
+        incarnation, admin_key = new_incarnation(), new_key()
         # A child shares our terminal: it prints only warnings, unless asked.
         self.process: subprocess.Popen | None = start_worker_process(
             id, self.address, key=self.client.key, timeout=timeout or self.client.timeout, verbose=verbose, quiet=not verbose,
             data=str(Path(data).resolve()) if data else None, allow_code=allow_code, max_store_bytes=max_store_bytes,
-            max_message_bytes=max_message_bytes,
+            max_message_bytes=max_message_bytes, incarnation=incarnation, admin_key=admin_key,
         )
-        self.client.register(self, self.process)
+        self.client.register(self, self.process, incarnation=incarnation, admin_key=admin_key)
         self.client.spawned[id] = self
         # Not waited for: the first read waits, so several workers start in parallel.
         self.client.submit(self.address, Ping())
@@ -94,6 +100,11 @@ class VirtualWorker:
 
     def alive(self) -> bool:
         return self.process is None or self.process.poll() is None
+
+    @property
+    def incarnation(self) -> bytes:
+        """Which life of the worker this handle talks to (asked once if not known yet)."""
+        return self.client.incarnation_of(self.address)
 
     def clear_objects(self) -> "VirtualWorker":
         """Empty this worker's store (rule 10: other workers are not touched)."""
@@ -144,13 +155,18 @@ class VirtualWorker:
         return f"<VirtualWorker id:{self.id} #objects:{count}>"
 
 
-def connect(hook: Any = None, id: str = "", *, address: str | None = None, config: str | Path | None = None) -> VirtualWorker:
-    """A handle to a running worker, by its address or by its id in a federation config."""
+def connect(
+    hook: Any = None, id: str = "", *, address: str | None = None, config: str | Path | None = None, owner: bool = False
+) -> VirtualWorker:
+    """A handle to a running worker, by its address or by its id in a federation config.
+
+    `owner=True`: we are its data owner, on its host: clearing and stopping it are signed
+    with the config's admin key file (`admin_key_file`), which only the owner can read."""
     from .config import load_config
 
     client = _client_of(hook)
+    federation = load_config(config) if address is None or owner else None
     if address is None:
-        federation = load_config(config)
         address = federation.worker(id).address
         client.use_key(federation.key(create=False))
         if federation.curve_dir is not None:
@@ -159,4 +175,6 @@ def connect(hook: Any = None, id: str = "", *, address: str | None = None, confi
             client.use_curve(CurveKeys.load(federation.curve_dir, "client", federation.peers()))
     handle = client.handle_for(id, address)
     handle.id = id or handle.id
+    if owner:
+        client.use_admin_key(address, federation.admin_key(create=False))
     return handle

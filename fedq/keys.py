@@ -3,6 +3,11 @@
 A federation shares one random key. Workers a script starts get the script's
 key through their environment; a standing federation keeps it in a key file
 (made on first use, readable only by its owner) or in FEDQ_KEY.
+
+Each worker also has an admin key, its data owner's: requests signed with it
+(clearing, stopping, policy) are the owner's. A worker a script starts gets a
+fresh one from that script (its owner) through FEDQ_ADMIN_KEY; a standing
+worker reads its config's admin key file, as does the CLI on the worker's host.
 """
 
 from __future__ import annotations
@@ -15,40 +20,54 @@ from .errors import ConfigError
 from .wire import new_key
 
 KEY_ENV = "FEDQ_KEY"
+ADMIN_KEY_ENV = "FEDQ_ADMIN_KEY"
 
 
-def key_from_environment() -> bytes | None:
-    value = os.environ.get(KEY_ENV)
+def key_from_environment(name: str = KEY_ENV) -> bytes | None:
+    value = os.environ.get(name)
     if not value:
         return None
     try:
         key = bytes.fromhex(value.strip())
     except ValueError:
-        raise ConfigError(f"{KEY_ENV} must be hex (as `fedq keygen --print` writes it)") from None
+        raise ConfigError(f"{name} must be hex (as `fedq keygen --print` writes it)") from None
     if len(key) < 16:
-        raise ConfigError(f"{KEY_ENV} must hold at least 16 bytes")
+        raise ConfigError(f"{name} must hold at least 16 bytes")
     return key
 
 
-def environment_with_key(key: bytes) -> dict[str, str]:
-    """This process's environment plus the key, for a child worker (never argv: `ps` shows argv)."""
-    return {**os.environ, KEY_ENV: key.hex()}
+def admin_key_from_environment() -> bytes | None:
+    """The admin key a parent gave this worker process (FEDQ_ADMIN_KEY), if any."""
+    return key_from_environment(ADMIN_KEY_ENV)
 
 
-def read_key_file(path: Path, *, create: bool = True) -> bytes:
+def environment_with_key(key: bytes, admin_key: bytes | None = None) -> dict[str, str]:
+    """This process's environment plus the key (and the worker's admin key), for a child worker
+    (never argv: `ps` shows argv). An admin key of our own is never passed on unasked."""
+    environment = {name: value for name, value in os.environ.items() if name != ADMIN_KEY_ENV}
+    environment[KEY_ENV] = key.hex()
+    if admin_key is not None:
+        environment[ADMIN_KEY_ENV] = admin_key.hex()
+    return environment
+
+
+def read_key_file(path: Path, *, create: bool = True, what: str = "key") -> bytes:
     """The key in `path`; with `create`, a new one is written there first if there is none.
     Workers of one federation may start at the same moment: the first to link its file wins."""
     path = path.expanduser()
     if not path.exists():
         if not create:
-            raise ConfigError(f"no key file at {path}: start the federation's workers first (they make it), or run `fedq keygen`")
+            raise ConfigError(f"no {what} file at {path}: start the federation's workers first (they make it), or run `fedq keygen`")
         write_key_file(path, new_key(), replace=False)
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
-        raise ConfigError(f"key file {path} is readable by others (mode {mode:o}); chmod 600 it")
-    key = bytes.fromhex(path.read_text().strip())
+        raise ConfigError(f"{what} file {path} is readable by others (mode {mode:o}); chmod 600 it")
+    try:
+        key = bytes.fromhex(path.read_text().strip())
+    except ValueError:
+        raise ConfigError(f"{what} file {path} is not hex (as `fedq keygen` writes it)") from None
     if len(key) < 16:
-        raise ConfigError(f"key file {path} holds less than 16 bytes")
+        raise ConfigError(f"{what} file {path} holds less than 16 bytes")
     return key
 
 

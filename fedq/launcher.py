@@ -23,10 +23,14 @@ def start_worker_process(
     max_message_bytes: int | None = None,
     curve_dir: str | None = None,
     peers: dict[str, str] | None = None,
+    incarnation: bytes | None = None,
+    admin_key: bytes | None = None,
 ) -> subprocess.Popen:
     """Start `fedq.worker` as a child process serving `id` on `address`.
 
-    The key travels in the child's environment, not its command line. `allow_code`
+    The key, and the worker's `admin_key` (its owner's), travel in the child's environment,
+    not its command line. `incarnation`, if given, is the one the worker serves under: the
+    parent then seals its first request to it at once, with no hello. `allow_code`
     lets it run functions shipped inside messages (off by default: unpickling is code
     execution). `data` is a data owner's script (see workers/) the worker runs before serving.
     The child watches a pipe from us and exits when it closes, so it dies with
@@ -40,7 +44,11 @@ def start_worker_process(
         settings["max_message_bytes"] = max_message_bytes
     if curve_dir is not None:  # paths, not keys: the secret stays in its 600 file
         settings.update(curve_dir=curve_dir, peers=peers or {})
-    return subprocess.Popen([sys.executable, "-c", _BOOT, json.dumps(settings)], stdin=subprocess.PIPE, env=environment_with_key(key))
+    if incarnation is not None:  # (no secret: every stamp to the worker carries it)
+        settings["incarnation"] = incarnation.hex()
+    return subprocess.Popen(
+        [sys.executable, "-c", _BOOT, json.dumps(settings)], stdin=subprocess.PIPE, env=environment_with_key(key, admin_key)
+    )
 
 
 # Runs before anything is imported: from its first instant the child exits when our pipe

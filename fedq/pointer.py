@@ -159,6 +159,7 @@ class Pointer:
         return PointerSpec(
             self.id, self.location.id, self.location.address, self.id_at_location,
             tuple(self._meta.shape), self._meta.dtype, self._meta.requires_grad, tuple(sorted(self.tags)), self.description,
+            self.location.incarnation,
         )
 
     def _relocate(self, location: "VirtualWorker") -> None:
@@ -209,7 +210,7 @@ class Pointer:
         if worker.address != self.location.address:
             client = self.location.client
             try:
-                client.request(self.location.address, MoveObject(self.id_at_location, worker.id, worker.address), after_all=self._is_chain)
+                client.request(self.location.address, MoveObject(self.id_at_location, worker.id, worker.address, worker.incarnation), after_all=self._is_chain)
             except WorkerUnreachableError:
                 # The source may have died after the destination stored the object but
                 # before it could say so: then the move did happen, and the pointer follows.
@@ -589,7 +590,7 @@ def move_module(module: torch.nn.Module, worker: "VirtualWorker") -> torch.nn.Mo
     moving = [p for p in pointers if p.location.address != worker.address]
     if moving:
         client = moving[0].location.client
-        client.request_many([(p.location.address, MoveObject(p.id_at_location, worker.id, worker.address)) for p in moving])
+        client.request_many([(p.location.address, MoveObject(p.id_at_location, worker.id, worker.address, worker.incarnation)) for p in moving])
         for pointer in moving:
             pointer._relocate(worker)
     return module

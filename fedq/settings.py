@@ -20,6 +20,12 @@ class Limits:
     #: seconds a client's references outlive its last message (or heartbeat); then the worker
     #: frees what only that client held. Clients renew idle leases every third of this.
     lease_seconds: float = 60.0
+    #: the file (mode 600) holding a standing worker's admin key, its data owner's: requests
+    #: signed with it (clearing, stopping, policy) are the owner's. Read by the worker and by
+    #: the CLI on its host; made by `fedq keygen` or the worker's first start. None: next to
+    #: the federation's key file (local.key -> local.admin.key). A worker a script spawns gets
+    #: a fresh admin key from that script instead (its owner).
+    admin_key_file: str | None = None
 
 
 DEFAULTS = Limits()

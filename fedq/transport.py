@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator, Literal
 
 import zmq
 
-from .wire import INBAND_LIMIT, MAX_BATCH, MAX_FRAMES
+from .wire import INBAND_LIMIT, MAX_BATCH, MAX_FRAMES, NO_INCARNATION
 
 log = logging.getLogger("fedq.transport")
 
@@ -354,7 +354,7 @@ class ClientSockets:
         on_send: Callable[[int, Any], None],
         on_replies: Callable[[str, list[list]], None],
         encode_ref_updates: Callable[[str, list[Any]], Any],
-        seal: Callable[[list[Any]], list],
+        seal: Callable[[str, list[Any]], list],
         on_tick: Callable[[], None],
     ) -> None:
         self.cv = threading.Condition()  # guards the lead, and what waiters wait on (the client's calls)
@@ -386,7 +386,7 @@ class ClientSockets:
     # ---- any thread, no I/O
     def submit(self, address: str, message: Any, call: Any, *, urgent: bool = True, may_pass_updates: bool = False) -> None:
         """Queue a packed message for `address`; `on_send(seq, call)` runs right before it is
-        sent (sealed by `seal`). An urgent one is sent by the wait that follows it; a pipelined
+        sent (sealed by `seal(address, packed)`, for that address's incarnation). An urgent one is sent by the wait that follows it; a pipelined
         one (`urgent=False`) goes out with the next wait, once BATCH have queued, or after
         POLL_MS. Reference updates queued before it go first, unless `may_pass_updates`: then
         they go at the end of the batch. One append: a Ctrl-C leaves it queued or not at all."""
@@ -615,9 +615,12 @@ class Batches:
     """Packed messages gathered per address; each address's are sealed together (`seal`)
     and sent as one message (one signature, one send, one wake-up at each end): at most
     MAX_BATCH messages, MAX_FRAMES frames and, past the first, BATCH_BYTES bytes each (a
-    receiver refuses a message over its size limit: two large tensors go apart)."""
+    receiver refuses a message over its size limit: two large tensors go apart). One batch
+    is for one destination incarnation and signed with one key (`Packed.to`, `.admin_key`):
+    a message that differs from the one before it starts the next, in order; a hello (sealed
+    to no incarnation) always goes alone, as the receiver takes nothing else with it."""
 
-    def __init__(self, peers: PeerSockets, seal: Callable[[list[Any]], list]) -> None:
+    def __init__(self, peers: PeerSockets, seal: Callable[[str, list[Any]], list]) -> None:
         self._peers = peers
         self._seal = seal
         self._packed: dict[str, list[Any]] = {}
@@ -630,8 +633,9 @@ class Batches:
         size = len(packed.body) + sum(memoryview(buffer).nbytes for buffer in packed.buffers)
         if gathered and (
             len(gathered) == MAX_BATCH or self._frames[address] + frames > MAX_FRAMES or self._bytes[address] + size > BATCH_BYTES
+            or packed.to != gathered[-1].to or packed.admin_key is not gathered[-1].admin_key or packed.to == NO_INCARNATION
         ):
-            self._peers.send(address, self._seal(gathered))
+            self._peers.send(address, self._seal(address, gathered))
             gathered = self._packed[address] = []
             self._frames[address] = self._bytes[address] = 0
         gathered.append(packed)
@@ -640,7 +644,7 @@ class Batches:
 
     def send(self) -> None:
         for address, gathered in self._packed.items():
-            self._peers.send(address, self._seal(gathered))
+            self._peers.send(address, self._seal(address, gathered))
         self._packed.clear()
         self._frames.clear()
         self._bytes.clear()

@@ -4,13 +4,23 @@ A message on the wire is a header frame, then one frame per out-of-band buffer::
 
     [signature | stamp | body,  buffer_0, buffer_1, ...]
 
-- `signature` (32 bytes): HMAC-SHA256, under the federation's key, of the rest of
-  the header and of every buffer (Jupyter leaves its buffers unsigned; we do
-  not): the buffers enter it as their GMAC tag under a one-time key derived
-  from the key and the stamp. Checked in constant time before anything is unpickled.
-- `stamp`: the sender's session id and message counter, so a replayed message
-  is refused (`ReplayWindow`); `seq`, so that a signed message whose body is
-  refused can still be answered with the reason; and how many buffers follow.
+- `signature` (32 bytes): HMAC-SHA256, under the federation's key (or, for the
+  data owner's requests, the worker's admin key), of the rest of the header and
+  of every buffer (Jupyter leaves its buffers unsigned; we do not): the buffers
+  enter it as their GMAC tag under a one-time key derived from the key and the
+  stamp. Checked in constant time before anything is unpickled.
+- `stamp` (fixed size): the sender's session and message counter, so a replayed
+  message is refused (`ReplayWindow`); the *destination's* session, so a message
+  replayed to another process, or to a restarted one, is refused too; `seq`, so
+  that a signed message whose body is refused can still be answered with the
+  reason; and how many buffers follow.
+
+A process's session is its incarnation: 16 random bytes drawn when it starts (a
+worker's may be drawn by the parent that spawns it, which then knows it). Being
+random, it also names the process: nothing else listens under it. Peers learn it
+from the stamp of anything the process sends, from the PointerSpecs that name it,
+or by a hello: a lone `Ping` sealed to `NO_INCARNATION`, the one message accepted
+without the receiver's incarnation (it reads nothing but a status).
 - `body`: a pickle (protocol 5) of the message; tensors in it are references to
   out-of-band buffers, one frame each, so a tensor's bytes are never copied into
   the body. Buffers under `INBAND_LIMIT` stay in the body.
@@ -46,7 +56,7 @@ import struct
 import threading
 import traceback as traceback_module
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import cloudpickle
 import torch
@@ -57,6 +67,8 @@ from cryptography.hazmat.primitives.ciphers.modes import GCM
 from .errors import CodeNotAllowedError, ProtocolError
 
 INBAND_LIMIT = 64 * 1024
+INCARNATION_BYTES = 16
+NO_INCARNATION = bytes(INCARNATION_BYTES)  # "not known yet": only a hello (a lone Ping) is accepted under it
 
 # --------------------------------------------------------------------------- values
 
@@ -77,6 +89,7 @@ class PointerSpec:
     requires_grad: bool = False
     tags: tuple[str, ...] = ()
     description: str | None = None
+    incarnation: bytes = NO_INCARNATION  # of the worker at `address` that holds the object (NO_INCARNATION: not known)
 
 
 @dataclass(frozen=True)
@@ -153,6 +166,7 @@ class MoveObject:
     id: int
     location: str
     address: str
+    incarnation: bytes = NO_INCARNATION  # the destination's: what the store request is sealed to
 
 
 @dataclass
@@ -277,6 +291,10 @@ class Failure:
 
 REQUESTS = (StoreObject, RunOp, GetObject, MoveObject, RemoteGet, Search, IncRef, DeleteObjects, HoldsObject, ListObjects, DescribeObjects, CountObjects, ClearObjects, Ping, Shutdown)
 REPLIES = (Ok, Acked, Failure)
+#: what a client that holds the worker's admin key signs with it (`Packed.admin_key`; the worker
+#: is told: `Origin.by_owner`): the data owner's actions, and the listings and searches that show
+#: the owner everything (anyone else sees only what it holds, and the owner's data)
+OWNER_ACTIONS = frozenset({ClearObjects, Shutdown, ListObjects, DescribeObjects, CountObjects, Search})
 
 # --------------------------------------------------------------------------- tensors
 
@@ -398,7 +416,7 @@ class _CodePickler(cloudpickle.Pickler):
 
 # --------------------------------------------------------------------------- frames
 
-_STAMP = struct.Struct("!16sQQI")  # session id, message counter, seq, number of buffers
+_STAMP = struct.Struct("!16s16sQQI")  # sender's session, destination's session, message counter, seq, number of buffers
 _LENGTH = struct.Struct("!Q")
 _GMAC_NONCE = bytes(12)  # each one-time key signs one message: a fixed nonce is safe
 _GMAC_CHUNK = 1 << 30
@@ -409,8 +427,21 @@ DEFAULT_MAX_MESSAGE_BYTES = 1 << 30
 
 
 def new_key() -> bytes:
-    """A fresh random federation key (what `fedq keygen` writes)."""
+    """A fresh random federation key (what `fedq keygen` writes), or admin key."""
     return os.urandom(32)
+
+
+def new_incarnation() -> bytes:
+    """A process's session: random, so it names one process in one life."""
+    return os.urandom(INCARNATION_BYTES)
+
+
+class Origin(NamedTuple):
+    """Who sent a message that checked out: what its answer is sealed to, and whether it
+    was signed with the receiver's admin key (a request of the data owner)."""
+
+    session: bytes
+    by_owner: bool
 
 
 class ReplayWindow:
@@ -445,31 +476,54 @@ class ReplayWindow:
 
 @dataclass
 class Packed:
-    """A pickled message waiting to be stamped and signed."""
+    """A pickled message waiting to be stamped and signed: for the process whose session is
+    `to`, and with `admin_key` instead of the federation key when it is the data owner's."""
 
     seq: int
     body: Any  # bytes-like
     buffers: list
+    to: bytes | None = None  # None: not chosen yet (whoever seals it for an address fills it in)
+    admin_key: bytes | None = None
 
 
 class Codec:
     """Turns messages into signed frames and back, for one process and one key.
 
+    `session` is this process's incarnation: what others seal their messages to us to. A
+    receiver holding `admin_key` (a worker) also takes messages signed with that key, and
+    says so (`Origin.by_owner`): its owner's requests.
+
     `pack` may be called from any thread; `seal` (hence `encode`) and `decode` each from
     one thread only: the one that owns the sockets.
     """
 
-    def __init__(self, key: bytes, *, allow_code: bool = False, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
-        if len(key) < 16:
+    def __init__(
+        self,
+        key: bytes,
+        *,
+        admin_key: bytes | None = None,
+        session: bytes | None = None,
+        allow_code: bool = False,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        if len(key) < 16 or (admin_key is not None and len(admin_key) < 16):
             raise ValueError("a fedq key must be at least 16 bytes")
+        if session is not None and (len(session) != INCARNATION_BYTES or session == NO_INCARNATION):
+            raise ValueError(f"a session is {INCARNATION_BYTES} random bytes")
         self._key = key
-        self._pid, self._session = os.getpid(), os.urandom(16)
+        self._admin_key = admin_key if admin_key != key else None
+        self._pid, self._session = os.getpid(), session or new_incarnation()
         self._counter = itertools.count(1)
         self._replays = ReplayWindow()
         self.allow_code = allow_code
         self.max_message_bytes = max_message_bytes
 
-    def _sign(self, signed: Any, buffers: list) -> bytes:
+    @property
+    def session(self) -> bytes:
+        """This process's incarnation (a forked child draws its own at its first `seal`)."""
+        return self._session
+
+    def _sign(self, signed: Any, buffers: list, key: bytes) -> bytes:
         """HMAC-SHA256 over the header after the signature (stamp and body) and the buffers.
         The buffers enter it through their GMAC tag (AES-GCM authenticating them as associated
         data, encrypting nothing) under a one-time AES key derived from the key and the stamp
@@ -478,8 +532,8 @@ class Codec:
         here (AES and carry-less multiply in hardware), where SHA-256 does ~1.7 and Poly1305
         ~12. Moving tensors at memory speed needs it."""
         if not buffers:
-            return hmac.digest(self._key, signed, "sha256")
-        one_time_key = hmac.digest(self._key, b"fedq one-time key" + bytes(signed[: _STAMP.size]), "sha256")
+            return hmac.digest(key, signed, "sha256")
+        one_time_key = hmac.digest(key, b"fedq one-time key" + bytes(signed[: _STAMP.size]), "sha256")
         gmac = Cipher(AES(one_time_key), GCM(_GMAC_NONCE)).encryptor()
         for buffer in buffers:
             view = memoryview(buffer)
@@ -489,64 +543,110 @@ class Codec:
             for start in range(0, view.nbytes, _GMAC_CHUNK):  # (OpenSSL takes under 2 GiB a call)
                 gmac.authenticate_additional_data(view[start : start + _GMAC_CHUNK])
         gmac.finalize()
-        mac = hmac.new(self._key, signed, hashlib.sha256)
+        mac = hmac.new(key, signed, hashlib.sha256)
         mac.update(gmac.tag)
         return mac.digest()
 
-    def encode(self, seq: int, message: Any) -> list:
-        """`(seq, message)` as signed frames: the header, then one frame per large buffer."""
-        return self.seal(self.pack(seq, message))
+    def encode(self, seq: int, message: Any, to: bytes = NO_INCARNATION, *, admin_key: bytes | None = None) -> list:
+        """`(seq, message)` as signed frames for the process whose session is `to` (by default
+        none: a hello, taken only if it is a Ping): the header, then one frame per large buffer."""
+        return self.seal(self.pack(seq, message, to, admin_key=admin_key))
 
-    def pack(self, seq: int, message: Any) -> "Packed":
+    def pack(self, seq: int, message: Any, to: bytes | None = None, *, admin_key: bytes | None = None) -> "Packed":
         """Pickle `message` (any thread): the slow half of `encode`."""
         pickling = _thread_pickling()
         if not pickling.busy:  # (busy: a reducer packs while we pack; it gets a pickler of its own)
             pickling.busy = True
             try:
-                return Packed(seq, pickling.dump(message), pickling.take_buffers())
+                return Packed(seq, pickling.dump(message), pickling.take_buffers(), to, admin_key)
             except (pickle.PicklingError, AttributeError, TypeError):
                 pass  # code (a lambda, a local function): cloudpickle below
             finally:
                 pickling.busy = False
         fresh = _Pickling(_CodePickler)
-        return Packed(seq, fresh.dump(message), fresh.take_buffers())
+        return Packed(seq, fresh.dump(message), fresh.take_buffers(), to, admin_key)
 
     def seal(self, packed: "Packed") -> list:
         """Stamp and sign a packed message right before it is sent. Counters are taken in
         send order, so a receiver sees them (nearly) in order whoever packed first."""
         if os.getpid() != self._pid:  # a forked child must not repeat its parent's stamps
-            self._pid, self._session, self._counter = os.getpid(), os.urandom(16), itertools.count(1)
-        header = bytearray(SIGNATURE_BYTES) + _STAMP.pack(self._session, next(self._counter), packed.seq, len(packed.buffers))
+            self._pid, self._session, self._counter = os.getpid(), new_incarnation(), itertools.count(1)
+        if packed.to is None:
+            raise ValueError("a message sealed for no destination: set Packed.to to the receiver's session")
+        stamp = _STAMP.pack(self._session, packed.to, next(self._counter), packed.seq, len(packed.buffers))
+        header = bytearray(SIGNATURE_BYTES) + stamp
         header += packed.body
-        header[:SIGNATURE_BYTES] = self._sign(memoryview(header)[SIGNATURE_BYTES:], packed.buffers)
+        key = self._key if packed.admin_key is None else packed.admin_key
+        header[:SIGNATURE_BYTES] = self._sign(memoryview(header)[SIGNATURE_BYTES:], packed.buffers, key)
         return [header, *packed.buffers]
 
     def seal_many(self, packed: list["Packed"]) -> list:
-        """Several packed messages as one `Batch`: one stamp and one signature for all of them
-        (the receiver's `decode_all` takes it apart). A single message is sealed as itself."""
+        """Several packed messages, all for one destination and signed alike, as one `Batch`:
+        one stamp and one signature for all of them (the receiver's `decode_all` takes it
+        apart). A single message is sealed as itself."""
         if len(packed) == 1:
             return self.seal(packed[0])
+        first = packed[0]
+        if any(p.to != first.to or p.admin_key is not first.admin_key for p in packed):
+            raise ValueError("one batch goes to one destination, signed with one key")
         out = io.BytesIO()
         _Pickler(out, protocol=5).dump(Batch(tuple((p.seq, bytes(p.body), len(p.buffers)) for p in packed)))
-        return self.seal(Packed(0, out.getbuffer(), [buffer for p in packed for buffer in p.buffers]))
+        return self.seal(Packed(0, out.getbuffer(), [buffer for p in packed for buffer in p.buffers], first.to, first.admin_key))
 
     def decode(self, frames: list) -> tuple[int, Any]:
         """Inverse of `encode`, for one message (not a Batch). Frames may be bytes,
         memoryviews or zmq.Frame objects.
 
         Raises ProtocolError, before unpickling anything, for a message that is too
-        large, unsigned, wrongly signed or replayed; and for one whose body is not a
-        fedq message or names anything outside the allow-list (then `error.seq` says
+        large, unsigned, wrongly signed, addressed to another process (or an earlier
+        incarnation of this one) or replayed; and for one whose body is not a fedq
+        message or names anything outside the allow-list (then `error.seq` says
         which request to answer: the sender did hold the key).
         """
-        seq, body, buffers = self._open(frames)
-        return seq, self._unpickle(seq, body, buffers)
+        seq, body, buffers, _, hello = self._open(frames)
+        return seq, self._open_hello(seq, body, buffers) if hello else self._unpickle(seq, body, buffers)
+
+    def _open_hello(self, seq: int, body: memoryview, buffers: list) -> "Ping":
+        """A message sealed to no incarnation is taken only as a hello, a lone Ping (its answer,
+        a status, is all it gets); anything else is dropped unanswered: it may be a stranger's
+        replay of what a key holder sent another process."""
+        try:
+            message = self._unpickle(seq, body, buffers)
+        except ProtocolError as error:
+            error.seq = None
+            raise
+        if type(message) is not Ping:
+            raise ProtocolError(f"a {type(message).__name__} sealed to no incarnation (only a lone Ping, a hello, may be): dropped")
+        return message
+
+    def receive(self, frames: list) -> tuple[Origin | None, list[tuple[int | None, Any]]]:
+        """Who sent the frames (None: refused whole), and (seq, message) for each message
+        they carry: what a receiver handles one by one. A refused message comes as (seq,
+        ProtocolError): answer it if its seq is known; a refusal of the whole as
+        (error.seq, ProtocolError)."""
+        try:
+            seq, body, buffers, origin, hello = self._open(frames)
+        except ProtocolError as error:
+            return None, [(error.seq, error)]
+        try:
+            return origin, self._messages(seq, body, buffers, hello)
+        except ProtocolError as error:
+            return (None if error.seq is None else origin), [(error.seq, error)]
 
     def decode_all(self, frames: list) -> list[tuple[int, Any]]:
         """Inverse of `seal` and `seal_many`: (seq, message) for each message the frames carry.
         A message of a batch that is refused comes as (seq, ProtocolError), and the others
         still count. Raises ProtocolError, as `decode` does, when the whole is refused."""
-        seq, body, buffers = self._open(frames)
+        seq, body, buffers, _, hello = self._open(frames)
+        return self._messages(seq, body, buffers, hello)
+
+    def decode_each(self, frames: list) -> list[tuple[int | None, Any]]:
+        """`decode_all`, with a refusal of the whole also as an item, (error.seq, ProtocolError)."""
+        return self.receive(frames)[1]
+
+    def _messages(self, seq: int, body: memoryview, buffers: list, hello: bool) -> list:
+        if hello:
+            return [(seq, self._open_hello(seq, body, buffers))]
         message = self._unpickle(seq, body, buffers, batch=True)
         if type(message) is not Batch:
             return [(seq, message)]
@@ -566,16 +666,11 @@ class Codec:
             start += count
         return decoded
 
-    def decode_each(self, frames: list) -> list[tuple[int | None, Any]]:
-        """`decode_all`, with a refusal of the whole also as an item, (error.seq, ProtocolError):
-        what a receiver handles one by one, answering a refused one if its seq is known."""
-        try:
-            return self.decode_all(frames)
-        except ProtocolError as error:
-            return [(error.seq, error)]
-
-    def _open(self, frames: list) -> tuple[int, memoryview, list]:
-        """Check size, signature, stamp and replay: (seq, pickled body, buffers)."""
+    def _open(self, frames: list) -> tuple[int, memoryview, list, Origin, bool]:
+        """Check size, signature, destination, stamp and replay: (seq, pickled body, buffers,
+        who sent it, and whether it is a hello, sealed to no incarnation: a lone Ping or
+        nothing). The federation key is tried first (every client request); the admin key
+        only for what it does not sign."""
         if not frames or len(frames) > MAX_FRAMES:
             raise ProtocolError(f"a message of {len(frames)} frames (1 to {MAX_FRAMES})")
         header, buffers = memoryview(_as_buffer(frames[0])), [memoryview(_as_buffer(f)) for f in frames[1:]]
@@ -585,14 +680,22 @@ class Codec:
         if header.nbytes < SIGNATURE_BYTES + _STAMP.size:
             raise ProtocolError("a message too short for a signature and a stamp")
         signed = header[SIGNATURE_BYTES:]
-        if not hmac.compare_digest(header[:SIGNATURE_BYTES], self._sign(signed, buffers)):
-            raise ProtocolError("bad signature: the sender does not hold this federation's key")
-        session, counter, seq, count = _STAMP.unpack(signed[: _STAMP.size])
+        by_owner = False
+        if not hmac.compare_digest(header[:SIGNATURE_BYTES], self._sign(signed, buffers, self._key)):
+            by_owner = self._admin_key is not None and hmac.compare_digest(
+                header[:SIGNATURE_BYTES], self._sign(signed, buffers, self._admin_key)
+            )
+            if not by_owner:
+                raise ProtocolError("bad signature: the sender does not hold this federation's key")
+        session, destination, counter, seq, count = _STAMP.unpack(signed[: _STAMP.size])
+        hello = destination == NO_INCARNATION
+        if destination != self._session and not hello:
+            raise ProtocolError("a message sealed to another process, or to an earlier incarnation of this one: a replay")
         if count != len(buffers):
             raise ProtocolError(f"the stamp says {count} buffers follow, not {len(buffers)}")
         if not self._replays.accept(session, counter):
             raise ProtocolError("replayed message refused")
-        return seq, signed[_STAMP.size :], buffers
+        return seq, signed[_STAMP.size :], buffers, Origin(session, by_owner), hello
 
     def _unpickle(self, seq: int, body: memoryview, buffers: list, *, batch: bool = False) -> Any:
         try:

@@ -33,7 +33,7 @@ from .errors import (
     WorkerUnreachableError,
 )
 from .ids import new_id
-from .keys import key_from_environment
+from .keys import ADMIN_KEY_ENV, admin_key_from_environment, key_from_environment
 from .privacy import Policy, refuse_if_private
 from .store import DATA_OWNER, ObjectStore, describe, object_nbytes
 from .transport import Batches, CurveKeys, ServerLoop, peer_name
@@ -66,12 +66,14 @@ log = logging.getLogger("fedq.worker")
 
 
 class Reply:
-    """The one answer owed to one request."""
+    """The one answer owed to one request, sealed to the session (incarnation) that asked.
+    `by_owner`: the request was signed with this worker's admin key (the data owner's)."""
 
-    __slots__ = ("_worker", "_identity", "_seq", "_sent")
+    __slots__ = ("_worker", "_identity", "_session", "_seq", "_sent", "by_owner")
 
-    def __init__(self, worker: "Worker", identity: bytes, seq: int) -> None:
-        self._worker, self._identity, self._seq, self._sent = worker, identity, seq, False
+    def __init__(self, worker: "Worker", identity: bytes, origin: wire.Origin, seq: int) -> None:
+        self._worker, self._identity, self._session, self._seq, self._sent = worker, identity, origin.session, seq, False
+        self.by_owner = origin.by_owner
 
     @property
     def caller(self) -> str:
@@ -81,7 +83,7 @@ class Reply:
     def ok(self, value: Any = None) -> None:
         if value is None and not self._sent:  # folded into one Acked per client per batch
             self._sent = True
-            self._worker.ack_later(self._identity, self._seq)
+            self._worker.ack_later(self._identity, self._session, self._seq)
             return
         self._send(Ok(value))
 
@@ -100,7 +102,7 @@ class Reply:
         # the same message.
         acked = self._worker.take_acks(self._identity)
         envelope = Acked(acked, then=message) if acked else message
-        self._worker.loop.reply(self._identity, self._worker.codec.encode(self._seq, envelope))
+        self._worker.loop.reply(self._identity, self._worker.codec.encode(self._seq, envelope, self._session))
 
 
 class _RateLimitedLog:
@@ -143,10 +145,15 @@ class Worker:
         max_message_bytes: int = wire.DEFAULT_MAX_MESSAGE_BYTES,
         max_store_bytes: int | None = None,
         curve: CurveKeys | None = None,
+        incarnation: bytes | None = None,
+        admin_key: bytes | None = None,
     ) -> None:
         self.id = id
         self.timeout = timeout
-        self.codec = wire.Codec(key, allow_code=allow_code, max_message_bytes=max_message_bytes)
+        # `incarnation`: drawn by the parent that spawns us (it then needs no hello), else here.
+        self.codec = wire.Codec(key, admin_key=admin_key, session=incarnation, allow_code=allow_code, max_message_bytes=max_message_bytes)
+        self.incarnation = self.codec.session
+        self._peer_incarnations: dict[str, bytes] = {}  # address -> a next hop's, as the pointers to it say
         self.store = ObjectStore(id, max_bytes=max_store_bytes)
         self.privacy = Policy()
         self.loop = ServerLoop(
@@ -154,8 +161,8 @@ class Worker:
         )
         # Relays wait here until the end of what the loop is handling: one message per next hop
         # for a batch of pipelined ops on a chain, not one each.
-        self._relays_out = Batches(self.loop.peers, self.codec.seal_many)
-        self._acks: dict[bytes, list[int]] = {}
+        self._relays_out = Batches(self.loop.peers, lambda address, packed: self.codec.seal_many(packed))  # (each names its `to`)
+        self._acks: dict[bytes, tuple[bytes, list[int]]] = {}  # identity -> (its session, seqs)
         self._unsettled: dict[int, list[Callable[[], None]]] = {}
         self.address = self.loop.address
         self._seq = itertools.count(1)
@@ -167,16 +174,23 @@ class Worker:
         self.loop.run()
 
     # ---- replies with nothing in them, one per client per batch
-    def ack_later(self, identity: bytes, seq: int) -> None:
-        self._acks.setdefault(identity, []).append(seq)
+    def ack_later(self, identity: bytes, session: bytes, seq: int) -> None:
+        acks = self._acks.get(identity)
+        if acks is None or acks[0] != session:
+            if acks is not None:  # (a new session on one connection: a forked caller) the old one's go first
+                self.loop.reply(identity, self.codec.encode(0, Acked(acks[1]), acks[0]))
+            acks = self._acks[identity] = (session, [])
+        acks[1].append(seq)
 
     def take_acks(self, identity: bytes) -> list[int]:
-        return self._acks.pop(identity, [])
+        acks = self._acks.pop(identity, None)
+        return acks[1] if acks is not None else []
 
     def send_acks(self) -> None:
         """Send the acks owed to each caller as one Acked each."""
         for who in list(self._acks):
-            self.loop.reply(who, self.codec.encode(0, Acked(self._acks.pop(who))))
+            session, seqs = self._acks.pop(who)
+            self.loop.reply(who, self.codec.encode(0, Acked(seqs), session))
 
     def flush(self) -> None:
         """Send the relays queued and the acks owed: after each batch the loop handled."""
@@ -205,18 +219,19 @@ class Worker:
 
     # ---- incoming
     def _on_request(self, identity: bytes, frames: list) -> None:
-        for seq, message in self.codec.decode_each(frames):
+        origin, messages = self.codec.receive(frames)
+        for seq, message in messages:
             if isinstance(message, ProtocolError):
-                if seq is None:  # not from a key holder: no answer at all
+                if seq is None or origin is None:  # not from a key holder, or not for us: no answer at all
                     self._peer_log.warning("worker %s dropped a message: %s", self.id, message)
                 else:  # a key holder sent something we refuse: tell it why
                     self._peer_log.warning("worker %s refused request %d: %s", self.id, seq, message)
-                    Reply(self, identity, seq).fail(message)
+                    Reply(self, identity, origin, seq).fail(message)
                 continue
-            self._handle(identity, seq, message)
+            self._handle(identity, origin, seq, message)
 
-    def _handle(self, identity: bytes, seq: int, message: Any) -> None:
-        reply = Reply(self, identity, seq)
+    def _handle(self, identity: bytes, origin: wire.Origin, seq: int, message: Any) -> None:
+        reply = Reply(self, identity, origin, seq)
         handler = HANDLERS.get(type(message))
         if handler is None:
             self._peer_log.warning("worker %s refused an unexpected %s", self.id, type(message).__name__)
@@ -255,10 +270,22 @@ class Worker:
 
     # ---- outgoing, hop by hop
     def relay(self, hop: PointerSpec | MoveObject, message: Any, on_reply: Callable[[Ok | Failure], None]) -> None:
-        """Send `message` to the worker at `hop.address`; `on_reply` gets its answer (or a timeout)."""
+        """Send `message` to the worker at `hop.address`, sealed to the incarnation the hop
+        names (else the last one a pointer to that address named); `on_reply` gets its
+        answer (or a timeout)."""
+        to = getattr(hop, "incarnation", wire.NO_INCARNATION)
+        if to == wire.NO_INCARNATION:
+            to = self._peer_incarnations.get(hop.address, wire.NO_INCARNATION)
+            if to == wire.NO_INCARNATION:
+                raise ProtocolError(
+                    f"worker {self.id!r} does not know which incarnation of {hop.location!r} at {hop.address} to address "
+                    "(the pointer names none): send the object there again from a client that has met that worker"
+                )
+        else:
+            self._peer_incarnations[hop.address] = to
         self.loop.peers.socket(hop.address)  # connect now: an address zmq refuses fails this request
         seq = next(self._seq)
-        self._relays_out.add(hop.address, self.codec.pack(seq, message))  # sent by `flush`
+        self._relays_out.add(hop.address, self.codec.pack(seq, message, to))  # sent by `flush`
         self._relays[seq] = _Relay(f"{hop.location!r} at {hop.address}", time.monotonic() + self.timeout, on_reply)
 
     def relay_all(self, requests: list[tuple[PointerSpec, Any]], done: Callable[[Failure | None], None]) -> None:
@@ -289,7 +316,9 @@ class Worker:
 
     def pointer_to(self, id: int, obj: Any, tags: frozenset[str] = frozenset(), description: str | None = None) -> PointerSpec:
         """A spec for a pointer to object `id` held here (a result the caller will point at)."""
-        return PointerSpec(0, self.id, self.address, id, tuple(obj.shape), obj.dtype, obj.requires_grad, tuple(sorted(tags)), description)
+        return PointerSpec(
+            0, self.id, self.address, id, tuple(obj.shape), obj.dtype, obj.requires_grad, tuple(sorted(tags)), description, self.incarnation
+        )
 
     def load_data(self, script: str) -> int:
         """Run a data owner's script (under workers/): its `setup(owner)` adds the owner's objects."""
@@ -431,10 +460,14 @@ def _relay_op(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: 
                     return remote
                 id = new_id()
                 worker.store.put(
-                    id, PointerSpec(id, hop.location, hop.address, remote.id_at_location, remote.shape, remote.dtype, remote.requires_grad),
+                    id,
+                    PointerSpec(
+                        id, hop.location, hop.address, remote.id_at_location, remote.shape, remote.dtype, remote.requires_grad,
+                        incarnation=hop.incarnation,
+                    ),
                     holder=reply.caller,
                 )
-                return PointerSpec(0, worker.id, worker.address, id, remote.shape, remote.dtype, remote.requires_grad)
+                return PointerSpec(0, worker.id, worker.address, id, remote.shape, remote.dtype, remote.requires_grad, incarnation=worker.incarnation)
 
             reply.ok(tree_map(keep, answer.value))
 
@@ -443,7 +476,10 @@ def _relay_op(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: 
 
     next_ids = tuple(new_id() for _ in message.result_ids)
     for id, next_id, (shape, dtype, requires_grad) in zip(message.result_ids, next_ids, message.result_meta or ()):
-        worker.store.put(id, PointerSpec(id, hop.location, hop.address, next_id, tuple(shape), dtype, requires_grad), holder=reply.caller)
+        worker.store.put(
+            id, PointerSpec(id, hop.location, hop.address, next_id, tuple(shape), dtype, requires_grad, incarnation=hop.incarnation),
+            holder=reply.caller,
+        )
     worker.settle_later(message.result_ids)
 
     def on_done(answer: Ok | Failure) -> None:
@@ -652,8 +688,13 @@ def run_worker(
     max_store_bytes: int | None = None,
     curve_dir: str | None = None,
     peers: dict[str, str] | None = None,
+    incarnation: str | None = None,
+    admin_key: bytes | None = None,
 ) -> None:
     """Run one worker in this process until it is told to stop, signalled, or orphaned.
+
+    `incarnation` (hex) is the one the spawning parent drew for it, else a fresh one is drawn.
+    Requests signed with `admin_key` (or FEDQ_ADMIN_KEY's) are its data owner's.
 
     With `curve_dir`, its socket is CURVE-encrypted and accepts only the public keys in that
     directory; `peers` ({id: address}) are the workers it may relay to.
@@ -669,10 +710,13 @@ def run_worker(
     key = key or key_from_environment()
     if key is None:
         raise SystemExit(f"worker {id}: no key (set FEDQ_KEY, or give the config a key file: see `fedq keygen`)")
+    admin_key = admin_key or admin_key_from_environment()
+    os.environ.pop(ADMIN_KEY_ENV, None)  # (read once: nothing run here later finds it)
     worker = Worker(
         id, address, key=key, timeout=timeout,
         allow_code=allow_code, max_message_bytes=max_message_bytes, max_store_bytes=max_store_bytes,
         curve=CurveKeys.load(curve_dir, id, peers or {}) if curve_dir else None,
+        incarnation=bytes.fromhex(incarnation) if incarnation else None, admin_key=admin_key,
     )
     if data:
         worker.load_data(data)

@@ -22,7 +22,7 @@ def _pair(**receiver) -> tuple[wire.Codec, wire.Codec]:
 
 def test_round_trip_of_a_request_with_a_small_tensor_has_no_buffer_frames():
     sender, receiver = _pair()
-    frames = sender.encode(3, wire.StoreObject(11, th.tensor([1, 2, 3])))
+    frames = sender.encode(3, wire.StoreObject(11, th.tensor([1, 2, 3])), receiver.session)
     assert len(frames) == 1  # one header: signature, stamp, body
     seq, message = receiver.decode(frames)
     assert seq == 3 and message.id == 11 and th.equal(message.obj, th.tensor([1, 2, 3]))
@@ -31,7 +31,7 @@ def test_round_trip_of_a_request_with_a_small_tensor_has_no_buffer_frames():
 def test_large_tensors_travel_out_of_band_without_copies_in_the_body():
     sender, receiver = _pair()
     t = th.randn(256, 1024)  # 1 MiB
-    frames = sender.encode(1, wire.StoreObject(1, t))
+    frames = sender.encode(1, wire.StoreObject(1, t), receiver.session)
     assert len(frames) == 2 and memoryview(frames[0]).nbytes < 1024
     assert memoryview(frames[1]).nbytes == t.numel() * 4
     _, message = receiver.decode([bytes(f) for f in frames])
@@ -43,13 +43,13 @@ def test_requires_grad_and_grad_survive():
     sender, receiver = _pair()
     t = th.tensor([1.0, 2.0], requires_grad=True)
     t.grad = th.tensor([0.5, 0.5])
-    _, message = receiver.decode(sender.encode(1, wire.Ok(t)))
+    _, message = receiver.decode(sender.encode(1, wire.Ok(t), receiver.session))
     assert message.value.requires_grad and th.equal(message.value.grad, t.grad)
 
 
 def test_every_frame_is_signed_buffers_included():
     sender, receiver = _pair()
-    frames = [bytearray(bytes(f)) for f in sender.encode(1, wire.StoreObject(1, th.zeros(64 * 1024)))]
+    frames = [bytearray(bytes(f)) for f in sender.encode(1, wire.StoreObject(1, th.zeros(64 * 1024)), receiver.session)]
     frames[1][100] ^= 1  # one bit of the tensor's bytes
     with pytest.raises(ProtocolError, match="bad signature"):
         receiver.decode(frames)
@@ -58,7 +58,7 @@ def test_every_frame_is_signed_buffers_included():
 def test_large_buffers_cannot_be_swapped_or_reframed():
     """Large buffers are covered by a one-time GMAC tag: their order and boundaries count."""
     sender, receiver = _pair()
-    frames = [bytes(f) for f in sender.encode(1, wire.Ok((th.zeros(64 * 1024), th.ones(64 * 1024))))]
+    frames = [bytes(f) for f in sender.encode(1, wire.Ok((th.zeros(64 * 1024), th.ones(64 * 1024))), receiver.session)]
     assert len(frames) == 3
     swapped = [frames[0], frames[2], frames[1]]
     reframed = [frames[0], frames[1] + frames[2][:4], frames[2][4:]]
@@ -80,10 +80,10 @@ def test_messages_of_no_frames_or_too_many_are_refused_before_any_hashing():
 def test_a_batch_is_signed_once_and_each_message_in_it_stands_alone():
     sender, receiver = _pair()
     batch = sender.seal_many([
-        sender.pack(1, wire.Ping()),
-        sender.pack(2, wire.StoreObject(7, th.ones(64 * 1024))),  # its tensor travels as the batch's buffer
-        sender.pack(3, wire.RunOp("torch.add", (lambda x: x,), {}, ())),  # code: this receiver refuses it
-        sender.pack(4, wire.GetObject(7)),
+        sender.pack(1, wire.Ping(), receiver.session),
+        sender.pack(2, wire.StoreObject(7, th.ones(64 * 1024)), receiver.session),  # its tensor travels as the batch's buffer
+        sender.pack(3, wire.RunOp("torch.add", (lambda x: x,), {}, ()), receiver.session),  # code: this receiver refuses it
+        sender.pack(4, wire.GetObject(7), receiver.session),
     ])
     assert len(batch) == 2  # one header, one buffer: one signature for all four
     decoded = receiver.decode_all(batch)
@@ -98,7 +98,8 @@ def test_a_batch_is_signed_once_and_each_message_in_it_stands_alone():
         with pytest.raises(ProtocolError):
             receiver.decode_all(frames)
     with pytest.raises(ProtocolError, match="not a fedq message"):  # a batch where one message belongs
-        wire.Codec(KEY).decode(sender.seal_many([sender.pack(5, wire.Ping()), sender.pack(6, wire.Ping())]))
+        other = wire.Codec(KEY)
+        other.decode(sender.seal_many([sender.pack(5, wire.Ping(), other.session), sender.pack(6, wire.Ping(), other.session)]))
 
 
 def test_packing_keeps_no_reference_to_what_was_sent():
@@ -108,7 +109,7 @@ def test_packing_keeps_no_reference_to_what_was_sent():
     for size in (16, 1 << 20):  # in band, out of band
         tensor = th.ones(size)
         alive = weakref.ref(tensor)
-        packed = sender.pack(1, wire.StoreObject(1, tensor))
+        packed = sender.pack(1, wire.StoreObject(1, tensor), wire.new_incarnation())
         sender.seal_many([packed])
         del tensor, packed
         gc.collect()
@@ -142,10 +143,11 @@ def test_slightly_reordered_messages_are_accepted():
 def test_code_is_refused_unless_allowed():
     sender = wire.Codec(KEY)
     message = wire.RunOp("Tensor.apply_", (wire.Ref(1), lambda v: v + 1), {}, ())
+    receiver, trusting = wire.Codec(KEY), wire.Codec(KEY, allow_code=True)
     with pytest.raises(CodeNotAllowedError, match="--allow-code") as caught:
-        wire.Codec(KEY).decode(sender.encode(5, message))
+        receiver.decode(sender.encode(5, message, receiver.session))
     assert caught.value.seq == 5  # signed: the sender is told why
-    _, decoded = wire.Codec(KEY, allow_code=True).decode(sender.encode(6, message))
+    _, decoded = trusting.decode(sender.encode(6, message, trusting.session))
     assert decoded.args[1](1) == 2
 
 
@@ -157,14 +159,14 @@ class _Evil:
 def test_a_forged_pickle_that_would_run_code_is_refused():
     sender, receiver = _pair()
     with pytest.raises(CodeNotAllowedError):
-        receiver.decode(sender.encode(1, wire.Ok(_Evil())))
+        receiver.decode(sender.encode(1, wire.Ok(_Evil()), receiver.session))
     assert not os.path.exists("/tmp/fedq-pwned")
 
 
 def test_oversized_messages_are_refused():
     sender, receiver = wire.Codec(KEY), wire.Codec(KEY, max_message_bytes=1 << 20)
     with pytest.raises(ProtocolError, match="over the"):
-        receiver.decode(sender.encode(1, wire.StoreObject(1, th.zeros(1 << 19))))
+        receiver.decode(sender.encode(1, wire.StoreObject(1, th.zeros(1 << 19)), receiver.session))
 
 
 @pytest.mark.parametrize("frames", [[], [b""], [b"junk"], [b"a", b"b", b"c"]])
