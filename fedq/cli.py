@@ -70,6 +70,7 @@ def worker(
     timeout: Optional[float] = typer.Option(None, help="Seconds to wait for the next hop of a chain."),
     allow_code: bool = typer.Option(False, "--allow-code", help="Run functions shipped inside messages. Unpickling code is code execution: only for a federation you trust."),
     max_store_bytes: Optional[int] = typer.Option(None, help="Refuse to hold more tensor bytes than this."),
+    max_memory_bytes: Optional[int] = typer.Option(None, help="Cap the memory the worker may map for data (default: the config's, else none)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every message handled."),
 ) -> None:
     """Run one worker in this process (what each Procfile line does)."""
@@ -96,6 +97,7 @@ def worker(
             curve_dir=str(federation.curve_dir) if federation and federation.curve_dir else None,
             peers=federation.peers() if federation else None,
             admin_key=federation.admin_key() if federation else None,  # (else FEDQ_ADMIN_KEY's, if set)
+            max_memory_bytes=max_memory_bytes if max_memory_bytes is not None else (federation.limits.max_memory_bytes if federation else None),
         )
     except FedqError as error:
         _fail(error)
@@ -117,7 +119,7 @@ def up(config: Path = ConfigOption, verbose: bool = typer.Option(False, "--verbo
             id, w.address, key=key, timeout=federation.timeout, verbose=verbose, data=w.data,
             allow_code=federation.allow_code, max_store_bytes=federation.max_store_bytes,
             curve_dir=str(federation.curve_dir) if federation.curve_dir else None, peers=federation.peers(),
-            admin_key=admin_key,
+            admin_key=admin_key, max_memory_bytes=federation.limits.max_memory_bytes,
         )
         for id, w in federation.workers.items()
     }

@@ -64,7 +64,9 @@ class VirtualWorker:
         allow_code: bool = False,
         max_store_bytes: int | None = None,
         max_message_bytes: int | None = None,
+        max_memory_bytes: int | None = None,
     ) -> None:
+        """`max_memory_bytes` (default none) caps the memory the worker may map (`settings.Limits`)."""
         if getattr(self, "client", None) is not None:
             return
         self.client = _client_of(hook)
@@ -79,6 +81,7 @@ class VirtualWorker:
             id, self.address, key=self.client.key, timeout=timeout or self.client.timeout, verbose=verbose, quiet=not verbose,
             data=str(Path(data).resolve()) if data else None, allow_code=allow_code, max_store_bytes=max_store_bytes,
             max_message_bytes=max_message_bytes, incarnation=incarnation, admin_key=admin_key,
+            max_memory_bytes=max_memory_bytes,
         )
         self.client.register(self, self.process, incarnation=incarnation, admin_key=admin_key)
         self.client.spawned[id] = self

@@ -25,6 +25,7 @@ def start_worker_process(
     peers: dict[str, str] | None = None,
     incarnation: bytes | None = None,
     admin_key: bytes | None = None,
+    max_memory_bytes: int | None = None,
 ) -> subprocess.Popen:
     """Start `fedq.worker` as a child process serving `id` on `address`.
 
@@ -42,6 +43,8 @@ def start_worker_process(
     }
     if max_message_bytes is not None:
         settings["max_message_bytes"] = max_message_bytes
+    if max_memory_bytes is not None:
+        settings["max_memory_bytes"] = max_memory_bytes
     if curve_dir is not None:  # paths, not keys: the secret stays in its 600 file
         settings.update(curve_dir=curve_dir, peers=peers or {})
     if incarnation is not None:  # (no secret: every stamp to the worker carries it)

@@ -26,6 +26,12 @@ class Limits:
     #: the federation's key file (local.key -> local.admin.key). A worker a script spawns gets
     #: a fresh admin key from that script instead (its owner).
     admin_key_file: str | None = None
+    #: bytes of memory the worker process may map for its data (RLIMIT_DATA: virtual, not
+    #: resident; an idle worker maps ~300 MB, plus 8 MiB per thread). Past it an allocation
+    #: fails (an op's huge temporary is an error to its caller, not the OOM killer), and a
+    #: peer that floods a socket is dropped or stops the worker, never the host. None: no cap.
+    max_memory_bytes: int | None = None
+
 
 
 DEFAULTS = Limits()

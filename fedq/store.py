@@ -17,7 +17,7 @@ hand-over is still on its way) takes a reference from another holder.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 
@@ -67,8 +67,10 @@ class ObjectStore:
     def __init__(self, worker_id: str, max_bytes: int | None = None) -> None:
         self.worker_id = worker_id
         self.max_bytes = max_bytes
-        self.nbytes = 0  # tensor bytes held, kept up to date on every put and removal
+        self.nbytes = 0  # bytes of the tensor storages held, each storage once (see `_Storages`)
         self._entries: dict[int, Entry] = {}
+        self._storages = _Storages()
+
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -89,13 +91,18 @@ class ObjectStore:
     ) -> None:
         if id in self._entries:
             raise DuplicateIdError(f"worker {self.worker_id!r} already holds an object with id {id}")
-        size = object_nbytes(obj)
-        if self.max_bytes is not None and self.nbytes + size > self.max_bytes:
-            raise StoreFullError(
-                f"worker {self.worker_id!r} holds {self.nbytes} bytes; {size} more would pass its limit of {self.max_bytes}"
-            )
+        if isinstance(obj, torch.Tensor):
+            growth = self._storages.hold(id, _storages_of(obj))
+            if growth > 0 and self.max_bytes is not None and self.nbytes + growth > self.max_bytes:
+                # (what stays held anyway, a storage shared with a stored object that grew, stays counted)
+                self.nbytes += growth + self._storages.release(id)
+                raise StoreFullError(
+                    f"worker {self.worker_id!r} holds {self.nbytes} bytes; {growth} more would pass its limit of "
+                    f"{self.max_bytes}: free (delete or .get()) what it holds, or ask its owner for a higher max_store_bytes"
+                )
+            self.nbytes += growth
         self._entries[id] = Entry(obj, {holder: 1}, pinned, tags, description, private or PRIVATE_TAG in tags)
-        self.nbytes += size
+
 
     def entry(self, id: int) -> Entry:
         try:
@@ -145,23 +152,128 @@ class ObjectStore:
     def replace(self, id: int, obj: Any) -> None:
         """Put `obj` in place of what `id` holds (remote_get), keeping its references."""
         entry = self.entry(id)
-        self.nbytes += object_nbytes(obj) - object_nbytes(entry.obj)
+        self.nbytes += self._storages.release(id)
+        self.nbytes += self._storages.hold(id, _storages_of(obj))
         entry.obj = obj
+
+    def remeasure(self, ids: Iterable[int]) -> None:
+        """Count again what `ids` hold after an op changed them in place (resize_, set_,
+        `x.data = ...`, a .grad set or grown). If that leaves the store over its limit, nothing
+        over it stays held: a storage the op grew in place is resized back to its size before
+        (other objects sharing it keep theirs), the objects the op grew are freed (their
+        pointers point at nothing), and StoreFullError names the sizes."""
+        grew: dict[int, int] = {}  # id -> bytes it grew by
+        before: dict[int, int] = {}  # key -> bytes, of each storage held before the op
+        for id in ids:
+            if id not in self._entries:
+                continue
+            for key, _, _ in self._storages.of_id.get(id, ()):
+                before.setdefault(key, self._storages.by_key[key][1])
+            delta = self._storages.release(id) + self._storages.hold(id, _storages_of(self._entries[id].obj))
+            self.nbytes += delta
+            if delta > 0:
+                grew[id] = grew.get(id, 0) + delta
+        if not grew or self.max_bytes is None or self.nbytes <= self.max_bytes:
+            return
+        over = self.nbytes
+        for id in grew:
+            for key, nbytes, _ in self._storages.of_id.get(id, ()):
+                if key in before and nbytes > before[key]:
+                    self.nbytes += self._storages.shrink(key, before[key])
+            self._remove(id)
+        sizes = ", ".join(f"{id} by {size} bytes" for id, size in grew.items())
+        raise StoreFullError(
+            f"worker {self.worker_id!r} would hold {over} bytes, over its limit of {self.max_bytes}, after an op "
+            f"grew object {sizes}; what it grew was freed (its pointer now points at nothing): grow tensors "
+            "only within the limit, or ask the worker's owner for a higher max_store_bytes"
+        )
 
     def clear(self) -> None:
         self._entries.clear()
+        self._storages = _Storages()
         self.nbytes = 0
 
     def _remove(self, id: int) -> Entry:
         entry = self._entries.pop(id)
-        self.nbytes -= object_nbytes(entry.obj)
+        self.nbytes += self._storages.release(id)
         return entry
 
 
 def object_nbytes(obj: Any) -> int:
-    if isinstance(obj, torch.Tensor):
-        return obj.element_size() * obj.numel()
-    return 0
+    """The bytes of the storages a stored object keeps alive (a view's whole base, its .grad)."""
+    return sum(nbytes for _, nbytes, _ in _storages_of(obj))
+
+
+#: (key, bytes, storage) per storage an object keeps alive; the key is the address of torch's
+#: StorageImpl, which stays put when a storage is resized (resize_ grows it in place)
+_Measured = tuple[tuple[int, int, Any], ...]
+
+
+def _storages_of(obj: Any) -> _Measured:
+    """What a stored object holds in memory: its tensor's storage and its .grad's. Measured
+    on the storage, not on numel: a view holds its whole base, a resize_ grows the storage."""
+    if not isinstance(obj, torch.Tensor):
+        return ()  # a PointerSpec: a few bytes, kept in the store's own bookkeeping
+    try:
+        storage = obj.untyped_storage()
+    except (NotImplementedError, RuntimeError):  # sparse layouts have no one storage: their dense size
+        return ((id(obj), obj.element_size() * obj.numel(), obj),)
+    # (A meta tensor counts as the size it claims, though it holds nothing: the safe side.
+    # A non-leaf's .grad is never set, and reading it only warns.)
+    if obj.is_leaf and obj.grad is not None:
+        return ((storage._cdata, storage.nbytes(), storage), *_storages_of(obj.grad))
+    return ((storage._cdata, storage.nbytes(), storage),)
+
+
+class _Storages:
+    """The storages a store keeps alive, each counted once however many stored tensors share
+    it (a view `x[0]` of a stored `x` adds nothing): {key: [storage, bytes, how many hold it]},
+    and what each stored id holds. Holding the storage object keeps its key from being reused
+    by another storage while it is counted. `hold` and `release` return the change in bytes."""
+
+    __slots__ = ("by_key", "of_id")
+
+    def __init__(self) -> None:
+        self.by_key: dict[int, list] = {}
+        self.of_id: dict[int, _Measured] = {}
+
+    def hold(self, id: int, measured: _Measured) -> int:
+        delta = 0
+        by_key = self.by_key
+        for key, nbytes, storage in measured:
+            record = by_key.get(key)
+            if record is None:
+                by_key[key] = [storage, nbytes, 1]
+                delta += nbytes
+            else:  # counted already: by how much it grew since
+                delta += nbytes - record[1]
+                record[1] = nbytes
+                record[2] += 1
+        self.of_id[id] = measured
+        return delta
+
+    def release(self, id: int) -> int:
+        delta = 0
+        for key, _, _ in self.of_id.pop(id, ()):
+            record = self.by_key[key]
+            if record[2] > 1:
+                record[2] -= 1
+            else:
+                del self.by_key[key]
+                delta -= record[1]
+        return delta
+
+    def shrink(self, key: int, nbytes: int) -> int:
+        """Resize a storage back to `nbytes` (what it held before an op grew it in place)."""
+        record = self.by_key[key]
+        try:
+            record[0].resize_(nbytes)
+        except (RuntimeError, AttributeError):  # not resizable: the objects holding it are freed instead
+            return 0
+        delta, record[1] = nbytes - record[1], nbytes
+        return delta
+
+
 
 
 def describe(obj: Any) -> tuple[str, tuple[int, ...] | None, str | None, str | None]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import ipaddress
 import logging
 import os
 import signal
@@ -200,6 +201,63 @@ class PeerSockets:
         self.address_of.clear()
 
 
+def refuse_unprotected_endpoint(address: str, curve: "CurveKeys | None") -> None:
+    """Refuse to listen where a stranger could make the worker hold unbounded memory.
+
+    libzmq buffers a multipart message whole before the first frame reaches us, and its
+    MAXMSGSIZE bounds a frame, not how many come: one peer sending frames that never end
+    grows the worker until it dies. So nobody may reach the socket but who we let in: with
+    CURVE, the handshake drops a peer whose key is not accepted before any message is
+    buffered; without it, only an ipc endpoint under a directory no other user can enter
+    (mode 700), loopback tcp (open to this host's local users: see the README's security
+    model; `max_memory_bytes` bounds what they can do) and inproc are allowed."""
+    if curve is not None or address.startswith("inproc://"):
+        return
+    if address.startswith("ipc://"):
+        path = address[len("ipc://"):]
+        if path and path[0] not in "@*" and _under_private_directory(os.path.abspath(path)):
+            return
+        where = "an ipc endpoint in a directory only this user can enter (ipc://{runtime}/NAME.sock in a config)"
+    else:
+        host = address.partition("://")[2].rpartition(":")[0].strip("[]")
+        if address.startswith("tcp://") and _is_loopback(host):
+            return
+        where = "loopback (tcp://127.0.0.1:PORT) or an ipc endpoint (ipc://{runtime}/NAME.sock)"
+    from .errors import ConfigError
+
+    raise ConfigError(
+        f"a worker will not listen on {address} without CURVE: anyone who can reach it could make it buffer "
+        "unbounded memory before any signature is checked. Turn CURVE on (`curve = true` in the config's "
+        f"[federation], then `fedq keygen --curve`), or listen on {where}"
+    )
+
+
+def _under_private_directory(path: str) -> bool:
+    """Is some directory above `path` ours and closed to group and others (no one else can
+    reach a socket under it)?"""
+    directory = os.path.dirname(path)
+    while True:
+        try:
+            st = os.stat(directory)
+        except OSError:
+            return False
+        if st.st_uid == os.getuid() and not st.st_mode & 0o077:
+            return True
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return False
+        directory = parent
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # `*`, an interface name: not only this host
+        return False
+
+
 class ServerLoop:
     """A worker's event loop: requests on the ROUTER, replies from peers on DEALERs.
 
@@ -219,6 +277,7 @@ class ServerLoop:
         on_batch_end: Callable[[], None] = lambda: None,
         curve: CurveKeys | None = None,
     ) -> None:
+        refuse_unprotected_endpoint(address, curve)
         self.poller = zmq.Poller()
         self.router = context().socket(zmq.ROUTER)
         _tune(self.router)
