@@ -27,7 +27,6 @@ from . import ops
 from .errors import (
     SpentPointerError,
     TensorsNotCollocatedError,
-    UnsupportedOperationError,
     ValueNeedsGetError,
     WorkerUnreachableError,
 )
@@ -349,7 +348,7 @@ def _run_remote(func: Any, args: tuple, kwargs: dict) -> Any:
     """Rule 4: run `func` where its pointer arguments point; return pointers to the results."""
     name = ops.name_of(func)
     if name is None:
-        raise UnsupportedOperationError(f"{_name(func)} is not a torch function fedq runs on remote tensors")
+        raise ops.unsupported(_name(func))
     leaves, spec = ops.flatten(args, kwargs)
     pointers = [leaf for leaf in leaves if isinstance(leaf, Pointer)]
     for pointer in pointers:

@@ -31,7 +31,7 @@ a sender has queued for one receiver goes as one `Batch` (`seal_many`): one stam
 and one signature over several messages, each pickled and unpickled on its own, so
 that one the receiver refuses is answered with a failure and spoils no other.
 
-Unpickling goes through an allow-list (`_SafeUnpickler`): fedq's messages,
+Unpickling goes through an exact allow-list (`safe_pickle`): fedq's messages,
 tensors, torch dtypes and a few builtins. A cloudpickled function or class (code)
 is refused unless the receiver allows code.
 
@@ -41,7 +41,6 @@ is refused unless the receiver allows code.
 
 from __future__ import annotations
 
-import builtins
 import collections
 import copyreg
 import dataclasses
@@ -49,7 +48,6 @@ import hashlib
 import hmac
 import io
 import itertools
-import math
 import operator
 import os
 import pickle
@@ -65,7 +63,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher
 from cryptography.hazmat.primitives.ciphers.algorithms import AES
 from cryptography.hazmat.primitives.ciphers.modes import GCM
 
-from .errors import CodeNotAllowedError, ProtocolError
+from .errors import ProtocolError
+from .safe_pickle import SafeUnpickler as _SafeUnpickler
 
 INBAND_LIMIT = 64 * 1024
 INCARNATION_BYTES = 16
@@ -300,19 +299,8 @@ OWNER_ACTIONS = frozenset({ClearObjects, Shutdown, ListObjects, DescribeObjects,
 # --------------------------------------------------------------------------- tensors
 
 
-def _claimed_bytes(shape: Any, dtype: Any) -> int:
-    """The bytes a tensor of `shape` and `dtype` holds. A ProtocolError for anything but a dtype
-    and a tuple of sizes >= 0: what arrives is checked against it before anything is allocated."""
-    if not isinstance(dtype, torch.dtype) or type(shape) is not tuple or not all(type(n) is int and n >= 0 for n in shape):
-        raise ProtocolError(f"a tensor of shape {str(shape)[:100]} and dtype {str(dtype)[:40]} is not a tensor fedq sends")
-    return math.prod(shape) * dtype.itemsize
-
-
 def _rebuild_tensor(buffer: Any, dtype: torch.dtype, shape: tuple[int, ...], requires_grad: bool, grad: Any) -> torch.Tensor:
     raw = memoryview(buffer)
-    claimed = _claimed_bytes(shape, dtype)
-    if raw.nbytes != claimed:  # (else a few bytes could claim gigabytes)
-        raise ProtocolError(f"a tensor of shape {shape} and dtype {dtype} holds {claimed} bytes, but {raw.nbytes} came with it")
     if raw.readonly:  # an in-band buffer arrives as bytes; tensors on a worker must be writable
         raw = memoryview(bytearray(raw))
     if raw.nbytes:
@@ -340,7 +328,6 @@ def _reduce_tensor(tensor: torch.Tensor) -> tuple:
 
 
 def _rebuild_meta(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    _claimed_bytes(shape, dtype)  # (checked, not allocated: a meta tensor holds no memory)
     return torch.empty(shape, dtype=dtype, device="meta")
 
 
@@ -350,6 +337,12 @@ def _reduce_any_tensor(tensor: torch.Tensor) -> Any:
     if tensor.device.type == "meta":  # a shape without values (what a private object shows)
         return (_rebuild_meta, (tuple(tensor.shape), tensor.dtype))
     return tensor.__reduce_ex__(5)  # sparse, quantized...: torch's own pickling, in band
+
+
+def _reduce_memory_format(memory_format: torch.memory_format) -> str:
+    """`torch.preserve_format` as the global `torch preserve_format`, as dtypes go: left to
+    itself pickle names it `torch._utils` + `torch.preserve_format`, a path through a module."""
+    return str(memory_format).removeprefix("torch.")
 
 
 def _by_fields(cls: type) -> Callable[[Any], tuple]:
@@ -372,6 +365,7 @@ class _Pickler(pickle.Pickler):
         **copyreg.dispatch_table,
         torch.Tensor: _reduce_any_tensor,
         torch.nn.Parameter: _reduce_any_tensor,
+        torch.memory_format: _reduce_memory_format,
         **{cls: _by_fields(cls) for cls in (*REQUESTS, *REPLIES, Batch, PointerSpec, Ref, ObjectInfo, WorkerStatus)},
     }
 
@@ -751,37 +745,4 @@ def answers(seq: int, reply: Any) -> list[tuple[int, Any]]:
 
 def _as_buffer(frame: Any) -> Any:
     return getattr(frame, "buffer", frame)
-
-
-# ---- what a message may contain
-_ALLOWED_BUILTINS = frozenset({"slice", "Ellipsis", "complex", "set", "frozenset", "range", "bytearray", "NotImplemented"})
-_ALLOWED_TORCH = frozenset({"Size", "device"})
-
-
-class _SafeUnpickler(pickle.Unpickler):
-    """Resolves only the globals fedq's messages need; anything else (a cloudpickled
-    function, os.system, a class with a malicious __reduce__) is refused."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module == __name__ and name in _WIRE_NAMES:
-            return globals()[name]
-        if module == "builtins" and name in _ALLOWED_BUILTINS:
-            return getattr(builtins, name)
-        if module == "torch":
-            value = getattr(torch, name, None)
-            if name in _ALLOWED_TORCH or isinstance(value, (torch.dtype, torch.layout, torch.memory_format)):
-                return value
-        if module == "torch.return_types" and not name.startswith("_"):
-            return getattr(torch.return_types, name)
-        if module == "collections" and name == "OrderedDict":
-            return collections.OrderedDict
-        raise CodeNotAllowedError(
-            f"{module}.{name} is not allowed in a fedq message: shipping code (functions, classes) is "
-            "refused; start the receiving worker with --allow-code (or allow_code=True) to allow it"
-        )
-
-
-_WIRE_NAMES = frozenset(  # (Acked is in REPLIES)
-    {cls.__name__ for cls in REQUESTS + REPLIES} | {"Batch", "PointerSpec", "Ref", "ObjectInfo", "WorkerStatus", "_rebuild_tensor", "_rebuild_meta"}
-)
 
