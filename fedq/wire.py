@@ -48,6 +48,7 @@ import hashlib
 import hmac
 import io
 import itertools
+import math
 import operator
 import os
 import pickle
@@ -299,8 +300,19 @@ OWNER_ACTIONS = frozenset({ClearObjects, Shutdown, ListObjects, DescribeObjects,
 # --------------------------------------------------------------------------- tensors
 
 
+def _claimed_bytes(shape: Any, dtype: Any) -> int:
+    """The bytes a tensor of `shape` and `dtype` holds. A ProtocolError for anything but a dtype
+    and a tuple of sizes >= 0: what arrives is checked against it before anything is allocated."""
+    if not isinstance(dtype, torch.dtype) or type(shape) is not tuple or not all(type(n) is int and n >= 0 for n in shape):
+        raise ProtocolError(f"a tensor of shape {str(shape)[:100]} and dtype {str(dtype)[:40]} is not a tensor fedq sends")
+    return math.prod(shape) * dtype.itemsize
+
+
 def _rebuild_tensor(buffer: Any, dtype: torch.dtype, shape: tuple[int, ...], requires_grad: bool, grad: Any) -> torch.Tensor:
     raw = memoryview(buffer)
+    claimed = _claimed_bytes(shape, dtype)
+    if raw.nbytes != claimed:  # (else a few bytes could claim gigabytes)
+        raise ProtocolError(f"a tensor of shape {shape} and dtype {dtype} holds {claimed} bytes, but {raw.nbytes} came with it")
     if raw.readonly:  # an in-band buffer arrives as bytes; tensors on a worker must be writable
         raw = memoryview(bytearray(raw))
     if raw.nbytes:
@@ -328,6 +340,7 @@ def _reduce_tensor(tensor: torch.Tensor) -> tuple:
 
 
 def _rebuild_meta(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    _claimed_bytes(shape, dtype)  # (checked, not allocated: a meta tensor holds no memory)
     return torch.empty(shape, dtype=dtype, device="meta")
 
 

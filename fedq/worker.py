@@ -26,6 +26,7 @@ from torch.utils._pytree import tree_map
 
 from . import __version__, ops, wire
 from .errors import (
+    ConfigError,
     FedqError,
     ProtocolError,
     TensorsNotCollocatedError,
@@ -416,7 +417,10 @@ def _run_here(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: 
             worker.store.entry(first.id).private = True  # what private data was written into is private
         # After backward the caller learns which of its tensors have a .grad now, so that
         # an optimizer reading p.grad costs no round trip per parameter.
-        reply.ok(_ids_with_grad(worker) if message.op == "Tensor.backward" else None)
+        with_grad = _ids_with_grad(worker) if message.op == "Tensor.backward" else None
+        # What it wrote (resize_, set_, data = ..., new grads) may hold more now: counted again.
+        worker.store.remeasure([l.id for l in leaves if isinstance(l, Ref)] + (with_grad or []))
+        reply.ok(with_grad)
         return
     results, out_spec = ops.flatten_result(out)
     for result in results:
@@ -690,6 +694,7 @@ def run_worker(
     peers: dict[str, str] | None = None,
     incarnation: str | None = None,
     admin_key: bytes | None = None,
+    max_memory_bytes: int | None = None,
 ) -> None:
     """Run one worker in this process until it is told to stop, signalled, or orphaned.
 
@@ -712,6 +717,8 @@ def run_worker(
         raise SystemExit(f"worker {id}: no key (set FEDQ_KEY, or give the config a key file: see `fedq keygen`)")
     admin_key = admin_key or admin_key_from_environment()
     os.environ.pop(ADMIN_KEY_ENV, None)  # (read once: nothing run here later finds it)
+    if max_memory_bytes is not None:
+        cap_memory(max_memory_bytes)
     worker = Worker(
         id, address, key=key, timeout=timeout,
         allow_code=allow_code, max_message_bytes=max_message_bytes, max_store_bytes=max_store_bytes,
@@ -728,6 +735,17 @@ def run_worker(
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     worker.store.clear()  # (the loop closed the sockets on its way out)
     log.info("worker %s stopped", id)
+
+
+def cap_memory(max_bytes: int) -> None:
+    """Cap what this process may map for data (settings.Limits.max_memory_bytes): past it an
+    allocation fails here instead of the host running out. Set once torch and zmq are loaded."""
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    if hard != resource.RLIM_INFINITY and max_bytes > hard:
+        raise ConfigError(f"max_memory_bytes = {max_bytes} is over this user's hard limit of {hard} (ulimit -d): ask for less")
+    resource.setrlimit(resource.RLIMIT_DATA, (max_bytes, hard))
 
 
 def main() -> None:
