@@ -13,6 +13,7 @@ import typer
 
 from .config import DEFAULT_CONFIG, load_config
 from .errors import ConfigError, FedqError
+from .settings import DEFAULTS
 
 app = typer.Typer(help="fedq: remote execution on private data, over real worker processes.", no_args_is_help=True, add_completion=False)
 
@@ -70,6 +71,7 @@ def worker(
     timeout: Optional[float] = typer.Option(None, help="Seconds to wait for the next hop of a chain."),
     allow_code: bool = typer.Option(False, "--allow-code", help="Run functions shipped inside messages. Unpickling code is code execution: only for a federation you trust."),
     max_store_bytes: Optional[int] = typer.Option(None, help="Refuse to hold more tensor bytes than this."),
+    lease_seconds: Optional[float] = typer.Option(None, help="Free the references of a holder not heard from for this long (default: the config's, else 60)."),
     max_memory_bytes: Optional[int] = typer.Option(None, help="Cap the memory the worker may map for data (default: the config's, else none)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every message handled."),
 ) -> None:
@@ -96,8 +98,9 @@ def worker(
             max_store_bytes=max_store_bytes if max_store_bytes is not None else (federation.max_store_bytes if federation else None),
             curve_dir=str(federation.curve_dir) if federation and federation.curve_dir else None,
             peers=federation.peers() if federation else None,
+            lease_seconds=lease_seconds if lease_seconds is not None else (federation.limits if federation else DEFAULTS).lease_seconds,
+            max_memory_bytes=max_memory_bytes if max_memory_bytes is not None else (federation.limits if federation else DEFAULTS).max_memory_bytes,
             admin_key=federation.admin_key() if federation else None,  # (else FEDQ_ADMIN_KEY's, if set)
-            max_memory_bytes=max_memory_bytes if max_memory_bytes is not None else (federation.limits.max_memory_bytes if federation else None),
         )
     except FedqError as error:
         _fail(error)
@@ -119,7 +122,7 @@ def up(config: Path = ConfigOption, verbose: bool = typer.Option(False, "--verbo
             id, w.address, key=key, timeout=federation.timeout, verbose=verbose, data=w.data,
             allow_code=federation.allow_code, max_store_bytes=federation.max_store_bytes,
             curve_dir=str(federation.curve_dir) if federation.curve_dir else None, peers=federation.peers(),
-            admin_key=admin_key, max_memory_bytes=federation.limits.max_memory_bytes,
+            lease_seconds=federation.limits.lease_seconds, admin_key=admin_key, max_memory_bytes=federation.limits.max_memory_bytes,
         )
         for id, w in federation.workers.items()
     }
@@ -172,9 +175,14 @@ def ls(
 
 
 def _holders(row: Any) -> str:
-    """ "me:4242, alice:4243 x2": who holds the references (this host's name left out)."""
+    """ "me:4242 (heard 2s ago, lapses in 58s), alice x2 (...)": who holds the references (this
+    host's name left out), and each one's lease: its references go when it lapses."""
     here = "@" + socket.gethostname()
-    return ", ".join(name.removesuffix(here) + (f" x{count}" if count > 1 else "") for name, count in row.holders)
+    leases = row.leases or (None,) * len(row.holders)
+    return ", ".join(
+        name.removesuffix(here) + (f" x{count}" if count > 1 else "") + (f" (heard {lease[0]:g}s ago, lapses in {lease[1]:g}s)" if lease else "")
+        for (name, count), lease in zip(row.holders, leases)
+    )
 
 
 def _follow(row: Any, timeout: float, depth: int = 16) -> list[str]:
@@ -231,7 +239,7 @@ def status(
     except FedqError as error:
         _fail(error)
     table = Table(title=f"{config}: {len(federation.workers)} workers")
-    for column in ("worker", "state", "pid", "objects", "bytes", "round trip"):
+    for column in ("worker", "state", "pid", "objects", "bytes", "lease", "round trip"):
         table.add_column(column, justify="left" if column in ("worker", "state") else "right", no_wrap=True)
     table.add_column("address / problem", overflow="fold")
     down = 0
@@ -243,18 +251,19 @@ def status(
             round_trip = f"{1000 * (time.perf_counter() - start):.2f} ms"
         except WorkerUnreachableError:
             down += 1
-            table.add_row(name, "[red]down[/red]", "", "", "", "", f"no answer within {timeout:g}s at {settings.address}")
+            table.add_row(name, "[red]down[/red]", "", "", "", "", "", f"no answer within {timeout:g}s at {settings.address}")
             continue
         except FedqError as error:
             down += 1
-            table.add_row(name, "[red]down[/red]", "", "", "", "", str(error).splitlines()[0])
+            table.add_row(name, "[red]down[/red]", "", "", "", "", "", str(error).splitlines()[0])
             continue
         try:
             rows = handle.describe(timeout=timeout)
             objects, held = str(len(rows)), str(sum(row.nbytes for row in rows))
         except FedqError:  # it answered a ping: alive, but busy or unable to describe
             objects, held = str(alive.objects), "?"
-        table.add_row(name, "[green]alive[/green]", str(alive.pid), objects, held, round_trip, settings.address)
+        lease = f"{alive.lease_seconds:g}s" if alive.lease_seconds is not None else "?"
+        table.add_row(name, "[green]alive[/green]", str(alive.pid), objects, held, lease, round_trip, settings.address)
     Console().print(table)
     if down:
         typer.echo(f"{down} of {len(federation.workers)} workers down", err=True)
@@ -322,7 +331,6 @@ def keygen(
         f"wrote a new key to {federation.key_file} and a new admin key (the data owner's: keep it on the workers' host) "
         f"to {federation.admin_key_file} (mode 600); restart the federation's workers to use them"
     )
-
 
 
 def _make_curve_keys(config: Path) -> None:

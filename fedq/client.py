@@ -41,8 +41,9 @@ from .errors import (
     rebuild_remote_error,
 )
 from .keys import key_from_environment
-from .transport import ClientSockets, client_name
-from .wire import DeleteObjects, Failure, Ok
+from .settings import DEFAULTS
+from .transport import Batches, ClientSockets, client_name
+from .wire import DeleteObjects, Failure, Ok, Renew
 
 if TYPE_CHECKING:
     from .handle import VirtualWorker
@@ -101,6 +102,10 @@ class Client:
         self._stalled_since: dict[str, float] = {}  # address -> since when we wait on it and hear nothing
         self._probing: set[str] = set()  # addresses a hello was sent to because they went quiet
         self._admin_keys: dict[str, bytes] = {}  # address -> that worker's admin key, if we are its owner
+        # Our references at a worker are a lease (leases.py): renewed by what we send there, or
+        # by a Renew when we sent nothing for a third of it. Each worker tells its lease.
+        self._leases: dict[str, float] = {}  # address -> lease seconds
+        self._renewing: dict[str, int] = {}  # address -> seq of the last Renew sent there
         # Pointers to leaves that need grads, by pointer id: told after each backward whether
         # their object has a .grad, so that optimizers read p.grad without a round trip.
         self._grad_tracked: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
@@ -173,7 +178,6 @@ class Client:
             known = self._incarnations[address]  # (learned from the answer's stamp before it finished)
         return known
 
-
     def name_of(self, address: str) -> str:
         handle = self._handles.get(address)
         return handle.id if handle is not None else address
@@ -227,7 +231,6 @@ class Client:
                 return self.wait(self._submit(address, message, wait=True, to=wire.NO_INCARNATION), timeout)
             self.incarnation_of(address, timeout)
         return self.wait(self.submit(address, message, wait=True), timeout)
-
 
     def request_many(self, requests: list[tuple[str, Any]], timeout: float | None = None) -> list[Any]:
         """Several reads at once: one barrier, all sent, all awaited (one round trip, not N).
@@ -305,7 +308,6 @@ class Client:
             if one.to is None:
                 one.to = to
         return self.codec.seal_many(packed)
-
 
     # ---- waiting
     def wait(self, call: Call, timeout: float | None = None) -> Any:
@@ -410,6 +412,8 @@ class Client:
                         if seq in self._unclaimed:
                             self._unclaimed.discard(seq)
                             self._give_back(message.value if isinstance(message, Ok) else None)
+                        elif self._renewing.get(address) == seq:  # a heartbeat's answer: the lease there
+                            self._learn_lease(address, message)
                         continue
                     self._finish(seq, call, message)
             if restarted:  # what is still waiting was sealed to the old incarnation: dropped there
@@ -431,7 +435,6 @@ class Client:
         )
         log.warning("%s", self._restarted[address])
         return True
-
 
     def _finish(self, seq: int, call: Call, message: Any) -> None:
         pending = self._pending_deletes if call.quiet else self._pending
@@ -470,6 +473,39 @@ class Client:
         for spec in wire.references_in(value):
             self._io.queue_ref_update(spec.address, spec.id_at_location)
 
+    def lease_at(self, address: str, seconds: float) -> None:
+        """The worker at `address` keeps a silent holder's references `seconds` (we started it)."""
+        self._leases[address] = float(seconds)
+
+    def _learn_lease(self, address: str, answer: Any) -> None:
+        if isinstance(answer, Ok) and isinstance(answer.value, (int, float)) and answer.value > 0:
+            self._leases[address] = float(answer.value)
+
+    def _renew_leases(self) -> None:  # where the sockets are driven
+        """A Renew to each worker we know (we may hold references there) that we sent nothing
+        for a third of its lease: our references there outlive a quiet spell, never our death.
+        Unanswered calls are not registered: a silent worker holds up no wait."""
+        now = time.monotonic()
+        sent_at = self._io.peers.sent_at
+        batches = None
+        for address in list(self._handles):
+            if address in self._dead or address not in self._incarnations:  # (not met yet: its hello comes first)
+                continue
+            lease = self._leases.get(address)
+            if lease is None and address not in self._renewing:
+                pass  # the first: its answer tells the lease there
+            elif now - sent_at.get(address, -math.inf) < (lease or DEFAULTS.lease_seconds) / 3:
+                continue
+            seq = next(self._seq)
+            self._renewing[address] = seq
+            batches = batches or Batches(self._io.peers, self._seal)
+            batches.add(address, self.codec.pack(seq, Renew()))
+        if batches is not None:
+            try:
+                batches.send()
+            except Exception as error:  # (an address zmq refuses: its requests fail where they are sent)
+                log.debug("a lease renewal was not sent: %s", error)
+
     def _probe_quiet_workers(self) -> None:  # where the sockets are driven
         """A hello to each worker (not one we spawned: it cannot restart) that we wait on and
         that answered nothing for RESTART_PROBE_SECONDS: if it restarted, its answer names its
@@ -489,6 +525,7 @@ class Client:
 
     def _on_tick(self) -> None:
         if not self._closed:
+            self._renew_leases()
             self._probe_quiet_workers()
         for address, process in list(self._children.items()):
             code = process.poll()

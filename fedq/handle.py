@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from .client import Client, local_client
-from .errors import ConfigError
 from .ids import new_id
 from .launcher import start_worker_process
+from .settings import DEFAULTS
 from .transport import runtime_dir
 from .wire import (
     ClearObjects,
@@ -64,9 +64,12 @@ class VirtualWorker:
         allow_code: bool = False,
         max_store_bytes: int | None = None,
         max_message_bytes: int | None = None,
+        lease_seconds: float | None = None,
         max_memory_bytes: int | None = None,
     ) -> None:
-        """`max_memory_bytes` (default none) caps the memory the worker may map (`settings.Limits`)."""
+        """`lease_seconds` (default `settings.Limits.lease_seconds`): how long the worker keeps the
+        references of a holder it does not hear from (a client that died) before freeing them.
+        `max_memory_bytes` (default none) caps the memory the worker may map (`settings.Limits`)."""
         if getattr(self, "client", None) is not None:
             return
         self.client = _client_of(hook)
@@ -80,11 +83,12 @@ class VirtualWorker:
         self.process: subprocess.Popen | None = start_worker_process(
             id, self.address, key=self.client.key, timeout=timeout or self.client.timeout, verbose=verbose, quiet=not verbose,
             data=str(Path(data).resolve()) if data else None, allow_code=allow_code, max_store_bytes=max_store_bytes,
-            max_message_bytes=max_message_bytes, incarnation=incarnation, admin_key=admin_key,
+            max_message_bytes=max_message_bytes, lease_seconds=lease_seconds, incarnation=incarnation, admin_key=admin_key,
             max_memory_bytes=max_memory_bytes,
         )
         self.client.register(self, self.process, incarnation=incarnation, admin_key=admin_key)
         self.client.spawned[id] = self
+        self.client.lease_at(self.address, lease_seconds if lease_seconds is not None else DEFAULTS.lease_seconds)
         # Not waited for: the first read waits, so several workers start in parallel.
         self.client.submit(self.address, Ping())
 

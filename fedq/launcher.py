@@ -23,6 +23,7 @@ def start_worker_process(
     max_message_bytes: int | None = None,
     curve_dir: str | None = None,
     peers: dict[str, str] | None = None,
+    lease_seconds: float | None = None,
     incarnation: bytes | None = None,
     admin_key: bytes | None = None,
     max_memory_bytes: int | None = None,
@@ -43,6 +44,8 @@ def start_worker_process(
     }
     if max_message_bytes is not None:
         settings["max_message_bytes"] = max_message_bytes
+    if lease_seconds is not None:
+        settings["lease_seconds"] = lease_seconds
     if max_memory_bytes is not None:
         settings["max_memory_bytes"] = max_memory_bytes
     if curve_dir is not None:  # paths, not keys: the secret stays in its 600 file

@@ -357,7 +357,10 @@ def _run_remote(func: Any, args: tuple, kwargs: dict) -> Any:
     local = [l for l in leaves if isinstance(l, torch.Tensor) and not isinstance(l, Pointer)]
     if len(places) > 1 or local:
         names = sorted(set(places.values())) + (["me"] if local else [])
-        raise TensorsNotCollocatedError(f"{name} mixes tensors held in different places: {', '.join(names)}")
+        hint = " (an optimizer made before model.send() keeps its state here: make it after the send)" if local else ""
+        raise TensorsNotCollocatedError(
+            f"{name} mixes tensors held in different places: {', '.join(names)}; .send() or .move() them to one worker first{hint}"
+        )
     location = pointers[0].location
     client = location.client
     is_chain = any(p._is_chain for p in pointers)

@@ -141,6 +141,19 @@ class ObjectStore:
             entry.drop(giver)
             entry.add(taker)
 
+    def forget_holders(self, holders: set[str]) -> list[Entry]:
+        """Drop every reference `holders` have (their leases lapsed: leases.py); return the
+        entries that freed. One pass over the store, however many holders lapsed together."""
+        freed = []
+        for id, entry in list(self._entries.items()):
+            dropped = 0
+            for holder in holders:
+                if holder in entry.holders:
+                    dropped += entry.holders.pop(holder)
+            if dropped and not entry.holders and not entry.pinned:
+                freed.append(self._remove(id))
+        return freed
+
     def pop(self, id: int) -> Entry:
         self.entry(id)
         return self._remove(id)

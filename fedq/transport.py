@@ -160,6 +160,7 @@ class PeerSockets:
         self.address_of: dict[zmq.Socket, str] = {}
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.sent_at: dict[str, float] = {}  # address -> when we last sent there (leases renew when idle)
 
     def socket(self, address: str) -> zmq.Socket:
         sock = self.by_address.get(address)
@@ -177,6 +178,7 @@ class PeerSockets:
 
     def send(self, address: str, frames: list) -> None:
         self.bytes_sent += send_frames(self.socket(address), frames)
+        self.sent_at[address] = time.monotonic()
 
     def drain(self, sock: zmq.Socket, limit: int = 10_000) -> list[list]:
         """The messages waiting on a socket the poller found readable (at most `limit`)."""

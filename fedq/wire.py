@@ -115,6 +115,9 @@ class ObjectInfo:
     points_to: str | None = None  # "bob:123" for a stored pointer
     next_address: str | None = None  # where that next hop listens, so a listing can follow the chain
     next_id: int | None = None
+    #: per holder, in `holders`' order: (seconds since it was last heard, seconds until its lease
+    #: lapses), or None for a holder that never lapses (the data owner, the worker itself)
+    leases: tuple[tuple[float, float] | None, ...] = ()
 
 
 # --------------------------------------------------------------------------- requests
@@ -239,6 +242,13 @@ class Shutdown:
     """Reply, then stop serving."""
 
 
+@dataclass
+class Renew:
+    """A heartbeat: the sender still holds its references here (any message says so; an idle
+    holder sends this). Reply with the lease in seconds: how long the worker keeps a silent
+    holder's references before it frees them."""
+
+
 # --------------------------------------------------------------------------- replies
 
 
@@ -248,6 +258,7 @@ class WorkerStatus:
     pid: int
     version: str
     objects: int
+    lease_seconds: float | None = None  # a silent holder's references are freed after this long
 
 
 @dataclass
@@ -290,7 +301,7 @@ class Failure:
         return cls(type(error).__name__, type(error).__module__, str(error), tb, worker)
 
 
-REQUESTS = (StoreObject, RunOp, GetObject, MoveObject, RemoteGet, Search, IncRef, DeleteObjects, HoldsObject, ListObjects, DescribeObjects, CountObjects, ClearObjects, Ping, Shutdown)
+REQUESTS = (StoreObject, RunOp, GetObject, MoveObject, RemoteGet, Search, IncRef, DeleteObjects, HoldsObject, ListObjects, DescribeObjects, CountObjects, ClearObjects, Ping, Shutdown, Renew)
 REPLIES = (Ok, Acked, Failure)
 #: what a client that holds the worker's admin key signs with it (`Packed.admin_key`; the worker
 #: is told: `Origin.by_owner`): the data owner's actions, and the listings and searches that show

@@ -35,7 +35,9 @@ from .errors import (
 )
 from .ids import new_id
 from .keys import ADMIN_KEY_ENV, admin_key_from_environment, key_from_environment
+from .leases import Leases
 from .privacy import Policy, refuse_if_private
+from .settings import DEFAULTS
 from .store import DATA_OWNER, ObjectStore, describe, object_nbytes
 from .transport import Batches, CurveKeys, ServerLoop, peer_name
 from .wire import (
@@ -56,6 +58,7 @@ from .wire import (
     PointerSpec,
     Ref,
     RemoteGet,
+    Renew,
     RunOp,
     Search,
     Shutdown,
@@ -132,6 +135,31 @@ class _Relay:
     hop: str  # "end at ipc://..." for error messages
     deadline: float
     on_reply: Callable[[Ok | Failure], None]
+    request: Any  # what was asked (its late answer may hand over references to give back)
+
+
+@dataclass(frozen=True, slots=True)
+class _Peer:
+    """A worker we renew our leases at, named by its address (what `relay` needs of a hop)."""
+
+    address: str
+
+    @property
+    def location(self) -> str:
+        return self.address
+
+
+#: relays that timed out and whose late answer would hand us references, remembered at most this many
+MAX_UNCLAIMED = 10_000
+
+
+def freed_pointers(freed: list[Any]) -> list[PointerSpec]:
+    """The stored pointers among entries a removal freed (None: nothing was freed)."""
+    return [entry.obj for entry in freed if entry is not None and isinstance(entry.obj, PointerSpec)]
+
+
+def _ignore(answer: Any) -> None:
+    """For a relay nobody waits on (a heartbeat, a give-back): a hop that fails it frees nothing less."""
 
 
 class Worker:
@@ -146,6 +174,7 @@ class Worker:
         max_message_bytes: int = wire.DEFAULT_MAX_MESSAGE_BYTES,
         max_store_bytes: int | None = None,
         curve: CurveKeys | None = None,
+        lease_seconds: float = DEFAULTS.lease_seconds,
         incarnation: bytes | None = None,
         admin_key: bytes | None = None,
     ) -> None:
@@ -169,6 +198,10 @@ class Worker:
         self._seq = itertools.count(1)
         self._relays: dict[int, _Relay] = {}
         self._peer_log = _RateLimitedLog()
+        self.leases = Leases(lease_seconds, never_lapse=(DATA_OWNER, id))
+        self._heard = self.leases.heard  # (renewed per message: one dict assignment)
+        self._peer_leases: dict[str, float] = {}  # address -> the lease a peer told us (Renew)
+        self._unclaimed: dict[int, bool] = {}  # seqs of timed-out relays whose answer hands us references
 
     def serve(self) -> None:
         log.info("worker %s serving on %s (pid %d)", self.id, self.address, os.getpid())
@@ -229,6 +262,7 @@ class Worker:
                     self._peer_log.warning("worker %s refused request %d: %s", self.id, seq, message)
                     Reply(self, identity, origin, seq).fail(message)
                 continue
+            self._heard[identity] = True  # a signed message renews its sender's lease
             self._handle(identity, origin, seq, message)
 
     def _handle(self, identity: bytes, origin: wire.Origin, seq: int, message: Any) -> None:
@@ -255,7 +289,10 @@ class Worker:
             for seq, answer in wire.answers(envelope_seq, message):
                 relay = self._relays.pop(seq, None)
                 if relay is None:
-                    log.warning("worker %s: late or unknown reply %d from %s", self.id, seq, address)
+                    if self._unclaimed.pop(seq, None) and isinstance(answer, Ok):
+                        self._give_back(answer.value)  # we gave up on it: nobody here holds what it hands over
+                    else:
+                        log.warning("worker %s: late or unknown reply %d from %s", self.id, seq, address)
                     continue
                 relay.on_reply(answer)
         self.flush()  # relays answered above may have acks to pass on, or relays of their own
@@ -265,9 +302,60 @@ class Worker:
         for seq, relay in list(self._relays.items()):
             if relay.deadline <= now:
                 del self._relays[seq]
+                if wire.hands_over_references(relay.request):
+                    self._unclaimed[seq] = True
+                    if len(self._unclaimed) > MAX_UNCLAIMED:
+                        del self._unclaimed[next(iter(self._unclaimed))]
                 error = WorkerUnreachableError(f"worker {relay.hop} (the next hop of a chain) did not answer worker {self.id!r} within {self.timeout:g}s")
                 relay.on_reply(Failure.from_exception(error, self.id))
+        if self.leases.due(now):
+            lapsed = self.leases.lapsed(now)
+            if lapsed:
+                self._forget(lapsed)
+            self._renew_leases(now)
         self.flush()
+
+    # ---- leases (leases.py): ours at the peers we hold pointers at, and our holders' here
+    def _forget(self, holders: set[str]) -> None:
+        """`holders` went silent for a whole lease: drop their references; what that frees is gone."""
+        freed = self.store.forget_holders(holders)
+        log.info("worker %s: the lease of %s lapsed; %d objects freed", self.id, ", ".join(sorted(holders)), len(freed))
+        self.delete_at_next_hops(freed_pointers(freed), _ignore)
+
+    def _renew_leases(self, now: float) -> None:
+        """Renew our leases at every peer we may hold references at (each one we ever relayed to
+        or store a pointer to), where we sent nothing else for a third of its lease."""
+        sent_at = self.loop.peers.sent_at
+        for address in list(self.loop.peers.by_address):
+            if address not in self._peer_incarnations:  # (no pointer named it: we hold nothing there)
+                continue
+            if now - sent_at.get(address, 0.0) >= self._peer_leases.get(address, self.leases.seconds) / 3:
+                self.relay(_Peer(address), Renew(), lambda answer, address=address: self._learn_lease(address, answer))
+
+    def hold_at(self, pointer: PointerSpec) -> None:
+        """We store `pointer`: its reference at the next hop is ours, a lease we renew there."""
+        self.loop.peers.socket(pointer.address)  # (an address zmq refuses fails the request storing it)
+        if pointer.incarnation != wire.NO_INCARNATION:
+            self._peer_incarnations[pointer.address] = pointer.incarnation
+
+    def _learn_lease(self, address: str, answer: Ok | Failure) -> None:
+        if isinstance(answer, Ok) and isinstance(answer.value, (int, float)) and answer.value > 0:
+            self._peer_leases[address] = float(answer.value)
+
+    def _give_back(self, value: Any) -> None:
+        """Delete the references a late answer handed us (ours now: a relay's pointer, or a hop's)."""
+        self.delete_at_next_hops(wire.references_in(value), _ignore)
+
+    def delete_at_next_hops(self, pointers: list[PointerSpec], done: Callable[[Failure | None], None]) -> None:
+        """Rule 6 one hop on: drop our reference at each pointer's next hop (one DeleteObjects per
+        hop); `done` gets the first failure (or None) once every hop answered."""
+        onward: dict[str, tuple[PointerSpec, list[int]]] = {}
+        for pointer in pointers:
+            onward.setdefault(pointer.address, (pointer, []))[1].append(pointer.id_at_location)
+        if not onward:
+            done(None)
+            return
+        self.relay_all([(hop, DeleteObjects(tuple(ids))) for hop, ids in onward.values()], done)
 
     # ---- outgoing, hop by hop
     def relay(self, hop: PointerSpec | MoveObject, message: Any, on_reply: Callable[[Ok | Failure], None]) -> None:
@@ -287,7 +375,7 @@ class Worker:
         self.loop.peers.socket(hop.address)  # connect now: an address zmq refuses fails this request
         seq = next(self._seq)
         self._relays_out.add(hop.address, self.codec.pack(seq, message, to))  # sent by `flush`
-        self._relays[seq] = _Relay(f"{hop.location!r} at {hop.address}", time.monotonic() + self.timeout, on_reply)
+        self._relays[seq] = _Relay(f"{hop.location!r} at {hop.address}", time.monotonic() + self.timeout, on_reply, message)
 
     def relay_all(self, requests: list[tuple[PointerSpec, Any]], done: Callable[[Failure | None], None]) -> None:
         """Relay several requests; `done` gets the first failure (or None) once all are answered."""
@@ -311,6 +399,7 @@ class Worker:
         that does not answer fails nothing: only its listing is out of date."""
         if pointer.address == self.address:
             self.store.hand_over(pointer.id_at_location, giver, taker)
+            self.leases.introduce(taker)
             then()
             return
         self.relay(pointer, DeleteObjects((), ((pointer.id_at_location, giver, taker),)), lambda answer: then())
@@ -382,9 +471,12 @@ def store_object(worker: Worker, message: StoreObject, reply: Reply) -> None:
     obj = message.obj
     if isinstance(obj, PointerSpec):
         obj.id = message.id  # a pointer handed over keeps its id (rule 3)
+        worker.hold_at(obj)
     elif not isinstance(obj, torch.Tensor):
         raise TypeError(f"workers store tensors and pointers, not {type(obj).__name__}")
     worker.store.put(message.id, obj, holder=message.holder or reply.caller, tags=frozenset(message.tags), description=message.description)
+    if message.holder:
+        worker.leases.introduce(message.holder)  # (a move: the holder may never have talked to us)
     reply.ok()
 
 
@@ -490,6 +582,9 @@ def _relay_op(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: 
         if isinstance(answer, Failure):
             for id in message.result_ids:
                 worker.store.remove_if_present(id)  # never leave a pointer to nothing
+            # Nor anything at the next hop that no pointer holds: if the op timed out it may still
+            # run there, and a delete sent after it on the same connection lands after it.
+            worker.relay(hop, DeleteObjects(next_ids), _ignore)
             reply.forward(answer)
         else:
             reply.ok()  # (a backward's grads are at the last hop: the caller asks for them there)
@@ -573,6 +668,7 @@ def remote_get(worker: Worker, message: RemoteGet, reply: Reply) -> None:
         worker.store.replace(message.id, fetched)
         if isinstance(fetched, PointerSpec):  # the next hop's pointer: its reference is ours now
             fetched.id = message.id
+            worker.hold_at(fetched)
             worker.hand_over(fetched, giver=hop.location, taker=worker.id, then=lambda: reply.ok(True))
         else:
             reply.ok(False)
@@ -608,18 +704,9 @@ def delete_objects(worker: Worker, message: DeleteObjects, reply: Reply) -> None
     Hand-overs first: one queued before a delete of the same reference happened before it."""
     for id, giver, taker in message.hand_overs:
         worker.store.hand_over(id, giver, taker)
-    onward: dict[str, tuple[PointerSpec, list[int]]] = {}
-    for id in message.ids:
-        freed = worker.store.decref(id, reply.caller)
-        if freed is not None and isinstance(freed.obj, PointerSpec):
-            onward.setdefault(freed.obj.address, (freed.obj, []))[1].append(freed.obj.id_at_location)
-    if not onward:
-        reply.ok()
-        return
-    worker.relay_all(
-        [(hop, DeleteObjects(tuple(ids))) for hop, ids in onward.values()],
-        lambda failure: reply.forward(failure) if failure else reply.ok(),
-    )
+        worker.leases.introduce(taker)  # (it may never have talked to us: its lease starts now)
+    freed = [worker.store.decref(id, reply.caller) for id in message.ids]
+    worker.delete_at_next_hops(freed_pointers(freed), lambda failure: reply.forward(failure) if failure else reply.ok())
 
 
 @handles(ListObjects)
@@ -637,13 +724,16 @@ def _redacted(entry: Any) -> Any:
 @handles(DescribeObjects)
 def describe_objects(worker: Worker, message: DescribeObjects, reply: Reply) -> None:
     rows = []
+    now = time.monotonic()
     for id, entry in worker.store.items():
         kind, shape, dtype, points_to = describe(entry.obj)
         tags = tuple(sorted(entry.tags | ({"#private"} if entry.private else set())))
         hop = entry.obj if isinstance(entry.obj, PointerSpec) else None
+        holders = entry.listing()
         rows.append(ObjectInfo(
-            id, kind, shape, dtype, object_nbytes(entry.obj), entry.refs, tags, entry.listing(),
+            id, kind, shape, dtype, object_nbytes(entry.obj), entry.refs, tags, holders,
             points_to, hop.address if hop else None, hop.id_at_location if hop else None,
+            tuple(worker.leases.status(holder, now) for holder, _ in holders),
         ))
     reply.ok(rows)
 
@@ -666,7 +756,13 @@ def clear_objects(worker: Worker, message: ClearObjects, reply: Reply) -> None:
 
 @handles(Ping)
 def ping(worker: Worker, message: Ping, reply: Reply) -> None:
-    reply.ok(WorkerStatus(worker.id, os.getpid(), __version__, len(worker.store)))
+    reply.ok(WorkerStatus(worker.id, os.getpid(), __version__, len(worker.store), worker.leases.seconds))
+
+
+@handles(Renew)
+def renew(worker: Worker, message: Renew, reply: Reply) -> None:
+    """A heartbeat (its lease was renewed on arrival, as for every message): say how long a lease is."""
+    reply.ok(worker.leases.seconds)
 
 
 @handles(Shutdown)
@@ -692,6 +788,7 @@ def run_worker(
     max_store_bytes: int | None = None,
     curve_dir: str | None = None,
     peers: dict[str, str] | None = None,
+    lease_seconds: float = DEFAULTS.lease_seconds,
     incarnation: str | None = None,
     admin_key: bytes | None = None,
     max_memory_bytes: int | None = None,
@@ -723,7 +820,7 @@ def run_worker(
         id, address, key=key, timeout=timeout,
         allow_code=allow_code, max_message_bytes=max_message_bytes, max_store_bytes=max_store_bytes,
         curve=CurveKeys.load(curve_dir, id, peers or {}) if curve_dir else None,
-        incarnation=bytes.fromhex(incarnation) if incarnation else None, admin_key=admin_key,
+        lease_seconds=lease_seconds, incarnation=bytes.fromhex(incarnation) if incarnation else None, admin_key=admin_key,
     )
     if data:
         worker.load_data(data)

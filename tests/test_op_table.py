@@ -318,3 +318,12 @@ def test_a_signed_pickle_naming_a_module_or_a_builtin_is_refused_and_the_worker_
         sock.close()
     sent = th.arange(100_000, dtype=th.float32)  # large: rebuilt with torch.frombuffer on the worker
     assert th.equal(sent.send(bob).get(), sent) and th.equal(th.tensor([1.0]).send(bob).get(), th.tensor([1.0]))
+
+
+def test_an_optimizer_made_before_the_send_is_told_to_be_made_after(bob):
+    model = nn.Linear(3, 2)
+    early = th.optim.Adagrad(model.parameters(), lr=0.1)  # its state (a sum per parameter) is made here, now
+    model.send(bob)
+    model(th.ones(1, 3).send(bob)).sum().backward()
+    with pytest.raises(sy.TensorsNotCollocatedError, match="make it after the send"):
+        early.step()
