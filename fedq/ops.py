@@ -303,6 +303,39 @@ def is_inplace(name: str) -> bool:
     return name in INPLACE
 
 
+#: ops that write into arguments without an in-place name: with `inplace=True` (their input),
+#: or always, or given `max_norm` (their tensor arguments: running statistics, an embedding table)
+_INPLACE_FLAG = frozenset(
+    f"torch.nn.functional.{name}" for name in
+    "relu relu6 elu selu celu leaky_relu rrelu hardtanh threshold dropout dropout1d dropout2d dropout3d "
+    "alpha_dropout feature_alpha_dropout hardsigmoid hardswish silu mish".split()
+) | {"torch.dropout", "torch.alpha_dropout", "torch.feature_dropout", "torch.feature_alpha_dropout"}
+_WRITES_STATISTICS = frozenset(
+    f"{prefix}.{name}" for prefix in ("torch", "torch.nn.functional") for name in ("batch_norm", "instance_norm")
+)
+_WRITES_WITH_MAX_NORM = frozenset({"torch.nn.functional.embedding", "torch.nn.functional.embedding_bag"})
+
+
+def written(name: str, args: tuple, kwargs: dict) -> list:
+    """The tensors (and other leaves) an op writes into: its target when in place (every tensor
+    of a list, for `_foreach_*_`), `out=`, and what the ops above write without saying so.
+    Conservative: an argument that may be written counts as written."""
+    leaves: list = tree_flatten(kwargs["out"])[0] if "out" in kwargs else []
+    if name in INPLACE or (name in _INPLACE_FLAG and (kwargs.get("inplace") or any(a is True for a in args[1:]))):
+        leaves += tree_flatten(args[:1])[0]
+    elif name in _WRITES_STATISTICS or (name in _WRITES_WITH_MAX_NORM and (kwargs.get("max_norm") is not None or len(args) > 3)):
+        leaves += tree_flatten((args[1:], kwargs))[0]
+    return leaves
+
+
+def may_write(name: str, kwargs: dict) -> bool:
+    """Whether `written` can name anything: one set lookup for most ops (the hot path)."""
+    return name in INPLACE or "out" in kwargs or name in _WRITES_ANYTHING
+
+
+_WRITES_ANYTHING = _INPLACE_FLAG | _WRITES_STATISTICS | _WRITES_WITH_MAX_NORM
+
+
 # --------------------------------------------------------------------------- arguments and results
 # Both ends walk an op's (args, kwargs) for the tensors in them, once per op. Most ops take
 # flat arguments (`x + y`, `x.sum(dim=0)`); walking those without torch's pytree saves tens

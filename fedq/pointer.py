@@ -192,8 +192,7 @@ class Pointer:
     def _received(self, obj: Any) -> Any:
         if isinstance(obj, PointerSpec):
             client = self.location.client
-            # The reference at the next hop was our location's; it is ours now.
-            client.queue_hand_over(obj.address, obj.id_at_location, self.location.id, client.name)
+            # The reference at the next hop was our location's; it is ours now (our location told it).
             location = client.handle_for(obj.location, obj.address)
             return PointerTensor._make(_fresh_meta(self._meta), location, obj.id, obj.id_at_location, is_chain=True)
         return obj

@@ -9,9 +9,13 @@ pointers to them (from a search) come and go without freeing them.
 Each reference is counted under its holder, by the name its connection gives
 (a worker's id, or "me:4242@host" for a user's process), for `fedq ls`. When a
 pointer changes hands without a message to us (sent on, fetched from a chain,
-moved), whoever hands it over or receives it tells us (`hand_over`). Freeing
-depends only on the total: a delete from a holder we have not heard of yet (its
-hand-over is still on its way) takes a reference from another holder.
+moved), whoever hands it over or receives it tells us (`hand_over`).
+
+A delete or a hand-over reaches only the sender's own references: one from a holder
+we have not heard of yet (the hand-over to it is still on its way) is owed, not taken
+from anybody else, and applies when that reference comes. So the outcome does not
+depend on the order hand-overs and deletes arrive in, and no party frees what another
+holds; what a dishonest party owes is bounded (`MAX_OWED`) and dies with its lease.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import torch
 from .errors import DuplicateIdError, ObjectNotFoundError, StoreFullError
 from .wire import PointerSpec
 
+
+MAX_OWED = 1024  # deletes and hand-overs one holder may send ahead of its reference, per object
 
 PRIVATE_TAG = "#private"  # a sender can mark what it sends private with this tag
 
@@ -39,24 +45,53 @@ class Entry:
     tags: frozenset[str] = field(default_factory=frozenset)
     description: str | None = None
     private: bool = False  # may not leave this worker (see privacy.py)
+    owed: dict[str, list[str | None]] | None = None  # what holders did before their reference came (module doc)
 
     @property
     def refs(self) -> int:
         return sum(self.holders.values())
 
     def add(self, holder: str) -> None:
+        """One reference more, `holder`'s, unless it already deleted or handed it on (owed)."""
+        while self.owed and holder in self.owed:
+            pending = self.owed[holder]
+            then = pending.pop(0)
+            if not pending:
+                del self.owed[holder]
+            if then is None:
+                return  # deleted before it arrived
+            holder = then  # handed on before it arrived: the taker's
         self.holders[holder] = self.holders.get(holder, 0) + 1
 
     def drop(self, holder: str) -> None:
-        """One reference fewer, `holder`'s if it has one (else another's: see the module doc)."""
-        if holder not in self.holders:
-            if not self.holders:
-                return
-            holder = max(self.holders, key=self.holders.__getitem__)
-        if self.holders[holder] > 1:
-            self.holders[holder] -= 1
+        """One reference fewer: `holder`'s. A holder without one owes it (see the module doc)."""
+        count = self.holders.get(holder)
+        if count is None:
+            self._owe(holder, None)
+        elif count > 1:
+            self.holders[holder] = count - 1
         else:
             del self.holders[holder]
+
+    def hand_over(self, giver: str, taker: str) -> None:
+        if giver in self.holders:
+            self.drop(giver)
+            self.add(taker)
+        else:
+            self._owe(giver, taker)
+
+    def _owe(self, holder: str, then: str | None) -> None:
+        owed = self.owed if self.owed is not None else {}
+        pending = owed.setdefault(holder, [])
+        if len(pending) < MAX_OWED:
+            pending.append(then)
+        self.owed = owed
+
+    def forget(self, holder: str) -> int:
+        """Drop every reference `holder` has, and what it owes; how many references went."""
+        if self.owed:
+            self.owed.pop(holder, None)
+        return self.holders.pop(holder, 0)
 
     def listing(self) -> tuple[tuple[str, int], ...]:
         """(holder, references), most first."""
@@ -70,7 +105,6 @@ class ObjectStore:
         self.nbytes = 0  # bytes of the tensor storages held, each storage once (see `_Storages`)
         self._entries: dict[int, Entry] = {}
         self._storages = _Storages()
-
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -103,14 +137,14 @@ class ObjectStore:
             self.nbytes += growth
         self._entries[id] = Entry(obj, {holder: 1}, pinned, tags, description, private or PRIVATE_TAG in tags)
 
-
     def entry(self, id: int) -> Entry:
         try:
             return self._entries[id]
         except KeyError:
             raise ObjectNotFoundError(
                 f"worker {self.worker_id!r} holds no object with id {id} "
-                "(it was deleted, got, cleared, or never sent)"
+                "(it was deleted, got, cleared, or never sent; or its holder was silent longer than the worker's "
+                "lease_seconds, so the worker freed it: a process must keep running, not be stopped or asleep, to keep its objects)"
             ) from None
 
     def __contains__(self, id: int) -> bool:
@@ -133,13 +167,17 @@ class ObjectStore:
             return None
         return self._remove(id)
 
-    def hand_over(self, id: int, giver: str, taker: str) -> None:
-        """`giver`'s reference to `id` now belongs to `taker` (a pointer changed hands).
-        Nothing happens when `giver` holds none any more: its reference was dropped meanwhile."""
+    def hand_over(self, id: int, giver: str, taker: str) -> Entry | None:
+        """`giver`'s reference to `id` now belongs to `taker` (a pointer changed hands); return
+        the entry if that freed it (`taker` had deleted it already). A giver that holds none yet
+        owes it: its reference goes on to `taker` when it comes."""
         entry = self._entries.get(id)
-        if entry is not None and giver in entry.holders:
-            entry.drop(giver)
-            entry.add(taker)
+        if entry is None:
+            return None
+        entry.hand_over(giver, taker)
+        if entry.holders or entry.pinned:
+            return None
+        return self._remove(id)
 
     def forget_holders(self, holders: set[str]) -> list[Entry]:
         """Drop every reference `holders` have (their leases lapsed: leases.py); return the
@@ -148,8 +186,8 @@ class ObjectStore:
         for id, entry in list(self._entries.items()):
             dropped = 0
             for holder in holders:
-                if holder in entry.holders:
-                    dropped += entry.holders.pop(holder)
+                if holder in entry.holders or entry.owed:
+                    dropped += entry.forget(holder)
             if dropped and not entry.holders and not entry.pinned:
                 freed.append(self._remove(id))
         return freed
@@ -285,8 +323,6 @@ class _Storages:
             return 0
         delta, record[1] = nbytes - record[1], nbytes
         return delta
-
-
 
 
 def describe(obj: Any) -> tuple[str, tuple[int, ...] | None, str | None, str | None]:

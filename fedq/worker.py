@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_flatten, tree_map
 
 from . import __version__, ops, wire
 from .errors import (
@@ -198,6 +198,7 @@ class Worker:
         self._seq = itertools.count(1)
         self._relays: dict[int, _Relay] = {}
         self._peer_log = _RateLimitedLog()
+        self.owner_storages: set[int | None] = set()  # memory of the data owner's objects: read-only to clients
         self.leases = Leases(lease_seconds, never_lapse=(DATA_OWNER, id))
         self._heard = self.leases.heard  # (renewed per message: one dict assignment)
         self._peer_leases: dict[str, float] = {}  # address -> the lease a peer told us (Renew)
@@ -319,7 +320,7 @@ class Worker:
     def _forget(self, holders: set[str]) -> None:
         """`holders` went silent for a whole lease: drop their references; what that frees is gone."""
         freed = self.store.forget_holders(holders)
-        log.info("worker %s: the lease of %s lapsed; %d objects freed", self.id, ", ".join(sorted(holders)), len(freed))
+        (log.info if freed else log.debug)("worker %s: the lease of %s lapsed; %d objects freed", self.id, ", ".join(sorted(holders)), len(freed))
         self.delete_at_next_hops(freed_pointers(freed), _ignore)
 
     def _renew_leases(self, now: float) -> None:
@@ -435,6 +436,8 @@ class DataOwner:
     ) -> int:
         id = new_id()
         self.worker.store.put(id, tensor, holder=DATA_OWNER, pinned=True, tags=frozenset(tags), description=description, private=private)
+        if _storage_key(tensor) is not None:
+            self.worker.owner_storages.add(_storage_key(tensor))
         self.count += 1
         return id
 
@@ -500,6 +503,10 @@ def run_op(worker: Worker, message: RunOp, reply: Reply) -> None:
 def _run_here(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: dict, reply: Reply) -> None:
     func = ops.resolve(message.op, allow_code=worker.codec.allow_code)
     args, kwargs = ops.unflatten([targets[l.id] if isinstance(l, Ref) else l for l in leaves], spec)
+    if worker.owner_storages and not reply.by_owner and (message.result_ids == () or ops.may_write(message.op, kwargs)):
+        # (what the caller says is in place counts too: it may be lying the other way)
+        written = ops.written(message.op, args, kwargs) + (tree_flatten(args[:1])[0] if message.result_ids == () else [])
+        _refuse_writes_to_owner_data(worker, message.op, written, targets)
     private_inputs = [worker.store.get(l.id) for l in leaves if isinstance(l, Ref) and worker.store.entry(l.id).private]
     with torch.set_grad_enabled(message.grad_enabled):
         out = func(*args, **kwargs)
@@ -534,6 +541,26 @@ def _run_here(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: 
     for id, result in zip(message.result_ids, results):
         worker.store.put(id, result, holder=reply.caller, private=private)
     reply.ok()
+
+
+def _refuse_writes_to_owner_data(worker: Worker, op: str, written: list, targets: dict) -> None:
+    """The data owner's objects are read-only to clients: an op may not write into one (its
+    target, or `out=`), nor into a view or anything else that shares its memory."""
+    for tensor in written:
+        if isinstance(tensor, torch.Tensor) and _storage_key(tensor) in worker.owner_storages:
+            id = next((id for id, obj in targets.items() if obj is tensor), None)
+            raise PermissionError(
+                f"{op} would change {'object ' + str(id) if id is not None else 'the memory of an object'} on "
+                f"{worker.id!r}, which is its data owner's (or a view of it): clients may compute on the owner's "
+                "data but not change it. Work on a copy: y = x.clone(); y." + op.rpartition(".")[2] + "(...)"
+            )
+
+
+def _storage_key(tensor: torch.Tensor) -> int | None:
+    try:
+        return tensor.untyped_storage()._cdata
+    except (NotImplementedError, RuntimeError):  # sparse: no one storage
+        return None
 
 
 def _ids_with_grad(worker: Worker) -> list[int]:
@@ -602,24 +629,33 @@ def get_object(worker: Worker, message: GetObject, reply: Reply) -> None:
     entry = worker.store.entry(message.id)
     refuse_if_private(entry, message.id, worker.id, "fetched with .get()")
     shared = entry.refs > 1 or entry.pinned
-    if not shared:
-        worker.store.pop(message.id)  # (a pointer's reference at its next hop goes with it: the
-        reply.ok(entry.obj)           # receiver tells that hop, in order with what it sends there)
-        return
     if not isinstance(entry.obj, PointerSpec):
-        worker.store.decref(message.id, reply.caller)
+        if shared:
+            worker.store.decref(message.id, reply.caller)
+        else:
+            worker.store.pop(message.id)
         reply.ok(entry.obj)
         return
     pointer = entry.obj
+    # The caller takes our pointer: our reference at the next hop becomes the caller's. We, the
+    # giver, say so (a hop takes a hand-over only from the giver); the caller's own later
+    # messages to that hop may overtake it, and are settled when it lands (store.py).
+    hand_over = DeleteObjects((), ((pointer.id_at_location, worker.id, reply.caller),))
+    if not shared:
+        worker.store.pop(message.id)
+        worker.relay(pointer, hand_over, lambda answer: reply.ok(pointer))  # (a failed hand-over only dates a listing)
+        return
 
-    def on_incref(answer: Ok | Failure) -> None:
+    def on_handed_over(answer: Ok | Failure) -> None:
         if isinstance(answer, Failure):
             reply.forward(answer)
             return
         worker.store.decref(message.id, reply.caller)
         reply.ok(pointer)
 
-    worker.relay(pointer, IncRef((pointer.id_at_location,)), on_incref)  # ours, handed over by the receiver
+    # Other pointers still need ours: a new reference, ours at first, then the caller's.
+    worker.relay(pointer, IncRef((pointer.id_at_location,)), lambda answer: None)
+    worker.relay(pointer, hand_over, on_handed_over)  # (one connection: lands after the IncRef)
 
 
 @handles(MoveObject)
@@ -666,12 +702,10 @@ def remote_get(worker: Worker, message: RemoteGet, reply: Reply) -> None:
             return
         fetched = answer.value
         worker.store.replace(message.id, fetched)
-        if isinstance(fetched, PointerSpec):  # the next hop's pointer: its reference is ours now
+        if isinstance(fetched, PointerSpec):  # the next hop's pointer (its giver handed its reference to us)
             fetched.id = message.id
             worker.hold_at(fetched)
-            worker.hand_over(fetched, giver=hop.location, taker=worker.id, then=lambda: reply.ok(True))
-        else:
-            reply.ok(False)
+        reply.ok(isinstance(fetched, PointerSpec))
 
     worker.relay(hop, GetObject(hop.id_at_location), on_fetched)
 
@@ -682,7 +716,9 @@ def search(worker: Worker, message: Search, reply: Reply) -> None:
     wanted = set(message.tags)
     found = []
     for id, entry in worker.store.items():
-        if wanted <= entry.tags and isinstance(entry.obj, torch.Tensor):
+        # The owner's data, and the caller's own objects: never another client's.
+        mine = reply.by_owner or entry.pinned or reply.caller in entry.holders
+        if mine and wanted <= entry.tags and isinstance(entry.obj, torch.Tensor):
             entry.add(reply.caller)
             found.append(worker.pointer_to(id, entry.obj, entry.tags, entry.description))
     reply.ok(found)
@@ -702,17 +738,30 @@ def inc_ref(worker: Worker, message: IncRef, reply: Reply) -> None:
 def delete_objects(worker: Worker, message: DeleteObjects, reply: Reply) -> None:
     """Rule 6: drop one reference per id; a freed pointer passes the delete one hop on.
     Hand-overs first: one queued before a delete of the same reference happened before it."""
+    freed_entries = []
     for id, giver, taker in message.hand_overs:
-        worker.store.hand_over(id, giver, taker)
+        if giver != reply.caller:  # only a reference's holder gives it away
+            worker._peer_log.warning("worker %s ignored a hand-over of %s's reference sent by %s", worker.id, giver, reply.caller)
+            continue
+        freed_entries.append(worker.store.hand_over(id, giver, taker))
         worker.leases.introduce(taker)  # (it may never have talked to us: its lease starts now)
-    freed = [worker.store.decref(id, reply.caller) for id in message.ids]
-    worker.delete_at_next_hops(freed_pointers(freed), lambda failure: reply.forward(failure) if failure else reply.ok())
+    freed_entries += [worker.store.decref(id, reply.caller) for id in message.ids]
+    worker.delete_at_next_hops(freed_pointers(freed_entries), lambda failure: reply.forward(failure) if failure else reply.ok())
 
 
 @handles(ListObjects)
 def list_objects(worker: Worker, message: ListObjects, reply: Reply) -> None:
     """Rule 11's snapshot. A private tensor shows as a meta tensor: its shape, not its values."""
-    reply.ok({id: _redacted(entry) for id, entry in worker.store.items()})
+    reply.ok({id: _redacted(entry) for id, entry in _visible(worker, reply)})
+
+
+def _visible(worker: Worker, reply: Reply) -> list[tuple[int, Any]]:
+    """What a listing shows the caller: everything to the data owner; to anyone else what it
+    holds itself. Ids are capabilities: a client must not learn another's, to name them."""
+    if reply.by_owner:
+        return list(worker.store.items())
+    caller = reply.caller
+    return [(id, entry) for id, entry in worker.store.items() if caller in entry.holders]
 
 
 def _redacted(entry: Any) -> Any:
@@ -725,7 +774,7 @@ def _redacted(entry: Any) -> Any:
 def describe_objects(worker: Worker, message: DescribeObjects, reply: Reply) -> None:
     rows = []
     now = time.monotonic()
-    for id, entry in worker.store.items():
+    for id, entry in _visible(worker, reply):
         kind, shape, dtype, points_to = describe(entry.obj)
         tags = tuple(sorted(entry.tags | ({"#private"} if entry.private else set())))
         hop = entry.obj if isinstance(entry.obj, PointerSpec) else None
@@ -745,13 +794,20 @@ def holds_object(worker: Worker, message: HoldsObject, reply: Reply) -> None:
 
 @handles(CountObjects)
 def count_objects(worker: Worker, message: CountObjects, reply: Reply) -> None:
-    reply.ok(len(worker.store))
+    reply.ok(len(worker.store) if reply.by_owner else len(_visible(worker, reply)))
 
 
 @handles(ClearObjects)
 def clear_objects(worker: Worker, message: ClearObjects, reply: Reply) -> None:
-    worker.store.clear()  # rule 10: does not propagate
-    reply.ok()
+    """The data owner empties the store (rule 10: other workers are not touched). Anyone else
+    empties it of what they hold: as if they deleted each of their objects."""
+    if reply.by_owner:
+        worker.store.clear()
+        worker.owner_storages.clear()
+        reply.ok()
+        return
+    freed = worker.store.forget_holders({reply.caller})
+    worker.delete_at_next_hops(freed_pointers(freed), lambda failure: reply.forward(failure) if failure else reply.ok())
 
 
 @handles(Ping)
@@ -767,6 +823,11 @@ def renew(worker: Worker, message: Renew, reply: Reply) -> None:
 
 @handles(Shutdown)
 def shutdown(worker: Worker, message: Shutdown, reply: Reply) -> None:
+    if not reply.by_owner:
+        raise PermissionError(
+            f"only the data owner stops worker {worker.id!r}: sign with its admin key (a worker this script "
+            "started has it; a standing worker's is its config's admin key file), or stop it on its host"
+        )
     reply.ok()
     worker.loop.stop()
 
@@ -791,7 +852,7 @@ def run_worker(
     lease_seconds: float = DEFAULTS.lease_seconds,
     incarnation: str | None = None,
     admin_key: bytes | None = None,
-    max_memory_bytes: int | None = None,
+    max_memory_bytes: int | None = DEFAULTS.max_memory_bytes,
 ) -> None:
     """Run one worker in this process until it is told to stop, signalled, or orphaned.
 
