@@ -238,6 +238,10 @@ class Pointer:
         self.tags.update(tags)
         return self
 
+    def set_(self, *args: Any, **kwargs: Any) -> "Pointer":
+        # (Tensor.set_ skips __torch_function__: without this it would only change the local shape)
+        raise ops.unsupported("Tensor.set_")
+
     def describe(self, description: str) -> "Pointer":
         self.description = description
         return self

@@ -327,3 +327,11 @@ def test_an_optimizer_made_before_the_send_is_told_to_be_made_after(bob):
     model(th.ones(1, 3).send(bob)).sum().backward()
     with pytest.raises(sy.TensorsNotCollocatedError, match="make it after the send"):
         early.step()
+
+
+def test_set_on_a_pointer_is_refused_not_silently_local(bob):
+    """Tensor.set_ skips __torch_function__: a pointer must refuse it, not change only its own shape."""
+    target = th.zeros(2).send(bob)
+    with pytest.raises(sy.UnsupportedOperationError, match="set_"):
+        target.set_(th.zeros(3).send(bob))
+    assert target.shape == (2,) and target.get().tolist() == [0.0, 0.0]
