@@ -113,7 +113,7 @@ def test_malformed_and_unexpected_messages_are_dropped_and_nothing_is_lost(bob):
     ]
     for frames in junk:
         sock.send_multipart(frames)
-    sock.send_multipart(codec.encode(9, wire.Ok(5)))  # a reply where a request belongs: answered with a failure
+    sock.send_multipart(codec.encode(9, wire.Ok(5), bob.incarnation))  # a reply where a request belongs: answered with a failure
     assert sock.poll(5000)
     seq, answer = codec.decode(sock.recv_multipart())  # the junk got no answer at all
     assert seq == 9 and isinstance(answer, wire.Failure) and answer.type_name == "ProtocolError"
