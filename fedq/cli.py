@@ -12,7 +12,7 @@ from typing import Any, Optional
 import typer
 
 from .config import DEFAULT_CONFIG, load_config
-from .errors import ConfigError, FedqError
+from .errors import ConfigError, FedqError, WorkerUnreachableError
 from .settings import DEFAULTS
 
 app = typer.Typer(help="fedq: remote execution on private data, over real worker processes.", no_args_is_help=True, add_completion=False)
@@ -43,11 +43,11 @@ AddressOption = typer.Option(None, "--address", help="Endpoint of the worker, in
 TimeoutOption = typer.Option(5.0, "--timeout", help="Seconds to wait for an answer.")
 
 
-def _connect(name: str, config: Path, address: Optional[str], *, owner: bool = False) -> Any:
+def _connect(name: str, config: Path, address: Optional[str], *, owner: bool | None = None) -> Any:
     """A handle to worker `name`, by the config or by `address`. With an address, messages are
     signed with FEDQ_KEY, or with the config's key when this process has no key in use yet.
     `owner`: this is the worker's host and we act as its owner (clear, stop): those requests
-    are signed with the config's admin key file."""
+    are signed with the config's admin key file; None (listings): if that file is readable here."""
     from .client import local_client
     from .handle import connect
     from .keys import key_from_environment
@@ -58,7 +58,7 @@ def _connect(name: str, config: Path, address: Optional[str], *, owner: bool = F
         client = local_client()
         if key_from_environment() is None and not client.knows_workers() and config.exists():
             client.use_key(load_config(config).key(create=False))
-        return connect(None, name, address=address, config=config, owner=owner and config.exists())
+        return connect(None, name, address=address, config=config if config.exists() else None, owner=owner if config.exists() else False)
     except FedqError as error:
         _fail(error)
 
@@ -165,7 +165,7 @@ def ls(
         )
     for row in rows:
         shape = str(list(row.shape)) if row.shape is not None else ""
-        chain = " -> ".join([row.points_to, *_follow(row, timeout)]) if row.points_to else ""
+        chain = " -> ".join([row.points_to, *_follow(row, timeout, config)]) if row.points_to else ""
         table.add_row(
             str(row.id), row.type, shape, row.dtype or "", str(row.nbytes), str(row.refs), _holders(row), " ".join(row.tags), chain
         )
@@ -185,7 +185,7 @@ def _holders(row: Any) -> str:
     )
 
 
-def _follow(row: Any, timeout: float, depth: int = 16) -> list[str]:
+def _follow(row: Any, timeout: float, config: Path, depth: int = 16) -> list[str]:
     """The rest of a stored pointer's chain, hop by hop, down to the data."""
     from .handle import connect
 
@@ -193,7 +193,7 @@ def _follow(row: Any, timeout: float, depth: int = 16) -> list[str]:
     while row.next_address is not None and len(hops) < depth:
         location = row.points_to.split(":")[0]
         try:
-            below = {r.id: r for r in connect(None, location, address=row.next_address).describe(timeout=timeout)}
+            below = {r.id: r for r in connect(None, location, address=row.next_address, config=config if config.exists() else None, owner=None if config.exists() else False).describe(timeout=timeout)}
         except FedqError:
             hops.append("(unreachable)")
             break
@@ -245,7 +245,7 @@ def status(
     down = 0
     for name, settings in federation.workers.items():
         try:
-            handle = connect(None, name, config=config)
+            handle = connect(None, name, config=config, owner=None)
             start = time.perf_counter()
             alive = handle.ping(timeout=timeout)
             round_trip = f"{1000 * (time.perf_counter() - start):.2f} ms"
@@ -284,8 +284,19 @@ def clear(
         held = handle.ping(timeout=timeout).objects
         handle.clear_objects()
     except FedqError as error:
-        _fail(error)
+        _fail(_as_owner_hint(error))
     typer.echo(f"{name}: cleared, {held} objects freed")
+
+
+def _as_owner_hint(error: FedqError) -> Exception:
+    """A worker drops what is signed with another admin key unanswered, as it does a stranger's:
+    after a ping answered, a silence is most likely that."""
+    if isinstance(error, WorkerUnreachableError):
+        return WorkerUnreachableError(
+            f"{error} -- if the worker is up, the admin key file of this config is not that worker's "
+            "(run this on the worker's host, with the config it was started with)"
+        )
+    return error
 
 
 @app.command()
@@ -300,7 +311,7 @@ def stop(
     try:
         handle.shutdown(timeout=timeout)
     except FedqError as error:
-        _fail(error)
+        _fail(_as_owner_hint(error))
     typer.echo(f"{name}: stopped")
 
 

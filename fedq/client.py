@@ -163,6 +163,10 @@ class Client:
         if admin_key is not None:
             self.use_admin_key(handle.address, admin_key)
 
+    def is_owner_of(self, address: str) -> bool:
+        """Do we hold the admin key of the worker at `address` (we started it, or were given it)?"""
+        return address in self._admin_keys
+
     def use_admin_key(self, address: str, admin_key: bytes) -> None:
         """Sign the owner's actions (wire.OWNER_ACTIONS) to the worker at `address` with its admin key."""
         if len(admin_key) < 16:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .client import Client, local_client
+from .errors import ConfigError
 from .ids import new_id
 from .launcher import start_worker_process
 from .settings import DEFAULTS
@@ -163,16 +164,17 @@ class VirtualWorker:
 
 
 def connect(
-    hook: Any = None, id: str = "", *, address: str | None = None, config: str | Path | None = None, owner: bool = False
+    hook: Any = None, id: str = "", *, address: str | None = None, config: str | Path | None = None, owner: bool | None = False
 ) -> VirtualWorker:
     """A handle to a running worker, by its address or by its id in a federation config.
 
-    `owner=True`: we are its data owner, on its host: clearing and stopping it are signed
-    with the config's admin key file (`admin_key_file`), which only the owner can read."""
+    `owner=True`: we are its data owner, on its host: clearing, stopping and listing it are
+    signed with the config's admin key file (`admin_key_file`), which only the owner can read.
+    `owner=None`: the same if that file is readable here, else as any key holder."""
     from .config import load_config
 
     client = _client_of(hook)
-    federation = load_config(config) if address is None or owner else None
+    federation = load_config(config) if address is None or owner is not False else None
     if address is None:
         address = federation.worker(id).address
         client.use_key(federation.key(create=False))
@@ -182,6 +184,10 @@ def connect(
             client.use_curve(CurveKeys.load(federation.curve_dir, "client", federation.peers()))
     handle = client.handle_for(id, address)
     handle.id = id or handle.id
-    if owner:
-        client.use_admin_key(address, federation.admin_key(create=False))
+    if owner is not False and not client.is_owner_of(address):  # (a worker this process started: its own key already)
+        try:
+            client.use_admin_key(address, federation.admin_key(create=False))
+        except ConfigError:
+            if owner:
+                raise
     return handle
