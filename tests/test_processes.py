@@ -50,6 +50,7 @@ def tcp_config(tmp_path: Path) -> Path:
     """Two workers on loopback tcp, sharing this test session's key (one process, one federation)."""
     key_file = tmp_path / "federation.key"
     write_key_file(key_file, sy.local_client().key)
+    write_key_file(tmp_path / "federation.admin.key", sy.wire.new_key())  # the workers' owner's (us, on their host)
     config = tmp_path / "federation.toml"
     config.write_text(
         f'[federation]\ntimeout = 10\nkey_file = "{key_file}"\n'
@@ -62,8 +63,8 @@ def test_procfile_style_workers_from_a_config_reach_each_other(hook, tcp_config)
     """`fedq worker NAME --config` processes (what each Procfile line runs), joined by id."""
     procs = [subprocess.Popen([sys.executable, "-m", "fedq", "worker", name, "--config", str(tcp_config)]) for name in ("bob", "alice")]
     try:
-        bob = sy.connect(hook, "bob", config=tcp_config)
-        alice = sy.connect(hook, "alice", config=tcp_config)
+        bob = sy.connect(hook, "bob", config=tcp_config, owner=True)  # we started them, on their host: we stop them
+        alice = sy.connect(hook, "alice", config=tcp_config, owner=True)
         assert bob.address.startswith("tcp://127.0.0.1:")
         assert bob.ping(timeout=20).pid == procs[0].pid
         x = th.tensor([1.0, 2.0]).send(bob).send(alice)  # alice has never heard of bob
