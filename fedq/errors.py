@@ -83,6 +83,15 @@ class ConfigError(FedqError, ValueError):
     """A federation config or key is missing, malformed, or lacks what was asked for."""
 
 
+class RequestTooLargeError(FedqError, ValueError):
+    """A request asks a worker to keep more than it keeps for one request: a description, tags
+    or a shape too long, too many results of one op, or one more peer than it connects to."""
+
+
+class PointerCycleError(FedqError, ValueError):
+    """A pointer leads back where it is: to its own worker, or round a cycle of workers."""
+
+
 class RemoteError(FedqError):
     """A remote exception whose type is not a fedq or builtin exception type."""
 

@@ -50,6 +50,8 @@ def start_worker_process(
         settings["max_memory_bytes"] = max_memory_bytes
     if curve_dir is not None:  # paths, not keys: the secret stays in its 600 file
         settings.update(curve_dir=curve_dir, peers=peers or {})
+    elif peers:  # a federation's workers: the only ones it relays to
+        settings["peers"] = peers
     if incarnation is not None:  # (no secret: every stamp to the worker carries it)
         settings["incarnation"] = incarnation.hex()
     return subprocess.Popen(

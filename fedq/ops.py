@@ -17,6 +17,7 @@ skipped. To add an op: put it in its family, run tests/test_op_table.py.
 from __future__ import annotations
 
 import functools
+import inspect
 import operator
 from typing import Any, Callable, NamedTuple
 
@@ -303,13 +304,14 @@ def is_inplace(name: str) -> bool:
     return name in INPLACE
 
 
-#: ops that write into arguments without an in-place name: with `inplace=True` (their input),
-#: or always, or given `max_norm` (their tensor arguments: running statistics, an embedding table)
+#: ops that write into arguments without an in-place name: given a true `inplace` (their input),
+#: or always, or given `max_norm` (their tensor arguments: running statistics, an embedding table).
+#: (torch.dropout and its kin are functional: their in-place forms end in _ and are in INPLACE.)
 _INPLACE_FLAG = frozenset(
     f"torch.nn.functional.{name}" for name in
     "relu relu6 elu selu celu leaky_relu rrelu hardtanh threshold dropout dropout1d dropout2d dropout3d "
     "alpha_dropout feature_alpha_dropout hardsigmoid hardswish silu mish".split()
-) | {"torch.dropout", "torch.alpha_dropout", "torch.feature_dropout", "torch.feature_alpha_dropout"}
+)
 _WRITES_STATISTICS = frozenset(
     f"{prefix}.{name}" for prefix in ("torch", "torch.nn.functional") for name in ("batch_norm", "instance_norm")
 )
@@ -321,11 +323,52 @@ def written(name: str, args: tuple, kwargs: dict) -> list:
     of a list, for `_foreach_*_`), `out=`, and what the ops above write without saying so.
     Conservative: an argument that may be written counts as written."""
     leaves: list = tree_flatten(kwargs["out"])[0] if "out" in kwargs else []
-    if name in INPLACE or (name in _INPLACE_FLAG and (kwargs.get("inplace") or any(a is True for a in args[1:]))):
+    if name in INPLACE or (name in _INPLACE_FLAG and _truthy(_argument(name, "inplace", args, kwargs, default=False))):
         leaves += tree_flatten(args[:1])[0]
-    elif name in _WRITES_STATISTICS or (name in _WRITES_WITH_MAX_NORM and (kwargs.get("max_norm") is not None or len(args) > 3)):
+        if name in _ALIASES_VALUE:  # p.grad = v, p.data = v: v is written through p from now on
+            leaves += tree_flatten((args[1:2], kwargs))[0]
+    elif name in _WRITES_STATISTICS or (name in _WRITES_WITH_MAX_NORM and _argument(name, "max_norm", args, kwargs) is not None):
         leaves += tree_flatten((args[1:], kwargs))[0]
     return leaves
+
+
+#: setters whose value the target aliases: backward accumulates into `.grad` in place
+_ALIASES_VALUE = frozenset({"Tensor.grad.__set__", "Tensor.data.__set__"})
+
+_UNKNOWN = object()  # a parameter whose position torch does not tell (a builtin without a signature)
+
+
+def _argument(name: str, parameter: str, args: tuple, kwargs: dict, default: Any = None) -> Any:
+    """The value `parameter` of op `name` is given, positionally or by keyword, as Python binds
+    it (`F.relu(x, 1)` gives inplace=1). Where the position is unknown, conservatively
+    any positional argument after the first that is true (`_truthy`)."""
+    if parameter in kwargs:
+        return kwargs[parameter]
+    position = _position(name, parameter)
+    if position is _UNKNOWN:
+        return next((a for a in args[1:] if _truthy(a)), default)
+    return args[position] if position is not None and position < len(args) else default
+
+
+@functools.cache
+def _position(name: str, parameter: str) -> Any:
+    """Where `parameter` stands among op `name`'s positional parameters (None: it has none)."""
+    try:
+        parameters = list(inspect.signature(TABLE[name]).parameters.values())
+    except (KeyError, TypeError, ValueError):
+        return _UNKNOWN
+    for position, p in enumerate(parameters):
+        if p.name == parameter:
+            return position if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) else None
+    return None
+
+
+def _truthy(value: Any) -> bool:
+    """What the op itself would take as true; a value whose truth cannot be told counts as true."""
+    try:
+        return bool(value)
+    except Exception:  # (a tensor of several elements)
+        return True
 
 
 def may_write(name: str, kwargs: dict) -> bool:

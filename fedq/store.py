@@ -25,11 +25,18 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-from .errors import DuplicateIdError, ObjectNotFoundError, StoreFullError
+from .errors import DuplicateIdError, ObjectNotFoundError, RequestTooLargeError, StoreFullError
 from .wire import PointerSpec
 
 
 MAX_OWED = 1024  # deletes and hand-overs one holder may send ahead of its reference, per object
+
+# What the store keeps of the strings and shapes a client gives with an object (uncounted by
+# max_store_bytes otherwise: a 200 MiB description on an empty tensor was free).
+MAX_DESCRIPTION_CHARS = 1024
+MAX_TAGS, MAX_TAG_CHARS = 64, 256
+MAX_ADDRESS_CHARS = 1024  # a pointer's address, and its location's name
+MAX_DIMS = 64  # of a stored tensor, or of the shape a pointer says its object has
 
 PRIVATE_TAG = "#private"  # a sender can mark what it sends private with this tag
 
@@ -125,6 +132,8 @@ class ObjectStore:
     ) -> None:
         if id in self._entries:
             raise DuplicateIdError(f"worker {self.worker_id!r} already holds an object with id {id}")
+        if tags or description is not None or type(obj) is PointerSpec:  # (an op's results have neither: no cost)
+            check_kept_sizes(obj, tags, description)
         if isinstance(obj, torch.Tensor):
             growth = self._storages.hold(id, _storages_of(obj))
             if growth > 0 and self.max_bytes is not None and self.nbytes + growth > self.max_bytes:
@@ -332,3 +341,38 @@ def describe(obj: Any) -> tuple[str, tuple[int, ...] | None, str | None, str | N
     if isinstance(obj, torch.Tensor):
         return (type(obj).__name__, tuple(obj.shape), str(obj.dtype).removeprefix("torch."), None)
     return (type(obj).__name__, None, None, None)
+
+
+def check_kept_sizes(obj: Any, tags: Iterable[str] = (), description: str | None = None) -> None:
+    """RequestTooLargeError if what a client gives with an object passes what the store keeps
+    (the caps above): its description and tags, and a pointer's strings and shape."""
+    _check_strings("an object", tags, description)
+    if isinstance(obj, torch.Tensor):
+        if obj.dim() > MAX_DIMS:
+            raise RequestTooLargeError(f"a tensor of {obj.dim()} dimensions: a worker keeps tensors of at most {MAX_DIMS}")
+    elif isinstance(obj, PointerSpec):
+        _check_strings("a pointer", obj.tags, obj.description)
+        for field, text in (("address", obj.address), ("location", obj.location)):
+            if not isinstance(text, str) or len(text) > MAX_ADDRESS_CHARS:
+                raise RequestTooLargeError(
+                    f"a pointer's {field} must be a string of at most {MAX_ADDRESS_CHARS} characters, not {str(text)[:80]!r}..."
+                )
+        shape = obj.shape
+        if type(shape) is not tuple or len(shape) > MAX_DIMS or not all(type(n) is int and 0 <= n < 1 << 63 for n in shape):
+            raise RequestTooLargeError(
+                f"a pointer's shape must be a tuple of at most {MAX_DIMS} sizes >= 0, not {str(shape)[:80]}..."
+            )
+
+
+def _check_strings(what: str, tags: Iterable[str], description: str | None) -> None:
+    if description is not None and (not isinstance(description, str) or len(description) > MAX_DESCRIPTION_CHARS):
+        raise RequestTooLargeError(
+            f"{what}'s description must be a string of at most {MAX_DESCRIPTION_CHARS} characters: shorten it "
+            f"(this one has {len(description) if isinstance(description, str) else type(description).__name__})"
+        )
+    tags = tuple(tags)
+    if len(tags) > MAX_TAGS or not all(isinstance(t, str) and len(t) <= MAX_TAG_CHARS for t in tags):
+        raise RequestTooLargeError(
+            f"{what} carries at most {MAX_TAGS} tags of at most {MAX_TAG_CHARS} characters each "
+            f"(these are {len(tags)}, the longest {max((len(t) if isinstance(t, str) else -1 for t in tags), default=0)}): use fewer, shorter tags"
+        )

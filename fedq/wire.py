@@ -153,6 +153,7 @@ class RunOp:
     result_ids: tuple[int, ...] | None
     result_meta: tuple[tuple[tuple[int, ...], torch.dtype, bool], ...] | None = None
     grad_enabled: bool = True  # the caller's torch.is_grad_enabled(): an optimizer step runs under no_grad
+    hops: int = 0  # workers that relayed it so far: past worker.MAX_HOPS a cycle of pointers is refused
 
 
 @dataclass

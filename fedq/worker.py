@@ -19,7 +19,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch.utils._pytree import tree_flatten, tree_map
@@ -28,7 +28,9 @@ from . import __version__, ops, wire
 from .errors import (
     ConfigError,
     FedqError,
+    PointerCycleError,
     ProtocolError,
+    RequestTooLargeError,
     TensorsNotCollocatedError,
     ValueNeedsGetError,
     WorkerUnreachableError,
@@ -38,7 +40,7 @@ from .keys import ADMIN_KEY_ENV, admin_key_from_environment, key_from_environmen
 from .leases import Leases
 from .privacy import Policy, refuse_if_private
 from .settings import DEFAULTS
-from .store import DATA_OWNER, ObjectStore, describe, object_nbytes
+from .store import DATA_OWNER, MAX_ADDRESS_CHARS, ObjectStore, check_kept_sizes, describe, object_nbytes
 from .transport import Batches, CurveKeys, ServerLoop, peer_name
 from .wire import (
     Acked,
@@ -151,6 +153,13 @@ class _Peer:
 
 #: relays that timed out and whose late answer would hand us references, remembered at most this many
 MAX_UNCLAIMED = 10_000
+#: distinct peer addresses a worker connects to (a socket each, kept): a key holder naming
+#: addresses in pointers must not exhaust the process's sockets
+MAX_PEERS = 256
+#: workers a RunOp may pass through after the first: a cycle of pointers ends here
+MAX_HOPS = 16
+#: tensors one op may create (each is a store entry and a tensor object nothing else counts)
+MAX_RESULTS_PER_OP = 65_536
 
 
 def freed_pointers(freed: list[Any]) -> list[PointerSpec]:
@@ -177,8 +186,11 @@ class Worker:
         lease_seconds: float = DEFAULTS.lease_seconds,
         incarnation: bytes | None = None,
         admin_key: bytes | None = None,
+        peers: Iterable[str] | None = None,
     ) -> None:
         self.id = id
+        #: the addresses of the federation's workers, if its config lists them: the only ones we relay to
+        self.allowed_peers = frozenset(peers) if peers is not None else None
         self.timeout = timeout
         # `incarnation`: drawn by the parent that spawns us (it then needs no hello), else here.
         self.codec = wire.Codec(key, admin_key=admin_key, session=incarnation, allow_code=allow_code, max_message_bytes=max_message_bytes)
@@ -335,7 +347,7 @@ class Worker:
 
     def hold_at(self, pointer: PointerSpec) -> None:
         """We store `pointer`: its reference at the next hop is ours, a lease we renew there."""
-        self.loop.peers.socket(pointer.address)  # (an address zmq refuses fails the request storing it)
+        self.connect(pointer.address)  # (an address zmq refuses fails the request storing it)
         if pointer.incarnation != wire.NO_INCARNATION:
             self._peer_incarnations[pointer.address] = pointer.incarnation
 
@@ -373,10 +385,29 @@ class Worker:
                 )
         else:
             self._peer_incarnations[hop.address] = to
-        self.loop.peers.socket(hop.address)  # connect now: an address zmq refuses fails this request
+        self.connect(hop.address)  # connect now: an address zmq refuses fails this request
         seq = next(self._seq)
         self._relays_out.add(hop.address, self.codec.pack(seq, message, to))  # sent by `flush`
         self._relays[seq] = _Relay(f"{hop.location!r} at {hop.address}", time.monotonic() + self.timeout, on_reply, message)
+
+    def connect(self, address: str) -> None:
+        """Our socket to the peer at `address`, checked: never ourselves, only the federation's
+        workers when its config names them, and at most MAX_PEERS addresses in all."""
+        if address in self.loop.peers.by_address:
+            return
+        if address == self.address:
+            raise PointerCycleError(f"worker {self.id!r} does not relay to itself ({address}): a pointer here to here is refused")
+        if self.allowed_peers is not None and address not in self.allowed_peers:
+            raise PermissionError(
+                f"worker {self.id!r} relays only to its federation's workers ({', '.join(sorted(self.allowed_peers))}), "
+                f"not to {address[:200]}: add that worker to the federation's config"
+            )
+        if len(self.loop.peers.by_address) >= MAX_PEERS:
+            raise RequestTooLargeError(
+                f"worker {self.id!r} is connected to {MAX_PEERS} peers, as many as it connects to: point at the workers "
+                "it knows already, or ask its owner to start it with a federation config that lists its peers"
+            )
+        self.loop.peers.socket(address)
 
     def relay_all(self, requests: list[tuple[PointerSpec, Any]], done: Callable[[Failure | None], None]) -> None:
         """Relay several requests; `done` gets the first failure (or None) once all are answered."""
@@ -472,19 +503,46 @@ def _retry(worker: Worker, handler: Callable[[Worker, Any, Reply], None], messag
 @handles(StoreObject)
 def store_object(worker: Worker, message: StoreObject, reply: Reply) -> None:
     obj = message.obj
+    if not isinstance(obj, (PointerSpec, torch.Tensor)):
+        raise TypeError(f"workers store tensors and pointers, not {type(obj).__name__}")
+    check_kept_sizes(obj, message.tags, message.description)  # (before a pointer's address is connected to)
+    if message.holder:
+        _check_holder(worker, message.holder)
     if isinstance(obj, PointerSpec):
+        if obj.address == worker.address or obj.incarnation == worker.incarnation:
+            raise PointerCycleError(
+                f"worker {worker.id!r} does not store a pointer to itself ({obj.address}, id {obj.id_at_location}): "
+                "an op on it would relay to itself forever; name the object's own id here instead"
+            )
         obj.id = message.id  # a pointer handed over keeps its id (rule 3)
         worker.hold_at(obj)
-    elif not isinstance(obj, torch.Tensor):
-        raise TypeError(f"workers store tensors and pointers, not {type(obj).__name__}")
     worker.store.put(message.id, obj, holder=message.holder or reply.caller, tags=frozenset(message.tags), description=message.description)
     if message.holder:
         worker.leases.introduce(message.holder)  # (a move: the holder may never have talked to us)
     reply.ok()
 
 
+def _check_holder(worker: Worker, holder: str) -> None:
+    """`StoreObject.holder` names the mover of a moved object (its sender holds it for them):
+    a claim of the caller's, so never a holder whose references never lapse (the data owner,
+    this worker itself): what they hold no lease or client clear would ever free."""
+    if not isinstance(holder, str) or len(holder) > MAX_ADDRESS_CHARS:
+        raise RequestTooLargeError(f"a holder is named by a string of at most {MAX_ADDRESS_CHARS} characters")
+    # (a holder is keyed by what follows its last "#", the session it signs with; the worker's is its incarnation)
+    if {holder, holder.rpartition("#")[2]} & {DATA_OWNER, worker.id, worker.incarnation.hex()}:
+        raise PermissionError(
+            f"worker {worker.id!r} does not store objects for {holder.rpartition('#')[0] or holder!r} (its data owner "
+            "or itself) on a client's word: store it as your own (leave `holder` unset)"
+        )
+
+
 @handles(RunOp)
 def run_op(worker: Worker, message: RunOp, reply: Reply) -> None:
+    if message.result_ids is not None and len(message.result_ids) > MAX_RESULTS_PER_OP:
+        raise RequestTooLargeError(
+            f"{message.op} would make {len(message.result_ids)} tensors on {worker.id!r}: one op makes at most "
+            f"{MAX_RESULTS_PER_OP}; split in fewer, larger pieces (or index the tensor where you need a piece)"
+        )
     leaves, spec = ops.flatten(message.args, message.kwargs)
     targets = {leaf.id: worker.store.get(leaf.id) for leaf in leaves if isinstance(leaf, Ref)}
     pointers = [obj for obj in targets.values() if isinstance(obj, PointerSpec)]
@@ -508,6 +566,8 @@ def _run_here(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: 
         written = ops.written(message.op, args, kwargs) + (tree_flatten(args[:1])[0] if message.result_ids == () else [])
         _refuse_writes_to_owner_data(worker, message.op, written, targets)
     private_inputs = [worker.store.get(l.id) for l in leaves if isinstance(l, Ref) and worker.store.entry(l.id).private]
+    if message.op == "Tensor.backward" and worker.owner_storages:
+        args, kwargs = _gradient_not_owner_memory(worker, args, kwargs)
     with torch.set_grad_enabled(message.grad_enabled):
         out = func(*args, **kwargs)
     if message.result_ids == ():  # in place: nothing new to store
@@ -516,12 +576,17 @@ def _run_here(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: 
             worker.store.entry(first.id).private = True  # what private data was written into is private
         # After backward the caller learns which of its tensors have a .grad now, so that
         # an optimizer reading p.grad costs no round trip per parameter.
-        with_grad = _ids_with_grad(worker) if message.op == "Tensor.backward" else None
+        with_grad = _ids_with_grad(worker, reply) if message.op == "Tensor.backward" else None
         # What it wrote (resize_, set_, data = ..., new grads) may hold more now: counted again.
         worker.store.remeasure([l.id for l in leaves if isinstance(l, Ref)] + (with_grad or []))
         reply.ok(with_grad)
         return
     results, out_spec = ops.flatten_result(out)
+    if len(results) > MAX_RESULTS_PER_OP:
+        raise RequestTooLargeError(
+            f"{message.op} made {len(results)} tensors on {worker.id!r}: one op makes at most {MAX_RESULTS_PER_OP}; "
+            "split in fewer, larger pieces (or index the tensor where you need a piece)"
+        )
     for result in results:
         if not isinstance(result, torch.Tensor):
             raise ValueNeedsGetError(
@@ -545,15 +610,32 @@ def _run_here(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: 
 
 def _refuse_writes_to_owner_data(worker: Worker, op: str, written: list, targets: dict) -> None:
     """The data owner's objects are read-only to clients: an op may not write into one (its
-    target, or `out=`), nor into a view or anything else that shares its memory."""
+    target, or `out=`), nor into a view or anything else that shares its memory, nor make it
+    what a client's tensor writes into (`p.grad = owner_data`: backward accumulates in place)."""
     for tensor in written:
         if isinstance(tensor, torch.Tensor) and _storage_key(tensor) in worker.owner_storages:
             id = next((id for id, obj in targets.items() if obj is tensor), None)
+            what = "object " + str(id) if id is not None else "the memory of an object"
+            if op in ops._ALIASES_VALUE:
+                prop = op.split(".")[1]
+                raise PermissionError(
+                    f"{op} would make {what} on {worker.id!r}, which is its data owner's (or a view of it), a "
+                    f"tensor's .{prop}, which later ops write into: clients may compute on the owner's data but not "
+                    f"change it. Assign a copy: p.{prop} = x.clone()"
+                )
             raise PermissionError(
-                f"{op} would change {'object ' + str(id) if id is not None else 'the memory of an object'} on "
+                f"{op} would change {what} on "
                 f"{worker.id!r}, which is its data owner's (or a view of it): clients may compute on the owner's "
                 "data but not change it. Work on a copy: y = x.clone(); y." + op.rpartition(".")[2] + "(...)"
             )
+
+
+def _gradient_not_owner_memory(worker: Worker, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """backward's arguments with a copy for any that shares the owner's memory: autograd may
+    make the `gradient` itself a leaf's .grad (through a view), which the next backward
+    accumulates into in place. (The values are the same: only the memory differs.)"""
+    copy = lambda a: a.clone() if isinstance(a, torch.Tensor) and _storage_key(a) in worker.owner_storages else a
+    return (args[:1] + tuple(tree_map(copy, a) for a in args[1:]), {k: tree_map(copy, v) for k, v in kwargs.items()})
 
 
 def _storage_key(tensor: torch.Tensor) -> int | None:
@@ -563,13 +645,25 @@ def _storage_key(tensor: torch.Tensor) -> int | None:
         return None
 
 
-def _ids_with_grad(worker: Worker) -> list[int]:
-    return [id for id, entry in worker.store.items() if isinstance(entry.obj, torch.Tensor) and entry.obj.is_leaf and entry.obj.grad is not None]
+def _ids_with_grad(worker: Worker, reply: Reply) -> list[int]:
+    """The caller's leaves that have a .grad (after a backward). Only the caller's: ids are
+    capabilities, and another client's must not be learned from a backward."""
+    caller = reply.caller
+    return [
+        id for id, entry in worker.store.items()
+        if caller in entry.holders and isinstance(entry.obj, torch.Tensor) and entry.obj.is_leaf and entry.obj.grad is not None
+    ]
 
 
 def _relay_op(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: dict, hop: PointerSpec, reply: Reply) -> None:
     """Rule 4 on a chain: the next hop computes; we keep a pointer to each result under
     the id our caller chose, and answer once the next hop has."""
+    hops = message.hops + 1 if type(message.hops) is int else MAX_HOPS + 1
+    if hops > MAX_HOPS:
+        raise PointerCycleError(
+            f"{message.op} reached worker {worker.id!r} through {MAX_HOPS} workers and would go on to {hop.location!r}: "
+            "its pointers lead round a cycle (or a chain longer than fedq follows); .get() or move the object nearer"
+        )
     args, kwargs = ops.unflatten([Ref(targets[l.id].id_at_location) if isinstance(l, Ref) else l for l in leaves], spec)
     if message.result_ids is None:
 
@@ -594,7 +688,7 @@ def _relay_op(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: 
 
             reply.ok(tree_map(keep, answer.value))
 
-        worker.relay(hop, RunOp(message.op, args, kwargs, None, None, message.grad_enabled), on_inferred)
+        worker.relay(hop, RunOp(message.op, args, kwargs, None, None, message.grad_enabled, hops), on_inferred)
         return
 
     next_ids = tuple(new_id() for _ in message.result_ids)
@@ -617,7 +711,7 @@ def _relay_op(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: 
             reply.ok()  # (a backward's grads are at the last hop: the caller asks for them there)
         worker.settled(message.result_ids)
 
-    worker.relay(hop, RunOp(message.op, args, kwargs, next_ids, message.result_meta, message.grad_enabled), on_done)
+    worker.relay(hop, RunOp(message.op, args, kwargs, next_ids, message.result_meta, message.grad_enabled, hops), on_done)
 
 
 @handles(GetObject)
@@ -882,6 +976,7 @@ def run_worker(
         allow_code=allow_code, max_message_bytes=max_message_bytes, max_store_bytes=max_store_bytes,
         curve=CurveKeys.load(curve_dir, id, peers or {}) if curve_dir else None,
         lease_seconds=lease_seconds, incarnation=bytes.fromhex(incarnation) if incarnation else None, admin_key=admin_key,
+        peers=peers.values() if peers else None,
     )
     if data:
         worker.load_data(data)
