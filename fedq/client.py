@@ -230,9 +230,7 @@ class Client:
         `after_deletes` also waits for deletes: only a listing of what a worker holds can
         tell (a delete never touches an object some pointer still holds)."""
         self.barrier(except_address=None if after_all else address, timeout=timeout, deletes=after_deletes)
-        if address not in self._incarnations:
-            if type(message) is wire.Ping:  # a worker we have not met: this ping is the hello
-                return self.wait(self._submit(address, message, wait=True, to=wire.NO_INCARNATION), timeout)
+        if address not in self._incarnations:  # (a hello first: its answer names the worker, nothing more)
             self.incarnation_of(address, timeout)
         return self.wait(self.submit(address, message, wait=True), timeout)
 

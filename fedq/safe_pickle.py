@@ -9,6 +9,12 @@ later message), never a dotted path (`torch._utils` + `torch.preserve_format` wa
 through a module), never "everything under a namespace". Anything else is refused with
 `CodeNotAllowedError`; a worker started with allow_code uses pickle's own unpickler.
 
+A BUILD on what the unpickler hands out must not change it either: the classes and
+functions written in Python (fedq's messages, `_rebuild_tensor`) are mutable, so a
+lookup of one hands out a fresh `functools.partial` of it instead (REDUCE calls it, and
+builds the real thing; BUILD can only touch that throwaway stand-in). Everything else
+on the list is immutable (a type implemented in C, a dtype): a BUILD on it fails.
+
 Sets, frozensets, bytearrays, tuples, lists, dicts are pickle opcodes and need no global.
 Not allowed although harmless-looking: `range` (with `frozenset`/`bytearray` it makes a
 few bytes of pickle into gigabytes), `getattr`, anything callable that takes a callable.
@@ -58,8 +64,7 @@ def _wire_names() -> tuple[str, ...]:
     """fedq's own messages and values, and the functions that rebuild tensors."""
     from . import wire  # (wire imports this module: its names are read when first needed)
 
-    classes = (*wire.REQUESTS, *wire.REPLIES, wire.Batch, wire.PointerSpec, wire.Ref, wire.ObjectInfo, wire.WorkerStatus)
-    return (*(cls.__name__ for cls in classes), "_rebuild_tensor", "_rebuild_meta")
+    return (*(cls.__name__ for cls in wire.WIRE_CLASSES), "_rebuild_tensor", "_rebuild_meta")
 
 
 @functools.cache
@@ -82,15 +87,35 @@ def _is_allowed_kind(value: Any) -> bool:
     return isinstance(value, (type, types.FunctionType, types.BuiltinFunctionType, *_CONSTANT_TYPES))
 
 
+_IMMUTABLE_TYPE = 1 << 8  # Py_TPFLAGS_IMMUTABLETYPE: a type (in C) whose attributes cannot be set
+
+
+def is_mutable(value: Any) -> bool:
+    """Could a pickle's BUILD (setattr, or a write to __dict__) change `value` in place?"""
+    if isinstance(value, type):
+        return not value.__flags__ & _IMMUTABLE_TYPE
+    return isinstance(value, types.FunctionType) or hasattr(value, "__dict__")
+
+
+@functools.cache
+def _resolved() -> tuple[dict[tuple[str, str], Any], frozenset[tuple[str, str]]]:
+    """`allowed()`, and which of its entries are mutable (handed out as stand-ins)."""
+    table = allowed()
+    return table, frozenset(key for key, value in table.items() if is_mutable(value))
+
+
 class SafeUnpickler(pickle.Unpickler):
     """Resolves only the globals in `allowed()`; anything else (a cloudpickled function,
-    os.system, a module, a class with a malicious __reduce__) is refused."""
+    os.system, a module, a class with a malicious __reduce__) is refused. A mutable entry
+    comes as a fresh partial of it, so that no message can change it for the next."""
 
     def find_class(self, module: str, name: str) -> Any:
-        value = allowed().get((module, name))
+        table, mutable = _resolved()
+        key = (module, name)
+        value = table.get(key)
         if value is None:
             raise CodeNotAllowedError(
                 f"{module}.{name} is not allowed in a fedq message: shipping code (functions, classes) is "
                 "refused; start the receiving worker with --allow-code (or allow_code=True) to allow it"
             )
-        return value
+        return functools.partial(value) if key in mutable else value

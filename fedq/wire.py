@@ -10,7 +10,9 @@ A message on the wire is a header frame, then one frame per out-of-band buffer::
   enter it as their GMAC tag under a one-time key derived from the key and the
   stamp. Checked in constant time before anything is unpickled.
 - `stamp` (fixed size): the sender's session and message counter, so a replayed
-  message is refused (`ReplayWindow`); the *destination's* session, so a message
+  message is refused (`ReplayWindow`), and the second it was sealed, so that one
+  older than `MAX_MESSAGE_AGE_SECONDS` is refused however many sessions the
+  receiver has seen since; the *destination's* session, so a message
   replayed to another process, or to a restarted one, is refused too; `seq`, so
   that a signed message whose body is refused can still be answered with the
   reason; and how many buffers follow.
@@ -20,7 +22,7 @@ worker's may be drawn by the parent that spawns it, which then knows it). Being
 random, it also names the process: nothing else listens under it. Peers learn it
 from the stamp of anything the process sends, from the PointerSpecs that name it,
 or by a hello: a lone `Ping` sealed to `NO_INCARNATION`, the one message accepted
-without the receiver's incarnation (it reads nothing but a status).
+without the receiver's incarnation (its answer, a `Hello`, says only the worker's id).
 - `body`: a pickle (protocol 5) of the message; tensors in it are references to
   out-of-band buffers, one frame each, so a tensor's bytes are never copied into
   the body. Buffers under `INBAND_LIMIT` stay in the body.
@@ -54,6 +56,7 @@ import os
 import pickle
 import struct
 import threading
+import time
 import traceback as traceback_module
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
@@ -263,6 +266,15 @@ class WorkerStatus:
 
 
 @dataclass
+class Hello:
+    """The answer to a hello: the worker's id, and (in its stamp) its incarnation; nothing
+    else, since a hello is the one message taken without the receiver's incarnation, so the
+    one a stranger can replay to any worker. A status takes a Ping sealed to the worker."""
+
+    id: str
+
+
+@dataclass
 class Ok:
     value: Any = None
 
@@ -304,6 +316,8 @@ class Failure:
 
 REQUESTS = (StoreObject, RunOp, GetObject, MoveObject, RemoteGet, Search, IncRef, DeleteObjects, HoldsObject, ListObjects, DescribeObjects, CountObjects, ClearObjects, Ping, Shutdown, Renew)
 REPLIES = (Ok, Acked, Failure)
+#: every class a message is made of: pickled as its fields, and on the unpickler's allow-list
+WIRE_CLASSES = (*REQUESTS, *REPLIES, Batch, PointerSpec, Ref, ObjectInfo, WorkerStatus, Hello)
 #: what a client that holds the worker's admin key signs with it (`Packed.admin_key`; the worker
 #: is told: `Origin.by_owner`): the data owner's actions, and the listings and searches that show
 #: the owner everything (anyone else sees only what it holds, and the owner's data)
@@ -382,17 +396,21 @@ def _by_fields(cls: type) -> Callable[[Any], tuple]:
     return lambda message: (cls, values(message))
 
 
+#: how fedq pickles its own values, whichever pickler: a message as a call of its class (which a
+#: receiver's unpickler hands out as a stand-in of it: `safe_pickle`), never pickle's NEWOBJ
+_REDUCERS: dict[type, Callable[[Any], Any]] = {
+    torch.Tensor: _reduce_any_tensor,
+    torch.nn.Parameter: _reduce_any_tensor,
+    torch.memory_format: _reduce_memory_format,
+    **{cls: _by_fields(cls) for cls in WIRE_CLASSES},
+}
+
+
 class _Pickler(pickle.Pickler):
     """The C pickler, with tensors going out of band. Looking reducers up by exact type keeps
     every other object on the C fast path (a reducer_override would run Python for each)."""
 
-    dispatch_table = {
-        **copyreg.dispatch_table,
-        torch.Tensor: _reduce_any_tensor,
-        torch.nn.Parameter: _reduce_any_tensor,
-        torch.memory_format: _reduce_memory_format,
-        **{cls: _by_fields(cls) for cls in (*REQUESTS, *REPLIES, Batch, PointerSpec, Ref, ObjectInfo, WorkerStatus)},
-    }
+    dispatch_table = {**copyreg.dispatch_table, **_REDUCERS}
 
 
 class _Pickling:
@@ -441,14 +459,16 @@ class _CodePickler(cloudpickle.Pickler):
     them by value. Only a worker started with allow_code will unpickle them."""
 
     def reducer_override(self, obj: Any) -> Any:
-        if type(obj) in (torch.Tensor, torch.nn.Parameter):
-            return _reduce_any_tensor(obj)
+        reduce = _REDUCERS.get(type(obj))
+        if reduce is not None:
+            return reduce(obj)
         return super().reducer_override(obj)
 
 
 # --------------------------------------------------------------------------- frames
 
-_STAMP = struct.Struct("!16s16sQQI")  # sender's session, destination's session, message counter, seq, number of buffers
+#: sender's session, destination's session, message counter, second it was sealed (Unix time), seq, number of buffers
+_STAMP = struct.Struct("!16s16sQIQI")
 _LENGTH = struct.Struct("!Q")
 _GMAC_NONCE = bytes(12)  # each one-time key signs one message: a fixed nonce is safe
 _GMAC_CHUNK = 1 << 30
@@ -456,6 +476,12 @@ SIGNATURE_BYTES = 32
 MAX_FRAMES = 1 + 65536  # a header and its buffers: a stranger must not make us walk millions of empty frames
 MAX_BATCH = 1024  # messages a sender puts in one Batch
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 30
+#: seconds a signed message stays good after it was sealed: an older one is refused (a replay,
+#: whoever kept it). Four times a client's default timeout (30 s): a message that waited longer
+#: in a busy worker's queue has been given up on already. Environment: FEDQ_MAX_MESSAGE_AGE.
+MAX_MESSAGE_AGE_SECONDS = float(os.environ.get("FEDQ_MAX_MESSAGE_AGE", "120"))
+#: seconds a sender's clock may run ahead of the receiver's (hosts' clocks differ a little)
+MAX_CLOCK_SKEW_SECONDS = 30.0
 
 
 def new_key() -> bytes:
@@ -474,36 +500,66 @@ class Origin(NamedTuple):
 
     session: bytes
     by_owner: bool
+    hello: bool = False  # sealed to no incarnation: a lone Ping, answered with a Hello only
 
 
 class ReplayWindow:
-    """Which (session, counter) stamps were seen: each is accepted once.
+    """Which stamps were seen: each is accepted once, and only while it is fresh.
 
-    Counters of one session arrive almost in order (several threads may encode);
-    anything more than WINDOW behind the highest seen, or seen before, is a replay.
-    Sessions are forgotten least-recently-used first, so peers cannot grow this.
+    A stamp says the second it was sealed: one older than `max_age` seconds, or more than
+    `max_skew` ahead of our clock, is refused. So a session need only be remembered
+    `max_age + max_skew` seconds after the last message taken from it: by then all it sent
+    is stale. Within a session, a counter more than WINDOW behind the highest seen, or seen
+    before, is a replay. At most SESSIONS sessions are kept; when every one of them was
+    heard from more recently than that, a new session is refused (forgetting one instead
+    would let its messages be taken again), until one goes quiet.
     """
 
     WINDOW = 4096
     SESSIONS = 4096
 
-    def __init__(self) -> None:
-        self._sessions: collections.OrderedDict[bytes, tuple[int, set[int]]] = collections.OrderedDict()
+    def __init__(self, max_age: float = MAX_MESSAGE_AGE_SECONDS, max_skew: float = MAX_CLOCK_SKEW_SECONDS, sessions: int = SESSIONS) -> None:
+        self.max_age, self.max_skew, self.sessions = max_age, max_skew, sessions
+        self.remembered = max_age + max_skew
+        # session -> [highest counter, counters seen near it, when a message of it was last taken]; least recent first
+        self._sessions: collections.OrderedDict[bytes, list] = collections.OrderedDict()
 
-    def accept(self, session: bytes, counter: int) -> bool:
-        highest, seen = self._sessions.pop(session, (0, set()))
-        if counter <= highest - self.WINDOW or counter in seen:
-            self._sessions[session] = (highest, seen)
-            return False
+    def check(self, session: bytes, counter: int, sealed_at: int, now: float | None = None) -> str | None:
+        """None if the stamp is fresh and not seen before (it is recorded), else why it is refused."""
+        if now is None:
+            now = time.time()
+        if not now - self.max_age <= sealed_at <= now + self.max_skew:
+            return (
+                f"a message sealed {now - sealed_at:.0f} s ago refused (taken from {-self.max_skew:.0f} to {self.max_age:.0f} s): "
+                "a replay, or the two hosts' clocks differ (synchronise them, e.g. with NTP)"
+            )
+        entry = self._sessions.get(session)
+        if entry is None:
+            if len(self._sessions) >= self.sessions and not self._forget_quiet(now):
+                return (
+                    f"a new session refused: {self.sessions} sessions were heard from in the last {self.remembered:.0f} s "
+                    "(retry once some go quiet)"
+                )
+            entry = self._sessions[session] = [0, set(), now]
+        elif counter <= entry[0] - self.WINDOW or counter in entry[1]:
+            return "replayed message refused"
+        else:
+            self._sessions.move_to_end(session)
+            entry[2] = now
+        seen = entry[1]
         seen.add(counter)
-        if counter > highest:
-            highest = counter
+        if counter > entry[0]:
+            entry[0] = counter
             if len(seen) > 2 * self.WINDOW:
-                seen = {c for c in seen if c > highest - self.WINDOW}
-        self._sessions[session] = (highest, seen)
-        if len(self._sessions) > self.SESSIONS:
-            self._sessions.popitem(last=False)
-        return True
+                entry[1] = {c for c in seen if c > counter - self.WINDOW}
+        return None
+
+    def _forget_quiet(self, now: float) -> bool:
+        """Forget the sessions not heard from for `remembered` seconds; is there room now?"""
+        sessions = self._sessions
+        while sessions and next(iter(sessions.values()))[2] < now - self.remembered:
+            sessions.popitem(last=False)
+        return len(sessions) < self.sessions
 
 
 @dataclass
@@ -605,7 +661,7 @@ class Codec:
             self._pid, self._session, self._counter = os.getpid(), new_incarnation(), itertools.count(1)
         if packed.to is None:
             raise ValueError("a message sealed for no destination: set Packed.to to the receiver's session")
-        stamp = _STAMP.pack(self._session, packed.to, next(self._counter), packed.seq, len(packed.buffers))
+        stamp = _STAMP.pack(self._session, packed.to, next(self._counter), int(time.time()), packed.seq, len(packed.buffers))
         header = bytearray(SIGNATURE_BYTES) + stamp
         header += packed.body
         key = self._key if packed.admin_key is None else packed.admin_key
@@ -640,7 +696,7 @@ class Codec:
 
     def _open_hello(self, seq: int, body: memoryview, buffers: list) -> "Ping":
         """A message sealed to no incarnation is taken only as a hello, a lone Ping (its answer,
-        a status, is all it gets); anything else is dropped unanswered: it may be a stranger's
+        a `Hello`, is all it gets); anything else is dropped unanswered: it may be a stranger's
         replay of what a key holder sent another process."""
         try:
             message = self._unpickle(seq, body, buffers)
@@ -719,15 +775,16 @@ class Codec:
             )
             if not by_owner:
                 raise ProtocolError("bad signature: the sender does not hold this federation's key")
-        session, destination, counter, seq, count = _STAMP.unpack(signed[: _STAMP.size])
+        session, destination, counter, sealed_at, seq, count = _STAMP.unpack(signed[: _STAMP.size])
         hello = destination == NO_INCARNATION
         if destination != self._session and not hello:
             raise ProtocolError("a message sealed to another process, or to an earlier incarnation of this one: a replay")
         if count != len(buffers):
             raise ProtocolError(f"the stamp says {count} buffers follow, not {len(buffers)}")
-        if not self._replays.accept(session, counter):
-            raise ProtocolError("replayed message refused")
-        return seq, signed[_STAMP.size :], buffers, Origin(session, by_owner), hello
+        refusal = self._replays.check(session, counter, sealed_at)
+        if refusal is not None:  # (unanswered: it may be a stranger's replay of what a key holder sent)
+            raise ProtocolError(refusal)
+        return seq, signed[_STAMP.size :], buffers, Origin(session, by_owner, hello), hello
 
     def _unpickle(self, seq: int, body: memoryview, buffers: list, *, batch: bool = False) -> Any:
         try:

@@ -94,7 +94,20 @@ class Reply:
         self._send(Ok(value))
 
     def fail(self, error: BaseException) -> None:
-        self._send(Failure.from_exception(error, self._worker.id))
+        """Answer with `error`. Never raises: an error that cannot be described or sent back
+        (its str() raises, it does not pickle) is answered with a plain ProtocolError."""
+        try:
+            self._send(Failure.from_exception(error, self._worker.id))
+        except Exception as broken:
+            log.error("worker %s could not send request %d its %s back (%s)", self._worker.id, self._seq, type(error).__name__, type(broken).__name__)
+            try:
+                self._send(Failure(
+                    "ProtocolError", ProtocolError.__module__,
+                    f"request {self._seq} failed on worker {self._worker.id!r} with an error that could not be sent back: see that worker's log",
+                    "", self._worker.id,
+                ))  # fmt: skip
+            except Exception:
+                log.exception("worker %s could not answer request %d", self._worker.id, self._seq)
 
     def forward(self, failure: Failure) -> None:
         """Pass on a failure from a later hop as it is: it names where it happened."""
@@ -103,12 +116,18 @@ class Reply:
     def _send(self, message: Ok | Failure) -> None:
         if self._sent:
             return
-        self._sent = True
         # Answers leave in the order requests came: acks owed to this caller go first, in
         # the same message.
         acked = self._worker.take_acks(self._identity)
         envelope = Acked(acked, then=message) if acked else message
-        self._worker.loop.reply(self._identity, self._worker.codec.encode(self._seq, envelope, self._session))
+        try:
+            frames = self._worker.codec.encode(self._seq, envelope, self._session)
+        except BaseException:  # (an answer that does not pickle) still owed, and so are the acks
+            for seq in acked:
+                self._worker.ack_later(self._identity, self._session, seq)
+            raise
+        self._sent = True
+        self._worker.loop.reply(self._identity, frames)
 
 
 class _RateLimitedLog:
@@ -276,7 +295,13 @@ class Worker:
                     Reply(self, identity, origin, seq).fail(message)
                 continue
             self._heard[identity] = True  # a signed message renews its sender's lease
-            self._handle(identity, origin, seq, message)
+            if origin.hello:  # (a lone Ping, maybe a stranger's replay: it renews no lease, and learns only our id)
+                Reply(self, identity, origin, seq).ok(wire.Hello(self.id))
+                continue
+            try:
+                self._handle(identity, origin, seq, message)
+            except Exception:  # (a bug: it must cost one request, not the worker and everyone's objects)
+                log.exception("worker %s: request %d (%s) broke its handler", self.id, seq, type(message).__name__)
 
     def _handle(self, identity: bytes, origin: wire.Origin, seq: int, message: Any) -> None:
         reply = Reply(self, identity, origin, seq)
