@@ -163,6 +163,16 @@ class Client:
         if admin_key is not None:
             self.use_admin_key(handle.address, admin_key)
 
+    @property
+    def holder_name(self) -> str:
+        """How a message names this process as a holder ("me:4242@host#session"): workers count our
+        references under the session, which only our own signed messages carry (store.py)."""
+        return wire.wire_name(self.name, self.codec.session)
+
+    def holder_name_of(self, handle: "VirtualWorker") -> str:
+        """How a message names the worker behind `handle` as a holder (its session is its incarnation)."""
+        return wire.wire_name(handle.id, self.incarnation_of(handle.address))
+
     def is_owner_of(self, address: str) -> bool:
         """Do we hold the admin key of the worker at `address` (we started it, or were given it)?"""
         return address in self._admin_keys

@@ -7,9 +7,9 @@ that was SIGKILLed, a worker of a chain that died) is forgotten: the worker drop
 every reference it held, and frees what nobody else holds (like Ray when an
 owner dies). The data owner and the worker itself never lapse.
 
-Holders are named as the store names them (`peer_name` of a connection: a worker's
-id, or "me:4242@host"). A restarted process has a new pid, so a new name: its old
-references lapse. A holder that was handed references without ever talking to us
+Holders are keyed as the store keys them: by the session each signs its messages
+with (store.py); listings show the name its connection gave (a worker's id, or
+"me:4242@host"). A restarted process has a new session: its old references lapse. A holder that was handed references without ever talking to us
 (a hand-over, a move) is `introduce`d: its lease starts then.
 
 Checks run on the worker's tick, at most every `check_every` seconds, and cost
@@ -22,24 +22,30 @@ from __future__ import annotations
 import time
 from typing import Iterable
 
+from .wire import holder_key
 from .transport import peer_name
+
+MAX_NAMES = 1 << 16  # holders' names kept for listings (oldest forgotten first)
 
 
 class Leases:
     def __init__(self, lease_seconds: float, never_lapse: Iterable[str]) -> None:
         self.seconds = float(lease_seconds)
         #: connections (routing ids) heard since the last check; the hot path writes here only
-        self.heard: dict[bytes, bool] = {}
+        self.heard: dict[bytes, bytes] = {}  # {session: routing id}
+        self.names: dict[str, str] = {}  # holder -> the name its connection gave, for listings
         self._last_heard: dict[str, float] = {}  # holder -> when it was last heard (monotonic)
         self._never = frozenset(never_lapse)
         self.check_every = min(1.0, self.seconds / 4)
         self._checked_at = time.monotonic()
 
-    def introduce(self, holder: str) -> None:
-        """`holder` was given references here, maybe without a word to us: its lease runs from now
-        unless it was heard already."""
+    def introduce(self, name: str) -> None:
+        """The holder `name`d on the wire ("name#session") was given references here, maybe without
+        a word to us: its lease runs from now unless it was heard already."""
+        holder = holder_key(name)
         if holder not in self._never:
             self._last_heard.setdefault(holder, time.monotonic())
+            self.name(holder, name.rpartition("#")[0] or name)
 
     def due(self, now: float) -> bool:
         return now - self._checked_at >= self.check_every
@@ -58,6 +64,7 @@ class Leases:
         gone = {holder for holder, at in self._last_heard.items() if at < deadline}
         for holder in gone:
             del self._last_heard[holder]
+            self.names.pop(holder, None)
         return gone - self._never
 
     def status(self, holder: str, now: float) -> tuple[float, float] | None:
@@ -69,8 +76,20 @@ class Leases:
         return (round(now - at, 1), round(max(0.0, at + self.seconds - now), 1))
 
     def _fold(self, now: float) -> None:
-        """What the hot path noted, by holder name: heard at the latest at `now`."""
+        """What the hot path noted ({session: routing id}), by holder: heard at the latest at `now`."""
         if self.heard:
-            for identity in self.heard:
-                self._last_heard[peer_name(identity)] = now
+            for session, identity in self.heard.items():
+                holder = session.hex()
+                self._last_heard[holder] = now
+                self.name(holder, peer_name(identity))
             self.heard.clear()
+
+    def name(self, holder: str, name: str) -> None:
+        """What listings call `holder` (the name its connection gave, or a hand-over named it by)."""
+        if holder not in self.names and holder not in self._never:
+            if len(self.names) >= MAX_NAMES:
+                del self.names[next(iter(self.names))]
+            self.names[holder] = name
+
+    def display(self, holder: str) -> str:
+        return self.names.get(holder, holder if holder in self._never else holder[:8])

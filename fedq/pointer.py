@@ -177,7 +177,7 @@ class Pointer:
         client.barrier(except_address=worker.address)
         client.submit(worker.address, StoreObject(self.id, self._spec()))
         # Our reference at the next hop is the new holder's now (for listings; frees nothing).
-        client.queue_hand_over(self.location.address, self.id_at_location, client.name, worker.id)
+        client.queue_hand_over(self.location.address, self.id_at_location, client.holder_name, client.holder_name_of(worker))
         self._spend(f"it was sent to {worker.id!r}; use the pointer .send() returned")
         return PointerTensor._make(_fresh_meta(self._meta), worker, new_id(), self.id, is_chain=True)
 

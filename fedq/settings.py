@@ -33,7 +33,6 @@ class Limits:
     max_memory_bytes: int | None = None
 
 
-
 DEFAULTS = Limits()
 
 

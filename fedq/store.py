@@ -44,6 +44,8 @@ PRIVATE_TAG = "#private"  # a sender can mark what it sends private with this ta
 DATA_OWNER = "data owner"  # the holder of what a data owner's script loaded
 
 
+
+
 @dataclass(slots=True)
 class Entry:
     obj: Any  # a torch.Tensor, or a PointerSpec (this worker's pointer to another worker)

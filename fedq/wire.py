@@ -96,6 +96,22 @@ class PointerSpec:
     incarnation: bytes = NO_INCARNATION  # of the worker at `address` that holds the object (NO_INCARNATION: not known)
 
 
+# Holders. A connection's name (its routing id: "me:4242@host", a worker's id) is whatever the
+# peer says, so it cannot identify anybody. What does is the sender's session: 16 random bytes
+# in the signed stamp of every message it sends, never shown to anyone else. The store counts
+# references under that session (in hex); messages name a holder as "name#session" (`wire_name`),
+# the name kept for listings only.
+
+
+def holder_key(wire_name: str) -> str:
+    """The store's key for a holder named on the wire ("name#session"): its session."""
+    return wire_name.rpartition("#")[2]
+
+
+def wire_name(name: str, session: bytes) -> str:
+    return f"{name}#{session.hex()}"
+
+
 @dataclass(frozen=True)
 class Ref:
     """An argument naming an object in the receiving worker's store."""

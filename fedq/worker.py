@@ -66,6 +66,8 @@ from .wire import (
     Shutdown,
     StoreObject,
     WorkerStatus,
+    holder_key,
+    wire_name,
 )
 
 log = logging.getLogger("fedq.worker")
@@ -83,8 +85,14 @@ class Reply:
 
     @property
     def caller(self) -> str:
-        """Who asked: the name its connection gave (it holds the references it creates)."""
-        return peer_name(self._identity)
+        """Who asked, as the store keys holders: its signed session (it holds the references it
+        creates). Not the name its connection gave: anyone may give any name (store.py)."""
+        return self._session.hex()
+
+    @property
+    def caller_name(self) -> str:
+        """Who asked, as a message names a holder to another worker ("name#session")."""
+        return wire_name(peer_name(self._identity), self._session)
 
     def ok(self, value: Any = None) -> None:
         if value is None and not self._sent:  # folded into one Acked per client per batch
@@ -230,7 +238,9 @@ class Worker:
         self._relays: dict[int, _Relay] = {}
         self._peer_log = _RateLimitedLog()
         self.owner_storages: set[int | None] = set()  # memory of the data owner's objects: read-only to clients
-        self.leases = Leases(lease_seconds, never_lapse=(DATA_OWNER, id))
+        #: how this worker names itself as a holder to its peers (its session is its incarnation)
+        self.name_on_wire = wire_name(id, self.codec.session)
+        self.leases = Leases(lease_seconds, never_lapse=(DATA_OWNER, holder_key(self.name_on_wire)))
         self._heard = self.leases.heard  # (renewed per message: one dict assignment)
         self._peer_leases: dict[str, float] = {}  # address -> the lease a peer told us (Renew)
         self._unclaimed: dict[int, bool] = {}  # seqs of timed-out relays whose answer hands us references
@@ -294,10 +304,10 @@ class Worker:
                     self._peer_log.warning("worker %s refused request %d: %s", self.id, seq, message)
                     Reply(self, identity, origin, seq).fail(message)
                 continue
-            self._heard[identity] = True  # a signed message renews its sender's lease
             if origin.hello:  # (a lone Ping, maybe a stranger's replay: it renews no lease, and learns only our id)
                 Reply(self, identity, origin, seq).ok(wire.Hello(self.id))
                 continue
+            self._heard[origin.session] = identity  # a signed message renews its sender's lease
             try:
                 self._handle(identity, origin, seq, message)
             except Exception:  # (a bug: it must cost one request, not the worker and everyone's objects)
@@ -455,7 +465,7 @@ class Worker:
         `then()` (answer our caller once the next hop knows, as for every relay). A next hop
         that does not answer fails nothing: only its listing is out of date."""
         if pointer.address == self.address:
-            self.store.hand_over(pointer.id_at_location, giver, taker)
+            self.store.hand_over(pointer.id_at_location, holder_key(giver), holder_key(taker))
             self.leases.introduce(taker)
             then()
             return
@@ -541,7 +551,7 @@ def store_object(worker: Worker, message: StoreObject, reply: Reply) -> None:
             )
         obj.id = message.id  # a pointer handed over keeps its id (rule 3)
         worker.hold_at(obj)
-    worker.store.put(message.id, obj, holder=message.holder or reply.caller, tags=frozenset(message.tags), description=message.description)
+    worker.store.put(message.id, obj, holder=holder_key(message.holder) if message.holder else reply.caller, tags=frozenset(message.tags), description=message.description)
     if message.holder:
         worker.leases.introduce(message.holder)  # (a move: the holder may never have talked to us)
     reply.ok()
@@ -759,7 +769,7 @@ def get_object(worker: Worker, message: GetObject, reply: Reply) -> None:
     # The caller takes our pointer: our reference at the next hop becomes the caller's. We, the
     # giver, say so (a hop takes a hand-over only from the giver); the caller's own later
     # messages to that hop may overtake it, and are settled when it lands (store.py).
-    hand_over = DeleteObjects((), ((pointer.id_at_location, worker.id, reply.caller),))
+    hand_over = DeleteObjects((), ((pointer.id_at_location, worker.name_on_wire, reply.caller_name),))
     if not shared:
         worker.store.pop(message.id)
         worker.relay(pointer, hand_over, lambda answer: reply.ok(pointer))  # (a failed hand-over only dates a listing)
@@ -800,11 +810,11 @@ def move_object(worker: Worker, message: MoveObject, reply: Reply) -> None:
         else:
             worker.store.remove_if_present(message.id)
         if isinstance(entry.obj, PointerSpec):  # a moved pointer: its reference now is the destination's
-            worker.hand_over(entry.obj, giver=worker.id, taker=message.location, then=reply.ok)
+            worker.hand_over(entry.obj, giver=worker.name_on_wire, taker=wire_name(message.location, message.incarnation), then=reply.ok)
         else:
             reply.ok()
 
-    worker.relay(message, StoreObject(message.id, entry.obj, tuple(sorted(entry.tags)), entry.description, holder=reply.caller), on_stored)
+    worker.relay(message, StoreObject(message.id, entry.obj, tuple(sorted(entry.tags)), entry.description, holder=reply.caller_name), on_stored)
 
 
 @handles(RemoteGet)
@@ -859,10 +869,10 @@ def delete_objects(worker: Worker, message: DeleteObjects, reply: Reply) -> None
     Hand-overs first: one queued before a delete of the same reference happened before it."""
     freed_entries = []
     for id, giver, taker in message.hand_overs:
-        if giver != reply.caller:  # only a reference's holder gives it away
-            worker._peer_log.warning("worker %s ignored a hand-over of %s's reference sent by %s", worker.id, giver, reply.caller)
+        if holder_key(giver) != reply.caller:  # only a reference's holder gives it away
+            worker._peer_log.warning("worker %s ignored a hand-over of %s's reference sent by %s", worker.id, giver.rpartition("#")[0], reply.caller_name.rpartition("#")[0])
             continue
-        freed_entries.append(worker.store.hand_over(id, giver, taker))
+        freed_entries.append(worker.store.hand_over(id, reply.caller, holder_key(taker)))
         worker.leases.introduce(taker)  # (it may never have talked to us: its lease starts now)
     freed_entries += [worker.store.decref(id, reply.caller) for id in message.ids]
     worker.delete_at_next_hops(freed_pointers(freed_entries), lambda failure: reply.forward(failure) if failure else reply.ok())
@@ -899,7 +909,8 @@ def describe_objects(worker: Worker, message: DescribeObjects, reply: Reply) -> 
         hop = entry.obj if isinstance(entry.obj, PointerSpec) else None
         holders = entry.listing()
         rows.append(ObjectInfo(
-            id, kind, shape, dtype, object_nbytes(entry.obj), entry.refs, tags, holders,
+            id, kind, shape, dtype, object_nbytes(entry.obj), entry.refs, tags,
+            tuple((worker.leases.display(holder), count) for holder, count in holders),  # names, never sessions
             points_to, hop.address if hop else None, hop.id_at_location if hop else None,
             tuple(worker.leases.status(holder, now) for holder, _ in holders),
         ))

@@ -28,7 +28,7 @@ from fedq import wire
 from fedq.errors import FedqError
 address, victim_id, victim_holder = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 hook = sy.TorchHook(th)
-w = sy.connect(hook, "owner_bob", address=address)
+w = sy.connect(hook, "roles_owner", address=address)
 client = hook.local_worker
 out = {}
 
@@ -62,6 +62,19 @@ attempt("share_then_write", share_then_write)
 attempt("relu_inplace", lambda: th.nn.functional.relu(features, inplace=True))
 batch = th.randn(8, 4).send(w)
 attempt("batch_norm_statistics", lambda: th.nn.functional.batch_norm(batch, features[0], features[1], training=True))
+# Posing as the victim: a connection that gives the victim's name (anyone may give any name).
+import zmq
+spoof = zmq.Context.instance().socket(zmq.DEALER)
+spoof.setsockopt(zmq.ROUTING_ID, (victim_holder + "#spoofed").encode())
+spoof.setsockopt(zmq.LINGER, 0)
+spoof.connect(address)
+spoof.send_multipart(client.codec.encode(1, wire.DescribeObjects(), w.incarnation))
+assert spoof.poll(20000)
+_, answer = client.codec.decode(spoof.recv_multipart())
+out["spoofed_listing"] = [row.id for row in answer.value]
+out["holder_names"] = sorted({name for row in answer.value for name, _ in row.holders})
+spoof.send_multipart(client.codec.encode(2, wire.DeleteObjects((victim_id,)), w.incarnation))
+spoof.poll(20000)
 # Another client's object, by an id learned out of band: delete it, or take its reference.
 client.request(w.address, wire.DeleteObjects((victim_id,)))
 client.request(w.address, wire.DeleteObjects((), ((victim_id, victim_holder, client.name),)))
@@ -77,7 +90,7 @@ print(json.dumps(out))
 @pytest.fixture(scope="module")
 def owned(hook):
     """A worker this test process started (so it is its owner), with an owner's dataset."""
-    worker = sy.VirtualWorker(hook, id="owner_bob", data=ROOT / "workers" / "housing.py")
+    worker = sy.VirtualWorker(hook, id="roles_owner", data=ROOT / "workers" / "housing.py")
     yield worker
     worker.shutdown()
 
@@ -106,13 +119,17 @@ def test_a_key_holder_changes_nothing_it_does_not_hold(hook, owned):
     for attempt in ("mul_", "view_mul_", "setitem", "out", "requires_grad_", "detached_zero_", "share_then_write", "relu_inplace", "batch_norm_statistics"):
         assert result[attempt].startswith("PermissionError") and "data owner" in result[attempt], (attempt, result[attempt])
     assert fingerprint() == before, "a client changed the owner's data"
+    # Giving the victim's name does not make it the victim: it still sees only its own objects,
+    # and listings show names, never what identifies a holder.
+    assert victim.id_at_location not in result["spoofed_listing"]
+    assert all("#" not in name for name in result["holder_names"])
     # Deleting or taking another client's reference did nothing; clear_objects freed only its own.
     assert victim.get().tolist() == [1.0, 2.0, 3.0]
     assert result["clear_objects"] == "done" and result["listed_after_clear"] == []
     assert owner_ids <= set(owned._objects)
     # Stopping the worker is the owner's.
     assert result["shutdown"].startswith("PermissionError")
-    assert owned.ping().id == "owner_bob"
+    assert owned.ping().id == "roles_owner"
 
 
 def test_the_owner_still_clears_and_computes_on_its_own_data(hook, owned):
