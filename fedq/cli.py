@@ -72,7 +72,7 @@ def worker(
     allow_code: bool = typer.Option(False, "--allow-code", help="Run functions shipped inside messages. Unpickling code is code execution: only for a federation you trust."),
     max_store_bytes: Optional[int] = typer.Option(None, help="Refuse to hold more tensor bytes than this."),
     lease_seconds: Optional[float] = typer.Option(None, help="Free the references of a holder not heard from for this long (default: the config's, else 60)."),
-    max_memory_bytes: Optional[int] = typer.Option(None, help="Cap the memory the worker may map for data (default: the config's, else none)."),
+    max_memory_bytes: Optional[int] = typer.Option(None, help="Cap the memory the worker may map for data (default: the config's, else half this machine's memory)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every message handled."),
 ) -> None:
     """Run one worker in this process (what each Procfile line does)."""

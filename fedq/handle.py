@@ -70,7 +70,7 @@ class VirtualWorker:
     ) -> None:
         """`lease_seconds` (default `settings.Limits.lease_seconds`): how long the worker keeps the
         references of a holder it does not hear from (a client that died) before freeing them.
-        `max_memory_bytes` (default none) caps the memory the worker may map (`settings.Limits`)."""
+        `max_memory_bytes` (default half this machine's memory) caps the memory the worker may map (`settings.Limits`)."""
         if getattr(self, "client", None) is not None:
             return
         self.client = _client_of(hook)

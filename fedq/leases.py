@@ -92,4 +92,6 @@ class Leases:
             self.names[holder] = name
 
     def display(self, holder: str) -> str:
+        """What listings call `holder`: its connection's name (a prefix of its key if never heard)."""
+        self._fold(time.monotonic())
         return self.names.get(holder, holder if holder in self._never else holder[:8])

@@ -9,10 +9,18 @@ dashes) the command-line option. Add a safety setting here, nowhere else.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .errors import ConfigError
+
+
+def _half_of_this_machine() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):  # (not a POSIX system that says)
+        return None
 
 
 @dataclass(frozen=True)
@@ -29,8 +37,9 @@ class Limits:
     #: bytes of memory the worker process may map for its data (RLIMIT_DATA: virtual, not
     #: resident; an idle worker maps ~300 MB, plus 8 MiB per thread). Past it an allocation
     #: fails (an op's huge temporary is an error to its caller, not the OOM killer), and a
-    #: peer that floods a socket is dropped or stops the worker, never the host. None: no cap.
-    max_memory_bytes: int | None = None
+    #: peer that floods a socket is dropped or stops the worker, never the host. None (asked of
+    #: the table, not a keyword): no cap. By default half of this machine's memory.
+    max_memory_bytes: int | None = _half_of_this_machine()
 
 
 DEFAULTS = Limits()
