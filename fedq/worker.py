@@ -772,7 +772,10 @@ def get_object(worker: Worker, message: GetObject, reply: Reply) -> None:
     hand_over = DeleteObjects((), ((pointer.id_at_location, worker.name_on_wire, reply.caller_name),))
     if not shared:
         worker.store.pop(message.id)
-        worker.relay(pointer, hand_over, lambda answer: reply.ok(pointer))  # (a failed hand-over only dates a listing)
+        # Not waited for (a peel costs no extra hop): whatever of the caller's reaches that hop
+        # first is owed and settled when this lands; a failed hand-over only dates a listing.
+        worker.relay(pointer, hand_over, _ignore)
+        reply.ok(pointer)
         return
 
     def on_handed_over(answer: Ok | Failure) -> None:
