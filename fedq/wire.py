@@ -533,11 +533,13 @@ class ReplayWindow:
 
     WINDOW = 4096
     SESSIONS = 4096
+    _FULL = (1 << WINDOW) - 1  # a session's counters seen, as WINDOW bits: 512 bytes however it sends
 
     def __init__(self, max_age: float = MAX_MESSAGE_AGE_SECONDS, max_skew: float = MAX_CLOCK_SKEW_SECONDS, sessions: int = SESSIONS) -> None:
         self.max_age, self.max_skew, self.sessions = max_age, max_skew, sessions
         self.remembered = max_age + max_skew
-        # session -> [highest counter, counters seen near it, when a message of it was last taken]; least recent first
+        # session -> [highest counter, which of the WINDOW below it were seen (bits), when a message
+        # of it was last taken]; least recent first
         self._sessions: collections.OrderedDict[bytes, list] = collections.OrderedDict()
 
     def check(self, session: bytes, counter: int, sealed_at: int, now: float | None = None) -> str | None:
@@ -556,18 +558,19 @@ class ReplayWindow:
                     f"a new session refused: {self.sessions} sessions were heard from in the last {self.remembered:.0f} s "
                     "(retry once some go quiet)"
                 )
-            entry = self._sessions[session] = [0, set(), now]
-        elif counter <= entry[0] - self.WINDOW or counter in entry[1]:
-            return "replayed message refused"
+            self._sessions[session] = [counter, 1, now]
+            return None
+        highest, seen = entry[0], entry[1]
+        if counter > highest:  # the window slides: bit i of `seen` is counter highest - i
+            shift = counter - highest
+            entry[0], entry[1] = counter, ((seen << shift) | 1) & self._FULL if shift < self.WINDOW else 1
         else:
-            self._sessions.move_to_end(session)
-            entry[2] = now
-        seen = entry[1]
-        seen.add(counter)
-        if counter > entry[0]:
-            entry[0] = counter
-            if len(seen) > 2 * self.WINDOW:
-                entry[1] = {c for c in seen if c > counter - self.WINDOW}
+            behind = highest - counter
+            if behind >= self.WINDOW or seen >> behind & 1:
+                return "replayed message refused"
+            entry[1] = seen | 1 << behind
+        self._sessions.move_to_end(session)
+        entry[2] = now
         return None
 
     def _forget_quiet(self, now: float) -> bool:

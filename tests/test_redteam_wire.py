@@ -211,3 +211,16 @@ def test_a_client_that_never_met_a_worker_still_gets_its_status(hook, target):
         assert isinstance(status, wire.WorkerStatus) and status.pid == target.process.pid
     finally:
         fresh.close()
+
+
+def test_what_the_replay_window_keeps_of_a_session_is_bounded_however_it_counts():
+    """A key holder choosing its counters (scattered, far apart, out of order) cannot make the
+    window keep more than its fixed few bits per session, and every repeat is still refused."""
+    window, session, now = wire.ReplayWindow(), b"s" * 16, time.time()
+    counters = [1 + (i * 7919) % 50_000 for i in range(50_000)]  # every counter once, out of order
+    taken = [c for c in counters if window.check(session, c, int(now), now) is None]
+    highest, seen, _ = window._sessions[session]
+    assert highest == 50_000 and seen.bit_length() <= wire.ReplayWindow.WINDOW
+    assert all(window.check(session, c, int(now), now) is not None for c in taken[-100:])  # repeats refused
+    assert window.check(session, highest - wire.ReplayWindow.WINDOW, int(now), now) is not None  # too far behind
+    assert window.check(session, highest + 1, int(now), now) is None
