@@ -8,6 +8,8 @@ import socket
 import subprocess
 import time
 
+import zmq
+
 
 def gone(pid: int, within: float) -> bool:
     """Whether process `pid` ends within `within` seconds (reaping it if it is our child)."""
@@ -41,3 +43,11 @@ def stop(process: subprocess.Popen, timeout: float = 15) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def raw_dealer(address: str) -> zmq.Socket:
+    """A bare DEALER connected to a worker: what an attacker (or a hand-crafted client) talks through."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(address)
+    return sock

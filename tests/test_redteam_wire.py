@@ -20,6 +20,7 @@ import zmq
 
 import fedq as sy
 from fedq import safe_pickle, wire
+from helpers import raw_dealer
 
 QUIET_MS = 500  # how long a worker that answers nothing is listened to
 
@@ -30,13 +31,6 @@ def target(hook):
     worker.ping(timeout=60)
     yield worker
     worker.shutdown()
-
-
-def _dealer(address: str) -> zmq.Socket:
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(address)
-    return sock
 
 
 def _ask(sock: zmq.Socket, codec: wire.Codec, frames: list, timeout_ms: int = 10_000) -> list | None:
@@ -87,7 +81,7 @@ def _still_serves(hook, worker) -> None:
 
 def test_a_build_on_any_allowed_global_changes_nothing_in_the_worker(hook, target):
     codec = wire.Codec(hook.local_worker.key)  # a key holder, on its own socket
-    sock = _dealer(target.address)
+    sock = raw_dealer(target.address)
     seq = 0
     try:
         for module, name in safe_pickle.allowed():
@@ -129,14 +123,14 @@ def test_a_replay_is_refused_however_many_sessions_churn_in_between(hook):
     worker = sy.VirtualWorker(hook, id="redteam_churn")  # its own: the flood below fills its session table
     try:
         key = hook.local_worker.key
-        victim_codec, victim = wire.Codec(key), _dealer(worker.address)
+        victim_codec, victim = wire.Codec(key), raw_dealer(worker.address)
         [(_, stored)] = _ask(victim, victim_codec, victim_codec.encode(1, wire.StoreObject(1, th.zeros(1)), worker.incarnation))
         assert isinstance(stored, wire.Ok), stored
         captured = [bytes(f) for f in victim_codec.encode(2, wire.RunOp("Tensor.add_", (wire.Ref(1), 1.0), {}, ()), worker.incarnation)]
         assert _ask(victim, victim_codec, captured) is not None  # the original, taken
         assert _ask(victim, victim_codec, captured, QUIET_MS) is None  # replayed at once: dropped
 
-        attacker = _dealer(worker.address)
+        attacker = raw_dealer(worker.address)
         for i in range(wire.ReplayWindow.SESSIONS + 104):  # a key holder, from one fresh session per message
             attacker.send_multipart(wire.Codec(key).encode(i, wire.Ping(), worker.incarnation))
         answered = 0
@@ -157,7 +151,7 @@ def test_a_replay_is_refused_however_many_sessions_churn_in_between(hook):
 
 def test_a_stale_message_is_refused_and_a_little_clock_skew_is_not(hook, target):
     key = hook.local_worker.key
-    sock = _dealer(target.address)
+    sock = raw_dealer(target.address)
     try:
         now = time.time()
         for age in (wire.MAX_MESSAGE_AGE_SECONDS + 60, -(wire.MAX_CLOCK_SKEW_SECONDS + 60)):  # long ago; far ahead
@@ -186,7 +180,7 @@ def test_the_replay_window_refuses_new_sessions_while_full_and_forgets_only_quie
 
 def test_a_hello_is_answered_with_the_workers_id_only_and_a_stale_one_not_at_all(hook, target):
     key = hook.local_worker.key
-    sock = _dealer(target.address)
+    sock = raw_dealer(target.address)
     try:
         hello = wire.Codec(key)  # e.g. captured on its way to another worker, replayed here by a stranger
         sock.send_multipart(hello.encode(1, wire.Ping()))

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch as th
-import zmq
 
 import fedq as sy
 from fedq import wire
 from fedq.launcher import start_worker_process
 from fedq.transport import runtime_dir
+from helpers import raw_dealer
 
 QUIET_MS = 500  # how long a worker that answers nothing is listened to
 
@@ -32,13 +32,6 @@ def pair(hook):
     b.shutdown()
 
 
-def _dealer(address: str) -> zmq.Socket:
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(address)
-    return sock
-
-
 def _captured_clear(hook, worker) -> list[bytes]:
     """A ClearObjects exactly as a key holder seals it for `worker`: what an eavesdropper keeps."""
     return [bytes(f) for f in wire.Codec(hook.local_worker.key).encode(7, wire.ClearObjects(), worker.incarnation)]
@@ -48,14 +41,14 @@ def test_a_clear_captured_for_one_worker_does_nothing_at_another(hook, pair):
     a, b = pair
     kept = th.tensor([1.0, 2.0]).send(b)
     captured = _captured_clear(hook, a)
-    sock = _dealer(b.address)
+    sock = raw_dealer(b.address)
     sock.send_multipart(captured)
     assert not sock.poll(QUIET_MS)  # not taken, and not answered
     sock.close()
     assert b.objects_count() == 1 and th.equal(kept.get(), th.tensor([1.0, 2.0]))
     # The capture was good: the worker it was sealed to does take it, and answers (to the
     # session that sealed it: the eavesdropper cannot even read that answer as its own).
-    sock = _dealer(a.address)
+    sock = raw_dealer(a.address)
     sock.send_multipart(captured)
     assert sock.poll(10_000)
     sock.close()
@@ -65,7 +58,7 @@ def test_only_a_lone_ping_is_taken_without_the_destinations_incarnation(hook, pa
     a, _ = pair
     kept = th.tensor([3.0]).send(a)
     codec = wire.Codec(hook.local_worker.key)
-    sock = _dealer(a.address)
+    sock = raw_dealer(a.address)
     sock.send_multipart(codec.encode(1, wire.ClearObjects()))  # sealed to "unknown": not a hello
     sock.send_multipart(codec.seal_many([codec.pack(2, wire.Ping(), wire.NO_INCARNATION)] * 2))  # two pings: not a lone one
     assert not sock.poll(QUIET_MS)
@@ -92,7 +85,7 @@ def test_a_key_holder_without_the_admin_key_cannot_stop_a_worker_and_its_owner_c
     target = sy.VirtualWorker(hook, id="replay_stop")
     try:
         codec = wire.Codec(hook.local_worker.key)  # the federation key, not the worker's admin key
-        sock = _dealer(target.address)
+        sock = raw_dealer(target.address)
         sock.send_multipart(codec.encode(1, wire.Shutdown(), target.incarnation))
         assert sock.poll(10_000)
         _, [(seq, answer)] = codec.receive(sock.recv_multipart())
@@ -139,7 +132,7 @@ def test_after_a_restart_what_was_captured_before_is_dropped_and_old_pointers_sa
         with pytest.raises(sy.WorkerRestartedError, match="restarted"):  # said, not a 30 s timeout
             old.get()
         kept = th.tensor([3.0]).send(standing)  # the handle goes on with the new incarnation
-        sock = _dealer(standing_address)
+        sock = raw_dealer(standing_address)
         sock.send_multipart(captured)
         assert not sock.poll(QUIET_MS)  # sealed to the earlier incarnation: dropped, unanswered
         sock.close()
