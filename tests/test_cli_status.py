@@ -18,7 +18,7 @@ import fedq as sy
 from fedq.cli import app
 from fedq.keys import write_key_file
 from fedq.wire import new_key
-from helpers import free_port, stop
+from helpers import free_port, gone, stop
 
 runner = CliRunner(env={"COLUMNS": "200"})  # rich wraps long cells at 80 columns: one row per line here
 ROOT = Path(__file__).resolve().parent.parent
@@ -144,3 +144,17 @@ def test_status_and_clear_as_subprocesses_against_fedq_up(tmp_path, standing_fed
     assert done.returncode == 0 and "bob: cleared, 2 objects freed" in done.stdout, done.stdout + done.stderr
     done = _fedq("status", "--config", str(config))
     assert done.returncode == 0 and re.search(r"alive\s*│\s*\d+\s*│\s*0\s*│\s*0\s*│", _row(done.stdout, "bob")), done.stdout
+
+
+def test_stop_is_the_owners_on_the_workers_host(tmp_path, standing_federation):
+    """`fedq stop` signs with the config's admin key file: a key holder whose admin key is not the
+    workers' is refused (the worker keeps serving), the owner's stop ends the worker with code 0."""
+    config, workers, key, pids = standing_federation
+    stranger = _config(tmp_path, key, workers, name="stranger")  # the federation key, another admin key
+    write_key_file(tmp_path / "stranger.admin.key", new_key())
+    done = _fedq("stop", "bob", "--config", str(stranger), "--timeout", "2")
+    assert done.returncode == 1 and "admin key" in done.stderr, done.stdout + done.stderr
+    assert "alive" in _row(_fedq("status", "--config", str(config)).stdout, "bob")
+    done = _fedq("stop", "bob", "--config", str(config))
+    assert done.returncode == 0 and "bob: stopped" in done.stdout, done.stdout + done.stderr
+    assert gone(pids["bob"], within=10)
