@@ -318,14 +318,15 @@ _WRITES_STATISTICS = frozenset(
 _WRITES_WITH_MAX_NORM = frozenset({"torch.nn.functional.embedding", "torch.nn.functional.embedding_bag"})
 
 
-def written(name: str, args: tuple, kwargs: dict) -> list:
+def written(name: str, args: tuple, kwargs: dict, *, in_place: bool = False) -> list:
     """The tensors (and other leaves) an op writes into: its target when in place (every tensor
-    of a list, for `_foreach_*_`), `out=`, and what the ops above write without saying so.
-    Conservative: an argument that may be written counts as written."""
+    of a list, for `_foreach_*_`; `in_place`: a caller says so, whatever the name), `out=`, and
+    what the ops above write without saying so. Conservative: an argument that may be written
+    counts as written."""
     leaves: list = tree_flatten(kwargs["out"])[0] if "out" in kwargs else []
-    if name in INPLACE or (name in _INPLACE_FLAG and _truthy(_argument(name, "inplace", args, kwargs, default=False))):
+    if in_place or name in INPLACE or (name in _INPLACE_FLAG and _truthy(_argument(name, "inplace", args, kwargs, default=False))):
         leaves += tree_flatten(args[:1])[0]
-        if name in _ALIASES_VALUE:  # p.grad = v, p.data = v: v is written through p from now on
+        if name in ALIASES_VALUE:  # p.grad = v, p.data = v: v is written through p from now on
             leaves += tree_flatten((args[1:2], kwargs))[0]
     elif name in _WRITES_STATISTICS or (name in _WRITES_WITH_MAX_NORM and _argument(name, "max_norm", args, kwargs) is not None):
         leaves += tree_flatten((args[1:], kwargs))[0]
@@ -333,7 +334,7 @@ def written(name: str, args: tuple, kwargs: dict) -> list:
 
 
 #: setters whose value the target aliases: backward accumulates into `.grad` in place
-_ALIASES_VALUE = frozenset({"Tensor.grad.__set__", "Tensor.data.__set__"})
+ALIASES_VALUE = frozenset({"Tensor.grad.__set__", "Tensor.data.__set__"})
 
 _UNKNOWN = object()  # a parameter whose position torch does not tell (a builtin without a signature)
 

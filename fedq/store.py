@@ -271,6 +271,15 @@ def object_nbytes(obj: Any) -> int:
 _Measured = tuple[tuple[int, int, Any], ...]
 
 
+def storage_key(tensor: torch.Tensor) -> int | None:
+    """Which storage `tensor` keeps alive (the address of torch's StorageImpl: the same for
+    every view of it, kept when resized); None for a layout with no one storage (sparse)."""
+    try:
+        return tensor.untyped_storage()._cdata
+    except (NotImplementedError, RuntimeError):
+        return None
+
+
 def _storages_of(obj: Any) -> _Measured:
     """What a stored object holds in memory: its tensor's storage and its .grad's. Measured
     on the storage, not on numel: a view holds its whole base, a resize_ grows the storage."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import torch
-from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils._pytree import tree_map
 
 from . import __version__, ops, wire
 from .errors import (
@@ -40,7 +40,7 @@ from .keys import ADMIN_KEY_ENV, admin_key_from_environment, key_from_environmen
 from .leases import Leases
 from .privacy import Policy, refuse_if_private
 from .settings import DEFAULTS
-from .store import DATA_OWNER, MAX_ADDRESS_CHARS, ObjectStore, check_kept_sizes, describe, object_nbytes
+from .store import DATA_OWNER, MAX_ADDRESS_CHARS, ObjectStore, check_kept_sizes, describe, object_nbytes, storage_key
 from .transport import Batches, CurveKeys, ServerLoop, peer_name
 from .wire import (
     Acked,
@@ -237,7 +237,7 @@ class Worker:
         self._seq = itertools.count(1)
         self._relays: dict[int, _Relay] = {}
         self._peer_log = _RateLimitedLog()
-        self.owner_storages: set[int | None] = set()  # memory of the data owner's objects: read-only to clients
+        self.owner_storages: set[int] = set()  # memory of the data owner's objects (storage_key): read-only to clients
         #: how this worker names itself as a holder to its peers (its session is its incarnation)
         self.name_on_wire = wire_name(id, self.codec.session)
         self.leases = Leases(lease_seconds, never_lapse=(DATA_OWNER, holder_key(self.name_on_wire)))
@@ -386,6 +386,10 @@ class Worker:
         if pointer.incarnation != wire.NO_INCARNATION:
             self._peer_incarnations[pointer.address] = pointer.incarnation
 
+    def is_owner_memory(self, value: Any) -> bool:
+        """Does `value` share memory with the data owner's objects (read-only to clients)?"""
+        return isinstance(value, torch.Tensor) and bool(self.owner_storages) and storage_key(value) in self.owner_storages
+
     def _learn_lease(self, address: str, answer: Ok | Failure) -> None:
         if isinstance(answer, Ok) and isinstance(answer.value, (int, float)) and answer.value > 0:
             self._peer_leases[address] = float(answer.value)
@@ -502,8 +506,9 @@ class DataOwner:
     ) -> int:
         id = new_id()
         self.worker.store.put(id, tensor, holder=DATA_OWNER, pinned=True, tags=frozenset(tags), description=description, private=private)
-        if _storage_key(tensor) is not None:
-            self.worker.owner_storages.add(_storage_key(tensor))
+        key = storage_key(tensor)
+        if key is not None:
+            self.worker.owner_storages.add(key)
         self.count += 1
         return id
 
@@ -563,8 +568,7 @@ def _check_holder(worker: Worker, holder: str) -> None:
     this worker itself): what they hold no lease or client clear would ever free."""
     if not isinstance(holder, str) or len(holder) > MAX_ADDRESS_CHARS:
         raise RequestTooLargeError(f"a holder is named by a string of at most {MAX_ADDRESS_CHARS} characters")
-    # (a holder is keyed by what follows its last "#", the session it signs with; the worker's is its incarnation)
-    if {holder, holder.rpartition("#")[2]} & {DATA_OWNER, worker.id, worker.incarnation.hex()}:
+    if {holder, holder_key(holder)} & {DATA_OWNER, worker.id, holder_key(worker.name_on_wire)}:
         raise PermissionError(
             f"worker {worker.id!r} does not store objects for {holder.rpartition('#')[0] or holder!r} (its data owner "
             "or itself) on a client's word: store it as your own (leave `holder` unset)"
@@ -573,11 +577,8 @@ def _check_holder(worker: Worker, holder: str) -> None:
 
 @handles(RunOp)
 def run_op(worker: Worker, message: RunOp, reply: Reply) -> None:
-    if message.result_ids is not None and len(message.result_ids) > MAX_RESULTS_PER_OP:
-        raise RequestTooLargeError(
-            f"{message.op} would make {len(message.result_ids)} tensors on {worker.id!r}: one op makes at most "
-            f"{MAX_RESULTS_PER_OP}; split in fewer, larger pieces (or index the tensor where you need a piece)"
-        )
+    if message.result_ids is not None:
+        _refuse_too_many_results(worker, message.op, len(message.result_ids))
     leaves, spec = ops.flatten(message.args, message.kwargs)
     targets = {leaf.id: worker.store.get(leaf.id) for leaf in leaves if isinstance(leaf, Ref)}
     pointers = [obj for obj in targets.values() if isinstance(obj, PointerSpec)]
@@ -598,7 +599,7 @@ def _run_here(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: 
     args, kwargs = ops.unflatten([targets[l.id] if isinstance(l, Ref) else l for l in leaves], spec)
     if worker.owner_storages and not reply.by_owner and (message.result_ids == () or ops.may_write(message.op, kwargs)):
         # (what the caller says is in place counts too: it may be lying the other way)
-        written = ops.written(message.op, args, kwargs) + (tree_flatten(args[:1])[0] if message.result_ids == () else [])
+        written = ops.written(message.op, args, kwargs, in_place=message.result_ids == ())
         _refuse_writes_to_owner_data(worker, message.op, written, targets)
     private_inputs = [worker.store.get(l.id) for l in leaves if isinstance(l, Ref) and worker.store.entry(l.id).private]
     if message.op == "Tensor.backward" and worker.owner_storages:
@@ -617,11 +618,7 @@ def _run_here(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: 
         reply.ok(with_grad)
         return
     results, out_spec = ops.flatten_result(out)
-    if len(results) > MAX_RESULTS_PER_OP:
-        raise RequestTooLargeError(
-            f"{message.op} made {len(results)} tensors on {worker.id!r}: one op makes at most {MAX_RESULTS_PER_OP}; "
-            "split in fewer, larger pieces (or index the tensor where you need a piece)"
-        )
+    _refuse_too_many_results(worker, message.op, len(results))  # (the ids were ours to pick: counted now)
     for result in results:
         if not isinstance(result, torch.Tensor):
             raise ValueNeedsGetError(
@@ -643,15 +640,23 @@ def _run_here(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: 
     reply.ok()
 
 
+def _refuse_too_many_results(worker: Worker, op: str, count: int) -> None:
+    if count > MAX_RESULTS_PER_OP:
+        raise RequestTooLargeError(
+            f"{op} makes {count} tensors on {worker.id!r}: one op makes at most {MAX_RESULTS_PER_OP}; "
+            "split in fewer, larger pieces (or index the tensor where you need a piece)"
+        )
+
+
 def _refuse_writes_to_owner_data(worker: Worker, op: str, written: list, targets: dict) -> None:
     """The data owner's objects are read-only to clients: an op may not write into one (its
     target, or `out=`), nor into a view or anything else that shares its memory, nor make it
     what a client's tensor writes into (`p.grad = owner_data`: backward accumulates in place)."""
     for tensor in written:
-        if isinstance(tensor, torch.Tensor) and _storage_key(tensor) in worker.owner_storages:
+        if worker.is_owner_memory(tensor):
             id = next((id for id, obj in targets.items() if obj is tensor), None)
             what = "object " + str(id) if id is not None else "the memory of an object"
-            if op in ops._ALIASES_VALUE:
+            if op in ops.ALIASES_VALUE:
                 prop = op.split(".")[1]
                 raise PermissionError(
                     f"{op} would make {what} on {worker.id!r}, which is its data owner's (or a view of it), a "
@@ -669,15 +674,8 @@ def _gradient_not_owner_memory(worker: Worker, args: tuple, kwargs: dict) -> tup
     """backward's arguments with a copy for any that shares the owner's memory: autograd may
     make the `gradient` itself a leaf's .grad (through a view), which the next backward
     accumulates into in place. (The values are the same: only the memory differs.)"""
-    copy = lambda a: a.clone() if isinstance(a, torch.Tensor) and _storage_key(a) in worker.owner_storages else a
+    copy = lambda a: a.clone() if worker.is_owner_memory(a) else a
     return (args[:1] + tuple(tree_map(copy, a) for a in args[1:]), {k: tree_map(copy, v) for k, v in kwargs.items()})
-
-
-def _storage_key(tensor: torch.Tensor) -> int | None:
-    try:
-        return tensor.untyped_storage()._cdata
-    except (NotImplementedError, RuntimeError):  # sparse: no one storage
-        return None
 
 
 def _ids_with_grad(worker: Worker, reply: Reply) -> list[int]:
@@ -786,7 +784,7 @@ def get_object(worker: Worker, message: GetObject, reply: Reply) -> None:
         reply.ok(pointer)
 
     # Other pointers still need ours: a new reference, ours at first, then the caller's.
-    worker.relay(pointer, IncRef((pointer.id_at_location,)), lambda answer: None)
+    worker.relay(pointer, IncRef((pointer.id_at_location,)), _ignore)
     worker.relay(pointer, hand_over, on_handed_over)  # (one connection: lands after the IncRef)
 
 
