@@ -710,8 +710,8 @@ class Codec:
         message or names anything outside the allow-list (then `error.seq` says
         which request to answer: the sender did hold the key).
         """
-        seq, body, buffers, _, hello = self._open(frames)
-        return seq, self._open_hello(seq, body, buffers) if hello else self._unpickle(seq, body, buffers)
+        seq, body, buffers, origin = self._open(frames)
+        return seq, self._open_hello(seq, body, buffers) if origin.hello else self._unpickle(seq, body, buffers)
 
     def _open_hello(self, seq: int, body: memoryview, buffers: list) -> "Ping":
         """A message sealed to no incarnation is taken only as a hello, a lone Ping (its answer,
@@ -732,11 +732,11 @@ class Codec:
         ProtocolError): answer it if its seq is known; a refusal of the whole as
         (error.seq, ProtocolError)."""
         try:
-            seq, body, buffers, origin, hello = self._open(frames)
+            seq, body, buffers, origin = self._open(frames)
         except ProtocolError as error:
             return None, [(error.seq, error)]
         try:
-            return origin, self._messages(seq, body, buffers, hello)
+            return origin, self._messages(seq, body, buffers, origin.hello)
         except ProtocolError as error:
             return (None if error.seq is None else origin), [(error.seq, error)]
 
@@ -744,8 +744,8 @@ class Codec:
         """Inverse of `seal` and `seal_many`: (seq, message) for each message the frames carry.
         A message of a batch that is refused comes as (seq, ProtocolError), and the others
         still count. Raises ProtocolError, as `decode` does, when the whole is refused."""
-        seq, body, buffers, _, hello = self._open(frames)
-        return self._messages(seq, body, buffers, hello)
+        seq, body, buffers, origin = self._open(frames)
+        return self._messages(seq, body, buffers, origin.hello)
 
     def decode_each(self, frames: list) -> list[tuple[int | None, Any]]:
         """`decode_all`, with a refusal of the whole also as an item, (error.seq, ProtocolError)."""
@@ -773,10 +773,10 @@ class Codec:
             start += count
         return decoded
 
-    def _open(self, frames: list) -> tuple[int, memoryview, list, Origin, bool]:
+    def _open(self, frames: list) -> tuple[int, memoryview, list, Origin]:
         """Check size, signature, destination, stamp and replay: (seq, pickled body, buffers,
-        who sent it, and whether it is a hello, sealed to no incarnation: a lone Ping or
-        nothing). The federation key is tried first (every client request); the admin key
+        who sent it; `Origin.hello`: sealed to no incarnation, so a lone Ping or nothing).
+        The federation key is tried first (every client request); the admin key
         only for what it does not sign."""
         if not frames or len(frames) > MAX_FRAMES:
             raise ProtocolError(f"a message of {len(frames)} frames (1 to {MAX_FRAMES})")
@@ -803,7 +803,7 @@ class Codec:
         refusal = self._replays.check(session, counter, sealed_at)
         if refusal is not None:  # (unanswered: it may be a stranger's replay of what a key holder sent)
             raise ProtocolError(refusal)
-        return seq, signed[_STAMP.size :], buffers, Origin(session, by_owner, hello), hello
+        return seq, signed[_STAMP.size :], buffers, Origin(session, by_owner, hello)
 
     def _unpickle(self, seq: int, body: memoryview, buffers: list, *, batch: bool = False) -> Any:
         try:
