@@ -41,6 +41,7 @@ from .errors import (
     rebuild_remote_error,
 )
 from .keys import key_from_environment
+from .leases import lease_told
 from .settings import DEFAULTS
 from .transport import Batches, ClientSockets, client_name
 from .wire import DeleteObjects, Failure, Ok, Renew
@@ -490,8 +491,9 @@ class Client:
         self._leases[address] = float(seconds)
 
     def _learn_lease(self, address: str, answer: Any) -> None:
-        if isinstance(answer, Ok) and isinstance(answer.value, (int, float)) and answer.value > 0:
-            self._leases[address] = float(answer.value)
+        lease = lease_told(answer)
+        if lease is not None:
+            self._leases[address] = lease
 
     def _renew_leases(self) -> None:  # where the sockets are driven
         """A Renew to each worker we know (we may hold references there) that we sent nothing

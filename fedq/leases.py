@@ -20,12 +20,19 @@ that lapsed together).
 from __future__ import annotations
 
 import time
-from typing import Iterable
+from typing import Any, Iterable
 
-from .wire import holder_key
 from .transport import peer_name
+from .wire import Ok, holder_key
 
 MAX_NAMES = 1 << 16  # holders' names kept for listings (oldest forgotten first)
+
+
+def lease_told(answer: Any) -> float | None:
+    """The lease a worker's answer to a `Renew` tells (its seconds), or None if it tells none."""
+    if isinstance(answer, Ok) and isinstance(answer.value, (int, float)) and answer.value > 0:
+        return float(answer.value)
+    return None
 
 
 class Leases:

@@ -37,7 +37,7 @@ from .errors import (
 )
 from .ids import new_id
 from .keys import ADMIN_KEY_ENV, admin_key_from_environment, key_from_environment
-from .leases import Leases
+from .leases import Leases, lease_told
 from .privacy import Policy, refuse_if_private
 from .settings import DEFAULTS
 from .store import DATA_OWNER, MAX_ADDRESS_CHARS, ObjectStore, check_kept_sizes, describe, object_nbytes, storage_key
@@ -391,8 +391,9 @@ class Worker:
         return isinstance(value, torch.Tensor) and bool(self.owner_storages) and storage_key(value) in self.owner_storages
 
     def _learn_lease(self, address: str, answer: Ok | Failure) -> None:
-        if isinstance(answer, Ok) and isinstance(answer.value, (int, float)) and answer.value > 0:
-            self._peer_leases[address] = float(answer.value)
+        lease = lease_told(answer)
+        if lease is not None:
+            self._peer_leases[address] = lease
 
     def _give_back(self, value: Any) -> None:
         """Delete the references a late answer handed us (ours now: a relay's pointer, or a hop's)."""

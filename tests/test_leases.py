@@ -124,11 +124,17 @@ def test_the_lease_shows_in_the_listing(leased):
     del x
 
 
+def _chain_held_by_the_middle(middle, last):
+    """`ones(3)` on `last`, pointed at from `middle`: the reference at the last hop is the middle's."""
+    x = th.ones(3).send(last).send(middle)
+    sy.local_client().sync()  # the hand-over has reached the last hop
+    assert held(last) == 1
+    return x
+
+
 def test_the_last_hop_frees_what_a_dead_middle_held(leased):
     middle, last = leased["middle_c"], leased["last_c"]
-    x = th.ones(3).send(last).send(middle)
-    sy.local_client().sync()  # the hand-over has reached the last hop: the reference there is the middle's
-    assert held(last) == 1
+    x = _chain_held_by_the_middle(middle, last)
     time.sleep(3 * LEASE)  # the middle renews its lease at the last hop while it lives
     assert held(last) == 1
     middle.process.kill()
@@ -139,9 +145,7 @@ def test_the_last_hop_frees_what_a_dead_middle_held(leased):
 
 def test_a_relay_that_timed_out_frees_what_it_created_downstream(leased):
     middle, last = leased["middle_d"], leased["last_d"]
-    x = th.ones(3).send(last).send(middle)
-    sy.local_client().sync()  # the hand-over has reached the last hop: the reference there is the middle's
-    assert held(last) == 1
+    x = _chain_held_by_the_middle(middle, last)
     os.kill(last.process.pid, signal.SIGSTOP)
     try:
         y = x + x  # the middle relays it to the stopped last hop and gives up after its timeout (1 s)
