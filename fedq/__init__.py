@@ -16,12 +16,15 @@ from .errors import (  # noqa: E402
     FedqError,
     StoreFullError,
     GetNotPermittedError,
+    NotReleasableError,
     ObjectNotFoundError,
+    PrivacyBudgetExceededError,
     ProtocolError,
     RemoteError,
     SpentPointerError,
     TensorsNotCollocatedError,
     UnsupportedOperationError,
+    ValueDependentShapeError,
     ValueNeedsGetError,
     WorkerDiedError,
     WorkerRestartedError,
@@ -34,7 +37,7 @@ from .pointer import Pointer, PointerParameter, PointerTensor  # noqa: E402
 
 __all__ = [
     "CodeNotAllowedError", "ConfigError", "StoreFullError",
-    "Client", "FedqError", "GetNotPermittedError", "ObjectNotFoundError", "PointerTensor", "ProtocolError",
+    "Client", "FedqError", "GetNotPermittedError", "NotReleasableError", "PrivacyBudgetExceededError", "ValueDependentShapeError", "ObjectNotFoundError", "PointerTensor", "ProtocolError",
     "RemoteError", "SpentPointerError", "TensorsNotCollocatedError", "TorchHook", "UnsupportedOperationError",
     "ValueNeedsGetError", "VirtualWorker", "Pointer", "PointerParameter", "WorkerDiedError", "WorkerRestartedError", "WorkerUnreachableError", "connect", "local_client",
 ]

@@ -148,7 +148,9 @@ def ls(
     address: Optional[str] = AddressOption,
     timeout: float = TimeoutOption,
 ) -> None:
-    """List what a worker holds: id, type, shape, dtype, bytes, references and who holds them, tags, and where stored pointers point."""
+    """List what a worker holds: id, type, shape, dtype, bytes, references and who holds them, tags, where stored
+    pointers point, and for private data its dataset's privacy budget (spent, left, by whom) and its owner's word
+    on model updates."""
     from rich.console import Console
     from rich.table import Table
 
@@ -158,16 +160,17 @@ def ls(
     except FedqError as error:
         _fail(error)
     table = Table(title=f"{name}: {len(rows)} objects")
-    for column in ("id", "type", "shape", "dtype", "bytes", "refs", "held by", "tags", "points to"):
+    for column in ("id", "type", "shape", "dtype", "bytes", "refs", "held by", "tags", "points to", "privacy"):
         # ids, types and dtypes are what a user reads or copies: never cut; holders and tags fold if they must
         table.add_column(
-            column, justify="right" if column in ("bytes", "refs") else "left", no_wrap=column not in ("held by", "tags"), overflow="fold"
+            column, justify="right" if column in ("bytes", "refs") else "left", no_wrap=column not in ("held by", "tags", "privacy"), overflow="fold"
         )
     for row in rows:
         shape = str(list(row.shape)) if row.shape is not None else ""
         chain = " -> ".join([row.points_to, *_follow(row, timeout, config)]) if row.points_to else ""
         table.add_row(
-            str(row.id), row.type, shape, row.dtype or "", str(row.nbytes), str(row.refs), _holders(row), " ".join(row.tags), chain
+            str(row.id), row.type, shape, row.dtype or "", str(row.nbytes), str(row.refs), _holders(row), " ".join(row.tags), chain,
+            row.privacy or "",
         )
     console = Console()
     console.width = max(console.width, 132)  # a 19-digit id, a type and where it points: complete beats narrow

@@ -47,6 +47,18 @@ class GetNotPermittedError(FedqError, PermissionError):
     """The data owner does not allow this object to leave its worker."""
 
 
+class PrivacyBudgetExceededError(GetNotPermittedError):
+    """A differentially private release would spend more than what is left of its dataset's budget."""
+
+
+class NotReleasableError(GetNotPermittedError):
+    """A noisy release was asked of a private object that is not an aggregate over a dataset's records."""
+
+
+class ValueDependentShapeError(GetNotPermittedError):
+    """An op on private data whose result's shape would depend on the private values (and so reveal them)."""
+
+
 class ProtocolError(FedqError):
     """A message could not be decoded, or was not one the receiver expects.
 

@@ -17,10 +17,16 @@ import torch
 from torch import nn, optim
 
 
+#: each owner's loss leaves with differential privacy (privacy.py): its per-house squared error
+#: is clamped to LOSS_BOUNDS and the mean released at LOSS_EPSILON per owner and round
+LOSS_EPSILON = 0.5
+LOSS_BOUNDS = (0.0, 25.0)
+
+
 @dataclass
 class RoundResult:
     round: int
-    losses: dict[str, float]  # owner id -> loss of its last local step
+    losses: dict[str, float]  # owner id -> loss of its last local step (a DP release: noisy)
 
     def __str__(self) -> str:
         return f"round {self.round:2d}: " + "  ".join(f"{who} loss {loss:.4f}" for who, loss in self.losses.items())
@@ -95,7 +101,7 @@ def _one_round(model: nn.Module, owners: Sequence[tuple[Any, Any]], aggregator: 
             loss.backward()
             optimizer.step()
             last_losses[i] = loss
-    losses = {data.location.id: float(loss.get().detach()) for (data, _), loss in zip(owners, last_losses)}
+    losses = {data.location.id: float(loss.get(epsilon=LOSS_EPSILON, bounds=LOSS_BOUNDS).detach()) for (data, _), loss in zip(owners, last_losses)}
     for copy in copies:
         copy.move(aggregator)
     with torch.no_grad():

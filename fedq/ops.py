@@ -324,11 +324,11 @@ def written(name: str, args: tuple, kwargs: dict, *, in_place: bool = False) -> 
     what the ops above write without saying so. Conservative: an argument that may be written
     counts as written."""
     leaves: list = tree_flatten(kwargs["out"])[0] if "out" in kwargs else []
-    if in_place or name in INPLACE or (name in _INPLACE_FLAG and _truthy(_argument(name, "inplace", args, kwargs, default=False))):
+    if in_place or name in INPLACE or (name in _INPLACE_FLAG and _truthy(argument(name, "inplace", args, kwargs, default=False))):
         leaves += tree_flatten(args[:1])[0]
         if name in ALIASES_VALUE:  # p.grad = v, p.data = v: v is written through p from now on
             leaves += tree_flatten((args[1:2], kwargs))[0]
-    elif name in _WRITES_STATISTICS or (name in _WRITES_WITH_MAX_NORM and _argument(name, "max_norm", args, kwargs) is not None):
+    elif name in _WRITES_STATISTICS or (name in _WRITES_WITH_MAX_NORM and argument(name, "max_norm", args, kwargs) is not None):
         leaves += tree_flatten((args[1:], kwargs))[0]
     return leaves
 
@@ -336,28 +336,28 @@ def written(name: str, args: tuple, kwargs: dict, *, in_place: bool = False) -> 
 #: setters whose value the target aliases: backward accumulates into `.grad` in place
 ALIASES_VALUE = frozenset({"Tensor.grad.__set__", "Tensor.data.__set__"})
 
-_UNKNOWN = object()  # a parameter whose position torch does not tell (a builtin without a signature)
+UNKNOWN = object()  # a parameter whose position torch does not tell (a builtin without a signature)
 
 
-def _argument(name: str, parameter: str, args: tuple, kwargs: dict, default: Any = None) -> Any:
+def argument(name: str, parameter: str, args: tuple, kwargs: dict, default: Any = None) -> Any:
     """The value `parameter` of op `name` is given, positionally or by keyword, as Python binds
     it (`F.relu(x, 1)` gives inplace=1). Where the position is unknown, conservatively
     any positional argument after the first that is true (`_truthy`)."""
     if parameter in kwargs:
         return kwargs[parameter]
-    position = _position(name, parameter)
-    if position is _UNKNOWN:
+    position = position(name, parameter)
+    if position is UNKNOWN:
         return next((a for a in args[1:] if _truthy(a)), default)
     return args[position] if position is not None and position < len(args) else default
 
 
 @functools.cache
-def _position(name: str, parameter: str) -> Any:
+def position(name: str, parameter: str) -> Any:
     """Where `parameter` stands among op `name`'s positional parameters (None: it has none)."""
     try:
         parameters = list(inspect.signature(TABLE[name]).parameters.values())
     except (KeyError, TypeError, ValueError):
-        return _UNKNOWN
+        return UNKNOWN
     for position, p in enumerate(parameters):
         if p.name == parameter:
             return position if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) else None

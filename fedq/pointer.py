@@ -181,11 +181,17 @@ class Pointer:
         self._spend(f"it was sent to {worker.id!r}; use the pointer .send() returned")
         return PointerTensor._make(_fresh_meta(self._meta), worker, new_id(), self.id, is_chain=True)
 
-    def get(self) -> Any:
-        """Bring back one level (rule 5): the tensor, or on a chain the next pointer."""
+    def get(self, *, epsilon: float | None = None, bounds: tuple[float, float] | None = None) -> Any:
+        """Bring back one level (rule 5): the tensor, or on a chain the next pointer.
+
+        With `epsilon`, a private aggregate over a dataset's records comes back with
+        differential privacy: `x.sum().get(epsilon=0.1, bounds=(0, 10))` clamps each value to
+        `bounds` (default: the data owner's), adds OpenDP's Laplace noise and charges ε to
+        the dataset's budget (PrivacyBudgetExceededError once spent). A public object comes
+        back exact, charged nothing."""
         self._check_usable()
         # (On a chain, the first hop answers only once the relay that made the object is done.)
-        obj = self.location.client.request(self.location.address, GetObject(self.id_at_location))
+        obj = self.location.client.request(self.location.address, GetObject(self.id_at_location, epsilon, bounds))
         self._spend("it was already fetched with .get()")
         return self._received(obj)
 
@@ -378,6 +384,9 @@ def _run_remote(func: Any, args: tuple, kwargs: dict) -> Any:
             _on_meta(func, args, kwargs)
         except Exception:
             pass
+        target = args[0] if args else None
+        if isinstance(target, Pointer) and target._meta.requires_grad and target._meta.is_leaf and target._ref is not None:
+            client.track_grads(target)  # (requires_grad_() made it a leaf whose .grad backward writes)
         return None if name in ("Tensor.__setitem__",) or name.endswith(".__set__") else args[0]
 
     inferred = _infer(func, args, kwargs, leaves, spec)

@@ -1,46 +1,595 @@
-"""What may leave a worker: the data owner's privacy rule.
+"""What may leave a worker: the data owner's privacy rule, decided on the worker alone.
 
-- An object the data owner marks private (`owner.add(t, private=True)`, or anything
-  sent tagged "#private") never leaves its worker: `.get()`, `.move()` and a
-  `remote_get()` that would pull it are refused with GetNotPermittedError.
-- Anything computed from a private object is private too (in-place ops make their
-  target private), so `(x * 1).get()` does not launder it.
-- Except aggregates the owner allows: an op named in `Policy.aggregates` whose result
-  is at least `Policy.min_reduction` times smaller than the private data it read is
-  public. `((model(x) - y) ** 2).mean()` can come back; `x.sum(dim=1)` of a (64, 4)
-  table cannot (64 numbers out of 256).
-- Gradients that backward() leaves on parameters are not tracked: model updates may
-  leave, as federated learning requires. They can still leak something of the data;
-  secure aggregation is the remedy, and not part of fedq yet.
+**Taint is a property of memory.** A tensor is private when its storage holds private data:
+the data owner's (`owner.add(t, private=True)`, a `Dataset`), a tensor sent tagged
+"#private", or anything an op wrote while it read private data. `Privacy.run` runs every op
+of a client: when any tensor it reads is private, every tensor it wrote is marked, whatever
+the client said the op was. Written means its results, `out=`, its targets, and any argument
+whose version counter moved (torch bumps it on every write, named in place or not). Views
+share their base's storage, so a view of what became private is private too; marks go when
+the storage dies (a weak reference), never before.
+
+**No side channel from private values.** Before an op on private data runs, it runs on
+meta tensors (shapes without values): a result whose shape would depend on the values
+(`nonzero`, `masked_select`, `unique`, `x[mask]`, a size taken from a private scalar) has no
+meta shape and is refused (`ValueDependentShapeError`). A failure of the real op (an index
+out of range, say) would tell whether a value crossed a line; it does not raise: its results
+are zeros of the meta shape, private, and the failure is logged for the owner.
+
+**Releases only with differential privacy** (dp.py). A private tensor leaves only as:
+- a noisy aggregate: `x.sum().get(epsilon=0.1, bounds=(lo, hi))`, a `mean`, a count (the
+  sum of a boolean), a `histc`, over the *record axis* (axis 0) of a tensor derived row by row
+  from one `Dataset`. The worker tracks, for every private tensor, whether row i depends only
+  on records that change at most `per_record` rows (`Rows`); the ops that keep that are listed
+  below, everything else drops it. At release the worker clamps every element to the bounds
+  (the client's, or the owner's for the dataset's own values), so one record moves the sum by
+  at most per_record x (row size) x (hi - lo), whatever was computed before: that is the
+  sensitivity OpenDP's Laplace noise is scaled to.
+- an object the owner approved (requests.py), or a model update the owner allows: gradients
+  that backward() writes on *public* leaves are public when every dataset in the loss says
+  `updates="allow"`; otherwise private (an update may then leave only inside a secure
+  aggregate). Gradients of private leaves are always private.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Iterable
+import logging
+import math
+import weakref
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable
 
 import torch
+from torch.utils._pytree import tree_flatten, tree_map
 
-from .errors import GetNotPermittedError
+from . import dp, ops
+from .errors import GetNotPermittedError, NotReleasableError, ValueDependentShapeError
+
+log = logging.getLogger("fedq.privacy")
+
+UPDATES = ("allow", "refuse")  # what a dataset's owner says of model updates computed from it
+MAX_HISTORY = 64  # op lines kept per private tensor, for the owner reviewing a request
 
 
-@dataclass
-class Policy:
-    aggregates: set[str] = field(default_factory=set)  # op wire names, e.g. "Tensor.mean"
-    min_reduction: int = 16
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """A data owner's private dataset: tensors whose axis 0 holds one record (the unit of
+    privacy) per row, released only through noisy aggregates within `epsilon` in all."""
 
-    def result_is_private(self, op: str, private_inputs: list[Any], results: Iterable[Any]) -> bool:
-        if not private_inputs:
+    name: str
+    epsilon: float = 0.0
+    updates: str = "refuse"
+    records: int | None = None  # rows of every tensor of it (set by its first tensor)
+
+
+#: private data the owner put in no dataset (or a client sent tagged "#private"): no releases
+UNRELEASED = Dataset("private data outside any dataset")
+
+
+@dataclass(frozen=True, slots=True)
+class Rows:
+    """Axis 0 of a tensor holds records of `dataset`: one record changes at most `per_record`
+    of its rows. `first`/`step` map row i to record first + i * step where that is all there
+    is to it (None: rows of several records), so two tensors of the same rows combine freely."""
+
+    dataset: Dataset
+    per_record: int = 1
+    first: int | None = 0
+    step: int = 1
+
+    def same_rows(self, other: "Rows") -> bool:
+        return self.first is not None and (self.dataset, self.first, self.step) == (other.dataset, other.first, other.step)
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """How a private aggregate may be released: `kind` ("sum", "mean", "histc") of `source`
+    (rows of a dataset, as it was when the aggregate was made) over `dims` (axis 0 among them)."""
+
+    kind: str
+    source: torch.Tensor
+    version: int  # source._version then: a later write into it voids the release
+    rows: Rows
+    bounds: tuple[float, float] | None  # the owner's, when the source's values are the dataset's own
+    dims: tuple[int, ...] | None  # None: every axis
+    keepdim: bool = False
+    histc: tuple[int, float, float] = (100, 0.0, 0.0)
+
+
+@dataclass(slots=True)
+class Facts:
+    """What the worker knows of a private tensor: what it came from, and (while it is as it was
+    made: `version`) its rows and how it may be released."""
+
+    sources: frozenset[Dataset]
+    history: tuple[str, ...]
+    version: int
+    rows: Rows | None = None
+    bounds: tuple[float, float] | None = None
+    release: Release | None = None
+
+
+class Privacy:
+    """One worker's private memory, the facts about its private tensors, and its budgets."""
+
+    def __init__(self) -> None:
+        self._storages: dict[int, Any] = {}  # storage key -> weak reference to the storage
+        self._facts: dict[int, tuple[Any, Facts]] = {}  # id(tensor) -> (weak reference to it, facts)
+        self.datasets: dict[str, Dataset] = {}
+        self.ledger = dp.Ledger()
+
+    # ------------------------------------------------------------------ taint
+
+    def __bool__(self) -> bool:
+        """Does this worker hold private memory at all? (Most workers don't: one test per op.)"""
+        return bool(self._storages)
+
+    def is_private(self, obj: Any) -> bool:
+        if not self._storages or not isinstance(obj, torch.Tensor):
             return False
-        if op not in self.aggregates:
-            return True
-        largest = max(t.numel() for t in private_inputs if isinstance(t, torch.Tensor))
-        return any(r.numel() * self.min_reduction > largest for r in results if isinstance(r, torch.Tensor))
+        return _storage_key(obj) in self._storages
+
+    def mark(self, tensor: torch.Tensor, facts: Facts | None = None) -> None:
+        """`tensor`'s memory holds private data from now on (and everything sharing it)."""
+        try:
+            storage = tensor.untyped_storage()
+        except (NotImplementedError, RuntimeError):  # sparse: no one storage; its values' are marked
+            storage = tensor.coalesce().values().untyped_storage() if tensor.is_sparse else None
+            if storage is None:
+                raise
+        key = storage._cdata
+        if key not in self._storages:
+            self._storages[key] = weakref.ref(storage, lambda _, key=key, storages=self._storages: storages.pop(key, None))
+        if facts is None and self._known(tensor) is not None:
+            return
+        self._facts[id(tensor)] = (weakref.ref(tensor, self._forget), facts or Facts(
+            frozenset({UNRELEASED}), ("(memory written while private data was read)",), tensor._version))
+
+    def _known(self, tensor: torch.Tensor) -> Facts | None:
+        known = self._facts.get(id(tensor))
+        return known[1] if known is not None and known[0]() is tensor else None
+
+    def _forget(self, reference: Any) -> None:
+        for key, (ref, _) in list(self._facts.items()):  # (rare: only private tensors have facts)
+            if ref is reference:
+                del self._facts[key]
+                return
+
+    def facts(self, tensor: torch.Tensor) -> Facts:
+        """The facts of a private tensor, its rows and release only if it is unchanged since."""
+        facts = self._known(tensor)
+        if facts is None:
+            return Facts(frozenset({UNRELEASED}), ("(shares memory with private data)",), tensor._version)
+        if facts.version != tensor._version and (facts.rows or facts.release or facts.bounds):
+            facts = replace(facts, rows=None, bounds=None, release=None)  # written since: what it was is gone
+        return facts
+
+    def history(self, obj: Any) -> list[str]:
+        """The ops that made a private tensor, oldest first (for the owner reviewing a request)."""
+        if not isinstance(obj, torch.Tensor) or not self.is_private(obj):
+            return []
+        return list(self.facts(obj).history)
+
+    def summary(self, obj: Any) -> str | None:
+        """What a listing says of a private tensor: its datasets' budgets, spent and left, by whom."""
+        if not self.is_private(obj):
+            return None
+        parts = []
+        budgets = self.ledger.summary()
+        for dataset in sorted(self.facts(obj).sources, key=lambda d: d.name):
+            if dataset is UNRELEASED:
+                parts.append("private, in no dataset: no releases, updates refused")
+                continue
+            b = budgets[dataset.name]
+            who = ", ".join(f"{name} {spent:g}" for name, spent in sorted(b["by_client"].items()))
+            parts.append(f"dataset {dataset.name}: ε {b['spent']:g} of {b['epsilon']:g} spent, left {b['left']:g}"
+                         f"{f' ({who})' if who else ''}; updates {dataset.updates}")
+        return "; ".join(parts)
+
+    # ------------------------------------------------------------------ the owner's data
+
+    def dataset(self, name: str, *, epsilon: float = 0.0, updates: str = "refuse") -> Dataset:
+        if updates not in UPDATES:
+            raise ValueError(f"updates must be one of {UPDATES}, not {updates!r}")
+        if name in self.datasets:
+            raise ValueError(f"dataset {name!r} is already declared on this worker")
+        self.ledger.open(name, epsilon)
+        dataset = self.datasets[name] = Dataset(name, float(epsilon), updates)
+        return dataset
+
+    def add(self, tensor: torch.Tensor, dataset: Dataset | None, label: str, bounds: tuple[float, float] | None = None) -> None:
+        """Mark a data owner's tensor private: rows of `dataset` (axis 0: one record a row)."""
+        if dataset is None:
+            self.mark(tensor, Facts(frozenset({UNRELEASED}), (label,), tensor._version))
+            return
+        if tensor.dim() == 0:
+            raise ValueError(f"a dataset's tensor has one record per row (axis 0): {label} is a scalar")
+        if dataset.records is None:
+            object.__setattr__(dataset, "records", tensor.shape[0])
+        elif tensor.shape[0] != dataset.records:
+            raise ValueError(f"{label} has {tensor.shape[0]} rows; dataset {dataset.name!r} has {dataset.records} records")
+        if bounds is not None:
+            bounds = _checked_bounds(bounds)
+        self.mark(tensor, Facts(frozenset({dataset}), (label,), tensor._version, Rows(dataset), bounds))
+
+    def updates_allowed(self, sources: Iterable[Dataset]) -> bool:
+        return all(d.updates == "allow" for d in sources)
+
+    # ------------------------------------------------------------------ running ops
+
+    def run(self, op: str, func: Callable, args: tuple, kwargs: dict, read: Iterable[Any] | None = None) -> Any:
+        """Run op `op` (wire name) as `func(*args, **kwargs)`, under the rule of this module.
+        `read`: the stored objects among the arguments (None: every tensor in them)."""
+        if not self._storages:
+            return func(*args, **kwargs)
+        if read is None:
+            read = tree_flatten((args, kwargs))[0]
+        read = [t for t in read if isinstance(t, torch.Tensor)]
+        private = [t for t in read if self.is_private(t)]
+        if not private:
+            return func(*args, **kwargs)
+        inputs = {id(t): self.facts(t) for t in private}
+        versions = [(t, t._version) for t in read]
+        meta = None if op in _NO_META else _meta_result(op, func, args, kwargs)
+        root = args[0] if op == "Tensor.backward" else None
+        try:
+            out = func(*args, **kwargs)
+        except Exception as error:
+            if op in _NO_META:
+                raise  # (graph structure, not values: backward's errors say what the graph is)
+            log.info("an op on private data failed (%s in %s): its results are zeros, private", type(error).__name__, op)
+            out = _zeros_like_meta(meta)
+        results = [r for r in ops.flatten_result(out)[0] if isinstance(r, torch.Tensor)]
+        if meta is not None:
+            shapes = [tuple(m.shape) for m in ops.flatten_result(meta)[0] if isinstance(m, torch.Tensor)]
+            if shapes != [tuple(r.shape) for r in results]:  # (torch disagreeing with its own meta kernel)
+                out = _zeros_like_meta(meta)
+                results = [r for r in ops.flatten_result(out)[0] if isinstance(r, torch.Tensor)]
+        sources = frozenset().union(*(f.sources for f in inputs.values()))
+        history = _history(op, args, kwargs, inputs)
+        written = {id(t): t for t, version in versions if t._version != version}
+        written.update((id(t), t) for t in ops.written(op, args, kwargs) if isinstance(t, torch.Tensor) and op != "Tensor.grad.__set__")
+        target = args[0] if op in ops.INPLACE and args and isinstance(args[0], torch.Tensor) else None
+        for tensor in [*results, *written.values()]:
+            derived = _derive(op, args, kwargs, tensor, inputs, self) if tensor is target or any(tensor is r for r in results) else None
+            self.mark(tensor, Facts(sources, history, tensor._version, *(derived or (None, None, None))))
+        if root is not None:
+            self._after_backward(root, sources, history)
+        return out
+
+    def _after_backward(self, root: torch.Tensor, sources: frozenset[Dataset], history: tuple[str, ...]) -> None:
+        """Gradients backward() wrote from a private loss: private unless the owner allows updates
+        from every dataset in it; a private leaf's gradient always."""
+        allowed = self.updates_allowed(sources)
+        for leaf in _leaves(root):
+            grad = leaf.grad
+            if grad is not None and (not allowed or self.is_private(leaf)):
+                self.mark(grad, Facts(sources, history, grad._version))
+
+    # ------------------------------------------------------------------ releases
+
+    def release(self, tensor: torch.Tensor, epsilon: float, bounds: Any, client: str) -> torch.Tensor:
+        """A noisy copy of private aggregate `tensor` at privacy loss `epsilon` (charged to its
+        dataset's budget), its source clamped to `bounds` (or the owner's)."""
+        facts = self.facts(tensor)
+        recipe = facts.release
+        if recipe is None or recipe.source._version != recipe.version:
+            raise NotReleasableError(_NOT_RELEASABLE)
+        lo, hi = _release_bounds(recipe, bounds)
+        dataset = recipe.rows.dataset
+        self.ledger.check(dataset.name, float(epsilon))
+        source = recipe.source.detach().to(torch.float64)
+        source = torch.nan_to_num(source, nan=lo, posinf=hi, neginf=lo).clamp(lo, hi)
+        row_size = math.prod(source.shape[1:])
+        if recipe.kind == "histc":
+            bins, low, high = recipe.histc
+            exact = torch.histc(source, bins=bins, min=low, max=high)
+            sensitivity = 2.0 * recipe.rows.per_record * row_size  # one element leaves a bin for another
+        else:
+            exact = source.sum(dim=recipe.dims, keepdim=recipe.keepdim) if recipe.dims is not None else source.sum()
+            sensitivity = recipe.rows.per_record * row_size * (hi - lo)
+        noisy, spent = dp.laplace(exact.reshape(-1).tolist(), sensitivity, float(epsilon))
+        self.ledger.charge(dataset.name, spent, client)
+        released = torch.tensor(noisy, dtype=torch.float64).reshape(exact.shape)
+        if recipe.kind == "mean":
+            released = released / (source.numel() // max(1, exact.numel()))
+        return released.to(tensor.dtype if tensor.is_floating_point() else torch.float64).reshape(tensor.shape)
 
 
-def refuse_if_private(entry: Any, id: int, worker_id: str, what: str) -> None:
-    if entry.private:
+def refuse_if_private(privacy: Privacy, obj: Any, id: int, worker_id: str, what: str) -> None:
+    if privacy.is_private(obj):
         raise GetNotPermittedError(
-            f"object {id} on {worker_id!r} is private to its data owner, or computed from private data: "
-            f"it cannot be {what}. Compute on it there, and get an aggregate the owner allows"
+            f"object {id} on {worker_id!r} is private to its data owner, or computed from private data: it cannot "
+            f"be {what}. Compute on it there; an aggregate over a dataset's records leaves with noise "
+            "(x.sum().get(epsilon=0.1, bounds=(lo, hi))), anything else with the owner's approval (x.request(reason=...))"
         )
+
+
+_NOT_RELEASABLE = (
+    "only an aggregate over the records (axis 0) of a tensor computed row by row from one of the owner's "
+    "datasets is released with noise: x.sum(), x.mean(), x.sum(dim=0), (x > c).sum() (a count), x.histc(...), "
+    "made of the rows by ops that keep them (elementwise math, ops along other axes, x @ public, slicing rows), "
+    "and unchanged since; anything else needs the owner's approval (x.request(reason=...))"
+)
+
+
+def _release_bounds(recipe: Release, bounds: Any) -> tuple[float, float]:
+    if bounds is not None:
+        return _checked_bounds(bounds)
+    if recipe.bounds is not None:
+        return recipe.bounds
+    if recipe.source.dtype == torch.bool:
+        return (0.0, 1.0)
+    raise NotReleasableError(
+        "say the bounds of the values this aggregate sums: .get(epsilon=..., bounds=(lo, hi)); every value is "
+        "clamped to them before the sum, and the noise grows with hi - lo"
+    )
+
+
+def _checked_bounds(bounds: Any) -> tuple[float, float]:
+    try:
+        lo, hi = (float(b) for b in bounds)
+    except (TypeError, ValueError):
+        raise ValueError(f"bounds are (lo, hi), two numbers: {bounds!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+        raise ValueError(f"bounds (lo, hi) must be finite with lo <= hi: {bounds!r}")
+    return lo, hi
+
+
+def _storage_key(tensor: torch.Tensor) -> int | None:
+    try:
+        return tensor.untyped_storage()._cdata
+    except (NotImplementedError, RuntimeError):
+        return tensor.coalesce().values().untyped_storage()._cdata if tensor.is_sparse else None
+
+
+def _leaves(root: torch.Tensor) -> list[torch.Tensor]:
+    """The leaf tensors backward() from `root` writes a .grad into."""
+    found, seen, stack = [], set(), [root.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)
+        if isinstance(variable, torch.Tensor):
+            found.append(variable)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return found
+
+
+# --------------------------------------------------------------------------- value-dependent shapes
+
+#: ops not checked on meta tensors: they make no new tensor whose shape could tell anything
+_NO_META = frozenset({"Tensor.backward", "Tensor.requires_grad_", "Tensor.detach_"}) | {
+    f"Tensor.{prop}.__{way}__" for prop in (*ops.PROPERTIES, *ops.SETTABLE) for way in ("get", "set")
+}
+
+
+def _meta_result(op: str, func: Callable, args: tuple, kwargs: dict) -> Any:
+    """What `op` makes from tensors of the same shapes without values: a shape that needs the
+    values (or an op torch cannot run without them) is refused before the real op runs."""
+    meta_args, meta_kwargs = tree_map(_to_meta, args), tree_map(_to_meta, kwargs)
+    try:
+        return func(*meta_args, **meta_kwargs)
+    except (NotImplementedError, RuntimeError, TypeError) as error:
+        text = str(error)
+        if isinstance(error, NotImplementedError) or "meta" in text.lower() or "item()" in text:
+            raise ValueDependentShapeError(
+                f"{op} on private data: the shape of its result would depend on the private values (or cannot be "
+                "told from the inputs' shapes alone), so it would reveal them. Use a fixed-shape form instead: "
+                "torch.where(mask, x, 0) for x[mask], (mask).sum() for nonzero().shape, one_hot(x, num_classes=N)"
+            ) from None
+        raise  # a shape error: it names shapes and the client's own arguments only
+
+
+def _to_meta(value: Any) -> Any:
+    """A meta tensor as `value` is to autograd (a leaf or not, requiring grad or not): an in-place
+    op on a leaf that requires grad fails on both, or on neither."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    meta = value.detach().to("meta")
+    if value.requires_grad:
+        meta.requires_grad_(True)
+        if not value.is_leaf:
+            meta = meta.clone()
+    return meta
+
+
+def _zeros_like_meta(meta: Any) -> Any:
+    return tree_map(lambda m: torch.zeros(m.shape, dtype=m.dtype) if isinstance(m, torch.Tensor) else m, meta)
+
+
+# --------------------------------------------------------------------------- history
+
+def _history(op: str, args: tuple, kwargs: dict, inputs: dict[int, Facts]) -> tuple[str, ...]:
+    lines: list[str] = []
+    for facts in inputs.values():
+        lines.extend(line for line in facts.history if line not in lines)
+    shown = ", ".join(
+        [_shown(a, inputs) for a in args] + [f"{k}={_shown(v, inputs)}" for k, v in kwargs.items()]
+    )
+    lines.append(f"{op}({shown})"[:300])
+    return tuple(lines[-MAX_HISTORY:])
+
+
+def _shown(value: Any, inputs: dict[int, Facts]) -> str:
+    if isinstance(value, torch.Tensor):
+        facts = inputs.get(id(value))
+        kind = f"private {facts.history[-1].split('(')[0]}" if facts is not None else "tensor"
+        return f"<{kind} {tuple(value.shape)}>"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_shown(v, inputs) for v in value[:8]) + (", ..." if len(value) > 8 else "") + "]"
+    return repr(value)[:40]
+
+
+# --------------------------------------------------------------------------- rows: which ops keep the record axis
+
+def _both(names: str) -> frozenset[str]:
+    return frozenset(f"{prefix}.{name}" for name in names.split() for prefix in ("torch", "Tensor"))
+
+
+#: elementwise: row i of the result comes from row i of each input (broadcasting others)
+POINTWISE = (
+    _both(ops.ARITHMETIC["torch Tensor"]) | frozenset(f"Tensor.{n}" for n in ops.ARITHMETIC["Tensor"].split())
+    | frozenset(f"torch.{n}" for n in ops.ARITHMETIC["torch"].split())
+    | _both("eq ne lt le gt ge greater greater_equal less less_equal not_equal isnan isinf isfinite isposinf "
+            "isneginf maximum minimum fmax fmin where")
+    | frozenset(f"Tensor.{n}_" for n in "eq ne lt le gt ge".split())
+    | frozenset(f"Tensor.__{n}__" for n in ops.OPERATORS["Tensor"].replace("__", " ").split() if n != "matmul" and n != "rmatmul")
+    | frozenset(f"torch.nn.functional.{n}" for n in (
+        "relu relu6 leaky_relu elu selu celu gelu silu mish softplus softsign hardtanh hardsigmoid hardswish "
+        "logsigmoid tanhshrink softshrink hardshrink threshold sigmoid tanh dropout alpha_dropout").split())
+    | frozenset(f"Tensor.{n}" for n in "float double half bfloat16 int long short bool char byte type_as to contiguous".split())
+    | _both("clone detach")
+)
+#: value-preserving selections: the owner's bounds still hold for what they return
+SELECTIONS = _both("clone detach narrow select index_select flatten reshape squeeze unsqueeze") | frozenset(
+    f"Tensor.{n}" for n in "__getitem__ view float double contiguous to".split())
+#: reductions and scans along `dim`: rows stay when `dim` spares axis 0; over axis 0 they aggregate records
+ALONG_DIM = _both("sum mean nansum nanmean prod std var amax amin logsumexp norm cumsum cumprod all any count_nonzero softmax log_softmax") | frozenset(
+    f"torch.nn.functional.{n}" for n in "softmax log_softmax softmin normalize".split())
+RELEASED = {**dict.fromkeys(_both("sum nansum count_nonzero"), "sum"), **dict.fromkeys(_both("mean nanmean"), "mean"),
+            **dict.fromkeys(_both("histc"), "histc")}
+#: one row in, one row out, given public weights (the second argument on)
+PER_ROW_WITH_WEIGHTS = _both("matmul mm") | frozenset({"Tensor.__matmul__"}) | frozenset(
+    f"torch.nn.functional.{n}" for n in (
+        "linear conv1d conv2d conv3d max_pool1d max_pool2d max_pool3d avg_pool1d avg_pool2d avg_pool3d "
+        "adaptive_avg_pool1d adaptive_avg_pool2d adaptive_max_pool1d adaptive_max_pool2d layer_norm group_norm "
+        "one_hot embedding pad").split()) | frozenset({"torch.conv1d", "torch.conv2d", "torch.layer_norm"})
+#: losses: per record with reduction="none"; their mean or sum aggregates records
+LOSSES = frozenset(f"torch.nn.functional.{n}" for n in (
+    "mse_loss l1_loss smooth_l1_loss huber_loss cross_entropy nll_loss binary_cross_entropy "
+    "binary_cross_entropy_with_logits").split())
+
+
+def _derive(op: str, args: tuple, kwargs: dict, out: torch.Tensor, inputs: dict[int, Facts], privacy: Privacy) -> tuple | None:
+    """(rows, owner's bounds, release) of `out`, a result (or the target) of `op`; None if it has no rows."""
+    private_args = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor) and id(a) in inputs]
+    rows = [inputs[id(a)].rows for a in private_args]
+    if not rows or any(r is None for r in rows) or len({r.dataset for r in rows}) != 1:
+        return None  # rows of several datasets, or private data without rows
+    try:
+        if op in POINTWISE:
+            return _pointwise(op, private_args, rows, out, inputs)
+        if op in ALONG_DIM or op in RELEASED:
+            return _along_dim(op, args, kwargs, private_args, rows, out, inputs)
+        if op in PER_ROW_WITH_WEIGHTS:
+            if private_args[0] is not args[0] or len(private_args) != 1 or out.dim() == 0 or out.shape[0] != args[0].shape[0]:
+                return None
+            return rows[0], None, None
+        if op in LOSSES:
+            return _loss(op, args, kwargs, private_args, rows, privacy)
+        if op in SELECTIONS:
+            return _selection(op, args, kwargs, rows[0], out, inputs)
+    except Exception:  # an argument the rules do not parse: no rows (the safe side)
+        return None
+    return None
+
+
+def _combined(rows: list[Rows]) -> Rows:
+    if all(r.same_rows(rows[0]) and r.per_record == 1 for r in rows):
+        return rows[0]
+    return Rows(rows[0].dataset, sum(r.per_record for r in rows), None)
+
+
+def _pointwise(op: str, private_args: list, rows: list[Rows], out: torch.Tensor, inputs: dict) -> tuple | None:
+    for arg in private_args:  # axis 0 neither broadcast from one row nor pushed back by new leading axes
+        if arg.dim() == 0 or arg.dim() != out.dim() or arg.shape[0] != out.shape[0]:
+            return None
+    bounds = inputs[id(private_args[0])].bounds if op in SELECTIONS and len(private_args) == 1 else None
+    return _combined(rows), bounds, None
+
+
+#: where torch's builtins (which have no signature to read) take these, after the input
+_POSITIONS = {"dim": 1, "keepdim": 2, "bins": 1, "min": 2, "max": 3, "start_dim": 1}
+
+
+def _arg(op: str, name: str, args: tuple, kwargs: dict, default: Any = None) -> Any:
+    if name in kwargs:
+        return kwargs[name]
+    try:
+        position = ops.position(op, name)
+    except KeyError:
+        position = None
+    if position is ops.UNKNOWN:
+        position = 2 if name == "dim" and op.endswith("norm") else _POSITIONS.get(name)
+    return args[position] if position is not None and position < len(args) else default
+
+
+def _dims(op: str, args: tuple, kwargs: dict, ndim: int) -> tuple[int, ...] | None:
+    dim = _arg(op, "dim", args, kwargs)
+    if dim is None:
+        return None
+    dims = (dim,) if isinstance(dim, int) else tuple(dim)
+    return tuple(sorted(d % max(ndim, 1) for d in dims))
+
+
+def _along_dim(op: str, args: tuple, kwargs: dict, private_args: list, rows: list[Rows], out: torch.Tensor, inputs: dict) -> tuple | None:
+    source = args[0]
+    if len(private_args) != 1 or private_args[0] is not source or source.dim() == 0:
+        return None
+    kind = RELEASED.get(op)
+    if kind == "histc":
+        bins = int(_arg(op, "bins", args, kwargs, default=100))
+        low = float(_arg(op, "min", args, kwargs, default=0))
+        high = float(_arg(op, "max", args, kwargs, default=0))
+        if low >= high:
+            return None  # (a range from the data itself: min and max of private values)
+        return None, None, Release("histc", source, source._version, rows[0], None, None, histc=(bins, low, high))
+    dims = _dims(op, args, kwargs, source.dim())
+    if dims is not None and 0 not in dims:
+        return (rows[0], None, None) if out.dim() > 0 and out.shape[0] == source.shape[0] else None
+    if kind is None:
+        return None
+    keepdim = bool(_arg(op, "keepdim", args, kwargs, default=False))
+    bounds = inputs[id(source)].bounds
+    if op.endswith("count_nonzero"):
+        source, bounds = source != 0, None
+    elif op.endswith(("nansum", "nanmean")):
+        source = torch.nan_to_num(source, nan=0.0)
+    return None, None, Release(kind, source, source._version, rows[0], bounds, dims, keepdim)
+
+
+def _loss(op: str, args: tuple, kwargs: dict, private_args: list, rows: list[Rows], privacy: Privacy) -> tuple | None:
+    reduction = _arg(op, "reduction", args, kwargs, default="mean")
+    if any(a.dim() == 0 or a.shape[0] != private_args[0].shape[0] for a in private_args):
+        return None
+    combined = _combined(rows)
+    if reduction == "none":
+        return combined, None, None
+    if reduction not in ("mean", "sum"):
+        return None
+    per_element = ops.TABLE[op](*args, **{**kwargs, "reduction": "none"}).detach()  # (a copy the client never sees)
+    return None, None, Release(reduction, per_element, per_element._version, combined, None, None)
+
+
+def _selection(op: str, args: tuple, kwargs: dict, rows: Rows, out: torch.Tensor, inputs: dict) -> tuple | None:
+    source = args[0]
+    bounds = inputs[id(source)].bounds
+    if source.dim() == 0 or out.dim() == 0:
+        return None
+    if op == "Tensor.__getitem__":
+        index = args[1] if isinstance(args[1], tuple) else (args[1],)
+        first = index[0] if index else slice(None)
+        if not isinstance(first, slice) or any(not isinstance(i, (int, slice)) and i is not Ellipsis for i in index[1:]):
+            return None
+        if Ellipsis in index[1:] and index[-1] is not Ellipsis:
+            return None
+        start, _, step = first.indices(source.shape[0])
+        if step <= 0:
+            return None
+        if rows.first is None:
+            return Rows(rows.dataset, rows.per_record, None), bounds, None
+        return Rows(rows.dataset, rows.per_record, rows.first + start * rows.step, rows.step * step), bounds, None
+    if op.endswith(("narrow", "select", "index_select")):
+        dim = _arg(op, "dim", args, kwargs)
+        if not isinstance(dim, int) or dim % source.dim() == 0:
+            return None
+    elif op.endswith("flatten"):
+        if _arg(op, "start_dim", args, kwargs, default=0) % source.dim() == 0:
+            return None
+    elif out.shape[0] != source.shape[0] or (op.endswith(("squeeze", "unsqueeze")) and out.dim() != source.dim()
+                                            and (_arg(op, "dim", args, kwargs) in (None, 0))):
+        return None
+    return rows, bounds, None

@@ -53,7 +53,6 @@ class Entry:
     pinned: bool = False
     tags: frozenset[str] = field(default_factory=frozenset)
     description: str | None = None
-    private: bool = False  # may not leave this worker (see privacy.py)
     owed: dict[str, list[str | None]] | None = None  # what holders did before their reference came (module doc)
 
     @property
@@ -130,7 +129,6 @@ class ObjectStore:
         pinned: bool = False,
         tags: frozenset[str] = frozenset(),
         description: str | None = None,
-        private: bool = False,
     ) -> None:
         if id in self._entries:
             raise DuplicateIdError(f"worker {self.worker_id!r} already holds an object with id {id}")
@@ -146,7 +144,7 @@ class ObjectStore:
                     f"{self.max_bytes}: free (delete or .get()) what it holds, or ask its owner for a higher max_store_bytes"
                 )
             self.nbytes += growth
-        self._entries[id] = Entry(obj, {holder: 1}, pinned, tags, description, private or PRIVATE_TAG in tags)
+        self._entries[id] = Entry(obj, {holder: 1}, pinned, tags, description)
 
     def entry(self, id: int) -> Entry:
         try:

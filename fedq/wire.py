@@ -137,6 +137,9 @@ class ObjectInfo:
     #: per holder, in `holders`' order: (seconds since it was last heard, seconds until its lease
     #: lapses), or None for a holder that never lapses (the data owner, the worker itself)
     leases: tuple[tuple[float, float] | None, ...] = ()
+    #: for private data: its dataset, the budget spent and left, by whom, and the owner's
+    #: word on model updates (privacy.py), e.g. "houses: ε 0.5 of 100 spent (bob 0.5), ..."
+    privacy: str | None = None
 
 
 # --------------------------------------------------------------------------- requests
@@ -177,9 +180,13 @@ class RunOp:
 
 @dataclass
 class GetObject:
-    """Hand the object under `id` to the caller and drop this worker's reference."""
+    """Hand the object under `id` to the caller and drop this worker's reference. With
+    `epsilon`: a differentially private release of a private aggregate instead (privacy.py),
+    its values clamped to `bounds` (lo, hi) before they are summed."""
 
     id: int
+    epsilon: float | None = None
+    bounds: tuple[float, float] | None = None
 
 
 @dataclass

@@ -38,9 +38,9 @@ from .errors import (
 from .ids import new_id
 from .keys import ADMIN_KEY_ENV, admin_key_from_environment, key_from_environment
 from .leases import Leases, lease_told
-from .privacy import Policy, refuse_if_private
+from .privacy import Dataset, Privacy, refuse_if_private
 from .settings import DEFAULTS
-from .store import DATA_OWNER, MAX_ADDRESS_CHARS, ObjectStore, check_kept_sizes, describe, object_nbytes, storage_key
+from .store import DATA_OWNER, MAX_ADDRESS_CHARS, PRIVATE_TAG, ObjectStore, check_kept_sizes, describe, object_nbytes, storage_key
 from .transport import Batches, CurveKeys, ServerLoop, peer_name
 from .wire import (
     Acked,
@@ -224,7 +224,7 @@ class Worker:
         self.incarnation = self.codec.session
         self._peer_incarnations: dict[str, bytes] = {}  # address -> a next hop's, as the pointers to it say
         self.store = ObjectStore(id, max_bytes=max_store_bytes)
-        self.privacy = Policy()
+        self.privacy = Privacy()  # private memory, what is known of it, the datasets' budgets
         self.loop = ServerLoop(
             address, id, self._on_request, self._on_peer_reply, self._on_tick, max_message_bytes, self.flush, curve
         )
@@ -503,22 +503,37 @@ class DataOwner:
         self.count = 0
 
     def add(
-        self, tensor: torch.Tensor, *, tags: tuple[str, ...] | list[str] = (), description: str | None = None, private: bool = False
+        self,
+        tensor: torch.Tensor,
+        *,
+        tags: tuple[str, ...] | list[str] = (),
+        description: str | None = None,
+        private: bool = False,
+        dataset: "Dataset | str | None" = None,
+        bounds: tuple[float, float] | None = None,
     ) -> int:
+        """Add an object. `private`: it never leaves as it is (privacy.py). `dataset` (one
+        `dataset()` declared, or its name): private, axis 0 one record a row, released only as
+        noisy aggregates within the dataset's budget; `bounds` (lo, hi): what its values lie
+        within, clamped to at release unless a client says tighter."""
+        if isinstance(dataset, str):
+            dataset = self.worker.privacy.datasets[dataset]
         id = new_id()
-        self.worker.store.put(id, tensor, holder=DATA_OWNER, pinned=True, tags=frozenset(tags), description=description, private=private)
+        self.worker.store.put(id, tensor, holder=DATA_OWNER, pinned=True, tags=frozenset(tags), description=description)
+        if private or dataset is not None:
+            self.worker.privacy.add(tensor, dataset, description or f"{self.id}'s object {id}", bounds)
         key = storage_key(tensor)
         if key is not None:
             self.worker.owner_storages.add(key)
         self.count += 1
         return id
 
-    def allow(self, *aggregates: str, min_reduction: int | None = None) -> None:
-        """Let results of these ops (wire names: "Tensor.mean", "torch.sum") leave even when
-        computed from private data, if they reduce it `min_reduction`-fold (privacy.py)."""
-        self.worker.privacy.aggregates.update(aggregates)
-        if min_reduction is not None:
-            self.worker.privacy.min_reduction = min_reduction
+    def dataset(self, name: str, *, epsilon: float = 0.0, updates: str = "refuse") -> Dataset:
+        """Declare a private dataset: one record (the unit of privacy) per row of its tensors;
+        `epsilon` is the privacy budget of all noisy releases from it, whoever asks (basic
+        composition); `updates` says whether gradients computed from it may leave ("allow")
+        or not ("refuse", the default)."""
+        return self.worker.privacy.dataset(name, epsilon=epsilon, updates=updates)
 
 
 # --------------------------------------------------------------------------- handlers
@@ -558,6 +573,8 @@ def store_object(worker: Worker, message: StoreObject, reply: Reply) -> None:
         obj.id = message.id  # a pointer handed over keeps its id (rule 3)
         worker.hold_at(obj)
     worker.store.put(message.id, obj, holder=holder_key(message.holder) if message.holder else reply.caller, tags=frozenset(message.tags), description=message.description)
+    if PRIVATE_TAG in message.tags and isinstance(obj, torch.Tensor):
+        worker.privacy.add(obj, None, message.description or f"a tensor sent tagged {PRIVATE_TAG}")
     if message.holder:
         worker.leases.introduce(message.holder)  # (a move: the holder may never have talked to us)
     reply.ok()
@@ -602,15 +619,12 @@ def _run_here(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: 
         # (what the caller says is in place counts too: it may be lying the other way)
         written = ops.written(message.op, args, kwargs, in_place=message.result_ids == ())
         _refuse_writes_to_owner_data(worker, message.op, written, targets)
-    private_inputs = [worker.store.get(l.id) for l in leaves if isinstance(l, Ref) and worker.store.entry(l.id).private]
     if message.op == "Tensor.backward" and worker.owner_storages:
         args, kwargs = _gradient_not_owner_memory(worker, args, kwargs)
     with torch.set_grad_enabled(message.grad_enabled):
-        out = func(*args, **kwargs)
+        # (what private data it read, it wrote: privacy.py decides, from what the op touched)
+        out = worker.privacy.run(message.op, func, args, kwargs, targets.values())
     if message.result_ids == ():  # in place: nothing new to store
-        first = next((l for l in leaves if isinstance(l, Ref)), None)
-        if private_inputs and first is not None:
-            worker.store.entry(first.id).private = True  # what private data was written into is private
         # After backward the caller learns which of its tensors have a .grad now, so that
         # an optimizer reading p.grad costs no round trip per parameter.
         with_grad = _ids_with_grad(worker, reply) if message.op == "Tensor.backward" else None
@@ -625,19 +639,18 @@ def _run_here(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: 
             raise ValueNeedsGetError(
                 f"{message.op} returns a {type(result).__name__}, not a tensor: .get() the tensor to compute it locally"
             )
-    private = worker.privacy.result_is_private(message.op, private_inputs, results)
     if message.result_ids is None:  # the caller could not infer the result: we pick ids and say what they hold
         specs = []
         for result in results:
             id = new_id()
-            worker.store.put(id, result, holder=reply.caller, private=private)
+            worker.store.put(id, result, holder=reply.caller)
             specs.append(worker.pointer_to(id, result))
         reply.ok(ops.unflatten_result(specs, out_spec))
         return
     if len(results) != len(message.result_ids):
         raise ProtocolError(f"{message.op} made {len(results)} tensors; the caller named {len(message.result_ids)} ids")
     for id, result in zip(message.result_ids, results):
-        worker.store.put(id, result, holder=reply.caller, private=private)
+        worker.store.put(id, result, holder=reply.caller)
     reply.ok()
 
 
@@ -755,7 +768,16 @@ def get_object(worker: Worker, message: GetObject, reply: Reply) -> None:
     if worker.after_settled(message.id, lambda: _retry(worker, get_object, message, reply)):
         return
     entry = worker.store.entry(message.id)
-    refuse_if_private(entry, message.id, worker.id, "fetched with .get()")
+    if message.epsilon is not None and worker.privacy.is_private(entry.obj):
+        # A noisy aggregate (privacy.py, dp.py): charged to its dataset's budget, then fetched as a get is.
+        released = worker.privacy.release(entry.obj, message.epsilon, message.bounds, worker.leases.display(reply.caller))
+        if entry.refs > 1 or entry.pinned:
+            worker.store.decref(message.id, reply.caller)
+        else:
+            worker.store.pop(message.id)
+        reply.ok(released)
+        return
+    refuse_if_private(worker.privacy, entry.obj, message.id, worker.id, "fetched with .get()")
     shared = entry.refs > 1 or entry.pinned
     if not isinstance(entry.obj, PointerSpec):
         if shared:
@@ -798,7 +820,7 @@ def move_object(worker: Worker, message: MoveObject, reply: Reply) -> None:
     if message.address == worker.address:
         reply.ok()
         return
-    refuse_if_private(entry, message.id, worker.id, "moved to another worker")
+    refuse_if_private(worker.privacy, entry.obj, message.id, worker.id, "moved to another worker")
     shared = entry.refs > 1 or entry.pinned
     if shared and isinstance(entry.obj, PointerSpec):
         raise FedqError(f"object {message.id} on {worker.id!r} is a pointer other pointers share; .get() or copy it instead")
@@ -883,7 +905,7 @@ def delete_objects(worker: Worker, message: DeleteObjects, reply: Reply) -> None
 @handles(ListObjects)
 def list_objects(worker: Worker, message: ListObjects, reply: Reply) -> None:
     """Rule 11's snapshot. A private tensor shows as a meta tensor: its shape, not its values."""
-    reply.ok({id: _redacted(entry) for id, entry in _visible(worker, reply)})
+    reply.ok({id: _redacted(worker, entry) for id, entry in _visible(worker, reply)})
 
 
 def _visible(worker: Worker, reply: Reply) -> list[tuple[int, Any]]:
@@ -895,8 +917,8 @@ def _visible(worker: Worker, reply: Reply) -> list[tuple[int, Any]]:
     return [(id, entry) for id, entry in worker.store.items() if caller in entry.holders]
 
 
-def _redacted(entry: Any) -> Any:
-    if entry.private and isinstance(entry.obj, torch.Tensor):
+def _redacted(worker: Worker, entry: Any) -> Any:
+    if worker.privacy.is_private(entry.obj):
         return torch.empty(entry.obj.shape, dtype=entry.obj.dtype, device="meta")
     return entry.obj
 
@@ -907,14 +929,14 @@ def describe_objects(worker: Worker, message: DescribeObjects, reply: Reply) -> 
     now = time.monotonic()
     for id, entry in _visible(worker, reply):
         kind, shape, dtype, points_to = describe(entry.obj)
-        tags = tuple(sorted(entry.tags | ({"#private"} if entry.private else set())))
+        tags = tuple(sorted(entry.tags | ({PRIVATE_TAG} if worker.privacy.is_private(entry.obj) else set())))
         hop = entry.obj if isinstance(entry.obj, PointerSpec) else None
         holders = entry.listing()
         rows.append(ObjectInfo(
             id, kind, shape, dtype, object_nbytes(entry.obj), entry.refs, tags,
             tuple((worker.leases.display(holder), count) for holder, count in holders),  # names, never sessions
             points_to, hop.address if hop else None, hop.id_at_location if hop else None,
-            tuple(worker.leases.status(holder, now) for holder, _ in holders),
+            tuple(worker.leases.status(holder, now) for holder, _ in holders), worker.privacy.summary(entry.obj),
         ))
     reply.ok(rows)
 
