@@ -21,8 +21,13 @@ from .errors import (  # noqa: E402
     PrivacyBudgetExceededError,
     ProtocolError,
     RemoteError,
+    RequestDeniedError,
+    RequestNotFoundError,
+    RequestNotNeededError,
+    RequestPendingError,
     SpentPointerError,
     TensorsNotCollocatedError,
+    TooManyRequestsError,
     UnsupportedOperationError,
     ValueDependentShapeError,
     ValueNeedsGetError,
@@ -38,6 +43,7 @@ from .pointer import Pointer, PointerParameter, PointerTensor  # noqa: E402
 __all__ = [
     "CodeNotAllowedError", "ConfigError", "StoreFullError",
     "Client", "FedqError", "GetNotPermittedError", "NotReleasableError", "PrivacyBudgetExceededError", "ValueDependentShapeError", "ObjectNotFoundError", "PointerTensor", "ProtocolError",
-    "RemoteError", "SpentPointerError", "TensorsNotCollocatedError", "TorchHook", "UnsupportedOperationError",
+    "RemoteError", "RequestDeniedError", "RequestNotFoundError", "RequestNotNeededError", "RequestPendingError",
+    "SpentPointerError", "TooManyRequestsError", "TensorsNotCollocatedError", "TorchHook", "UnsupportedOperationError",
     "ValueNeedsGetError", "VirtualWorker", "Pointer", "PointerParameter", "WorkerDiedError", "WorkerRestartedError", "WorkerUnreachableError", "connect", "local_client",
 ]

@@ -59,6 +59,26 @@ class ValueDependentShapeError(GetNotPermittedError):
     """An op on private data whose result's shape would depend on the private values (and so reveal them)."""
 
 
+class RequestPendingError(GetNotPermittedError):
+    """A private object's release was requested and its data owner has not decided yet."""
+
+
+class RequestDeniedError(GetNotPermittedError):
+    """The data owner denied the request to release a private object."""
+
+
+class RequestNotNeededError(FedqError, ValueError):
+    """A release was requested of an object that is not private: `.get()` it."""
+
+
+class RequestNotFoundError(FedqError, LookupError):
+    """A worker has no request under the id given (it was never filed, or it expired)."""
+
+
+class TooManyRequestsError(FedqError, RuntimeError):
+    """A client has as many requests pending on a worker as the worker keeps for one client."""
+
+
 class ProtocolError(FedqError):
     """A message could not be decoded, or was not one the receiver expects.
 

@@ -40,6 +40,11 @@ class Limits:
     #: peer that floods a socket is dropped or stops the worker, never the host. None (asked of
     #: the table, not a keyword): no cap. By default half of this machine's memory.
     max_memory_bytes: int | None = _half_of_this_machine()
+    #: seconds a request for a private object (`x.request(reason=...)`) lives after it was filed,
+    #: whatever its state: pending, approved and not fetched yet, denied, or released (requests.py)
+    request_seconds: float = 86400.0
+    #: requests one client may have pending on a worker at once (the owner decides the rest first)
+    max_requests: int = 16
 
 
 DEFAULTS = Limits()
