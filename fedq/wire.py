@@ -142,6 +142,24 @@ class ObjectInfo:
     privacy: str | None = None
 
 
+@dataclass
+class RequestInfo:
+    """One row of `fedq requests`: a client's request that a private object leave, for the data
+    owner to decide (requests.py)."""
+
+    id: int
+    object_id: int
+    asked_by: str  # the name the holder's connection gave (never its session)
+    reason: str
+    age: float  # seconds since it was filed
+    expires_in: float  # seconds until the worker forgets it
+    status: str  # "pending", "approved", "denied" or "released"
+    history: tuple[str, ...]  # the ops that produced the object when it was filed, oldest first
+    shape: tuple[int, ...] | None = None
+    dtype: str | None = None
+    note: str = ""  # the owner's, with a denial
+
+
 # --------------------------------------------------------------------------- requests
 
 
@@ -237,6 +255,30 @@ class HoldsObject:
     """Reply whether an object is stored under `id` (did a move whose source died land?)."""
 
     id: int
+
+
+@dataclass
+class RequestRelease:
+    """Ask the data owner to let the private object under `id`, which the sender holds, leave with
+    `.get()`: files a pending request, or names the sender's live one for it. Reply: its id."""
+
+    id: int
+    reason: str = ""
+
+
+@dataclass
+class ListRequests:
+    """The data owner's: reply with a RequestInfo per request the worker keeps."""
+
+
+@dataclass
+class DecideRequest:
+    """The data owner's: approve request `request_id` (its object's next `.get()` by the client that
+    asked succeeds, once), or deny it (`note` tells the client why)."""
+
+    request_id: int
+    approve: bool
+    note: str = ""
 
 
 @dataclass
@@ -337,14 +379,15 @@ class Failure:
         return cls(type(error).__name__, type(error).__module__, str(error), tb, worker)
 
 
-REQUESTS = (StoreObject, RunOp, GetObject, MoveObject, RemoteGet, Search, IncRef, DeleteObjects, HoldsObject, ListObjects, DescribeObjects, CountObjects, ClearObjects, Ping, Shutdown, Renew)
+REQUESTS = (StoreObject, RunOp, GetObject, MoveObject, RemoteGet, Search, IncRef, DeleteObjects, HoldsObject, ListObjects, DescribeObjects, CountObjects, ClearObjects, Ping, Shutdown, Renew, RequestRelease, ListRequests, DecideRequest)
 REPLIES = (Ok, Acked, Failure)
 #: every class a message is made of: pickled as its fields, and on the unpickler's allow-list
-WIRE_CLASSES = (*REQUESTS, *REPLIES, Batch, PointerSpec, Ref, ObjectInfo, WorkerStatus, Hello)
+WIRE_CLASSES = (*REQUESTS, *REPLIES, Batch, PointerSpec, Ref, ObjectInfo, RequestInfo, WorkerStatus, Hello)
 #: what a client that holds the worker's admin key signs with it (`Packed.admin_key`; the worker
 #: is told: `Origin.by_owner`): the data owner's actions, and the listings and searches that show
-#: the owner everything (anyone else sees only what it holds, and the owner's data)
-OWNER_ACTIONS = frozenset({ClearObjects, Shutdown, ListObjects, DescribeObjects, CountObjects, Search})
+#: the owner everything (anyone else sees only what it holds, and the owner's data), and deciding
+#: the requests that private objects leave (requests.py)
+OWNER_ACTIONS = frozenset({ClearObjects, Shutdown, ListObjects, DescribeObjects, CountObjects, Search, ListRequests, DecideRequest})
 
 # --------------------------------------------------------------------------- tensors
 

@@ -30,6 +30,7 @@ from .errors import (
     FedqError,
     PointerCycleError,
     ProtocolError,
+    RequestNotNeededError,
     RequestTooLargeError,
     TensorsNotCollocatedError,
     ValueNeedsGetError,
@@ -39,6 +40,7 @@ from .ids import new_id
 from .keys import ADMIN_KEY_ENV, admin_key_from_environment, key_from_environment
 from .leases import Leases, lease_told
 from .privacy import Dataset, Privacy, refuse_if_private
+from .requests import Requests
 from .settings import DEFAULTS
 from .store import DATA_OWNER, MAX_ADDRESS_CHARS, PRIVATE_TAG, ObjectStore, check_kept_sizes, describe, object_nbytes, storage_key
 from .transport import Batches, CurveKeys, ServerLoop, peer_name
@@ -46,6 +48,7 @@ from .wire import (
     Acked,
     ClearObjects,
     CountObjects,
+    DecideRequest,
     DeleteObjects,
     DescribeObjects,
     Failure,
@@ -53,6 +56,7 @@ from .wire import (
     HoldsObject,
     IncRef,
     ListObjects,
+    ListRequests,
     MoveObject,
     ObjectInfo,
     Ok,
@@ -61,6 +65,7 @@ from .wire import (
     Ref,
     RemoteGet,
     Renew,
+    RequestRelease,
     RunOp,
     Search,
     Shutdown,
@@ -214,6 +219,8 @@ class Worker:
         incarnation: bytes | None = None,
         admin_key: bytes | None = None,
         peers: Iterable[str] | None = None,
+        request_seconds: float = DEFAULTS.request_seconds,
+        max_requests: int = DEFAULTS.max_requests,
     ) -> None:
         self.id = id
         #: the addresses of the federation's workers, if its config lists them: the only ones we relay to
@@ -225,6 +232,7 @@ class Worker:
         self._peer_incarnations: dict[str, bytes] = {}  # address -> a next hop's, as the pointers to it say
         self.store = ObjectStore(id, max_bytes=max_store_bytes)
         self.privacy = Privacy()  # private memory, what is known of it, the datasets' budgets
+        self.requests = Requests(self.store, seconds=request_seconds, max_per_client=max_requests)
         self.loop = ServerLoop(
             address, id, self._on_request, self._on_peer_reply, self._on_tick, max_message_bytes, self.flush, curve
         )
@@ -777,14 +785,16 @@ def get_object(worker: Worker, message: GetObject, reply: Reply) -> None:
             worker.store.pop(message.id)
         reply.ok(released)
         return
-    refuse_if_private(worker.privacy, entry.obj, message.id, worker.id, "fetched with .get()")
+    released = _approved_release(worker, entry, message.id, reply)
+    if released is None:
+        refuse_if_private(worker.privacy, entry.obj, message.id, worker.id, "fetched with .get()")
     shared = entry.refs > 1 or entry.pinned
     if not isinstance(entry.obj, PointerSpec):
         if shared:
             worker.store.decref(message.id, reply.caller)
         else:
             worker.store.pop(message.id)
-        reply.ok(entry.obj)
+        reply.ok(entry.obj if released is None else released)
         return
     pointer = entry.obj
     # The caller takes our pointer: our reference at the next hop becomes the caller's. We, the
@@ -986,6 +996,54 @@ def shutdown(worker: Worker, message: Shutdown, reply: Reply) -> None:
     worker.loop.stop()
 
 
+# ---- requests that private objects leave, for the data owner to decide (requests.py)
+
+
+def _approved_release(worker: Worker, entry: Any, id: int, reply: Reply) -> Any:
+    """What the caller's `.get()` of object `id` takes by the owner's approval: None for a public
+    object, or one the caller filed no request for; a named error when its request says no."""
+    if not worker.privacy.is_private(entry.obj):
+        return None
+    return worker.requests.release(id, entry.obj, reply.caller)
+
+
+@handles(RequestRelease)
+def request_release(worker: Worker, message: RequestRelease, reply: Reply) -> None:
+    """A holder of a private object asks its data owner to let it leave: a pending request."""
+    entry = worker.store.entry(message.id)
+    if reply.caller not in entry.holders:
+        raise PermissionError(f"object {message.id} on {worker.id!r} is not yours: only a holder of an object may request it")
+    if isinstance(entry.obj, PointerSpec):  # (nothing private here: .get() peels it)
+        raise RequestNotNeededError(
+            f"object {message.id} on {worker.id!r} is a pointer to {entry.obj.location}:{entry.obj.id_at_location}: "
+            "a request is filed where the data is (.get() the chain down to its last hop first)"
+        )
+    if not worker.privacy.is_private(entry.obj):
+        raise RequestNotNeededError(f"object {message.id} on {worker.id!r} is not private: .get() it, no request needed")
+    name = reply.caller_name.rpartition("#")[0]  # (listings show names, never sessions)
+    reply.ok(worker.requests.file(message.id, entry.obj, reply.caller, name, message.reason, worker.privacy.history(entry.obj)))
+
+
+@handles(ListRequests)
+def list_requests(worker: Worker, message: ListRequests, reply: Reply) -> None:
+    _refuse_unless_owner(worker, reply, "lists the requests filed on")
+    reply.ok(worker.requests.listing())
+
+
+@handles(DecideRequest)
+def decide_request(worker: Worker, message: DecideRequest, reply: Reply) -> None:
+    _refuse_unless_owner(worker, reply, "approves or denies the requests filed on")
+    reply.ok(worker.requests.decide(message.request_id, bool(message.approve), message.note))
+
+
+def _refuse_unless_owner(worker: Worker, reply: Reply, what: str) -> None:
+    if not reply.by_owner:
+        raise PermissionError(
+            f"only the data owner {what} worker {worker.id!r}: sign with its admin key (a worker this script "
+            "started has it; a standing worker's is its config's admin key file), or run `fedq requests` on its host"
+        )
+
+
 # --------------------------------------------------------------------------- process entry
 
 
@@ -1007,6 +1065,8 @@ def run_worker(
     incarnation: str | None = None,
     admin_key: bytes | None = None,
     max_memory_bytes: int | None = DEFAULTS.max_memory_bytes,
+    request_seconds: float = DEFAULTS.request_seconds,
+    max_requests: int = DEFAULTS.max_requests,
 ) -> None:
     """Run one worker in this process until it is told to stop, signalled, or orphaned.
 
@@ -1036,7 +1096,7 @@ def run_worker(
         allow_code=allow_code, max_message_bytes=max_message_bytes, max_store_bytes=max_store_bytes,
         curve=CurveKeys.load(curve_dir, id, peers or {}) if curve_dir else None,
         lease_seconds=lease_seconds, incarnation=bytes.fromhex(incarnation) if incarnation else None, admin_key=admin_key,
-        peers=peers.values() if peers else None,
+        peers=peers.values() if peers else None, request_seconds=request_seconds, max_requests=max_requests,
     )
     if data:
         worker.load_data(data)
