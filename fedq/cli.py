@@ -73,6 +73,8 @@ def worker(
     max_store_bytes: Optional[int] = typer.Option(None, help="Refuse to hold more tensor bytes than this."),
     lease_seconds: Optional[float] = typer.Option(None, help="Free the references of a holder not heard from for this long (default: the config's, else 60)."),
     max_memory_bytes: Optional[int] = typer.Option(None, help="Cap the memory the worker may map for data (default: the config's, else half this machine's memory)."),
+    request_seconds: Optional[float] = typer.Option(None, help="Forget a request for a private object this long after it was filed (default: the config's, else a day)."),
+    max_requests: Optional[int] = typer.Option(None, help="Requests one client may have pending at once (default: the config's, else 16)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every message handled."),
 ) -> None:
     """Run one worker in this process (what each Procfile line does)."""
@@ -100,6 +102,8 @@ def worker(
             peers=federation.peers() if federation else None,
             lease_seconds=lease_seconds if lease_seconds is not None else (federation.limits if federation else DEFAULTS).lease_seconds,
             max_memory_bytes=max_memory_bytes if max_memory_bytes is not None else (federation.limits if federation else DEFAULTS).max_memory_bytes,
+            request_seconds=request_seconds if request_seconds is not None else (federation.limits if federation else DEFAULTS).request_seconds,
+            max_requests=max_requests if max_requests is not None else (federation.limits if federation else DEFAULTS).max_requests,
             admin_key=federation.admin_key() if federation else None,  # (else FEDQ_ADMIN_KEY's, if set)
         )
     except FedqError as error:
@@ -123,6 +127,7 @@ def up(config: Path = ConfigOption, verbose: bool = typer.Option(False, "--verbo
             allow_code=federation.allow_code, max_store_bytes=federation.max_store_bytes,
             curve_dir=str(federation.curve_dir) if federation.curve_dir else None, peers=federation.peers(),
             lease_seconds=federation.limits.lease_seconds, admin_key=admin_key, max_memory_bytes=federation.limits.max_memory_bytes,
+            request_seconds=federation.limits.request_seconds, max_requests=federation.limits.max_requests,
         )
         for id, w in federation.workers.items()
     }
@@ -316,6 +321,74 @@ def stop(
     except FedqError as error:
         _fail(_as_owner_hint(error))
     typer.echo(f"{name}: stopped")
+
+
+@app.command()
+def requests(
+    name: str = typer.Argument(..., help="The worker's id."),
+    config: Path = ConfigOption,
+    address: Optional[str] = AddressOption,
+    timeout: float = TimeoutOption,
+) -> None:
+    """The requests that private objects leave: id, object, who asked, why, age, status, and the ops that produced it.
+    The owner's (signed with the config's admin key file): decide with `fedq approve` / `fedq deny`."""
+    from rich.console import Console
+    from rich.table import Table
+
+    handle = _connect(name, config, address, owner=True)
+    try:
+        rows = handle.requests(timeout=timeout)
+    except FedqError as error:
+        _fail(_as_owner_hint(error))
+    here = "@" + socket.gethostname()
+    table = Table(title=f"{name}: {len(rows)} requests")
+    for column in ("id", "object", "asked by", "reason", "age", "status", "shape", "history"):
+        table.add_column(column, no_wrap=column in ("id", "object", "age", "status"), overflow="fold")
+    for row in rows:
+        status = row.status + (f": {row.note}" if row.note else "")
+        shape = f"{list(row.shape or ())} {row.dtype or ''}".strip()
+        table.add_row(
+            str(row.id), str(row.object_id), row.asked_by.removesuffix(here), row.reason, f"{row.age:g}s", status, shape,
+            "\n".join(row.history) or "(not recorded)",
+        )
+    console = Console()
+    console.width = max(console.width, 132)
+    console.print(table)
+
+
+@app.command()
+def approve(
+    name: str = typer.Argument(..., help="The worker's id."),
+    request_id: int = typer.Argument(..., help="The request's id, as `fedq requests` lists it."),
+    config: Path = ConfigOption,
+    address: Optional[str] = AddressOption,
+    timeout: float = TimeoutOption,
+) -> None:
+    """Approve a request: the object's next .get() by the client that asked succeeds, once. The owner's, as `fedq requests`."""
+    handle = _connect(name, config, address, owner=True)
+    try:
+        decided = handle.approve(request_id, timeout=timeout)
+    except FedqError as error:
+        _fail(_as_owner_hint(error))
+    typer.echo(f"{name}: request {decided.id} approved: object {decided.object_id} may leave once, to {decided.asked_by}")
+
+
+@app.command()
+def deny(
+    name: str = typer.Argument(..., help="The worker's id."),
+    request_id: int = typer.Argument(..., help="The request's id, as `fedq requests` lists it."),
+    reason: str = typer.Option("", "--reason", help="Why, for the client that asked."),
+    config: Path = ConfigOption,
+    address: Optional[str] = AddressOption,
+    timeout: float = TimeoutOption,
+) -> None:
+    """Deny a request: the client's .get() of the object says so. The owner's, as `fedq requests`."""
+    handle = _connect(name, config, address, owner=True)
+    try:
+        decided = handle.deny(request_id, reason, timeout=timeout)
+    except FedqError as error:
+        _fail(_as_owner_hint(error))
+    typer.echo(f"{name}: request {decided.id} denied")
 
 
 @app.command()

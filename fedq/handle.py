@@ -23,11 +23,14 @@ from .transport import runtime_dir
 from .wire import (
     ClearObjects,
     CountObjects,
+    DecideRequest,
     DescribeObjects,
     ListObjects,
+    ListRequests,
     ObjectInfo,
     Ping,
     PointerSpec,
+    RequestInfo,
     Search,
     Shutdown,
     WorkerStatus,
@@ -67,10 +70,14 @@ class VirtualWorker:
         max_message_bytes: int | None = None,
         lease_seconds: float | None = None,
         max_memory_bytes: int | None = None,
+        request_seconds: float | None = None,
+        max_requests: int | None = None,
     ) -> None:
         """`lease_seconds` (default `settings.Limits.lease_seconds`): how long the worker keeps the
         references of a holder it does not hear from (a client that died) before freeing them.
-        `max_memory_bytes` (default half this machine's memory) caps the memory the worker may map (`settings.Limits`)."""
+        `max_memory_bytes` (default half this machine's memory) caps the memory the worker may map (`settings.Limits`).
+        `request_seconds` and `max_requests`: how long a request for a private object lives, and how
+        many one client may have pending (`settings.Limits`, requests.py)."""
         if getattr(self, "client", None) is not None:
             return
         self.client = _client_of(hook)
@@ -85,7 +92,7 @@ class VirtualWorker:
             id, self.address, key=self.client.key, timeout=timeout or self.client.timeout, verbose=verbose, quiet=not verbose,
             data=str(Path(data).resolve()) if data else None, allow_code=allow_code, max_store_bytes=max_store_bytes,
             max_message_bytes=max_message_bytes, lease_seconds=lease_seconds, incarnation=incarnation, admin_key=admin_key,
-            max_memory_bytes=max_memory_bytes,
+            max_memory_bytes=max_memory_bytes, request_seconds=request_seconds, max_requests=max_requests,
         )
         self.client.register(self, self.process, incarnation=incarnation, admin_key=admin_key)
         self.client.spawned[id] = self
@@ -145,6 +152,20 @@ class VirtualWorker:
     def describe(self, timeout: float | None = None) -> list[ObjectInfo]:
         """One row per stored object: id, type, shape, dtype, bytes, references, target."""
         return self.client.request(self.address, DescribeObjects(), timeout=timeout, after_deletes=True)
+
+    # ---- the data owner's: requests that private objects leave (requests.py)
+    def requests(self, timeout: float | None = None) -> list[RequestInfo]:
+        """Every request filed here (`x.request(reason=...)`): id, object, who asked, why, age,
+        status, and the ops that produced the object. The owner's (signed with the admin key)."""
+        return self.client.request(self.address, ListRequests(), timeout=timeout, after_deletes=True)
+
+    def approve(self, request_id: int, timeout: float | None = None) -> RequestInfo:
+        """Let the object of request `request_id` leave: the next `.get()` of the client that asked succeeds, once."""
+        return self.client.request(self.address, DecideRequest(int(request_id), True), timeout=timeout)
+
+    def deny(self, request_id: int, reason: str = "", timeout: float | None = None) -> RequestInfo:
+        """Refuse request `request_id`: the client's `.get()` raises RequestDeniedError, with `reason`."""
+        return self.client.request(self.address, DecideRequest(int(request_id), False, reason), timeout=timeout)
 
     def ping(self, timeout: float | None = None) -> WorkerStatus:
         return self.client.request(self.address, Ping(), timeout=timeout)

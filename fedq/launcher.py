@@ -27,6 +27,8 @@ def start_worker_process(
     incarnation: bytes | None = None,
     admin_key: bytes | None = None,
     max_memory_bytes: int | None = None,
+    request_seconds: float | None = None,
+    max_requests: int | None = None,
 ) -> subprocess.Popen:
     """Start `fedq.worker` as a child process serving `id` on `address`.
 
@@ -48,6 +50,10 @@ def start_worker_process(
         settings["lease_seconds"] = lease_seconds
     if max_memory_bytes is not None:
         settings["max_memory_bytes"] = max_memory_bytes
+    if request_seconds is not None:
+        settings["request_seconds"] = request_seconds
+    if max_requests is not None:
+        settings["max_requests"] = max_requests
     if curve_dir is not None:  # paths, not keys: the secret stays in its 600 file
         settings.update(curve_dir=curve_dir, peers=peers or {})
     elif peers:  # a federation's workers: the only ones it relays to

@@ -11,6 +11,7 @@ are real tensors, `torch.matmul(x, w)`, `F.relu(x)` and `nn.Linear` accept them.
 What a pointer forwards, and nothing more:
 - torch functions, tensor methods, operators and properties named in `ops` -> `RunOp`
 - `send` -> `StoreObject` of the pointer itself (rule 3), `get` -> `GetObject` (rule 5),
+  `request` -> `RequestRelease` (a private object's release, for its owner to approve),
   `move` -> `MoveObject` (rule 7), `remote_get` -> `RemoteGet` (rule 8),
   `clone` -> `IncRef` (rule 9), its death -> a queued delete (rule 6).
 """
@@ -25,13 +26,14 @@ from torch.utils._pytree import tree_map
 
 from . import ops
 from .errors import (
+    RequestNotNeededError,
     SpentPointerError,
     TensorsNotCollocatedError,
     ValueNeedsGetError,
     WorkerUnreachableError,
 )
 from .ids import new_id
-from .wire import INBAND_LIMIT, GetObject, HoldsObject, IncRef, MoveObject, PointerSpec, Ref, RemoteGet, RunOp, StoreObject
+from .wire import INBAND_LIMIT, GetObject, HoldsObject, IncRef, MoveObject, PointerSpec, Ref, RemoteGet, RequestRelease, RunOp, StoreObject
 
 if TYPE_CHECKING:
     from .client import Client
@@ -181,19 +183,36 @@ class Pointer:
         self._spend(f"it was sent to {worker.id!r}; use the pointer .send() returned")
         return PointerTensor._make(_fresh_meta(self._meta), worker, new_id(), self.id, is_chain=True)
 
-    def get(self, *, epsilon: float | None = None, bounds: tuple[float, float] | None = None) -> Any:
+    def get(
+        self, *, epsilon: float | None = None, bounds: tuple[float, float] | None = None, request: bool = False, reason: str = ""
+    ) -> Any:
         """Bring back one level (rule 5): the tensor, or on a chain the next pointer.
 
         With `epsilon`, a private aggregate over a dataset's records comes back with
         differential privacy: `x.sum().get(epsilon=0.1, bounds=(0, 10))` clamps each value to
         `bounds` (default: the data owner's), adds OpenDP's Laplace noise and charges ε to
         the dataset's budget (PrivacyBudgetExceededError once spent). A public object comes
-        back exact, charged nothing."""
+        back exact, charged nothing.
+
+        `request=True` (without `epsilon`): for a private object, file a request with `reason`
+        for its owner to approve first (`request()`); until approved this raises RequestPendingError."""
         self._check_usable()
+        if request and epsilon is None:
+            try:
+                self.request(reason)
+            except RequestNotNeededError:
+                pass  # not private: it comes back as it is
         # (On a chain, the first hop answers only once the relay that made the object is done.)
         obj = self.location.client.request(self.location.address, GetObject(self.id_at_location, epsilon, bounds))
         self._spend("it was already fetched with .get()")
         return self._received(obj)
+
+    def request(self, reason: str = "") -> int:
+        """Ask the data owner to let this private object leave (requests.py): a pending request
+        on its worker, with `reason` for the owner to read; returns the request's id. Once the
+        owner approves (`fedq approve`), `.get()` succeeds, once. Asking again names the same request."""
+        self._check_usable()
+        return self.location.client.request(self.location.address, RequestRelease(self.id_at_location, reason))
 
     def _received(self, obj: Any) -> Any:
         if isinstance(obj, PointerSpec):
