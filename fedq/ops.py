@@ -345,10 +345,10 @@ def argument(name: str, parameter: str, args: tuple, kwargs: dict, default: Any 
     any positional argument after the first that is true (`_truthy`)."""
     if parameter in kwargs:
         return kwargs[parameter]
-    position = position(name, parameter)
-    if position is UNKNOWN:
+    at = position(name, parameter)
+    if at is UNKNOWN:
         return next((a for a in args[1:] if _truthy(a)), default)
-    return args[position] if position is not None and position < len(args) else default
+    return args[at] if at is not None and at < len(args) else default
 
 
 @functools.cache

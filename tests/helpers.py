@@ -51,3 +51,10 @@ def raw_dealer(address: str) -> zmq.Socket:
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(address)
     return sock
+
+
+def owner_reads(worker, pointer):
+    """The exact values behind a private `pointer`, as its data owner lets them out: a request
+    (this process started `worker`, so it holds the admin key) approved, then fetched."""
+    worker.approve(pointer.request(reason="the test reads what its own data owner holds"))
+    return pointer.get()

@@ -27,6 +27,8 @@ from fedq.ids import new_id
 from fedq.launcher import start_worker_process
 from fedq.store import MAX_DESCRIPTION_CHARS, MAX_TAGS
 from fedq.transport import runtime_dir
+from helpers import owner_reads
+
 from fedq.wire import (
     CountObjects, DeleteObjects, Failure, GetObject, Ok, Ping, PointerSpec, Ref, RunOp, Search, StoreObject,
 )
@@ -95,9 +97,8 @@ def _features(raw: Raw) -> PointerSpec:
 
 
 def _fingerprint(owned) -> tuple[float, float]:
-    """The owner's view of its data (allowed aggregates, asked with its admin key)."""
-    features = owned.search("#data")
-    return tuple((f.sum().get().item(), (f * f).sum().get().item()) for f in features)
+    """The owner's view of its data (its own read: an approved request)."""
+    return tuple(tuple(owner_reads(owned, f * 1).reshape(-1).tolist()) for f in owned.search("#data"))
 
 
 # --------------------------------------------------------------------------- finding 3
