@@ -21,6 +21,11 @@ def hook() -> sy.TorchHook:
 @pytest.fixture(scope="session")
 def federation(hook: sy.TorchHook):
     workers = {name: sy.VirtualWorker(hook, id=name) for name in ("bob", "alice", "carol", "secure_worker")}
+    # clean_stores' full collection walks every tracked object: ~200k from the imports alone.
+    # Frozen, they are skipped (what tests make is collected as before). Torch's first meta op
+    # imports its kernels (the hook does it in a thread): done first, while the workers start.
+    th.empty(1, device="meta") + 1
+    gc.freeze()
     yield workers
     hook.local_worker.close()
     for worker in workers.values():
