@@ -33,6 +33,7 @@ are zeros of the meta shape, private, and the failure is logged for the owner.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import weakref
@@ -88,7 +89,7 @@ class Release:
 
     kind: str
     source: torch.Tensor
-    version: int  # source._version then: a later write into it voids the release
+    stamp: tuple  # the source's memory and its write count then: a later write voids the release
     rows: Rows
     bounds: tuple[float, float] | None  # the owner's, when the source's values are the dataset's own
     dims: tuple[int, ...] | None  # None: every axis
@@ -98,12 +99,12 @@ class Release:
 
 @dataclass(slots=True)
 class Facts:
-    """What the worker knows of a private tensor: what it came from, and (while it is as it was
-    made: `version`) its rows and how it may be released."""
+    """What the worker knows of a private tensor: what it came from, and (while its memory is as
+    it was made: `stamp`) its rows and how it may be released."""
 
     sources: frozenset[Dataset]
     history: tuple[str, ...]
-    version: int
+    stamp: tuple
     rows: Rows | None = None
     bounds: tuple[float, float] | None = None
     release: Release | None = None
@@ -114,6 +115,10 @@ class Privacy:
 
     def __init__(self) -> None:
         self._storages: dict[int, Any] = {}  # storage key -> weak reference to the storage
+        # Writes into private memory, per storage: what is known of a tensor (its rows, a release)
+        # holds while its memory is unwritten. (Its own _version is not enough: `x.data` is the
+        # same memory with a counter of its own, and `x.data = y` swaps the memory uncounted.)
+        self._writes: dict[int, int] = {}
         self._facts: dict[int, tuple[Any, Facts]] = {}  # id(tensor) -> (weak reference to it, facts)
         self.datasets: dict[str, Dataset] = {}
         self.ledger = dp.Ledger()
@@ -139,11 +144,24 @@ class Privacy:
                 raise
         key = storage._cdata
         if key not in self._storages:
-            self._storages[key] = weakref.ref(storage, lambda _, key=key, storages=self._storages: storages.pop(key, None))
+            self._storages[key] = weakref.ref(storage, functools.partial(self._storage_died, key))
         if facts is None and self._known(tensor) is not None:
             return
         self._facts[id(tensor)] = (weakref.ref(tensor, self._forget), facts or Facts(
-            frozenset({UNRELEASED}), ("(memory written while private data was read)",), tensor._version))
+            frozenset({UNRELEASED}), ("(memory written while private data was read)",), self.stamp(tensor)))
+
+    def stamp(self, tensor: torch.Tensor) -> tuple:
+        """Which memory `tensor` is, and how many times private data was written into it."""
+        key = _storage_key(tensor)
+        return (key, self._writes.get(key, 0), tuple(tensor.shape), tensor.stride(), tensor.storage_offset())
+
+    def _written(self, tensor: torch.Tensor) -> None:
+        key = _storage_key(tensor)
+        self._writes[key] = self._writes.get(key, 0) + 1
+
+    def _storage_died(self, key: int, _: Any) -> None:
+        self._storages.pop(key, None)
+        self._writes.pop(key, None)
 
     def _known(self, tensor: torch.Tensor) -> Facts | None:
         known = self._facts.get(id(tensor))
@@ -159,10 +177,17 @@ class Privacy:
         """The facts of a private tensor, its rows and release only if it is unchanged since."""
         facts = self._known(tensor)
         if facts is None:
-            return Facts(frozenset({UNRELEASED}), ("(shares memory with private data)",), tensor._version)
-        if facts.version != tensor._version and (facts.rows or facts.release or facts.bounds):
+            return Facts(frozenset({UNRELEASED}), ("(shares memory with private data)",), self.stamp(tensor))
+        if (facts.rows or facts.release or facts.bounds) and facts.stamp != self.stamp(tensor):
             facts = replace(facts, rows=None, bounds=None, release=None)  # written since: what it was is gone
         return facts
+
+    def holds_private(self, obj: Any) -> bool:
+        """Would handing `obj` over hand over private data? Its memory, or its .grad (which a
+        tensor carries with it when fetched, moved or listed)."""
+        if not self._storages or not isinstance(obj, torch.Tensor):
+            return False
+        return self.is_private(obj) or (obj.is_leaf and obj.grad is not None and self.is_private(obj.grad))
 
     def history(self, obj: Any) -> list[str]:
         """The ops that made a private tensor, oldest first (for the owner reviewing a request)."""
@@ -200,8 +225,9 @@ class Privacy:
     def add(self, tensor: torch.Tensor, dataset: Dataset | None, label: str, bounds: tuple[float, float] | None = None) -> None:
         """Mark a data owner's tensor private: rows of `dataset` (axis 0: one record a row)."""
         if dataset is None:
-            self.mark(tensor, Facts(frozenset({UNRELEASED}), (label,), tensor._version))
+            self.mark(tensor, Facts(frozenset({UNRELEASED}), (label,), self.stamp(tensor)))
             return
+        stamp = self.stamp(tensor)
         if tensor.dim() == 0:
             raise ValueError(f"a dataset's tensor has one record per row (axis 0): {label} is a scalar")
         if dataset.records is None:
@@ -210,7 +236,7 @@ class Privacy:
             raise ValueError(f"{label} has {tensor.shape[0]} rows; dataset {dataset.name!r} has {dataset.records} records")
         if bounds is not None:
             bounds = _checked_bounds(bounds)
-        self.mark(tensor, Facts(frozenset({dataset}), (label,), tensor._version, Rows(dataset), bounds))
+        self.mark(tensor, Facts(frozenset({dataset}), (label,), stamp, Rows(dataset), bounds))
 
     def updates_allowed(self, sources: Iterable[Dataset]) -> bool:
         return all(d.updates == "allow" for d in sources)
@@ -230,29 +256,35 @@ class Privacy:
             return func(*args, **kwargs)
         inputs = {id(t): self.facts(t) for t in private}
         versions = [(t, t._version) for t in read]
-        meta = None if op in _NO_META else _meta_result(op, func, args, kwargs)
         root = args[0] if op == "Tensor.backward" else None
+        if root is not None:
+            _check_backward(root, args, kwargs)
+        meta = None if op in _NO_META else _meta_result(op, func, args, kwargs)
         try:
             out = func(*args, **kwargs)
         except Exception as error:
-            if op in _NO_META:
-                raise  # (graph structure, not values: backward's errors say what the graph is)
-            log.info("an op on private data failed (%s in %s): its results are zeros, private", type(error).__name__, op)
-            out = _zeros_like_meta(meta)
+            if op in _NO_META and root is None:
+                raise  # (setters, getters, requires_grad_: their errors tell types and shapes)
+            # Whether an op on private values failed would tell one bit of them: it "succeeds",
+            # with zeros as its results look (shape, strides, autograd), and the owner's log knows.
+            log.info("an op on private data failed (%s in %s): its results are private zeros", type(error).__name__, op)
+            out = _poisoned(op, meta, args, kwargs)
         results = [r for r in ops.flatten_result(out)[0] if isinstance(r, torch.Tensor)]
         if meta is not None:
             shapes = [tuple(m.shape) for m in ops.flatten_result(meta)[0] if isinstance(m, torch.Tensor)]
             if shapes != [tuple(r.shape) for r in results]:  # (torch disagreeing with its own meta kernel)
-                out = _zeros_like_meta(meta)
+                out = _poisoned(op, meta, args, kwargs)
                 results = [r for r in ops.flatten_result(out)[0] if isinstance(r, torch.Tensor)]
         sources = frozenset().union(*(f.sources for f in inputs.values()))
         history = _history(op, args, kwargs, inputs)
         written = {id(t): t for t, version in versions if t._version != version}
         written.update((id(t), t) for t in ops.written(op, args, kwargs) if isinstance(t, torch.Tensor) and op != "Tensor.grad.__set__")
         target = args[0] if op in ops.INPLACE and args and isinstance(args[0], torch.Tensor) else None
+        for tensor in written.values():
+            self._written(tensor)
         for tensor in [*results, *written.values()]:
             derived = _derive(op, args, kwargs, tensor, inputs, self) if tensor is target or any(tensor is r for r in results) else None
-            self.mark(tensor, Facts(sources, history, tensor._version, *(derived or (None, None, None))))
+            self.mark(tensor, Facts(sources, history, self.stamp(tensor), *(derived or (None, None, None))))
         if root is not None:
             self._after_backward(root, sources, history)
         return out
@@ -264,7 +296,8 @@ class Privacy:
         for leaf in _leaves(root):
             grad = leaf.grad
             if grad is not None and (not allowed or self.is_private(leaf)):
-                self.mark(grad, Facts(sources, history, grad._version))
+                self._written(grad)
+                self.mark(grad, Facts(sources, history, self.stamp(grad)))
 
     # ------------------------------------------------------------------ releases
 
@@ -273,7 +306,7 @@ class Privacy:
         dataset's budget), its source clamped to `bounds` (or the owner's)."""
         facts = self.facts(tensor)
         recipe = facts.release
-        if recipe is None or recipe.source._version != recipe.version:
+        if recipe is None or self.stamp(recipe.source) != recipe.stamp:
             raise NotReleasableError(_NOT_RELEASABLE)
         lo, hi = _release_bounds(recipe, bounds)
         dataset = recipe.rows.dataset
@@ -297,7 +330,12 @@ class Privacy:
 
 
 def refuse_if_private(privacy: Privacy, obj: Any, id: int, worker_id: str, what: str) -> None:
-    if privacy.is_private(obj):
+    if privacy.holds_private(obj):
+        if not privacy.is_private(obj):
+            raise GetNotPermittedError(
+                f"object {id} on {worker_id!r} has a .grad computed from private data whose owner keeps model "
+                f"updates (a tensor's .grad goes with it): it cannot be {what}. Set .grad = None there first"
+            )
         raise GetNotPermittedError(
             f"object {id} on {worker_id!r} is private to its data owner, or computed from private data: it cannot "
             f"be {what}. Compute on it there; an aggregate over a dataset's records leaves with noise "
@@ -344,8 +382,8 @@ def _storage_key(tensor: torch.Tensor) -> int | None:
 
 
 def _leaves(root: torch.Tensor) -> list[torch.Tensor]:
-    """The leaf tensors backward() from `root` writes a .grad into."""
-    found, seen, stack = [], set(), [root.grad_fn]
+    """The leaf tensors backward() from `root` writes a .grad into (`root` itself, if a leaf)."""
+    found, seen, stack = [root] if root.is_leaf and root.requires_grad else [], set(), [root.grad_fn]
     while stack:
         node = stack.pop()
         if node is None or node in seen:
@@ -396,8 +434,40 @@ def _to_meta(value: Any) -> Any:
     return meta
 
 
-def _zeros_like_meta(meta: Any) -> Any:
-    return tree_map(lambda m: torch.zeros(m.shape, dtype=m.dtype) if isinstance(m, torch.Tensor) else m, meta)
+def _check_backward(root: torch.Tensor, args: tuple, kwargs: dict) -> None:
+    """What backward() would refuse for its graph's shape alone, said before it runs: after, a
+    failure on private data is not told (see `run`)."""
+    if not isinstance(root, torch.Tensor) or not root.requires_grad:
+        raise RuntimeError("element 0 of tensors does not require grad and does not have a grad_fn")
+    gradient = args[1] if len(args) > 1 else kwargs.get("gradient")
+    if gradient is None and root.numel() != 1:
+        raise RuntimeError("grad can be implicitly created only for scalar outputs")
+    if isinstance(gradient, torch.Tensor) and tuple(gradient.shape) != tuple(root.shape):
+        raise RuntimeError(f"Mismatch in shape: grad_output[0] has a shape of {tuple(gradient.shape)} and output[0] has a shape of {tuple(root.shape)}")
+
+
+def _poisoned(op: str, meta: Any, args: tuple, kwargs: dict) -> Any:
+    """What a failed op on private data gives instead: zeros shaped and strided as its meta
+    result, joined to the autograd graph of its inputs as the real result would be (so that
+    backward, requires_grad_ and which leaves get a .grad tell nothing either). An in-place
+    target is joined the same way."""
+    anchor = None
+    if torch.is_grad_enabled():
+        for t in tree_flatten((args, kwargs))[0]:
+            if isinstance(t, torch.Tensor) and t.requires_grad:
+                term = t.sum() * 0
+                anchor = term if anchor is None else anchor + term
+
+    def zeros(m: Any) -> Any:
+        if not isinstance(m, torch.Tensor):
+            return m
+        z = torch.zeros_like(torch.empty_strided(m.shape, m.stride(), dtype=m.dtype))
+        return z + anchor.to(m.dtype) if m.requires_grad and anchor is not None and z.is_floating_point() else z
+
+    target = args[0] if op in ops.INPLACE and args and isinstance(args[0], torch.Tensor) else None
+    if target is not None and anchor is not None and target.is_floating_point() and not (target.is_leaf and target.requires_grad):
+        target.add_(anchor.to(target.dtype))  # (as a successful in-place op would have joined it)
+    return tree_map(zeros, meta) if meta is not None else None
 
 
 # --------------------------------------------------------------------------- history
@@ -457,10 +527,35 @@ PER_ROW_WITH_WEIGHTS = _both("matmul mm") | frozenset({"Tensor.__matmul__"}) | f
         "linear conv1d conv2d conv3d max_pool1d max_pool2d max_pool3d avg_pool1d avg_pool2d avg_pool3d "
         "adaptive_avg_pool1d adaptive_avg_pool2d adaptive_max_pool1d adaptive_max_pool2d layer_norm group_norm "
         "one_hot embedding pad").split()) | frozenset({"torch.conv1d", "torch.conv2d", "torch.layer_norm"})
+#: how many axes a batched input of these has (fewer: unbatched, and axis 0 is not records)
+_BATCHED_DIMS = {f"torch.nn.functional.{kind}{n}d": n + 2 for n in (1, 2, 3) for kind in (
+    "conv", "max_pool", "avg_pool", "adaptive_avg_pool", "adaptive_max_pool")} | {"torch.conv1d": 3, "torch.conv2d": 4}
+
+
+def _per_row(op: str, args: tuple, kwargs: dict, private_args: list, out: torch.Tensor) -> bool:
+    """Does row i of `out` come from row i of the (only) private argument, its first, alone?"""
+    x = args[0]
+    if len(private_args) != 1 or private_args[0] is not x or x.dim() == 0 or out.dim() == 0 or out.shape[0] != x.shape[0]:
+        return False
+    if op in _BATCHED_DIMS:
+        return x.dim() == _BATCHED_DIMS[op]
+    if op.endswith(("matmul", "mm", "linear")):  # (n, ..., k) times weights: contracts the last axis only
+        return x.dim() >= 2 and out.dim() == x.dim()
+    if op.endswith(("layer_norm", "rms_norm")):  # normalises the last len(shape) axes: not axis 0
+        shape = _arg(op, "normalized_shape", args, kwargs)
+        return isinstance(shape, (int, list, tuple, torch.Size)) and len(shape if not isinstance(shape, int) else (shape,)) < x.dim()
+    if op.endswith("group_norm"):
+        return x.dim() >= 2
+    if op.endswith("pad"):  # the pad tuple covers the last axes first: axis 0 must be spared
+        pad = _arg(op, "pad", args, kwargs)
+        return isinstance(pad, (list, tuple)) and len(pad) // 2 < x.dim()
+    return op.endswith(("one_hot", "embedding"))
+
+
 #: losses: per record with reduction="none"; their mean or sum aggregates records
-LOSSES = frozenset(f"torch.nn.functional.{n}" for n in (
-    "mse_loss l1_loss smooth_l1_loss huber_loss cross_entropy nll_loss binary_cross_entropy "
-    "binary_cross_entropy_with_logits").split())
+_ELEMENTWISE_LOSSES = frozenset(f"torch.nn.functional.{n}" for n in (
+    "mse_loss l1_loss smooth_l1_loss huber_loss binary_cross_entropy binary_cross_entropy_with_logits").split())
+LOSSES = _ELEMENTWISE_LOSSES | {"torch.nn.functional.cross_entropy", "torch.nn.functional.nll_loss"}
 
 
 def _derive(op: str, args: tuple, kwargs: dict, out: torch.Tensor, inputs: dict[int, Facts], privacy: Privacy) -> tuple | None:
@@ -473,11 +568,9 @@ def _derive(op: str, args: tuple, kwargs: dict, out: torch.Tensor, inputs: dict[
         if op in POINTWISE:
             return _pointwise(op, private_args, rows, out, inputs)
         if op in ALONG_DIM or op in RELEASED:
-            return _along_dim(op, args, kwargs, private_args, rows, out, inputs)
+            return _along_dim(op, args, kwargs, private_args, rows, out, inputs, privacy)
         if op in PER_ROW_WITH_WEIGHTS:
-            if private_args[0] is not args[0] or len(private_args) != 1 or out.dim() == 0 or out.shape[0] != args[0].shape[0]:
-                return None
-            return rows[0], None, None
+            return (rows[0], None, None) if _per_row(op, args, kwargs, private_args, out) else None
         if op in LOSSES:
             return _loss(op, args, kwargs, private_args, rows, privacy)
         if op in SELECTIONS:
@@ -525,7 +618,9 @@ def _dims(op: str, args: tuple, kwargs: dict, ndim: int) -> tuple[int, ...] | No
     return tuple(sorted(d % max(ndim, 1) for d in dims))
 
 
-def _along_dim(op: str, args: tuple, kwargs: dict, private_args: list, rows: list[Rows], out: torch.Tensor, inputs: dict) -> tuple | None:
+def _along_dim(
+    op: str, args: tuple, kwargs: dict, private_args: list, rows: list[Rows], out: torch.Tensor, inputs: dict, privacy: Privacy
+) -> tuple | None:
     source = args[0]
     if len(private_args) != 1 or private_args[0] is not source or source.dim() == 0:
         return None
@@ -536,7 +631,7 @@ def _along_dim(op: str, args: tuple, kwargs: dict, private_args: list, rows: lis
         high = float(_arg(op, "max", args, kwargs, default=0))
         if low >= high:
             return None  # (a range from the data itself: min and max of private values)
-        return None, None, Release("histc", source, source._version, rows[0], None, None, histc=(bins, low, high))
+        return None, None, Release("histc", source, privacy.stamp(source), rows[0], None, None, histc=(bins, low, high))
     dims = _dims(op, args, kwargs, source.dim())
     if dims is not None and 0 not in dims:
         return (rows[0], None, None) if out.dim() > 0 and out.shape[0] == source.shape[0] else None
@@ -548,20 +643,24 @@ def _along_dim(op: str, args: tuple, kwargs: dict, private_args: list, rows: lis
         source, bounds = source != 0, None
     elif op.endswith(("nansum", "nanmean")):
         source = torch.nan_to_num(source, nan=0.0)
-    return None, None, Release(kind, source, source._version, rows[0], bounds, dims, keepdim)
+    return None, None, Release(kind, source, privacy.stamp(source), rows[0], bounds, dims, keepdim)
 
 
 def _loss(op: str, args: tuple, kwargs: dict, private_args: list, rows: list[Rows], privacy: Privacy) -> tuple | None:
     reduction = _arg(op, "reduction", args, kwargs, default="mean")
-    if any(a.dim() == 0 or a.shape[0] != private_args[0].shape[0] for a in private_args):
+    if any(a is not args[0] and (len(args) < 2 or a is not args[1]) for a in private_args):
+        return None  # private weights (class weights, pos_weight) reach every row
+    per_element = ops.TABLE[op](*args, **{**kwargs, "reduction": "none"}).detach()  # (a copy the client never sees)
+    if per_element.dim() == 0 or any(a.dim() == 0 or a.shape[0] != per_element.shape[0] for a in private_args):
         return None
+    if op in _ELEMENTWISE_LOSSES and any(tuple(a.shape) != tuple(per_element.shape) for a in private_args):
+        return None  # a private argument broadcast: its rows repeated, or new leading axes
     combined = _combined(rows)
     if reduction == "none":
         return combined, None, None
     if reduction not in ("mean", "sum"):
         return None
-    per_element = ops.TABLE[op](*args, **{**kwargs, "reduction": "none"}).detach()  # (a copy the client never sees)
-    return None, None, Release(reduction, per_element, per_element._version, combined, None, None)
+    return None, None, Release(reduction, per_element, privacy.stamp(per_element), combined, None, None)
 
 
 def _selection(op: str, args: tuple, kwargs: dict, rows: Rows, out: torch.Tensor, inputs: dict) -> tuple | None:

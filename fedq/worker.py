@@ -928,7 +928,7 @@ def _visible(worker: Worker, reply: Reply) -> list[tuple[int, Any]]:
 
 
 def _redacted(worker: Worker, entry: Any) -> Any:
-    if worker.privacy.is_private(entry.obj):
+    if worker.privacy.holds_private(entry.obj):
         return torch.empty(entry.obj.shape, dtype=entry.obj.dtype, device="meta")
     return entry.obj
 
@@ -939,7 +939,7 @@ def describe_objects(worker: Worker, message: DescribeObjects, reply: Reply) -> 
     now = time.monotonic()
     for id, entry in _visible(worker, reply):
         kind, shape, dtype, points_to = describe(entry.obj)
-        tags = tuple(sorted(entry.tags | ({PRIVATE_TAG} if worker.privacy.is_private(entry.obj) else set())))
+        tags = tuple(sorted(entry.tags | ({PRIVATE_TAG} if worker.privacy.holds_private(entry.obj) else set())))
         hop = entry.obj if isinstance(entry.obj, PointerSpec) else None
         holders = entry.listing()
         rows.append(ObjectInfo(
@@ -1002,7 +1002,7 @@ def shutdown(worker: Worker, message: Shutdown, reply: Reply) -> None:
 def _approved_release(worker: Worker, entry: Any, id: int, reply: Reply) -> Any:
     """What the caller's `.get()` of object `id` takes by the owner's approval: None for a public
     object, or one the caller filed no request for; a named error when its request says no."""
-    if not worker.privacy.is_private(entry.obj):
+    if not worker.privacy.holds_private(entry.obj):
         return None
     return worker.requests.release(id, entry.obj, reply.caller)
 
@@ -1018,7 +1018,7 @@ def request_release(worker: Worker, message: RequestRelease, reply: Reply) -> No
             f"object {message.id} on {worker.id!r} is a pointer to {entry.obj.location}:{entry.obj.id_at_location}: "
             "a request is filed where the data is (.get() the chain down to its last hop first)"
         )
-    if not worker.privacy.is_private(entry.obj):
+    if not worker.privacy.holds_private(entry.obj):
         raise RequestNotNeededError(f"object {message.id} on {worker.id!r} is not private: .get() it, no request needed")
     name = reply.caller_name.rpartition("#")[0]  # (listings show names, never sessions)
     reply.ok(worker.requests.file(message.id, entry.obj, reply.caller, name, message.reason, worker.privacy.history(entry.obj)))

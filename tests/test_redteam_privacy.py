@@ -2,10 +2,9 @@
 with the public pointer API, against real worker processes (and, where the question is what the
 worker *claims* about a tensor's rows, against `Privacy` itself, as test_privacy's sweep does).
 
-Every test asserts the SAFE outcome. An attack that currently SUCCEEDS is marked
-`xfail(strict=True)` with "REDTEAM: SUCCEEDS" in its reason: when the hole is fixed the test
-XPASSes and strict makes it fail, so whoever fixes it drops the marker (`raises=AssertionError`:
-an xfail for any other error is no proof). The attacks share one fresh dp_owner worker of their
+Every test asserts the SAFE outcome. All 16 attacks succeeded against fc48c48; each test's
+comment says the hole it found, now closed. A new attack that succeeds is marked
+`succeeds(why)` (xfail, strict, for an AssertionError only) until it is closed. The attacks share one fresh dp_owner worker of their
 own (tests/data/dp_owner.py: a (64, 4) table of 0..9, ε = 1, updates refused), not
 test_privacy's; the three releases spend 0.8 + 0.1 + 0.1 of its ε = 1."""
 
@@ -60,7 +59,7 @@ def raises(action) -> bool:
 
 # --------------------------------------------------------------------------- exact leaks, no budget
 
-@succeeds("wire._reduce_tensor ships tensor.grad with a public leaf; get/move/listing check only the leaf's storage")
+# The hole this closed: wire._reduce_tensor ships tensor.grad with a public leaf; get/move/listing check only the leaf's storage
 def test_a_private_grad_does_not_leave_with_its_public_leaf(table, owner):
     w = th.zeros(64, 4, requires_grad=True).send(owner)
     (w * table).sum().backward()  # w.grad is the table itself, private (test_privacy checks w.grad.get())
@@ -71,7 +70,7 @@ def test_a_private_grad_does_not_leave_with_its_public_leaf(table, owner):
     assert fetched.grad is None or not th.equal(fetched.grad, SECRET)
 
 
-@succeeds("same hole through .grad = (no backward needed) and through the owner listing _objects")
+# The hole this closed: same hole through .grad = (no backward needed) and through the owner listing _objects
 def test_a_private_grad_set_on_a_public_leaf_does_not_leave(table, owner):
     p = th.zeros(64, 4, requires_grad=True).send(owner)
     p.grad = table * 1
@@ -84,7 +83,7 @@ def test_a_private_grad_set_on_a_public_leaf_does_not_leave(table, owner):
     assert fetched.grad is None or not th.equal(fetched.grad, SECRET)
 
 
-@succeeds("move_object checks only the leaf; the private .grad goes to the destination, public there")
+# The hole this closed: move_object checks only the leaf; the private .grad goes to the destination, public there
 def test_a_private_grad_does_not_move_with_its_public_leaf(table, owner, bob):
     w = th.zeros(64, 4, requires_grad=True).send(owner)
     (w * table).sum().backward()
@@ -96,7 +95,7 @@ def test_a_private_grad_does_not_move_with_its_public_leaf(table, owner, bob):
     assert fetched.grad is None or not th.equal(fetched.grad, SECRET)
 
 
-@succeeds("_after_backward walks root.grad_fn: a leaf root has none, so the gradient it takes is never marked")
+# The hole this closed: _after_backward walks root.grad_fn: a leaf root has none, so the gradient it takes is never marked
 def test_backward_of_a_leaf_with_a_private_gradient_keeps_its_grad_private(table, owner):
     w = th.zeros(64, 4, requires_grad=True).send(owner)
     w.backward(table * 1)  # w.grad = the gradient given: the table
@@ -116,19 +115,19 @@ def _index_by_secret(owner, table, c: int):
     return small, small[table[0, 3:4].long()]  # SECRET[0, 3] == 3
 
 
-@succeeds("backward (in _NO_META) raises 'does not require grad' exactly when the forward op was poisoned")
+# The hole this closed: backward (in _NO_META) raises 'does not require grad' exactly when the forward op was poisoned
 def test_whether_a_private_op_failed_is_not_told_by_backward(table, owner):
     outcomes = {c: raises(lambda: _index_by_secret(owner, table, c)[1].sum().backward()) for c in range(1, 6)}
     assert len(set(outcomes.values())) == 1, outcomes  # now: fails for c <= 3, so the value is 3
 
 
-@succeeds("requires_grad_ (in _NO_META) raises on a non-leaf: the real result is one, the poisoned zeros are not")
+# The hole this closed: requires_grad_ (in _NO_META) raises on a non-leaf: the real result is one, the poisoned zeros are not
 def test_whether_a_private_op_failed_is_not_told_by_requires_grad(table, owner):
     outcomes = {c: raises(lambda: _index_by_secret(owner, table, c)[1].requires_grad_(False)) for c in range(1, 6)}
     assert len(set(outcomes.values())) == 1, outcomes
 
 
-@succeeds("the backward reply lists the caller's leaves that got a grad: the poisoned zeros cut the graph")
+# The hole this closed: the backward reply lists the caller's leaves that got a grad: the poisoned zeros cut the graph
 def test_whether_a_private_op_failed_is_not_told_by_which_leaves_get_a_grad(table, owner):
     outcomes = {}
     for c in range(1, 6):
@@ -141,7 +140,7 @@ def test_whether_a_private_op_failed_is_not_told_by_which_leaves_get_a_grad(tabl
 
 # --------------------------------------------------------------------------- releases whose sensitivity is underestimated
 
-@succeeds("privacy._loss checks no broadcasting: an (N,1,1) input makes N copies of every record, 'one record a row'")
+# The hole this closed: privacy._loss checks no broadcasting: an (N,1,1) input makes N copies of every record, 'one record a row'
 def test_a_broadcasting_loss_does_not_release_the_whole_table_at_epsilon_1(table, owner):
     n = 100_000
     copies = F.l1_loss(th.zeros(n, 1, 1).send(owner), table, reduction="none")  # (n, 64, 4): |0 - x| n times
@@ -152,7 +151,7 @@ def test_a_broadcasting_loss_does_not_release_the_whole_table_at_epsilon_1(table
     assert not th.equal(estimate.round(), SECRET)  # now: every one of the 256 values, exactly
 
 
-@succeeds("a private loss weight (C,) is indexed by the public targets of N rows: N rows of one record")
+# The hole this closed: a private loss weight (C,) is indexed by the public targets of N rows: N rows of one record
 def test_a_private_loss_weight_does_not_release_one_value_exactly(table, owner):
     n = 20_000
     logits, targets = th.zeros(n, 64).send(owner), th.full((n,), 7).send(owner)  # -log softmax = log 64 each
@@ -164,7 +163,7 @@ def test_a_private_loss_weight_does_not_release_one_value_exactly(table, owner):
     assert abs(estimate - float(SECRET[7, 1])) > 0.5  # now: noise scale 40 / 0.1 / (n log 64) = 0.005
 
 
-@succeeds("`.data =` does not bump _version: the recipe's source now holds N copies of one row, still 'records'")
+# The hole this closed: `.data =` does not bump _version: the recipe's source now holds N copies of one row, still 'records'
 def test_swapping_data_under_a_recipe_does_not_amplify_its_release(table, owner):
     n = 100_000
     rows = table * 1
@@ -197,7 +196,7 @@ def _claims_at_most_one_row_a_record(privacy, tensor) -> bool:
     return rows is not None and rows.per_record == 1
 
 
-@succeeds("PER_ROW_WITH_WEIGHTS checks only out.shape[0]: a 1-D x @ W (64, 64) mixes every record into every row")
+# The hole this closed: PER_ROW_WITH_WEIGHTS checks only out.shape[0]: a 1-D x @ W (64, 64) mixes every record into every row
 def test_a_1d_private_vector_times_public_matrix_is_not_one_record_a_row():
     privacy, data = _privacy()
     column = _run(privacy, "Tensor.__getitem__", data, (slice(None), 2))
@@ -205,19 +204,19 @@ def test_a_1d_private_vector_times_public_matrix_is_not_one_record_a_row():
         assert not _claims_at_most_one_row_a_record(privacy, _run(privacy, op, column, weight)), op
 
 
-@succeeds("conv1d of a 2-D (64, L) input is unbatched: axis 0 is channels, which the kernel mixes")
+# The hole this closed: conv1d of a 2-D (64, L) input is unbatched: axis 0 is channels, which the kernel mixes
 def test_an_unbatched_conv_is_not_one_record_a_row():
     privacy, data = _privacy()
     assert not _claims_at_most_one_row_a_record(privacy, _run(privacy, "torch.nn.functional.conv1d", data, th.ones(64, 64, 1)))
 
 
-@succeeds("layer_norm over (64, 4) normalises across records; it is in PER_ROW_WITH_WEIGHTS")
+# The hole this closed: layer_norm over (64, 4) normalises across records; it is in PER_ROW_WITH_WEIGHTS
 def test_a_layer_norm_across_records_is_not_one_record_a_row():
     privacy, data = _privacy()
     assert not _claims_at_most_one_row_a_record(privacy, _run(privacy, "torch.nn.functional.layer_norm", data, (64, 4)))
 
 
-@succeeds("F.pad with (-k, k) on axis 0 shifts rows by k but keeps Rows(first=0): x + shifted is 'the same rows'")
+# The hole this closed: F.pad with (-k, k) on axis 0 shifts rows by k but keeps Rows(first=0): x + shifted is 'the same rows'
 def test_rows_shifted_by_a_negative_pad_do_not_combine_as_the_same_rows():
     privacy, data = _privacy()
     shifted = _run(privacy, "torch.nn.functional.pad", data, (0, 0, -1, 1))  # row i holds record i + 1
@@ -225,7 +224,7 @@ def test_rows_shifted_by_a_negative_pad_do_not_combine_as_the_same_rows():
     assert not _claims_at_most_one_row_a_record(privacy, both)
 
 
-@succeeds("the loss rule checks only that private args agree on shape[0]: a (1, 4) target broadcast to 64 rows")
+# The hole this closed: the loss rule checks only that private args agree on shape[0]: a (1, 4) target broadcast to 64 rows
 def test_a_loss_against_one_broadcast_row_is_not_one_record_a_row():
     privacy, data = _privacy()
     one = _run(privacy, "Tensor.__getitem__", data, slice(3, 4))
@@ -233,7 +232,7 @@ def test_a_loss_against_one_broadcast_row_is_not_one_record_a_row():
     assert not _claims_at_most_one_row_a_record(privacy, loss)
 
 
-@succeeds("x.data shares storage but not the version counter: writes through it leave x's Rows (and recipes) standing")
+# The hole this closed: x.data shares storage but not the version counter: writes through it leave x's Rows (and recipes) standing
 def test_a_write_through_data_voids_what_is_known_of_the_rows():
     privacy, data = _privacy()
     rows = _run(privacy, "Tensor.mul", data, 1)
