@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -14,19 +16,31 @@ from fedq.keys import write_key_file
 from helpers import free_port, stop
 
 
-@pytest.fixture
-def curve_federation(tmp_path: Path):
+@pytest.fixture(scope="module")
+def curve_federation(tmp_path_factory: pytest.TempPathFactory):
+    """One `fedq up` for the module (each test only reads), serving once its workers listen."""
+    tmp_path = tmp_path_factory.mktemp("curve")
     write_key_file(tmp_path / "hmac.key", wire.new_key())
     config = tmp_path / "hosts.toml"
+    ports = [free_port(), free_port()]
     config.write_text(
         f'[federation]\ntimeout = 10\nkey_file = "{tmp_path / "hmac.key"}"\ncurve = true\ncurve_dir = "{tmp_path / "curve"}"\n'
-        + "".join(f'[workers.{name}]\naddress = "tcp://127.0.0.1:{free_port()}"\n' for name in ("bob", "alice"))
+        + "".join(f'[workers.{name}]\naddress = "tcp://127.0.0.1:{port}"\n' for name, port in zip(("bob", "alice"), ports))
     )
     made = subprocess.run([sys.executable, "-m", "fedq", "keygen", "--curve", "--config", str(config)], capture_output=True, text=True)
     assert made.returncode == 0, made.stderr
     assert (tmp_path / "curve" / "bob.key_secret").stat().st_mode & 0o077 == 0
     up = subprocess.Popen([sys.executable, "-m", "fedq", "up", "--config", str(config)], stdout=subprocess.PIPE, text=True)
     up.stdout.readline()
+    deadline = time.monotonic() + 60
+    for port in ports:  # listening (so no answer below means refused, not "not up yet")
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, f"nothing listens on port {port}"
+                time.sleep(0.05)
     yield config
     stop(up)
 
@@ -68,7 +82,7 @@ def test_a_client_without_an_accepted_key_gets_nothing(curve_federation):
                 sock.curve_serverkey = server_key
             sock.connect(bob.address)
             sock.send_multipart(codec.encode(1, wire.Ping()))
-            print(attempt, "answered" if sock.poll(2000) else "refused")
+            print(attempt, "answered" if sock.poll(500) else "refused")  # (bob listens: an answer takes ms)
             sock.close()
         """,
         curve_federation,
