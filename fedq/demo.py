@@ -48,6 +48,7 @@ bob.search("#housing", "#data")""",
     """\
 th.manual_seed(0)
 model = nn.Linear(4, 1)
+# each owner's loss leaves only as a DP release (epsilon 1 a round, noise ~0.16): noisy by design
 rounds = train_on_trusted_aggregator(model, owners, secure_worker, rounds=10, local_steps=5, lr=0.1, on_round=print)""",
     "model.weight.data, model.bias.data       # the data were made from [[3, -1, -2, -0.5]] and 2",
     "[len(w._objects) for w in (bob, alice, secure_worker)]   # only each owner's data is left",

@@ -19,8 +19,8 @@ from torch import nn, optim
 
 #: each owner's loss leaves with differential privacy (privacy.py): its per-house squared error
 #: is clamped to LOSS_BOUNDS and the mean released at LOSS_EPSILON per owner and round
-LOSS_EPSILON = 0.5
-LOSS_BOUNDS = (0.0, 25.0)
+LOSS_EPSILON = 1.0
+LOSS_BOUNDS = (0.0, 10.0)
 
 
 @dataclass

@@ -318,14 +318,20 @@ class Privacy:
             bins, low, high = recipe.histc
             exact = torch.histc(source, bins=bins, min=low, max=high)
             sensitivity = 2.0 * recipe.rows.per_record * row_size  # one element leaves a bin for another
+            summed = source.numel()
+            lowest, highest = 0.0, float(summed)
         else:
             exact = source.sum(dim=recipe.dims, keepdim=recipe.keepdim) if recipe.dims is not None else source.sum()
             sensitivity = recipe.rows.per_record * row_size * (hi - lo)
+            summed = source.numel() // max(1, exact.numel())  # values in each output's sum
+            lowest, highest = summed * lo, summed * hi
         noisy, spent = dp.laplace(exact.reshape(-1).tolist(), sensitivity, float(epsilon))
         self.ledger.charge(dataset.name, spent, client)
-        released = torch.tensor(noisy, dtype=torch.float64).reshape(exact.shape)
+        # Post-processing costs no privacy: a noisy sum outside what any data could sum to is
+        # brought back within it (a mean within the bounds, a count at least 0).
+        released = torch.tensor(noisy, dtype=torch.float64).reshape(exact.shape).clamp(lowest, highest)
         if recipe.kind == "mean":
-            released = released / (source.numel() // max(1, exact.numel()))
+            released = released / summed
         return released.to(tensor.dtype if tensor.is_floating_point() else torch.float64).reshape(tensor.shape)
 
 
