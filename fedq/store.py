@@ -1,6 +1,6 @@
 """A worker's object store: {id: object}, each entry counted by the pointers to it.
 
-Rule 6 of the semantics reference: an object lives exactly as long as some
+Rule 6 of docs/semantics.md: an object lives exactly as long as some
 pointer to it lives anywhere. Each pointer, wherever it is (the user's process,
 another worker's store, in flight inside a message), holds one reference; the
 entry goes when the count reaches zero. A data owner's own objects are pinned:

@@ -1,4 +1,4 @@
-"""One test (or a few) per rule of the semantics reference (rules 1-6, 9-12; 15 in test_errors)."""
+"""One test (or a few) per rule of docs/semantics.md, rules 1-6 and 9-12 (it says where the others are tested)."""
 
 from __future__ import annotations
 
