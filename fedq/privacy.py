@@ -33,6 +33,7 @@ are zeros of the meta shape, private, and the failure is logged for the owner.
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import math
@@ -41,7 +42,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable
 
 import torch
-from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils._pytree import tree_map
 
 from . import dp, ops
 from .errors import GetNotPermittedError, NotReleasableError, ValueDependentShapeError
@@ -249,7 +250,7 @@ class Privacy:
         if not self._storages:
             return func(*args, **kwargs)
         if read is None:
-            read = tree_flatten((args, kwargs))[0]
+            read = ops.flatten(args, kwargs)[0]
         read = [t for t in read if isinstance(t, torch.Tensor)]
         private = [t for t in read if self.is_private(t)]
         if not private:
@@ -410,9 +411,55 @@ _NO_META = frozenset({"Tensor.backward", "Tensor.requires_grad_", "Tensor.detach
 }
 
 
+_META_CACHE: "collections.OrderedDict[tuple, Any]" = collections.OrderedDict()
+_META_CACHE_SIZE = 4096  # (a training loop asks the same few ops of the same shapes every step)
+
+
 def _meta_result(op: str, func: Callable, args: tuple, kwargs: dict) -> Any:
     """What `op` makes from tensors of the same shapes without values: a shape that needs the
-    values (or an op torch cannot run without them) is refused before the real op runs."""
+    values (or an op torch cannot run without them) is refused before the real op runs.
+    Remembered by the op and what its arguments are without their values (torch's meta
+    kernels cost ~0.5 ms an op: more than most ops on the data)."""
+    key = _meta_key(op, args, kwargs)
+    if key is not None and key in _META_CACHE:
+        _META_CACHE.move_to_end(key)
+        known = _META_CACHE[key]
+        if isinstance(known, Exception):
+            raise known
+        return known
+    try:
+        meta = _run_on_meta(op, func, args, kwargs)
+    except Exception as error:
+        if key is not None:
+            _remember(key, error.with_traceback(None))
+        raise
+    if key is not None:
+        _remember(key, meta)
+    return meta
+
+
+def _remember(key: tuple, value: Any) -> None:
+    _META_CACHE[key] = value
+    if len(_META_CACHE) > _META_CACHE_SIZE:
+        _META_CACHE.popitem(last=False)
+
+
+def _meta_key(op: str, args: tuple, kwargs: dict) -> tuple | None:
+    """What decides `op`'s meta result: each tensor's shape, strides, dtype and autograd state,
+    and the other arguments' values; None when one of those cannot be a key."""
+    leaves, structure = ops.flatten(args, kwargs)
+    parts: list = [op, structure if type(structure) is ops.FlatSpec else str(structure), torch.is_grad_enabled()]
+    for leaf in leaves:
+        if isinstance(leaf, torch.Tensor):
+            parts.append((tuple(leaf.shape), leaf.stride(), leaf.dtype, leaf.requires_grad, leaf.is_leaf, leaf.layout))
+        elif leaf is None or type(leaf) in (bool, int, float, str, torch.dtype, torch.Size):
+            parts.append((type(leaf), leaf))
+        else:
+            return None  # (slices, ellipsis, devices...: rare enough to run every time)
+    return tuple(parts)
+
+
+def _run_on_meta(op: str, func: Callable, args: tuple, kwargs: dict) -> Any:
     meta_args, meta_kwargs = tree_map(_to_meta, args), tree_map(_to_meta, kwargs)
     try:
         return func(*meta_args, **meta_kwargs)
@@ -459,7 +506,7 @@ def _poisoned(op: str, meta: Any, args: tuple, kwargs: dict) -> Any:
     target is joined the same way."""
     anchor = None
     if torch.is_grad_enabled():
-        for t in tree_flatten((args, kwargs))[0]:
+        for t in ops.flatten(args, kwargs)[0]:
             if isinstance(t, torch.Tensor) and t.requires_grad:
                 term = t.sum() * 0
                 anchor = term if anchor is None else anchor + term
@@ -566,7 +613,7 @@ LOSSES = _ELEMENTWISE_LOSSES | {"torch.nn.functional.cross_entropy", "torch.nn.f
 
 def _derive(op: str, args: tuple, kwargs: dict, out: torch.Tensor, inputs: dict[int, Facts], privacy: Privacy) -> tuple | None:
     """(rows, owner's bounds, release) of `out`, a result (or the target) of `op`; None if it has no rows."""
-    private_args = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor) and id(a) in inputs]
+    private_args = [a for a in ops.flatten(args, kwargs)[0] if isinstance(a, torch.Tensor) and id(a) in inputs]
     rows = [inputs[id(a)].rows for a in private_args]
     if not rows or any(r is None for r in rows) or len({r.dataset for r in rows}) != 1:
         return None  # rows of several datasets, or private data without rows
