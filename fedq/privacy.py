@@ -425,7 +425,7 @@ def _meta_result(op: str, func: Callable, args: tuple, kwargs: dict) -> Any:
         _META_CACHE.move_to_end(key)
         known = _META_CACHE[key]
         if isinstance(known, Exception):
-            raise known
+            raise known.with_traceback(None)  # (the last raise's frames dropped: they would pile up)
         return known
     try:
         meta = _run_on_meta(op, func, args, kwargs)
