@@ -49,6 +49,7 @@ from .errors import GetNotPermittedError, NotReleasableError, ValueDependentShap
 
 log = logging.getLogger("fedq.privacy")
 
+_MAX_GRAD_CHAIN = 8
 UPDATES = ("allow", "refuse")  # what a dataset's owner says of model updates computed from it
 MAX_HISTORY = 64  # op lines kept per private tensor, for the owner reviewing a request
 
@@ -137,12 +138,7 @@ class Privacy:
 
     def mark(self, tensor: torch.Tensor, facts: Facts | None = None) -> None:
         """`tensor`'s memory holds private data from now on (and everything sharing it)."""
-        try:
-            storage = tensor.untyped_storage()
-        except (NotImplementedError, RuntimeError):  # sparse: no one storage; its values' are marked
-            storage = tensor.coalesce().values().untyped_storage() if tensor.is_sparse else None
-            if storage is None:
-                raise
+        storage = _storage_of(tensor)
         key = storage._cdata
         if key not in self._storages:
             self._storages[key] = weakref.ref(storage, functools.partial(self._storage_died, key))
@@ -188,13 +184,21 @@ class Privacy:
         tensor carries with it when fetched, moved or listed)."""
         if not self._storages or not isinstance(obj, torch.Tensor):
             return False
-        return self.is_private(obj) or (obj.is_leaf and obj.grad is not None and self.is_private(obj.grad))
+        for _ in range(_MAX_GRAD_CHAIN):  # (a .grad may have a .grad of its own, and so on)
+            if self.is_private(obj):
+                return True
+            obj = obj.grad if obj.is_leaf else None
+            if obj is None:
+                return False
+        return True  # a chain of .grads this long is no model update: kept
 
     def history(self, obj: Any) -> list[str]:
         """The ops that made a private tensor, oldest first (for the owner reviewing a request)."""
         if not isinstance(obj, torch.Tensor) or not self.is_private(obj):
             return []
-        return list(self.facts(obj).history)
+        facts = self.facts(obj)
+        datasets = ", ".join(sorted(d.name for d in facts.sources))
+        return [f"datasets: {datasets}", *facts.history]
 
     def summary(self, obj: Any) -> str | None:
         """What a listing says of a private tensor: its datasets' budgets, spent and left, by whom."""
@@ -226,7 +230,7 @@ class Privacy:
     def add(self, tensor: torch.Tensor, dataset: Dataset | None, label: str, bounds: tuple[float, float] | None = None) -> None:
         """Mark a data owner's tensor private: rows of `dataset` (axis 0: one record a row)."""
         if dataset is None:
-            self.mark(tensor, Facts(frozenset({UNRELEASED}), (label,), self.stamp(tensor)))
+            self.mark(tensor, Facts(frozenset({UNRELEASED}), (_ORIGIN + label,), self.stamp(tensor)))
             return
         stamp = self.stamp(tensor)
         if tensor.dim() == 0:
@@ -237,7 +241,7 @@ class Privacy:
             raise ValueError(f"{label} has {tensor.shape[0]} rows; dataset {dataset.name!r} has {dataset.records} records")
         if bounds is not None:
             bounds = _checked_bounds(bounds)
-        self.mark(tensor, Facts(frozenset({dataset}), (label,), stamp, Rows(dataset), bounds))
+        self.mark(tensor, Facts(frozenset({dataset}), (_ORIGIN + label,), stamp, Rows(dataset), bounds))
 
     def updates_allowed(self, sources: Iterable[Dataset]) -> bool:
         return all(d.updates == "allow" for d in sources)
@@ -381,11 +385,21 @@ def _checked_bounds(bounds: Any) -> tuple[float, float]:
     return lo, hi
 
 
+def _storage_of(tensor: torch.Tensor) -> Any:
+    """The storage that stands for `tensor`'s memory: its own, or a sparse tensor's values'
+    (as they are: coalescing would make a new tensor, whose storage dies at once)."""
+    if tensor.layout == torch.strided:
+        return tensor.untyped_storage()
+    if tensor.layout == torch.sparse_coo:
+        return tensor._values().untyped_storage()
+    return tensor.values().untyped_storage()  # (compressed sparse layouts)
+
+
 def _storage_key(tensor: torch.Tensor) -> int | None:
     try:
-        return tensor.untyped_storage()._cdata
+        return _storage_of(tensor)._cdata
     except (NotImplementedError, RuntimeError):
-        return tensor.coalesce().values().untyped_storage()._cdata if tensor.is_sparse else None
+        return None
 
 
 def _leaves(root: torch.Tensor) -> list[torch.Tensor]:
@@ -520,10 +534,27 @@ def _poisoned(op: str, meta: Any, args: tuple, kwargs: dict) -> Any:
     target = args[0] if op in ops.INPLACE and args and isinstance(args[0], torch.Tensor) else None
     if target is not None and anchor is not None and target.is_floating_point() and not (target.is_leaf and target.requires_grad):
         target.add_(anchor.to(target.dtype))  # (as a successful in-place op would have joined it)
-    return tree_map(zeros, meta) if meta is not None else None
+    if meta is None:
+        return None
+    # What a real op returns is its target (in place) or its `out=` (resized as torch resizes it),
+    # not new memory: a caller that stores the result would see the difference in its bytes.
+    if target is not None and isinstance(meta, torch.Tensor):
+        return target
+    if "out" in kwargs:
+        outs, metas = ops.flatten_result(kwargs["out"])[0], ops.flatten_result(meta)[0]
+        for out, m in zip(outs, metas):
+            if isinstance(out, torch.Tensor) and isinstance(m, torch.Tensor) and tuple(out.shape) != tuple(m.shape):
+                out.resize_(m.shape)
+            if isinstance(out, torch.Tensor):
+                out.detach().zero_()
+        return kwargs["out"]
+    return tree_map(zeros, meta)
 
 
 # --------------------------------------------------------------------------- history
+
+_ORIGIN = "data: "  # the first lines of a history: the owner's tensors it was computed from
+_MAX_ORIGINS = 16
 
 def _history(op: str, args: tuple, kwargs: dict, inputs: dict[int, Facts]) -> tuple[str, ...]:
     lines: list[str] = []
@@ -533,7 +564,10 @@ def _history(op: str, args: tuple, kwargs: dict, inputs: dict[int, Facts]) -> tu
         [_shown(a, inputs) for a in args] + [f"{k}={_shown(v, inputs)}" for k, v in kwargs.items()]
     )
     lines.append(f"{op}({shown})"[:300])
-    return tuple(lines[-MAX_HISTORY:])
+    # Where it came from is never pushed out by what was done to it since.
+    origins = [line for line in lines if line.startswith(_ORIGIN)][:_MAX_ORIGINS]
+    done = [line for line in lines if not line.startswith(_ORIGIN)]
+    return (*origins, *done[-(MAX_HISTORY - len(origins)):])
 
 
 def _shown(value: Any, inputs: dict[int, Facts]) -> str:

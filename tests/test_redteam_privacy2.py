@@ -1,7 +1,8 @@
 """Red-team round 2 on issue 13 ("private data stays private"), after 65c8067 closed round 1's
 16 holes (tests/test_redteam_privacy.py). A key holder with the public pointer API, or a crafted
 message, against real worker processes (and `Privacy` itself where the question is what the
-worker records). Every test asserts the SAFE outcome; an attack that succeeds today is marked
+worker records). Every test asserts the SAFE outcome; the four that succeeded
+against 65c8067 are closed (each test's comment says the hole); a new one is marked
 `succeeds(why)` (xfail, strict, for an AssertionError only) until it is closed. The attacks share
 one fresh dp_owner of their own (tests/data/dp_owner.py: a (64, 4) table of 0..9, ε = 1,
 updates refused); none spends any of its budget."""
@@ -51,9 +52,10 @@ def table(owner):
 
 # --------------------------------------------------------------------------- exact leaks, no budget
 
-@succeeds("a sparse tensor has no one storage: privacy._storage_key and mark() key it by "
-          "coalesce().values(), a new storage per call for an uncoalesced tensor (embedding's sparse grad), "
-          "which dies at once and unmarks itself; the grad and anything computed from it come out public")
+# The hole this closed: a sparse tensor has no one storage: privacy._storage_key and mark() key it
+# by coalesce().values(), a new storage per call for an uncoalesced tensor (embedding's sparse
+# grad), which dies at once and unmarks itself; the grad and anything computed from it come out
+# public
 def test_a_sparse_grad_from_private_data_is_private(table, owner):
     w = th.zeros(64, 4, requires_grad=True).send(owner)
     rows = F.embedding(th.arange(64).send(owner), w, sparse=True)  # w.grad: sparse, uncoalesced, = the table
@@ -66,8 +68,9 @@ def test_a_sparse_grad_from_private_data_is_private(table, owner):
     assert not th.equal(fetched, SECRET)  # now: the whole table, exactly, from a dataset that refuses updates
 
 
-@succeeds("holds_private looks one .grad deep, but wire._reduce_tensor ships a leaf's .grad with its own "
-          "reduce, so a .grad's .grad goes too: p.grad = g, g.grad = private; p.get() (or a move, a listing)")
+# The hole this closed: holds_private looks one .grad deep, but wire._reduce_tensor ships a leaf's
+# .grad with its own reduce, so a .grad's .grad goes too: p.grad = g, g.grad = private; p.get()
+# (or a move, a listing)
 def test_a_private_grad_of_a_grad_does_not_leave(table, owner):
     g = th.zeros(64, 4).send(owner)
     g.grad = table * 1  # g holds private data (refused alone)...
@@ -96,8 +99,9 @@ def _stored_bytes_after_index_fill(owner, table, c: int) -> int:
     return next(row.nbytes for row in client.request(owner.address, DescribeObjects()) if row.id == result)
 
 
-@succeeds("a poisoned failure is fresh zeros; a success may be (a view of) an existing tensor: an in-place op "
-          "given a result id, or an out= op, returns its target, whose storage describe()'s nbytes measures")
+# The hole this closed: a poisoned failure is fresh zeros; a success may be (a view of) an
+# existing tensor: an in-place op given a result id, or an out= op, returns its target, whose
+# storage describe()'s nbytes measures
 def test_whether_a_private_op_failed_is_not_told_by_the_stored_bytes(table, owner):
     outcomes = {c: _stored_bytes_after_index_fill(owner, table, c) for c in range(1, 6)}
     assert len(set(outcomes.values())) == 1, outcomes  # now: {1: 4, 2: 8, 3: 12, 4: 16384, 5: 16384}: the value is 3
@@ -105,8 +109,9 @@ def test_whether_a_private_op_failed_is_not_told_by_the_stored_bytes(table, owne
 
 # --------------------------------------------------------------------------- what the owner reviews (Privacy itself)
 
-@succeeds("privacy._history keeps the last MAX_HISTORY (64) distinct lines: 64 distinct no-ops push the "
-          "dataset out of the history a request shows, and RequestInfo names no dataset otherwise")
+# The hole this closed: privacy._history keeps the last MAX_HISTORY (64) distinct lines: 64
+# distinct no-ops push the dataset out of the history a request shows, and RequestInfo names no
+# dataset otherwise
 def test_a_request_history_keeps_where_the_data_came_from():
     privacy = Privacy()
     data = SECRET.clone()
