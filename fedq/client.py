@@ -27,8 +27,7 @@ import shutil
 import subprocess
 import threading
 import time
-import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import wire
 from .errors import (
@@ -45,10 +44,6 @@ from .leases import lease_told
 from .settings import DEFAULTS
 from .transport import Batches, ClientSockets, client_name
 from .wire import DeleteObjects, Failure, Ok, Renew
-
-if TYPE_CHECKING:
-    from .handle import VirtualWorker
-
 log = logging.getLogger("fedq.client")
 
 DEFAULT_TIMEOUT = float(os.environ.get("FEDQ_TIMEOUT", "30"))
@@ -80,6 +75,7 @@ class Client:
     """The local worker, "me": holds no objects, only pointers to them."""
 
     id = "me"
+    is_local = True  # (a worker handle is not: sending to me is keeping)
 
     def __init__(self, key: bytes, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.timeout = timeout
@@ -92,9 +88,9 @@ class Client:
         self._unclaimed: set[int] = set()  # seqs of timed-out requests whose late answer hands over references
         self._seq = itertools.count(1)
         self._waits = 0  # how many times the caller waited for a worker (round trips it felt)
-        self._handles: dict[str, VirtualWorker] = {}  # by address
+        # Workers are known here by address alone; their handles are handle.py's (`Workers`).
+        self._names: dict[str, str] = {}  # address -> id, of every worker this client has met
         self._children: dict[str, subprocess.Popen] = {}  # workers this process started, by address
-        self.spawned: dict[str, VirtualWorker] = {}  # the same, by id
         self._dead: dict[str, str] = {}  # address -> why
         # Which life of each worker we talk to (what we seal to): chosen by us for a worker we
         # spawn, else learned from its answers (a hello first) or from pointers that name it.
@@ -107,9 +103,6 @@ class Client:
         # by a Renew when we sent nothing for a third of it. Each worker tells its lease.
         self._leases: dict[str, float] = {}  # address -> lease seconds
         self._renewing: dict[str, int] = {}  # address -> seq of the last Renew sent there
-        # Pointers to leaves that need grads, by pointer id: told after each backward whether
-        # their object has a .grad, so that optimizers read p.grad without a round trip.
-        self._grad_tracked: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
         self._closed = False
         self.name = client_name()  # how workers list the references this process holds
         self._io = ClientSockets(self.name, self._on_send, self._on_replies, self._encode_ref_updates, self._seal, self._on_tick)
@@ -121,23 +114,14 @@ class Client:
         return f"<LocalWorker id:{self.id}>"
 
     # ---- workers known to this client
-    def handle_for(self, id: str, address: str) -> "VirtualWorker":
-        """The handle of the worker at `address`, made on first sight (pointers carry addresses)."""
-        handle = self._handles.get(address)
-        if handle is None:
-            from .handle import VirtualWorker
-
-            handle = VirtualWorker.at(self, id, address)
-        return handle
-
     def knows_workers(self) -> bool:
-        return bool(self._handles)
+        return bool(self._names)
 
     def use_key(self, key: bytes) -> None:
         """Join a federation that has its own key: possible until this client has met a worker."""
         if key == self.key:
             return
-        if self._handles:
+        if self._names:
             raise ConfigError(
                 "this process already talks to workers under another key; one process joins one federation "
                 "(set FEDQ_KEY to the federation's key before starting workers from it)"
@@ -147,22 +131,22 @@ class Client:
 
     def use_curve(self, keys: Any) -> None:
         """Encrypt every connection with CURVE (a federation across hosts); before the first."""
-        if self._handles and self._io.peers.curve is None:
+        if self._names and self._io.peers.curve is None:
             raise ConfigError("this process already talks to workers unencrypted; switch to CURVE before the first one")
         self._io.peers.curve = keys
 
     def register(
-        self, handle: "VirtualWorker", process: subprocess.Popen | None = None, *, incarnation: bytes | None = None, admin_key: bytes | None = None
+        self, address: str, id: str, process: subprocess.Popen | None = None, *, incarnation: bytes | None = None, admin_key: bytes | None = None
     ) -> None:
-        """Know the worker behind `handle`: the `process` and `incarnation` we started it with,
-        and its `admin_key` if we are its owner."""
-        self._handles[handle.address] = handle
+        """Know the worker at `address` as `id` (again: under a new name): the `process` and
+        `incarnation` we started it with, and its `admin_key` if we are its owner."""
+        self._names[address] = id
         if process is not None:
-            self._children[handle.address] = process
+            self._children[address] = process
         if incarnation is not None:
-            self._incarnations[handle.address] = incarnation
+            self._incarnations[address] = incarnation
         if admin_key is not None:
-            self.use_admin_key(handle.address, admin_key)
+            self.use_admin_key(address, admin_key)
 
     @property
     def holder_name(self) -> str:
@@ -170,9 +154,9 @@ class Client:
         references under the session, which only our own signed messages carry (store.py)."""
         return wire.wire_name(self.name, self.codec.session)
 
-    def holder_name_of(self, handle: "VirtualWorker") -> str:
-        """How a message names the worker behind `handle` as a holder (its session is its incarnation)."""
-        return wire.wire_name(handle.id, self.incarnation_of(handle.address))
+    def holder_name_of(self, id: str, address: str) -> str:
+        """How a message names the worker `id` at `address` as a holder (its session is its incarnation)."""
+        return wire.wire_name(id, self.incarnation_of(address))
 
     def is_owner_of(self, address: str) -> bool:
         """Do we hold the admin key of the worker at `address` (we started it, or were given it)?"""
@@ -194,8 +178,7 @@ class Client:
         return known
 
     def name_of(self, address: str) -> str:
-        handle = self._handles.get(address)
-        return handle.id if handle is not None else address
+        return self._names.get(address, address)
 
     def stats(self) -> dict[str, int]:
         """Transport counters of this process: every byte to and from workers passes here.
@@ -269,24 +252,6 @@ class Client:
                 self._abandon(call)
             raise
         return results
-
-    def track_grads(self, pointer: Any) -> None:
-        self._grad_tracked[pointer.id] = pointer
-
-    def grads_changed(self, address: str, ids_with_grad: set[int] | None) -> None:
-        """A backward ran on `address`; `ids_with_grad` (None: not known) now have a .grad there."""
-        from .pointer import _GRAD_PRESENT, _GRAD_UNKNOWN, Pointer
-
-        for pointer in list(self._grad_tracked.values()):
-            if pointer.location.address != address or pointer._ref is None or pointer._ref.spent:
-                continue
-            if ids_with_grad is None:
-                pointer._grad_state = _GRAD_UNKNOWN
-            elif pointer.id_at_location in ids_with_grad:
-                if not isinstance(pointer._grad_state, Pointer):  # a cached handle still names the same grad
-                    pointer._grad_state = _GRAD_PRESENT
-            else:
-                pointer._grad_state = None
 
     def delete_on_death(self, ref: Any, address: str, id: int) -> Any:
         """Delete object `id` at `address` once `ref` dies (batched with other deletes), unless
@@ -502,7 +467,7 @@ class Client:
         now = time.monotonic()
         sent_at = self._io.peers.sent_at
         batches = None
-        for address in list(self._handles):
+        for address in list(self._names):
             if address in self._dead or address not in self._incarnations:  # (not met yet: its hello comes first)
                 continue
             lease = self._leases.get(address)
@@ -557,7 +522,7 @@ class Client:
         if self._closed:
             return
         try:
-            if any(a not in self._children for a in self._handles):
+            if any(a not in self._children for a in self._names):
                 # Workers we did not start outlive us: give queued deletes a moment to reach them.
                 try:
                     self.barrier(timeout=min(timeout, 1.0), deletes=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,9 @@ from .client import Client, local_client
 from .errors import ConfigError
 from .ids import new_id
 from .launcher import start_worker_process
+from .pointer import PointerTensor
 from .settings import DEFAULTS
-from .transport import runtime_dir
+from .transport import CurveKeys, runtime_dir
 from .wire import (
     ClearObjects,
     CountObjects,
@@ -47,12 +49,47 @@ def _client_of(hook: Any) -> Client:
     return hook.local_worker
 
 
+class Workers:
+    """The handles of the workers one client knows: one per address, made on first sight
+    (pointers name their worker by address), and those this process spawned, by id. The
+    client itself knows workers only by address (`Client.register`)."""
+
+    # (A handle holds its client, so an entry lives as long as the client: atexit holds it anyway.)
+    _of_client: "weakref.WeakKeyDictionary[Client, Workers]" = weakref.WeakKeyDictionary()
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.by_address: dict[str, VirtualWorker] = {}
+        self.spawned: dict[str, VirtualWorker] = {}
+
+    @classmethod
+    def of(cls, client: Client) -> "Workers":
+        workers = cls._of_client.get(client)
+        if workers is None:  # (setdefault: two threads meeting a client first share one registry)
+            workers = cls._of_client.setdefault(client, cls(client))
+        return workers
+
+    def at(self, id: str, address: str) -> "VirtualWorker":
+        """The handle of the worker at `address`, made on first sight."""
+        handle = self.by_address.get(address)
+        if handle is None:
+            handle = VirtualWorker.at(self.client, id, address)
+        return handle
+
+    def add(self, handle: "VirtualWorker", process: subprocess.Popen | None = None, **known: Any) -> None:
+        """Know `handle`, and tell the client what it needs of it (`Client.register`)."""
+        self.by_address[handle.address] = handle
+        self.client.register(handle.address, handle.id, process, **known)
+
+
 class VirtualWorker:
     """A worker process, seen from the user's process."""
 
+    is_local = False  # (the client, "me", is)
+
     def __new__(cls, hook: Any = None, id: str = "worker", **kwargs: Any) -> "VirtualWorker":
         client = _client_of(hook)
-        existing = client.spawned.get(id)
+        existing = Workers.of(client).spawned.get(id)
         if existing is not None and existing.alive():
             return existing  # re-running a notebook cell must not start a second "bob"
         return super().__new__(cls)
@@ -94,8 +131,9 @@ class VirtualWorker:
             max_message_bytes=max_message_bytes, lease_seconds=lease_seconds, incarnation=incarnation, admin_key=admin_key,
             max_memory_bytes=max_memory_bytes, request_seconds=request_seconds, max_requests=max_requests,
         )
-        self.client.register(self, self.process, incarnation=incarnation, admin_key=admin_key)
-        self.client.spawned[id] = self
+        self.workers = Workers.of(self.client)
+        self.workers.add(self, self.process, incarnation=incarnation, admin_key=admin_key)
+        self.workers.spawned[id] = self
         self.client.lease_at(self.address, lease_seconds if lease_seconds is not None else DEFAULTS.lease_seconds)
         # Not waited for: the first read waits, so several workers start in parallel.
         self.client.submit(self.address, Ping())
@@ -105,8 +143,14 @@ class VirtualWorker:
         """A handle to a worker already serving at `address`."""
         self = object.__new__(cls)
         self.client, self.id, self.address, self.process = client, id, address, None
-        client.register(self)
+        self.workers = Workers.of(client)
+        self.workers.add(self)
         return self
+
+    def worker_at(self, id: str, address: str) -> "VirtualWorker":
+        """The handle of the worker at `address`, as this handle's client knows it (made on first
+        sight): how a pointer names the worker of a pointer it is answered with."""
+        return self.workers.at(id, address)
 
     # ---- what PySyft users know
     @property
@@ -129,8 +173,6 @@ class VirtualWorker:
     @property
     def _objects(self) -> dict[int, Any]:
         """A snapshot {id: tensor or pointer} of what this worker holds (rule 11)."""
-        from .pointer import PointerTensor
-
         snapshot = self.client.request(self.address, ListObjects(), after_deletes=True)
         return {
             id: PointerTensor.view_of(self, obj) if isinstance(obj, PointerSpec) else obj
@@ -143,8 +185,6 @@ class VirtualWorker:
     def search(self, *tags: str | list[str]) -> list[Any]:
         """Pointers to every object here that carries all `tags` (rule 14):
         `bob.search("#boston")`, `bob.search(["#boston", "#target"])` or `bob.search("#boston", "#target")`."""
-        from .pointer import PointerTensor
-
         wanted = tuple(t for group in tags for t in ([group] if isinstance(group, str) else group))
         specs = self.client.request(self.address, Search(wanted), after_deletes=True)
         return [PointerTensor.from_spec(self, spec, is_chain=False, id=new_id()) for spec in specs]
@@ -200,11 +240,11 @@ def connect(
         address = federation.worker(id).address
         client.use_key(federation.key(create=False))
         if federation.curve_dir is not None:
-            from .transport import CurveKeys
-
             client.use_curve(CurveKeys.load(federation.curve_dir, "client", federation.peers()))
-    handle = client.handle_for(id, address)
-    handle.id = id or handle.id
+    handle = Workers.of(client).at(id, address)
+    if id and id != handle.id:  # (met before under another name: this one, from now on)
+        handle.id = id
+        client.register(address, id)
     if owner is not False and not client.is_owner_of(address):  # (a worker this process started: its own key already)
         try:
             client.use_admin_key(address, federation.admin_key(create=False))

@@ -19,7 +19,8 @@ What a pointer forwards, and nothing more:
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any, Iterable
+import weakref
+from typing import TYPE_CHECKING, Any, Iterable, Protocol
 
 import torch
 from torch.utils._pytree import tree_map
@@ -37,7 +38,21 @@ from .wire import INBAND_LIMIT, GetObject, HoldsObject, IncRef, MoveObject, Poin
 
 if TYPE_CHECKING:
     from .client import Client
-    from .handle import VirtualWorker
+
+
+class Location(Protocol):
+    """What a pointer needs of the worker its object is on: a `handle.VirtualWorker` (handle.py
+    builds pointers, so this module does not import it)."""
+
+    id: str
+    address: str
+    client: "Client"
+    is_local: bool  # False: "me", the client, is the one local worker
+
+    @property
+    def incarnation(self) -> bytes: ...
+
+    def worker_at(self, id: str, address: str) -> "Location": ...
 
 
 class RemoteRef:
@@ -93,12 +108,46 @@ _GRAD_UNKNOWN = "unknown"  # ask the worker (pointers on chains: backward ran fu
 _GRAD_PRESENT = "present"  # the worker has one; a pointer to it is made on first read
 
 
+class GradTracker:
+    """One client's pointers to leaves that need grads, by pointer id: told after each backward
+    whether their object has a .grad (`Pointer._grad_state`), so that optimizers read p.grad
+    without a round trip."""
+
+    _of_client: "weakref.WeakKeyDictionary[Client, GradTracker]" = weakref.WeakKeyDictionary()
+
+    def __init__(self) -> None:
+        self._tracked: weakref.WeakValueDictionary[int, Pointer] = weakref.WeakValueDictionary()
+
+    @classmethod
+    def of(cls, client: "Client") -> "GradTracker":
+        tracker = cls._of_client.get(client)
+        if tracker is None:  # (setdefault: two threads meeting a client first share one tracker)
+            tracker = cls._of_client.setdefault(client, cls())
+        return tracker
+
+    def track(self, pointer: "Pointer") -> None:
+        self._tracked[pointer.id] = pointer
+
+    def changed(self, address: str, ids_with_grad: set[int] | None) -> None:
+        """A backward ran on `address`; `ids_with_grad` (None: not known) now have a .grad there."""
+        for pointer in list(self._tracked.values()):
+            if pointer.location.address != address or pointer._ref is None or pointer._ref.spent:
+                continue
+            if ids_with_grad is None:
+                pointer._grad_state = _GRAD_UNKNOWN
+            elif pointer.id_at_location in ids_with_grad:
+                if not isinstance(pointer._grad_state, Pointer):  # a cached handle still names the same grad
+                    pointer._grad_state = _GRAD_PRESENT
+            else:
+                pointer._grad_state = None
+
+
 class Pointer:
     """The behaviour every pointer class shares; its state lives in the instance __dict__."""
 
     id: int
     id_at_location: int
-    location: "VirtualWorker"
+    location: "Location"
     owner: Any  # the Client ("me"), or a worker whose store this pointer was listed from
     tags: set[str]
     description: str | None
@@ -110,7 +159,7 @@ class Pointer:
     def _init_pointer(
         self,
         meta: torch.Tensor,
-        location: "VirtualWorker",
+        location: "Location",
         id: int,
         id_at_location: int,
         *,
@@ -131,7 +180,7 @@ class Pointer:
         self.tags = set(tags)
         self.description = description
         if meta.requires_grad and meta.is_leaf and owner is None:
-            location.client.track_grads(self)
+            GradTracker.of(location.client).track(self)
 
     def __repr__(self, *args: Any, **kwargs: Any) -> str:
         return f"[{type(self).__name__} | {self.owner.id}:{self.id} -> {self.location.id}:{self.id_at_location}]"
@@ -163,14 +212,14 @@ class Pointer:
             self.location.incarnation,
         )
 
-    def _relocate(self, location: "VirtualWorker") -> None:
+    def _relocate(self, location: "Location") -> None:
         self._check_usable().address = location.address
         self.location = location
         if isinstance(self._grad_state, Pointer):  # the grad moved along; drop the handle to the old one
             self._grad_state = _GRAD_PRESENT
 
     # ---- the pointer's own API
-    def send(self, worker: "VirtualWorker") -> "PointerTensor":
+    def send(self, worker: "Location") -> "PointerTensor":
         """Hand this pointer to `worker` (rule 3): it stores it under this pointer's id;
         no tensor data moves. This pointer is spent; use the one returned."""
         self._check_usable()
@@ -179,7 +228,7 @@ class Pointer:
         client.barrier(except_address=worker.address)
         client.submit(worker.address, StoreObject(self.id, self._spec()))
         # Our reference at the next hop is the new holder's now (for listings; frees nothing).
-        client.queue_hand_over(self.location.address, self.id_at_location, client.holder_name, client.holder_name_of(worker))
+        client.queue_hand_over(self.location.address, self.id_at_location, client.holder_name, client.holder_name_of(worker.id, worker.address))
         self._spend(f"it was sent to {worker.id!r}; use the pointer .send() returned")
         return PointerTensor._make(_fresh_meta(self._meta), worker, new_id(), self.id, is_chain=True)
 
@@ -216,19 +265,16 @@ class Pointer:
 
     def _received(self, obj: Any) -> Any:
         if isinstance(obj, PointerSpec):
-            client = self.location.client
             # The reference at the next hop was our location's; it is ours now (our location told it).
-            location = client.handle_for(obj.location, obj.address)
+            location = self.location.worker_at(obj.location, obj.address)
             return PointerTensor._make(_fresh_meta(self._meta), location, obj.id, obj.id_at_location, is_chain=True)
         return obj
 
     def move(self, worker: Any) -> "Pointer":
         """Rule 7: the data goes from its worker straight to `worker` (never through me),
         keeping its id; this pointer then points there. `move(me)` is `get()`."""
-        from .client import Client
-
         self._check_usable()
-        if isinstance(worker, Client):
+        if worker.is_local:
             return self.get()
         if worker.address != self.location.address:
             client = self.location.client
@@ -293,13 +339,13 @@ class PointerTensor(Pointer, torch.Tensor):
         raise TypeError("PointerTensors are made by .send(), by operations on pointers, or by .get() on a chain")
 
     @classmethod
-    def _make(cls, meta: torch.Tensor, location: "VirtualWorker", id: int, id_at_location: int, **state: Any) -> "PointerTensor":
+    def _make(cls, meta: torch.Tensor, location: "Location", id: int, id_at_location: int, **state: Any) -> "PointerTensor":
         self = torch.Tensor._make_subclass(cls, meta, meta.requires_grad)
         self._init_pointer(meta, location, id, id_at_location, **state)
         return self
 
     @classmethod
-    def from_spec(cls, location: "VirtualWorker", spec: PointerSpec, *, is_chain: bool, owner: Any = None, id: int | None = None) -> "PointerTensor":
+    def from_spec(cls, location: "Location", spec: PointerSpec, *, is_chain: bool, owner: Any = None, id: int | None = None) -> "PointerTensor":
         meta = torch.empty(spec.shape, dtype=spec.dtype, device="meta", requires_grad=spec.requires_grad)
         return cls._make(
             meta, location, spec.id if id is None else id, spec.id_at_location,
@@ -307,9 +353,9 @@ class PointerTensor(Pointer, torch.Tensor):
         )
 
     @classmethod
-    def view_of(cls, holder: "VirtualWorker", spec: PointerSpec) -> "PointerTensor":
+    def view_of(cls, holder: "Location", spec: PointerSpec) -> "PointerTensor":
         """A pointer stored on `holder`, shown to me: it owns nothing and deletes nothing."""
-        return cls.from_spec(holder.client.handle_for(spec.location, spec.address), spec, is_chain=False, owner=holder)
+        return cls.from_spec(holder.worker_at(spec.location, spec.address), spec, is_chain=False, owner=holder)
 
 
 class PointerParameter(Pointer, torch.nn.Parameter):
@@ -331,7 +377,7 @@ class PointerParameter(Pointer, torch.nn.Parameter):
         return copy
 
 
-def _become_pointer(param: torch.nn.Parameter, location: "VirtualWorker", id_at_location: int, *, is_chain: bool = False, grad: Any = None) -> PointerParameter:
+def _become_pointer(param: torch.nn.Parameter, location: "Location", id_at_location: int, *, is_chain: bool = False, grad: Any = None) -> PointerParameter:
     meta = torch.empty(tuple(param.shape), dtype=param.dtype, device="meta", requires_grad=param.requires_grad)
     param.grad = None
     param.data = torch.empty(0, dtype=param.dtype)  # the values live on the worker now
@@ -405,7 +451,7 @@ def _run_remote(func: Any, args: tuple, kwargs: dict) -> Any:
             pass
         target = args[0] if args else None
         if isinstance(target, Pointer) and target._meta.requires_grad and target._meta.is_leaf and target._ref is not None:
-            client.track_grads(target)  # (requires_grad_() made it a leaf whose .grad backward writes)
+            GradTracker.of(client).track(target)  # (requires_grad_() made it a leaf whose .grad backward writes)
         return None if name in ("Tensor.__setitem__",) or name.endswith(".__set__") else args[0]
 
     inferred = _infer(func, args, kwargs, leaves, spec)
@@ -425,7 +471,7 @@ def _run_remote(func: Any, args: tuple, kwargs: dict) -> Any:
     def to_pointer(remote: Any) -> Any:
         if not isinstance(remote, PointerSpec):
             return remote
-        return PointerTensor.from_spec(client.handle_for(remote.location, remote.address), remote, is_chain=is_chain, id=new_id())
+        return PointerTensor.from_spec(location.worker_at(remote.location, remote.address), remote, is_chain=is_chain, id=new_id())
 
     return tree_map(to_pointer, answer)
 
@@ -480,7 +526,7 @@ def _result_meta(metas: list) -> tuple:
     return tuple((tuple(m.shape), m.dtype, m.requires_grad) for m in metas if isinstance(m, torch.Tensor))
 
 
-def _pipelined(location: "VirtualWorker", op: RunOp, metas: list[torch.Tensor], is_chain: bool) -> list["PointerTensor"]:
+def _pipelined(location: "Location", op: RunOp, metas: list[torch.Tensor], is_chain: bool) -> list["PointerTensor"]:
     """Send `op` without waiting (rule 1: we name the results), and return pointers to them."""
     op.result_ids = tuple(new_id() for _ in metas)
     if op.result_meta is None:
@@ -507,7 +553,7 @@ def _read_grad(pointer: Pointer) -> Any:
             pointer.location.address, RunOp("Tensor.grad.__get__", (Ref(pointer.id_at_location),), {}, None), after_all=True
         )
         grad = None if answer is None else PointerTensor.from_spec(
-            pointer.location.client.handle_for(answer.location, answer.address), answer, is_chain=pointer._is_chain, id=new_id()
+            pointer.location.worker_at(answer.location, answer.address), answer, is_chain=pointer._is_chain, id=new_id()
         )
     pointer._grad_state = grad
     return grad
@@ -529,7 +575,7 @@ def _backward(pointer: Pointer, *args: Any, **kwargs: Any) -> None:
         RunOp("Tensor.backward", wire_args, wire_kwargs, (), None, torch.is_grad_enabled()),
         after_all=pointer._is_chain,
     )
-    client.grads_changed(pointer.location.address, None if pointer._is_chain else set(with_grad or ()))
+    GradTracker.of(client).changed(pointer.location.address, None if pointer._is_chain else set(with_grad or ()))
 
 
 _SPECIAL = {
@@ -540,11 +586,9 @@ _SPECIAL = {
 
 
 # ---- what TorchHook installs on torch.Tensor and nn.Module
-def send_tensor(tensor: torch.Tensor, worker: "VirtualWorker") -> PointerTensor:
+def send_tensor(tensor: torch.Tensor, worker: "Location") -> PointerTensor:
     """Rule 2: `worker` stores a copy of `tensor`; the local tensor is unchanged."""
-    from .client import Client
-
-    if isinstance(worker, Client):
+    if worker.is_local:
         return tensor  # sending to me: nothing to do
     tags = tuple(sorted(getattr(tensor, "tags", None) or ()))
     description = getattr(tensor, "description", None)
@@ -559,7 +603,7 @@ def send_tensor(tensor: torch.Tensor, worker: "VirtualWorker") -> PointerTensor:
 
 
 def _store(
-    tensor: torch.Tensor, worker: "VirtualWorker", id_at_location: int, tags: tuple[str, ...] = (), description: str | None = None
+    tensor: torch.Tensor, worker: "Location", id_at_location: int, tags: tuple[str, ...] = (), description: str | None = None
 ) -> None:
     """Have `worker` store a copy of `tensor` under `id_at_location` (one reference). Called
     once a pointer holds that id: a Ctrl-C from here on frees the object (the pointer dies)
@@ -584,7 +628,7 @@ def describe_tensor(tensor: torch.Tensor, description: str) -> torch.Tensor:
     return tensor
 
 
-def send_module(module: torch.nn.Module, worker: "VirtualWorker") -> torch.nn.Module:
+def send_module(module: torch.nn.Module, worker: "Location") -> torch.nn.Module:
     """Rule 13: send every parameter and buffer; the parameters become pointers *in place*."""
     for param in module.parameters():
         if isinstance(param, Pointer):
@@ -617,7 +661,7 @@ def get_module(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def move_module(module: torch.nn.Module, worker: "VirtualWorker") -> torch.nn.Module:
+def move_module(module: torch.nn.Module, worker: "Location") -> torch.nn.Module:
     """Rule 7 for a model: every parameter goes straight to `worker`, in one round trip."""
     pointers = [p for p in module.parameters() if isinstance(p, Pointer)] + [b for _, _, b in _buffers(module) if isinstance(b, Pointer)]
     moving = [p for p in pointers if p.location.address != worker.address]

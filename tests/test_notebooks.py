@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 
 # Appended to the in-memory copy only: which processes this kernel is and started.
-_PIDS_CELL = 'import os\nprint("pids", os.getpid(), *[w.pid for w in hook.local_worker.spawned.values()])'
+_PIDS_CELL = 'import os\nfrom fedq.handle import Workers\nprint("pids", os.getpid(), *[w.pid for w in Workers.of(hook.local_worker).spawned.values()])'
 
 
 def _text(cell) -> str:
