@@ -111,7 +111,7 @@ class Client:
         atexit.register(self.close)
 
     def __repr__(self) -> str:
-        return f"<LocalWorker id:{self.id}>"
+        return f"<Client id:{self.id} as {self.name}>"
 
     # ---- workers known to this client
     def knows_workers(self) -> bool:

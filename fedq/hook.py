@@ -17,7 +17,7 @@ from .pointer import warm_up_meta_kernels, copy_module, describe_tensor, get_mod
 
 class TorchHook:
     def __init__(self, torch_module: ModuleType = torch, **_: Any) -> None:
-        self.torch = torch_module
+        # (`torch_module` and the keywords are PySyft's signature: fedq hooks the torch it imports)
         self.local_worker: Client = local_client()
         torch.Tensor.send = send_tensor
         torch.Tensor.tag = tag_tensor

@@ -47,7 +47,3 @@ def per_call(fn: Callable[[], Any], *, number: int, repeats: int, warmup: int = 
             fn()
         samples.append((time.perf_counter() - start) / number)
     return summarize(samples, number)
-
-
-def gib_per_s(nbytes: float, seconds: float) -> float:
-    return nbytes / seconds / 2**30 if seconds > 0 else float("inf")
