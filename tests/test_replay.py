@@ -24,12 +24,10 @@ from helpers import raw_dealer
 QUIET_MS = 500  # how long a worker that answers nothing is listened to
 
 
-@pytest.fixture(scope="module")
-def pair(hook):
-    a, b = sy.VirtualWorker(hook, id="replay_a"), sy.VirtualWorker(hook, id="replay_b")
-    yield a, b
-    a.shutdown()
-    b.shutdown()
+@pytest.fixture
+def pair(bob, alice):
+    """Two of the session's workers: what is sealed to one is tried at the other."""
+    return bob, alice
 
 
 def _captured_clear(hook, worker) -> list[bytes]:
@@ -66,7 +64,7 @@ def test_only_a_lone_ping_is_taken_without_the_destinations_incarnation(hook, pa
     assert sock.poll(10_000)
     origin, [(seq, answer)] = codec.receive(sock.recv_multipart())
     sock.close()
-    assert seq == 3 and answer.value.id == "replay_a" and origin.session == a.incarnation
+    assert seq == 3 and answer.value.id == a.id and origin.session == a.incarnation
     assert th.equal(kept.get(), th.tensor([3.0]))
 
 
