@@ -1,18 +1,24 @@
 """Ctrl-C at any moment loses no request: nothing is left registered and never sent, or read
 and never delivered (the next wait would hang until its timeout). A script is interrupted
-(SIGINT) every 2-20 ms while it sends, computes and gets."""
+(SIGINT) every 2-20 ms while it sends, computes and gets.
+
+Each script is its own client process (the one interrupted) of the session's bob: it joins it
+with the session's key instead of starting a worker of its own, and holds only what it sends."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
 
+import fedq as sy
+
 SCRIPT = textwrap.dedent(
     """
-    import gc, os, random, signal, threading, time, torch, fedq as sy
+    import gc, os, random, signal, sys, threading, time, torch, fedq as sy
     hook = sy.TorchHook(torch)
-    w = sy.VirtualWorker(hook, id="interrupted")
+    w = sy.connect(hook, "bob", address=sys.argv[1])
     x = torch.ones(3).send(w)
     big = torch.ones(4 * 2**18)  # 4 MiB: sealing and checking it takes a while
     (x + x).get(), big.send(w).get()  # torch's lazy imports done before (they are not what is tested)
@@ -63,8 +69,14 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_ctrl_c_never_leaves_a_request_waited_for_in_vain():
-    run = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=120)
+def _run(script: str, worker, timeout: float) -> subprocess.CompletedProcess:
+    """`script` as a client process of `worker`, with this session's key."""
+    env = {**os.environ, "FEDQ_KEY": sy.local_client().key.hex()}
+    return subprocess.run([sys.executable, "-c", script, worker.address], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_ctrl_c_never_leaves_a_request_waited_for_in_vain(bob):
+    run = _run(SCRIPT, bob, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]  # sync() above returned: every request was answered
     interrupts, rounds = map(int, run.stdout.split())
     assert interrupts > 50 and rounds > 10  # it was interrupted often, and got work done in between
@@ -72,9 +84,9 @@ def test_ctrl_c_never_leaves_a_request_waited_for_in_vain():
 
 DIES_UNDER_CTRL_C = textwrap.dedent(
     """
-    import _thread, functools, operator, torch, fedq as sy
+    import _thread, functools, operator, sys, torch, fedq as sy
     hook = sy.TorchHook(torch)
-    w = sy.VirtualWorker(hook, id="dies_under_ctrl_c")
+    w = sy.connect(hook, "bob", address=sys.argv[1])
     holder = [torch.ones(3).send(w)]
     assert len(w._objects) == 1
     try:
@@ -89,8 +101,8 @@ DIES_UNDER_CTRL_C = textwrap.dedent(
 )
 
 
-def test_ctrl_c_as_a_pointer_dies_loses_neither_the_delete_nor_the_ctrl_c():
-    run = subprocess.run([sys.executable, "-c", DIES_UNDER_CTRL_C], capture_output=True, text=True, timeout=60)
+def test_ctrl_c_as_a_pointer_dies_loses_neither_the_delete_nor_the_ctrl_c(bob):
+    run = _run(DIES_UNDER_CTRL_C, bob, timeout=60)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split("\n")[:2] == ["Ctrl-C raised", "0"], run.stdout + run.stderr[-2000:]
     assert "Exception ignored" not in run.stderr
@@ -98,10 +110,10 @@ def test_ctrl_c_as_a_pointer_dies_loses_neither_the_delete_nor_the_ctrl_c():
 
 ABANDONED_ANSWERS = textwrap.dedent(
     """
-    import _thread, threading, torch, fedq as sy
+    import _thread, sys, threading, torch, fedq as sy
     hook = sy.TorchHook(torch)
     me = hook.local_worker
-    w = sy.VirtualWorker(hook, id="abandoned_answers")
+    w = sy.connect(hook, "bob", address=sys.argv[1])
     x = torch.rand(5_000_000).send(w)  # unique() of it takes ~0.5 s; its shape only the worker knows
     threading.Timer(0.1, _thread.interrupt_main).start()
     try:
@@ -125,9 +137,9 @@ ABANDONED_ANSWERS = textwrap.dedent(
 )
 
 
-def test_an_answer_nobody_waits_for_any_more_gives_its_references_back():
+def test_an_answer_nobody_waits_for_any_more_gives_its_references_back(bob):
     """The worker picks the ids of results whose shapes only it knows; when the wait for them
     is interrupted, or times out, the objects it made must not stay there with no pointer."""
-    run = subprocess.run([sys.executable, "-c", ABANDONED_ANSWERS], capture_output=True, text=True, timeout=120)
+    run = _run(ABANDONED_ANSWERS, bob, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split("\n")[:4] == ["interrupted", "1", "timed out", "1"], run.stdout + run.stderr[-2000:]
