@@ -105,7 +105,7 @@ def test_an_idle_client_keeps_what_it_holds(leased):
     x = th.tensor([1.0, 2.0, 3.0]).send(worker)
     y = x + 1
     assert worker.objects_count() == 2
-    time.sleep(4 * LEASE)  # idle: only the client's heartbeats reach the worker
+    time.sleep(2 * LEASE)  # idle: only the client's heartbeats reach the worker (unrenewed, a lease lapses within 1.25 LEASE)
     assert worker.objects_count() == 2
     assert th.equal(y.get(), th.tensor([2.0, 3.0, 4.0]))
     assert th.equal(x.get(), th.tensor([1.0, 2.0, 3.0]))
@@ -135,7 +135,7 @@ def _chain_held_by_the_middle(middle, last):
 def test_the_last_hop_frees_what_a_dead_middle_held(leased):
     middle, last = leased["middle_c"], leased["last_c"]
     x = _chain_held_by_the_middle(middle, last)
-    time.sleep(3 * LEASE)  # the middle renews its lease at the last hop while it lives
+    time.sleep(2 * LEASE)  # the middle renews its lease at the last hop while it lives (unrenewed, lapsed within 1.25 LEASE)
     assert held(last) == 1
     middle.process.kill()
     middle.process.wait()
