@@ -399,7 +399,7 @@ def keygen(
 ) -> None:
     """Make a new federation signing key: every worker and script of the federation must share it."""
     from .keys import write_key_file
-    from .wire import new_key
+    from .codec import new_key
 
     if curve:
         _make_curve_keys(config)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import atexit
 import collections
-import functools
 import itertools
 import logging
 import math
@@ -29,7 +28,7 @@ import threading
 import time
 from typing import Any
 
-from . import wire
+from .codec import INBAND_LIMIT, Codec, Packed, new_key
 from .errors import (
     ConfigError,
     FedqError,
@@ -41,9 +40,10 @@ from .errors import (
 )
 from .keys import key_from_environment
 from .leases import lease_told
+from .messages import NO_INCARNATION, DeleteObjects, Failure, Ok, Ping, Renew, references_in, wire_name
+from .messages import answers as each_answer  # (`answers` names a list in _on_replies)
 from .settings import DEFAULTS
 from .transport import Batches, ClientSockets, client_name
-from .wire import DeleteObjects, Failure, Ok, Renew
 log = logging.getLogger("fedq.client")
 
 DEFAULT_TIMEOUT = float(os.environ.get("FEDQ_TIMEOUT", "30"))
@@ -80,7 +80,7 @@ class Client:
     def __init__(self, key: bytes, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.timeout = timeout
         self.key = key
-        self.codec = wire.Codec(key)
+        self.codec = Codec(key)
         self._calls: dict[int, Call] = {}
         self._pending: collections.Counter[str] = collections.Counter()  # requests in flight, deletes excepted
         self._pending_deletes: collections.Counter[str] = collections.Counter()
@@ -127,7 +127,7 @@ class Client:
                 "(set FEDQ_KEY to the federation's key before starting workers from it)"
             )
         self.key = key
-        self.codec = wire.Codec(key)
+        self.codec = Codec(key)
 
     def use_curve(self, keys: Any) -> None:
         """Encrypt every connection with CURVE (a federation across hosts); before the first."""
@@ -152,18 +152,18 @@ class Client:
     def holder_name(self) -> str:
         """How a message names this process as a holder ("me:4242@host#session"): workers count our
         references under the session, which only our own signed messages carry (store.py)."""
-        return wire.wire_name(self.name, self.codec.session)
+        return wire_name(self.name, self.codec.session)
 
     def holder_name_of(self, id: str, address: str) -> str:
         """How a message names the worker `id` at `address` as a holder (its session is its incarnation)."""
-        return wire.wire_name(id, self.incarnation_of(address))
+        return wire_name(id, self.incarnation_of(address))
 
     def is_owner_of(self, address: str) -> bool:
         """Do we hold the admin key of the worker at `address` (we started it, or were given it)?"""
         return address in self._admin_keys
 
     def use_admin_key(self, address: str, admin_key: bytes) -> None:
-        """Sign the owner's actions (wire.OWNER_ACTIONS) to the worker at `address` with its admin key."""
+        """Sign the owner's actions (`Request.owner_action`) to the worker at `address` with its admin key."""
         if len(admin_key) < 16:
             raise ConfigError("an admin key must hold at least 16 bytes")
         self._admin_keys[address] = admin_key
@@ -173,7 +173,7 @@ class Client:
         known if we spawned it, met it or hold a pointer naming it; else asked, once (a hello)."""
         known = self._incarnations.get(address)
         if known is None:
-            self.wait(self._submit(address, wire.Ping(), wait=True, to=wire.NO_INCARNATION), timeout)
+            self.wait(self._submit(address, Ping(), wait=True, to=NO_INCARNATION), timeout)
             known = self._incarnations[address]  # (learned from the answer's stamp before it finished)
         return known
 
@@ -206,9 +206,9 @@ class Client:
     def _submit(self, address: str, message: Any, *, wait: bool, to: bytes | None = None) -> Call:
         """`submit`, sealed to `to` (None: the worker's incarnation when it is sent); an owner's
         action is signed with the worker's admin key if we hold it."""
-        admin_key = self._admin_keys.get(address) if type(message) in wire.OWNER_ACTIONS else None
+        admin_key = self._admin_keys.get(address) if message.owner_action else None
         packed = self.codec.pack(next(self._seq), message, to, admin_key=admin_key)
-        call = Call(address, wait, hands_over=wire.hands_over_references(message))
+        call = Call(address, wait, hands_over=message.hands_over)
         # Registered when it is sent (`_on_send`), not here: a Ctrl-C between the two steps
         # must not leave a request that was registered but never queued (waited for in vain).
         self._io.submit(address, packed, call, urgent=wait, may_pass_updates=not wait and _allocates_little(message))
@@ -272,16 +272,16 @@ class Client:
             self._calls[seq] = call
             (self._pending_deletes if call.quiet else self._pending)[call.address] += 1
 
-    def _encode_ref_updates(self, address: str, updates: list[Any]) -> wire.Packed:  # runs where the sockets are driven
+    def _encode_ref_updates(self, address: str, updates: list[Any]) -> Packed:  # runs where the sockets are driven
         seq = next(self._seq)
         self._on_send(seq, Call(address, False, quiet=True))
         ids = tuple(u for u in updates if type(u) is int)
         return self.codec.pack(seq, DeleteObjects(ids, hand_overs=tuple(u for u in updates if type(u) is tuple)))
 
-    def _seal(self, address: str, packed: list[wire.Packed]) -> list:  # runs where the sockets are driven
+    def _seal(self, address: str, packed: list[Packed]) -> list:  # runs where the sockets are driven
         """Seal for the incarnation of the worker at `address` we know now (NO_INCARNATION if
         none: the worker drops it, unless it is a hello)."""
-        to = self._incarnations.get(address, wire.NO_INCARNATION)
+        to = self._incarnations.get(address, NO_INCARNATION)
         for one in packed:
             if one.to is None:
                 one.to = to
@@ -384,7 +384,7 @@ class Client:
                 answers.append((seq, reply))
         with self._cv:
             for envelope_seq, reply in answers:
-                for seq, message in wire.answers(envelope_seq, reply):
+                for seq, message in each_answer(envelope_seq, reply):
                     call = self._calls.pop(seq, None)
                     if call is None:  # answered already (its worker was declared dead, or it timed out)
                         if seq in self._unclaimed:
@@ -430,8 +430,8 @@ class Client:
         else:
             call.value = message.value
             if call.hands_over:  # pointers to other workers name their incarnation: no hello needed there
-                for spec in wire.references_in(call.value):
-                    if spec.incarnation != wire.NO_INCARNATION:
+                for spec in references_in(call.value):
+                    if spec.incarnation != NO_INCARNATION:
                         self._incarnations.setdefault(spec.address, spec.incarnation)
             if call.abandoned:
                 self._give_back(call.value)
@@ -448,7 +448,7 @@ class Client:
 
     def _give_back(self, value: Any) -> None:
         """Delete the references an answer handed over that no pointer will hold."""
-        for spec in wire.references_in(value):
+        for spec in references_in(value):
             self._io.queue_ref_update(spec.address, spec.id_at_location)
 
     def lease_at(self, address: str, seconds: float) -> None:
@@ -499,7 +499,7 @@ class Client:
             since = self._stalled_since.setdefault(address, now)
             if now - since >= RESTART_PROBE_SECONDS and address not in self._probing:
                 self._probing.add(address)
-                packed = self.codec.pack(next(self._seq), wire.Ping(), wire.NO_INCARNATION)
+                packed = self.codec.pack(next(self._seq), Ping(), NO_INCARNATION)
                 self._io.submit(address, packed, Call(address, False, quiet=True))  # (only queued: sent this turn)
 
     def _on_tick(self) -> None:
@@ -542,14 +542,8 @@ def _allocates_little(message: Any) -> bool:
     deletes queued ahead of it: they then share one message instead of one each. A delete
     only ever frees what no later request names, and every read still goes after it; only a
     large allocation must wait for the memory those deletes free."""
-    if type(message) is not wire.RunOp or message.result_meta is None and message.result_ids != ():
-        return False
-    return _result_bytes(message.result_meta or ()) < wire.INBAND_LIMIT
-
-
-@functools.lru_cache(maxsize=1024)  # asked once per pipelined op; a loop repeats the same few
-def _result_bytes(result_meta: tuple) -> int:
-    return sum(math.prod(shape) * dtype.itemsize for shape, dtype, _ in result_meta)
+    made = message.result_bytes()
+    return made is not None and made < INBAND_LIMIT
 
 
 def stop_processes(processes: list[subprocess.Popen], timeout: float) -> None:
@@ -591,5 +585,5 @@ def local_client() -> Client:
     global _client
     with _client_lock:
         if _client is None or _client._closed:
-            _client = Client(key_from_environment() or wire.new_key())
+            _client = Client(key_from_environment() or new_key())
         return _client

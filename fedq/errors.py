@@ -1,6 +1,6 @@
 """Every exception fedq raises, in one place.
 
-Errors raised on a worker travel back to the user's process (see `wire.Failure`)
+Errors raised on a worker travel back to the user's process (see `messages.Failure`)
 and are raised there again as the same class, with the worker's traceback
 appended, so `except fedq.ObjectNotFoundError` works whichever side failed.
 """

@@ -16,13 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from .client import Client, local_client
+from .codec import new_incarnation, new_key
 from .errors import ConfigError
 from .ids import new_id
 from .launcher import start_worker_process
-from .pointer import PointerTensor
-from .settings import DEFAULTS
-from .transport import CurveKeys, runtime_dir
-from .wire import (
+from .messages import (
     ClearObjects,
     CountObjects,
     DecideRequest,
@@ -36,9 +34,10 @@ from .wire import (
     Search,
     Shutdown,
     WorkerStatus,
-    new_incarnation,
-    new_key,
 )
+from .pointer import PointerTensor
+from .settings import DEFAULTS
+from .transport import CurveKeys, runtime_dir
 
 
 def _client_of(hook: Any) -> Client:

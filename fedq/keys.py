@@ -16,8 +16,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from .codec import new_key
 from .errors import ConfigError
-from .wire import new_key
 
 KEY_ENV = "FEDQ_KEY"
 ADMIN_KEY_ENV = "FEDQ_ADMIN_KEY"

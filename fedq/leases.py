@@ -22,8 +22,8 @@ from __future__ import annotations
 import time
 from typing import Any, Iterable
 
+from .messages import Ok, holder_key
 from .transport import peer_name
-from .wire import Ok, holder_key
 
 MAX_NAMES = 1 << 16  # holders' names kept for listings (oldest forgotten first)
 

@@ -26,6 +26,7 @@ import torch
 from torch.utils._pytree import tree_map
 
 from . import ops
+from .codec import INBAND_LIMIT
 from .errors import (
     RequestNotNeededError,
     SpentPointerError,
@@ -34,7 +35,7 @@ from .errors import (
     WorkerUnreachableError,
 )
 from .ids import new_id
-from .wire import INBAND_LIMIT, GetObject, HoldsObject, IncRef, MoveObject, PointerSpec, Ref, RemoteGet, RequestRelease, RunOp, StoreObject
+from .messages import GetObject, HoldsObject, IncRef, MoveObject, PointerSpec, Ref, RemoteGet, RequestRelease, RunOp, StoreObject
 
 if TYPE_CHECKING:
     from .client import Client

@@ -41,8 +41,8 @@ from .errors import (
     RequestTooLargeError,
     TooManyRequestsError,
 )
+from .messages import RequestInfo
 from .store import ObjectStore
-from .wire import RequestInfo
 
 PENDING, APPROVED, DENIED, RELEASED, VOID = "pending", "approved", "denied", "released", "void"
 MAX_REQUESTS = 4096  # kept on one worker, from all its clients

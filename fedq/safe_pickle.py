@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from . import messages
 from .errors import CodeNotAllowedError
 
 #: module -> the names in it a message may use
@@ -60,18 +61,19 @@ ALLOWED_NAMES: dict[str, tuple[str, ...]] = {
 _CONSTANT_TYPES = (torch.dtype, torch.memory_format, type(Ellipsis), type(NotImplemented))
 
 
-def _wire_names() -> tuple[str, ...]:
-    """fedq's own messages and values, and the functions that rebuild tensors."""
-    from . import wire  # (wire imports this module: its names are read when first needed)
-
-    return (*(cls.__name__ for cls in wire.WIRE_CLASSES), "_rebuild_tensor", "_rebuild_meta")
+#: fedq's own messages and values, and the functions that rebuild tensors (looked up when the
+#: list is first used, as the others are: codec.py, which imports this module, is loaded by then)
+FEDQ_NAMES: dict[str, tuple[str, ...]] = {
+    "fedq.messages": tuple(cls.__name__ for cls in messages.WIRE_CLASSES),
+    "fedq.codec": ("_rebuild_tensor", "_rebuild_meta"),
+}
 
 
 @functools.cache
 def allowed() -> dict[tuple[str, str], Any]:
     """Every (module, name) a message may name, with the object it stands for."""
     table: dict[tuple[str, str], Any] = {}
-    for module_name, names in {**ALLOWED_NAMES, "fedq.wire": _wire_names()}.items():
+    for module_name, names in {**ALLOWED_NAMES, **FEDQ_NAMES}.items():
         module = importlib.import_module(module_name)
         for name in names:
             value = getattr(module, name) if "." not in name else None

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Iterator
 import torch
 
 from .errors import DuplicateIdError, ObjectNotFoundError, RequestTooLargeError, StoreFullError
-from .wire import PointerSpec
+from .messages import PointerSpec
 
 
 MAX_OWED = 1024  # deletes and hand-overs one holder may send ahead of its reference, per object

@@ -6,7 +6,7 @@
   thread-safe outbox (a dying pointer never does I/O) and driven by whichever thread
   waits for an answer (leader/follower), or by a background thread when none does.
 
-Frames smaller than `wire.INBAND_LIMIT` are copied (cheaper than zmq's
+Frames smaller than `codec.INBAND_LIMIT` are copied (cheaper than zmq's
 zero-copy bookkeeping); larger ones go zero-copy in both directions.
 """
 
@@ -31,7 +31,8 @@ from typing import Any, Callable, Iterator, Literal
 
 import zmq
 
-from .wire import INBAND_LIMIT, MAX_BATCH, MAX_FRAMES, NO_INCARNATION
+from .codec import INBAND_LIMIT, MAX_BATCH, MAX_FRAMES
+from .messages import NO_INCARNATION
 
 log = logging.getLogger("fedq.transport")
 

@@ -24,7 +24,8 @@ from typing import Any, Callable, Iterable
 import torch
 from torch.utils._pytree import tree_map
 
-from . import __version__, ops, wire
+from . import __version__, ops
+from .codec import DEFAULT_MAX_MESSAGE_BYTES, Codec, Origin
 from .errors import (
     ConfigError,
     FedqError,
@@ -39,12 +40,8 @@ from .errors import (
 from .ids import new_id
 from .keys import ADMIN_KEY_ENV, admin_key_from_environment, key_from_environment
 from .leases import Leases, lease_told
-from .privacy import Dataset, Privacy, refuse_if_private
-from .requests import Requests
-from .settings import DEFAULTS
-from .store import DATA_OWNER, MAX_ADDRESS_CHARS, PRIVATE_TAG, ObjectStore, check_kept_sizes, describe, object_nbytes, storage_key
-from .transport import Batches, CurveKeys, ServerLoop, peer_name
-from .wire import (
+from .messages import (
+    NO_INCARNATION,
     Acked,
     ClearObjects,
     CountObjects,
@@ -53,6 +50,7 @@ from .wire import (
     DescribeObjects,
     Failure,
     GetObject,
+    Hello,
     HoldsObject,
     IncRef,
     ListObjects,
@@ -71,9 +69,16 @@ from .wire import (
     Shutdown,
     StoreObject,
     WorkerStatus,
+    answers,
     holder_key,
+    references_in,
     wire_name,
 )
+from .privacy import Dataset, Privacy, refuse_if_private
+from .requests import Requests
+from .settings import DEFAULTS
+from .store import DATA_OWNER, MAX_ADDRESS_CHARS, PRIVATE_TAG, ObjectStore, check_kept_sizes, describe, object_nbytes, storage_key
+from .transport import Batches, CurveKeys, ServerLoop, peer_name
 
 log = logging.getLogger("fedq.worker")
 
@@ -84,7 +89,7 @@ class Reply:
 
     __slots__ = ("_worker", "_identity", "_session", "_seq", "_sent", "by_owner")
 
-    def __init__(self, worker: "Worker", identity: bytes, origin: wire.Origin, seq: int) -> None:
+    def __init__(self, worker: "Worker", identity: bytes, origin: Origin, seq: int) -> None:
         self._worker, self._identity, self._session, self._seq, self._sent = worker, identity, origin.session, seq, False
         self.by_owner = origin.by_owner
 
@@ -212,7 +217,7 @@ class Worker:
         key: bytes,
         timeout: float = 30.0,
         allow_code: bool = False,
-        max_message_bytes: int = wire.DEFAULT_MAX_MESSAGE_BYTES,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         max_store_bytes: int | None = None,
         curve: CurveKeys | None = None,
         lease_seconds: float = DEFAULTS.lease_seconds,
@@ -227,7 +232,7 @@ class Worker:
         self.allowed_peers = frozenset(peers) if peers is not None else None
         self.timeout = timeout
         # `incarnation`: drawn by the parent that spawns us (it then needs no hello), else here.
-        self.codec = wire.Codec(key, admin_key=admin_key, session=incarnation, allow_code=allow_code, max_message_bytes=max_message_bytes)
+        self.codec = Codec(key, admin_key=admin_key, session=incarnation, allow_code=allow_code, max_message_bytes=max_message_bytes)
         self.incarnation = self.codec.session
         self._peer_incarnations: dict[str, bytes] = {}  # address -> a next hop's, as the pointers to it say
         self.store = ObjectStore(id, max_bytes=max_store_bytes)
@@ -313,7 +318,7 @@ class Worker:
                     Reply(self, identity, origin, seq).fail(message)
                 continue
             if origin.hello:  # (a lone Ping, maybe a stranger's replay: it renews no lease, and learns only our id)
-                Reply(self, identity, origin, seq).ok(wire.Hello(self.id))
+                Reply(self, identity, origin, seq).ok(Hello(self.id))
                 continue
             self._heard[origin.session] = identity  # a signed message renews its sender's lease
             try:
@@ -321,7 +326,7 @@ class Worker:
             except Exception:  # (a bug: it must cost one request, not the worker and everyone's objects)
                 log.exception("worker %s: request %d (%s) broke its handler", self.id, seq, type(message).__name__)
 
-    def _handle(self, identity: bytes, origin: wire.Origin, seq: int, message: Any) -> None:
+    def _handle(self, identity: bytes, origin: Origin, seq: int, message: Any) -> None:
         reply = Reply(self, identity, origin, seq)
         handler = HANDLERS.get(type(message))
         if handler is None:
@@ -342,7 +347,7 @@ class Worker:
                 if envelope_seq is None:
                     continue
                 message = Failure.from_exception(message, self.id)
-            for seq, answer in wire.answers(envelope_seq, message):
+            for seq, answer in answers(envelope_seq, message):
                 relay = self._relays.pop(seq, None)
                 if relay is None:
                     if self._unclaimed.pop(seq, None) and isinstance(answer, Ok):
@@ -358,7 +363,7 @@ class Worker:
         for seq, relay in list(self._relays.items()):
             if relay.deadline <= now:
                 del self._relays[seq]
-                if wire.hands_over_references(relay.request):
+                if relay.request.hands_over:
                     self._unclaimed[seq] = True
                     if len(self._unclaimed) > MAX_UNCLAIMED:
                         del self._unclaimed[next(iter(self._unclaimed))]
@@ -391,7 +396,7 @@ class Worker:
     def hold_at(self, pointer: PointerSpec) -> None:
         """We store `pointer`: its reference at the next hop is ours, a lease we renew there."""
         self.connect(pointer.address)  # (an address zmq refuses fails the request storing it)
-        if pointer.incarnation != wire.NO_INCARNATION:
+        if pointer.incarnation != NO_INCARNATION:
             self._peer_incarnations[pointer.address] = pointer.incarnation
 
     def is_owner_memory(self, value: Any) -> bool:
@@ -405,7 +410,7 @@ class Worker:
 
     def _give_back(self, value: Any) -> None:
         """Delete the references a late answer handed us (ours now: a relay's pointer, or a hop's)."""
-        self.delete_at_next_hops(wire.references_in(value), _ignore)
+        self.delete_at_next_hops(references_in(value), _ignore)
 
     def delete_at_next_hops(self, pointers: list[PointerSpec], done: Callable[[Failure | None], None]) -> None:
         """Rule 6 one hop on: drop our reference at each pointer's next hop (one DeleteObjects per
@@ -423,10 +428,10 @@ class Worker:
         """Send `message` to the worker at `hop.address`, sealed to the incarnation the hop
         names (else the last one a pointer to that address named); `on_reply` gets its
         answer (or a timeout)."""
-        to = getattr(hop, "incarnation", wire.NO_INCARNATION)
-        if to == wire.NO_INCARNATION:
-            to = self._peer_incarnations.get(hop.address, wire.NO_INCARNATION)
-            if to == wire.NO_INCARNATION:
+        to = getattr(hop, "incarnation", NO_INCARNATION)
+        if to == NO_INCARNATION:
+            to = self._peer_incarnations.get(hop.address, NO_INCARNATION)
+            if to == NO_INCARNATION:
                 raise ProtocolError(
                     f"worker {self.id!r} does not know which incarnation of {hop.location!r} at {hop.address} to address "
                     "(the pointer names none): send the object there again from a client that has met that worker"
@@ -551,6 +556,8 @@ HANDLERS: dict[type, Callable[[Worker, Any, Reply], None]] = {}
 
 def handles(message_type: type) -> Callable:
     def register(handler: Callable[[Worker, Any, Reply], None]) -> Callable:
+        if message_type in HANDLERS:  # (a second one would silently replace the first)
+            raise TypeError(f"{message_type.__name__} has a handler already: {HANDLERS[message_type].__name__}")
         HANDLERS[message_type] = handler
         return handler
 
@@ -1057,7 +1064,7 @@ def run_worker(
     quiet: bool = False,
     data: str | None = None,
     allow_code: bool = False,
-    max_message_bytes: int = wire.DEFAULT_MAX_MESSAGE_BYTES,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     max_store_bytes: int | None = None,
     curve_dir: str | None = None,
     peers: dict[str, str] | None = None,

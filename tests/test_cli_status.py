@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 import fedq as sy
 from fedq.cli import app
 from fedq.keys import write_key_file
-from fedq.wire import new_key
+from fedq.codec import new_key
 from helpers import free_port, gone, stop
 
 runner = CliRunner(env={"COLUMNS": "200"})  # rich wraps long cells at 80 columns: one row per line here

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fedq import wire
+from fedq.codec import new_key
 from fedq.keys import write_key_file
 from helpers import free_port, stop
 
@@ -20,7 +20,7 @@ from helpers import free_port, stop
 def curve_federation(tmp_path_factory: pytest.TempPathFactory):
     """One `fedq up` for the module (each test only reads), serving once its workers listen."""
     tmp_path = tmp_path_factory.mktemp("curve")
-    write_key_file(tmp_path / "hmac.key", wire.new_key())
+    write_key_file(tmp_path / "hmac.key", new_key())
     config = tmp_path / "hosts.toml"
     ports = [free_port(), free_port()]
     config.write_text(
@@ -68,10 +68,11 @@ def test_a_client_without_an_accepted_key_gets_nothing(curve_federation):
     done = _client(
         """
         import sys, zmq, zmq.auth
-        from fedq import wire
+        from fedq import messages as msg
+        from fedq.codec import Codec
         from fedq.config import load_config
         federation = load_config(sys.argv[1])
-        codec = wire.Codec(federation.key())      # it even holds the signing key
+        codec = Codec(federation.key())           # it even holds the signing key
         bob = federation.worker("bob")
         server_key = zmq.auth.load_certificate(str(federation.curve_dir / "bob.key"))[0]
         for attempt in ("plain", "stranger"):
@@ -81,7 +82,7 @@ def test_a_client_without_an_accepted_key_gets_nothing(curve_federation):
                 sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
                 sock.curve_serverkey = server_key
             sock.connect(bob.address)
-            sock.send_multipart(codec.encode(1, wire.Ping()))
+            sock.send_multipart(codec.encode(1, msg.Ping()))
             print(attempt, "answered" if sock.poll(500) else "refused")  # (bob listens: an answer takes ms)
             sock.close()
         """,

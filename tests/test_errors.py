@@ -13,7 +13,8 @@ import torch as th
 import zmq
 
 import fedq as sy
-from fedq import wire
+from fedq import messages as msg
+from fedq.codec import Codec, new_key
 from helpers import free_port
 
 
@@ -99,7 +100,7 @@ def test_a_dead_hop_in_a_chain_is_named(hook, bob):
 def test_malformed_and_unexpected_messages_are_dropped_and_nothing_is_lost(bob):
     x = th.tensor([1.0, 2.0]).send(bob)
     before = set(bob._objects)
-    codec = wire.Codec(sy.local_client().key)  # a key holder, talking over its own socket
+    codec = Codec(sy.local_client().key)  # a key holder, talking over its own socket
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(bob.address)
@@ -107,17 +108,17 @@ def test_malformed_and_unexpected_messages_are_dropped_and_nothing_is_lost(bob):
         [b""],
         [b"not a pickle"],
         [pickle.dumps("a string, not a message")],
-        [b"", b"", pickle.dumps((1, wire.Ping()))],  # unsigned
-        [bytes(f) for f in wire.Codec(wire.new_key()).encode(8, wire.Ping())],  # another key
-        [bytes(codec.encode(8, wire.Ping())[0])[:-3]],  # truncated
+        [b"", b"", pickle.dumps((1, msg.Ping()))],  # unsigned
+        [bytes(f) for f in Codec(new_key()).encode(8, msg.Ping())],  # another key
+        [bytes(codec.encode(8, msg.Ping())[0])[:-3]],  # truncated
     ]
     for frames in junk:
         sock.send_multipart(frames)
-    sock.send_multipart(codec.encode(9, wire.Ok(5), bob.incarnation))  # a reply where a request belongs: answered with a failure
+    sock.send_multipart(codec.encode(9, msg.Ok(5), bob.incarnation))  # a reply where a request belongs: answered with a failure
     assert sock.poll(5000)
     seq, answer = codec.decode(sock.recv_multipart())  # the junk got no answer at all
-    assert seq == 9 and isinstance(answer, wire.Failure) and answer.type_name == "ProtocolError"
-    replayed = [bytes(f) for f in codec.encode(10, wire.Ping())]
+    assert seq == 9 and isinstance(answer, msg.Failure) and answer.type_name == "ProtocolError"
+    replayed = [bytes(f) for f in codec.encode(10, msg.Ping())]
     sock.send_multipart(replayed)
     sock.send_multipart(replayed)
     assert sock.poll(5000)

@@ -19,7 +19,8 @@ import torch as th
 import zmq
 
 import fedq as sy
-from fedq import wire
+from fedq import messages as msg
+from fedq.codec import SIGNATURE_BYTES, Codec, new_key, _STAMP
 
 MARKER = "/tmp/fedq-fuzz-ran-code"
 
@@ -29,25 +30,25 @@ class _Evil:
         return (os.system, (f"touch {MARKER}",))
 
 
-def _junk(codec: wire.Codec, stranger: wire.Codec, rng: random.Random, kept: list) -> list:
+def _junk(codec: Codec, stranger: Codec, rng: random.Random, kept: list) -> list:
     """One hostile message: which kind is drawn at random."""
     kind = rng.randrange(8)
-    good = [bytes(f) for f in codec.encode(rng.randrange(1 << 30), wire.Ping())]
+    good = [bytes(f) for f in codec.encode(rng.randrange(1 << 30), msg.Ping())]
     if kind == 0:  # random bytes, random frame count
         return [rng.randbytes(rng.randrange(0, 200)) for _ in range(rng.randrange(1, 6))]
     if kind == 1:  # truncated
         return [good[0][: rng.randrange(len(good[0]))]]
     if kind == 2:  # unsigned: a good stamp and a plausible body, with an empty or random signature
-        stamp = good[0][wire.SIGNATURE_BYTES : wire.SIGNATURE_BYTES + wire._STAMP.size]
-        return [rng.choice([b"", rng.randbytes(32)]) + stamp + pickle.dumps(wire.ClearObjects())]
+        stamp = good[0][SIGNATURE_BYTES : SIGNATURE_BYTES + _STAMP.size]
+        return [rng.choice([b"", rng.randbytes(32)]) + stamp + pickle.dumps(msg.ClearObjects())]
     if kind == 3:  # another key's ClearObjects: must not clear anything
-        return [bytes(f) for f in stranger.encode(1, wire.ClearObjects())]
+        return [bytes(f) for f in stranger.encode(1, msg.ClearObjects())]
     if kind == 4:  # replay of a message already accepted
         return kept[rng.randrange(len(kept))]
     if kind == 5:  # oversized (the worker's limit is 1 MiB)
-        return [bytes(f) for f in stranger.encode(1, wire.Ok(b"x" * (1 << 20)))]
+        return [bytes(f) for f in stranger.encode(1, msg.Ok(b"x" * (1 << 20)))]
     if kind == 6:  # a key holder's pickle that would run code
-        return [bytes(f) for f in codec.encode(1, wire.Ok(_Evil()))]
+        return [bytes(f) for f in codec.encode(1, msg.Ok(_Evil()))]
     flipped = [bytearray(f) for f in good]  # one flipped bit anywhere
     frame = rng.randrange(len(flipped))
     if flipped[frame]:
@@ -61,14 +62,14 @@ def test_fuzz_ten_thousand_hostile_messages(hook):
     target = sy.VirtualWorker(hook, id="fuzzed", max_message_bytes=1 << 20)
     held = [th.arange(i, i + 3).send(target) for i in range(5)]
     before = {id: t.clone() for id, t in target._objects.items()}
-    codec = wire.Codec(hook.local_worker.key)
-    stranger = wire.Codec(wire.new_key())
+    codec = Codec(hook.local_worker.key)
+    stranger = Codec(new_key())
     rng = random.Random(1234)
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RECONNECT_IVL, 1)  # an oversized message gets us disconnected: come straight back
     sock.connect(target.address)
-    kept = [[bytes(f) for f in codec.encode(i, wire.Ping())] for i in range(20)]
+    kept = [[bytes(f) for f in codec.encode(i, msg.Ping())] for i in range(20)]
     for frames in kept:
         sock.send_multipart(frames)
     kinds = 0

@@ -26,7 +26,8 @@ import zmq
 import zmq.auth
 
 import fedq as sy
-from fedq import wire
+from fedq import messages as msg
+from fedq.codec import Codec, new_key, _rebuild_meta, _rebuild_tensor
 from fedq.errors import ConfigError
 from fedq.launcher import start_worker_process
 from fedq.transport import ServerLoop
@@ -81,8 +82,8 @@ def _held(worker) -> int:
 def _in_place(worker, op: str, *args, **kwargs) -> None:
     """What a key holder can send whatever the client allows: an in-place op on stored objects
     (pointers become Refs, anything else travels in the message)."""
-    ref = lambda a: wire.Ref(a.id_at_location) if isinstance(a, sy.PointerTensor) else a  # noqa: E731
-    worker.client.request(worker.address, wire.RunOp(op, tuple(map(ref, args)), {k: ref(v) for k, v in kwargs.items()}, ()))
+    ref = lambda a: msg.Ref(a.id_at_location) if isinstance(a, sy.PointerTensor) else a  # noqa: E731
+    worker.client.request(worker.address, msg.RunOp(op, tuple(map(ref, args)), {k: ref(v) for k, v in kwargs.items()}, ()))
 
 
 BIG = th.zeros(STORE_LIMIT // 2)  # 2 MiB, in the message
@@ -145,7 +146,7 @@ class _Claim:
         self.data, self.shape = data, shape
 
     def __reduce__(self):
-        return (wire._rebuild_tensor, (pickle.PickleBuffer(self.data), th.float32, self.shape, False, None))
+        return (_rebuild_tensor, (pickle.PickleBuffer(self.data), th.float32, self.shape, False, None))
 
 
 def test_a_tensor_claiming_more_bytes_than_came_with_it_is_refused(small):
@@ -153,20 +154,20 @@ def test_a_tensor_claiming_more_bytes_than_came_with_it_is_refused(small):
     before = small.ping().objects
     for claim in (_Claim(b"", (1 << 30,)), _Claim(b"\0" * 8, (1 << 28, 4)), _Claim(b"\0" * 8, (-2,))):
         with pytest.raises(sy.FedqError, match="bytes|not a tensor"):
-            client.request(small.address, wire.StoreObject(12345, claim))
+            client.request(small.address, msg.StoreObject(12345, claim))
     assert small.ping().objects == before  # nothing stored, still serving
     assert th.equal((th.tensor([1.0, 2.0]).send(small) * 2).get(), th.tensor([2.0, 4.0]))
 
 
 def test_zero_element_and_meta_tensors_still_travel():
-    key = wire.new_key()
-    receiver = wire.Codec(key)
-    _, message = receiver.decode(wire.Codec(key).encode(1, wire.Ok(th.zeros(0, 7)), receiver.session))
+    key = new_key()
+    receiver = Codec(key)
+    _, message = receiver.decode(Codec(key).encode(1, msg.Ok(th.zeros(0, 7)), receiver.session))
     assert message.value.shape == (0, 7)
-    meta = wire._rebuild_meta((1 << 40,), th.float32)  # a shape without memory
+    meta = _rebuild_meta((1 << 40,), th.float32)  # a shape without memory
     assert meta.is_meta and meta.untyped_storage().data_ptr() == 0
     with pytest.raises(sy.ProtocolError):
-        wire._rebuild_meta(("big",), th.float32)
+        _rebuild_meta(("big",), th.float32)
 
 
 # --------------------------------------------------------------------------- memory per connection
@@ -226,7 +227,7 @@ def curve_worker():
     zmq.auth.create_certificates(str(directory), "guarded")
     port = free_port()
     process = start_worker_process(
-        "guarded", f"tcp://127.0.0.1:{port}", key=wire.new_key(), quiet=True, max_message_bytes=MESSAGE_LIMIT,
+        "guarded", f"tcp://127.0.0.1:{port}", key=new_key(), quiet=True, max_message_bytes=MESSAGE_LIMIT,
         curve_dir=str(directory), peers={},
     )
     deadline = time.monotonic() + 60
@@ -254,7 +255,7 @@ def test_a_curve_stranger_with_its_own_key_pair_gets_no_answer(curve_worker):
     sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
     sock.curve_serverkey = zmq.auth.load_certificate(str(directory / "guarded.key"))[0]
     sock.connect(f"tcp://127.0.0.1:{port}")
-    sock.send_multipart(wire.Codec(wire.new_key()).encode(1, wire.Ping()))
+    sock.send_multipart(Codec(new_key()).encode(1, msg.Ping()))
     try:
         assert not sock.poll(1000)
     finally:

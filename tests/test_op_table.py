@@ -18,7 +18,8 @@ import zmq
 from torch import nn
 
 import fedq as sy
-from fedq import ops, safe_pickle, wire
+from fedq import messages as msg, ops, safe_pickle
+from fedq.codec import Codec, Packed, _Pickling
 from fedq.ids import new_id
 
 # --------------------------------------------------------------------------- the table, walked
@@ -134,14 +135,14 @@ def test_wire_names_stay_what_pointers_send():
 def _refused_on(worker, op: str, args: tuple = (), kwargs: dict | None = None) -> sy.UnsupportedOperationError:
     """Send `op` as a raw RunOp, as a key holder who skips the pointer API can; return the refusal."""
     with pytest.raises(sy.UnsupportedOperationError) as refused:
-        sy.local_client().request(worker.address, wire.RunOp(op, args, kwargs or {}, None))
+        sy.local_client().request(worker.address, msg.RunOp(op, args, kwargs or {}, None))
     assert op in str(refused.value) and "fedq/ops.py" in str(refused.value)
     return refused.value
 
 
 def test_dangerous_names_are_refused_with_no_side_effect(bob, tmp_path):
     x = th.tensor([1.0, 2.0, 3.0]).send(bob)
-    ref = wire.Ref(x.id_at_location)
+    ref = msg.Ref(x.id_at_location)
     path, marker = tmp_path / "written", tmp_path / "pwned"
     attempts = [
         ("torch.load", (str(path),), {"weights_only": False}),
@@ -216,8 +217,8 @@ def test_empty_on_a_worker_returns_zeros_not_a_freed_private_tensor(bob):
         client.sync()
         made = [small.new_empty(4096), th.empty_like(same_shape)]
         id = new_id()
-        client.submit(bob.address, wire.RunOp("torch.empty", (4096,), {}, (id,), (((4096,), th.float32, False),)))
-        fetched = [p.get() for p in made] + [client.request(bob.address, wire.GetObject(id))]
+        client.submit(bob.address, msg.RunOp("torch.empty", (4096,), {}, (id,), (((4096,), th.float32, False),)))
+        fetched = [p.get() for p in made] + [client.request(bob.address, msg.GetObject(id))]
         for tensor in fetched:
             assert tensor.shape == (4096,) and not tensor.any()
 
@@ -275,13 +276,13 @@ def test_the_allow_list_names_classes_functions_and_dtypes_never_a_module():
 
 def test_every_value_fedq_pickles_unpickles_through_the_allow_list():
     values = [
-        wire.RunOp("torch.zeros_like", (wire.Ref(1),), {"memory_format": th.preserve_format, "dtype": th.bfloat16}, None),
-        wire.RunOp("Tensor.__getitem__", (wire.Ref(1), (slice(0, 2), Ellipsis, None)), {}, (5,)),
-        wire.Ok([th.Size([2, 3]), th.device("cpu"), {1, 2}, frozenset({3}), bytearray(b"x"), 1 + 2j]),
-        wire.Ok(th.max(th.randn(3, 2), 0)),
-        wire.Ok(th.randn(1 << 15)),
+        msg.RunOp("torch.zeros_like", (msg.Ref(1),), {"memory_format": th.preserve_format, "dtype": th.bfloat16}, None),
+        msg.RunOp("Tensor.__getitem__", (msg.Ref(1), (slice(0, 2), Ellipsis, None)), {}, (5,)),
+        msg.Ok([th.Size([2, 3]), th.device("cpu"), {1, 2}, frozenset({3}), bytearray(b"x"), 1 + 2j]),
+        msg.Ok(th.max(th.randn(3, 2), 0)),
+        msg.Ok(th.randn(1 << 15)),
     ]
-    sender = wire._Pickling()
+    sender = _Pickling()
     for value in values:
         body = sender.dump(value)
         assert repr(safe_pickle.SafeUnpickler(__import__("io").BytesIO(body), buffers=sender.take_buffers()).load()) == repr(value)
@@ -304,16 +305,16 @@ def test_a_signed_pickle_naming_a_module_or_a_builtin_is_refused_and_the_worker_
         _pickle_naming("os", "system"),
         _pickle_naming("builtins", "range"),
     ]
-    codec = wire.Codec(hook.local_worker.key)  # a key holder, talking over its own socket
+    codec = Codec(hook.local_worker.key)  # a key holder, talking over its own socket
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(bob.address)
     try:
         for seq, body in enumerate(crafted, start=1):
-            sock.send_multipart(codec.seal(wire.Packed(seq, body, [], bob.incarnation)))
+            sock.send_multipart(codec.seal(Packed(seq, body, [], bob.incarnation)))
             assert sock.poll(10_000)
             answered_seq, answer = codec.decode(sock.recv_multipart())
-            assert answered_seq == seq and isinstance(answer, wire.Failure) and answer.type_name == "CodeNotAllowedError", answer
+            assert answered_seq == seq and isinstance(answer, msg.Failure) and answer.type_name == "CodeNotAllowedError", answer
     finally:
         sock.close()
     sent = th.arange(100_000, dtype=th.float32)  # large: rebuilt with torch.frombuffer on the worker

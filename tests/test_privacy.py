@@ -16,7 +16,7 @@ import torch as th
 
 import fedq as sy
 from fedq.ids import new_id
-from fedq.wire import Ref, RunOp
+from fedq.messages import Ref, RunOp
 
 ROOT = Path(__file__).resolve().parent.parent
 _script = runpy.run_path(str(ROOT / "tests" / "data" / "dp_owner.py"))

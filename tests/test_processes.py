@@ -50,7 +50,7 @@ def tcp_config(tmp_path: Path) -> Path:
     """Two workers on loopback tcp, sharing this test session's key (one process, one federation)."""
     key_file = tmp_path / "federation.key"
     write_key_file(key_file, sy.local_client().key)
-    write_key_file(tmp_path / "federation.admin.key", sy.wire.new_key())  # the workers' owner's (us, on their host)
+    write_key_file(tmp_path / "federation.admin.key", sy.codec.new_key())  # the workers' owner's (us, on their host)
     config = tmp_path / "federation.toml"
     config.write_text(
         f'[federation]\ntimeout = 10\nkey_file = "{key_file}"\n'

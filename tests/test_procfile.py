@@ -20,7 +20,7 @@ import textwrap
 import threading
 from pathlib import Path
 
-from fedq.wire import new_key
+from fedq.codec import new_key
 from helpers import gone, stop
 
 ROOT = Path(__file__).resolve().parent.parent

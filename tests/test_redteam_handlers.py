@@ -22,14 +22,15 @@ import torch as th
 import zmq
 
 import fedq as sy
-from fedq import wire
+from fedq import messages as msg
+from fedq.codec import Codec, new_incarnation
 from fedq.ids import new_id
 from fedq.launcher import start_worker_process
 from fedq.store import MAX_DESCRIPTION_CHARS, MAX_TAGS
 from fedq.transport import runtime_dir
 from helpers import owner_reads
 
-from fedq.wire import (
+from fedq.messages import (
     CountObjects, DeleteObjects, Failure, GetObject, Ok, Ping, PointerSpec, Ref, RunOp, Search, StoreObject,
 )
 from fedq.worker import MAX_HOPS, MAX_PEERS, MAX_RESULTS_PER_OP
@@ -41,7 +42,7 @@ class Raw:
     """A key holder's bare DEALER socket: its own session, signed requests, answers by seq."""
 
     def __init__(self, hook, address: str, incarnation: bytes) -> None:
-        self.codec = wire.Codec(hook.local_worker.key)
+        self.codec = Codec(hook.local_worker.key)
         self.incarnation = incarnation
         self.sock = zmq.Context.instance().socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -55,7 +56,7 @@ class Raw:
         self.sock.send_multipart(self.codec.encode(seq, message, self.incarnation))
         while self.sock.poll(timeout_ms):
             for envelope_seq, reply in self.codec.decode_all(self.sock.recv_multipart()):
-                for answered, answer in wire.answers(envelope_seq, reply):
+                for answered, answer in msg.answers(envelope_seq, reply):
                     if answered == seq:
                         return answer
         raise AssertionError(f"no answer to {type(message).__name__} within {timeout_ms} ms")
@@ -276,7 +277,7 @@ def test_a_worker_connects_to_a_bounded_number_of_peers(hook):
 def test_a_worker_of_a_federation_relays_only_to_its_federations_workers(hook):
     directory = Path(tempfile.mkdtemp(prefix="vw-", dir=runtime_dir()))
     address, friend = f"ipc://{directory}/fed_a.sock", f"ipc://{directory}/fed_b.sock"
-    incarnation = wire.new_incarnation()
+    incarnation = new_incarnation()
     process = start_worker_process(
         "fed_a", address, key=hook.local_worker.key, quiet=True, incarnation=incarnation,
         peers={"fed_a": address, "fed_b": friend},

@@ -59,7 +59,7 @@ def raises(action) -> bool:
 
 # --------------------------------------------------------------------------- exact leaks, no budget
 
-# The hole this closed: wire._reduce_tensor ships tensor.grad with a public leaf; get/move/listing check only the leaf's storage
+# The hole this closed: codec._reduce_tensor ships tensor.grad with a public leaf; get/move/listing check only the leaf's storage
 def test_a_private_grad_does_not_leave_with_its_public_leaf(table, owner):
     w = th.zeros(64, 4, requires_grad=True).send(owner)
     (w * table).sum().backward()  # w.grad is the table itself, private (test_privacy checks w.grad.get())

@@ -16,7 +16,8 @@ import pytest
 import torch as th
 
 import fedq as sy
-from fedq import wire
+from fedq import messages as msg
+from fedq.codec import Codec, new_key
 from fedq.launcher import start_worker_process
 from fedq.transport import runtime_dir
 from helpers import raw_dealer
@@ -32,7 +33,7 @@ def pair(bob, alice):
 
 def _captured_clear(hook, worker) -> list[bytes]:
     """A ClearObjects exactly as a key holder seals it for `worker`: what an eavesdropper keeps."""
-    return [bytes(f) for f in wire.Codec(hook.local_worker.key).encode(7, wire.ClearObjects(), worker.incarnation)]
+    return [bytes(f) for f in Codec(hook.local_worker.key).encode(7, msg.ClearObjects(), worker.incarnation)]
 
 
 def test_a_clear_captured_for_one_worker_does_nothing_at_another(hook, pair):
@@ -55,12 +56,12 @@ def test_a_clear_captured_for_one_worker_does_nothing_at_another(hook, pair):
 def test_only_a_lone_ping_is_taken_without_the_destinations_incarnation(hook, pair):
     a, _ = pair
     kept = th.tensor([3.0]).send(a)
-    codec = wire.Codec(hook.local_worker.key)
+    codec = Codec(hook.local_worker.key)
     sock = raw_dealer(a.address)
-    sock.send_multipart(codec.encode(1, wire.ClearObjects()))  # sealed to "unknown": not a hello
-    sock.send_multipart(codec.seal_many([codec.pack(2, wire.Ping(), wire.NO_INCARNATION)] * 2))  # two pings: not a lone one
+    sock.send_multipart(codec.encode(1, msg.ClearObjects()))  # sealed to "unknown": not a hello
+    sock.send_multipart(codec.seal_many([codec.pack(2, msg.Ping(), msg.NO_INCARNATION)] * 2))  # two pings: not a lone one
     assert not sock.poll(QUIET_MS)
-    sock.send_multipart(codec.encode(3, wire.Ping()))  # the hello: a status, and the worker's incarnation
+    sock.send_multipart(codec.encode(3, msg.Ping()))  # the hello: a status, and the worker's incarnation
     assert sock.poll(10_000)
     origin, [(seq, answer)] = codec.receive(sock.recv_multipart())
     sock.close()
@@ -69,26 +70,26 @@ def test_only_a_lone_ping_is_taken_without_the_destinations_incarnation(hook, pa
 
 
 def test_the_owners_signature_is_told_apart_from_a_key_holders():
-    key, admin_key = wire.new_key(), wire.new_key()
-    client, worker = wire.Codec(key), wire.Codec(key, admin_key=admin_key)
-    origin, _ = worker.receive(client.encode(1, wire.ClearObjects(), worker.session))
+    key, admin_key = new_key(), new_key()
+    client, worker = Codec(key), Codec(key, admin_key=admin_key)
+    origin, _ = worker.receive(client.encode(1, msg.ClearObjects(), worker.session))
     assert origin.by_owner is False
-    origin, [(_, message)] = worker.receive(client.encode(2, wire.Shutdown(), worker.session, admin_key=admin_key))
-    assert origin.by_owner is True and message == wire.Shutdown()
-    origin, [(seq, refused)] = worker.receive(client.encode(3, wire.Shutdown(), worker.session, admin_key=wire.new_key()))
+    origin, [(_, message)] = worker.receive(client.encode(2, msg.Shutdown(), worker.session, admin_key=admin_key))
+    assert origin.by_owner is True and message == msg.Shutdown()
+    origin, [(seq, refused)] = worker.receive(client.encode(3, msg.Shutdown(), worker.session, admin_key=new_key()))
     assert origin is None and seq is None and "bad signature" in str(refused)  # another owner's key: a stranger
 
 
 def test_a_key_holder_without_the_admin_key_cannot_stop_a_worker_and_its_owner_can(hook):
     target = sy.VirtualWorker(hook, id="replay_stop")
     try:
-        codec = wire.Codec(hook.local_worker.key)  # the federation key, not the worker's admin key
+        codec = Codec(hook.local_worker.key)  # the federation key, not the worker's admin key
         sock = raw_dealer(target.address)
-        sock.send_multipart(codec.encode(1, wire.Shutdown(), target.incarnation))
+        sock.send_multipart(codec.encode(1, msg.Shutdown(), target.incarnation))
         assert sock.poll(10_000)
         _, [(seq, answer)] = codec.receive(sock.recv_multipart())
         sock.close()
-        assert seq == 1 and isinstance(answer, wire.Failure) and answer.type_name == "PermissionError", answer
+        assert seq == 1 and isinstance(answer, msg.Failure) and answer.type_name == "PermissionError", answer
         assert target.ping().id == "replay_stop"  # still serving
     finally:
         target.shutdown()  # this script spawned it: it is the owner, and signs with the admin key

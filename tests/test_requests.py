@@ -126,7 +126,7 @@ def test_what_is_released_is_what_was_filed(owner, data):
 
 ATTACK = """
 import json, sys, torch as th, fedq as sy
-from fedq import wire
+from fedq import messages as msg
 from fedq.errors import FedqError
 address, victim_id, victim_request = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 hook = sy.TorchHook(th)
@@ -143,9 +143,9 @@ def attempt(name, action):
 
 attempt("list", lambda: w.requests())
 attempt("deny_victim", lambda: w.deny(victim_request))
-attempt("crafted_approve", lambda: client.request(w.address, wire.DecideRequest(victim_request, True)))
-attempt("request_victim", lambda: client.request(w.address, wire.RequestRelease(victim_id, "mine now")))
-attempt("get_victim", lambda: client.request(w.address, wire.GetObject(victim_id)))
+attempt("crafted_approve", lambda: client.request(w.address, msg.DecideRequest(victim_request, True)))
+attempt("request_victim", lambda: client.request(w.address, msg.RequestRelease(victim_id, "mine now")))
+attempt("get_victim", lambda: client.request(w.address, msg.GetObject(victim_id)))
 mine = w.search("#housing", "#data")[0] * 5
 own_request = mine.request(reason="please")
 out["own_request"] = own_request

