@@ -170,6 +170,8 @@ CLIENT = textwrap.dedent(
     hook = sy.TorchHook(th)
     names, addresses, rounds = sys.argv[1].split(","), sys.argv[2].split(","), int(sys.argv[3])
     bob, alice, carol = (sy.connect(hook, n, address=a) for n, a in zip(names, addresses))
+    if sys.argv[4:] == ["wait"] and sys.stdin.readline() != "go\\n":  # started early: begin when the test says so
+        raise SystemExit("not told to go")  # (the test ended first)
     ops = 0
     for i in range(rounds):
         x = th.full((8,), float(i)).send(carol).send(bob).send(alice)   # a chain of three workers
@@ -187,12 +189,19 @@ CLIENT = textwrap.dedent(
 )
 
 
-def _other_client(workers, rounds: int) -> subprocess.Popen:
+def _other_client(workers, rounds: int, *, wait: bool = False) -> subprocess.Popen:
+    """CLIENT as a process of its own; with `wait`, its first op waits for a line on its stdin (`_go`)."""
     env = {**os.environ, "FEDQ_KEY": sy.local_client().key.hex()}
     return subprocess.Popen(
-        [sys.executable, "-c", CLIENT, ",".join(w.id for w in workers), ",".join(w.address for w in workers), str(rounds)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        [sys.executable, "-c", CLIENT, ",".join(w.id for w in workers), ",".join(w.address for w in workers), str(rounds)]
+        + (["wait"] if wait else []),
+        stdin=subprocess.PIPE if wait else None, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
+
+
+def _go(client: subprocess.Popen) -> None:
+    client.stdin.write("go\n")
+    client.stdin.flush()
 
 
 def _rss_kib(pid: int) -> int:
@@ -211,11 +220,13 @@ def test_two_clients_on_the_same_workers_do_not_disturb_each_other(bob, alice, c
 
 def test_soak_100k_operations_from_two_clients_leaves_nothing_and_memory_flat(hook, bob, alice, carol):
     workers = [bob, alice, carol]
+    clients = [_other_client(workers, rounds=100_000 // 11 // 2 + 1, wait=True) for _ in range(2)]  # importing torch meanwhile
     warm = _other_client(workers, rounds=300)
     warm.communicate(timeout=120)
     rss_before = {w.id: _rss_kib(w.pid) for w in workers}
     start = time.monotonic()
-    clients = [_other_client(workers, rounds=100_000 // 11 // 2 + 1) for _ in range(2)]  # at the same time
+    for client in clients:  # at the same time
+        _go(client)
     ops = 0
     for client in clients:
         out, err = client.communicate(timeout=600)
