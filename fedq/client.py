@@ -28,11 +28,11 @@ import threading
 import time
 from typing import Any
 
+from .calls import InFlight, answers_in
 from .codec import INBAND_LIMIT, Codec, Packed, new_key
 from .errors import (
     ConfigError,
     FedqError,
-    ProtocolError,
     WorkerDiedError,
     WorkerRestartedError,
     WorkerUnreachableError,
@@ -40,8 +40,7 @@ from .errors import (
 )
 from .keys import key_from_environment
 from .leases import lease_told
-from .messages import NO_INCARNATION, DeleteObjects, Failure, Ok, Ping, Renew, references_in, wire_name
-from .messages import answers as each_answer  # (`answers` names a list in _on_replies)
+from .messages import NO_INCARNATION, DeleteObjects, Failure, Ping, Renew, references_in, wire_name
 from .settings import DEFAULTS
 from .transport import Batches, ClientSockets, client_name
 log = logging.getLogger("fedq.client")
@@ -81,11 +80,11 @@ class Client:
         self.timeout = timeout
         self.key = key
         self.codec = Codec(key)
-        self._calls: dict[int, Call] = {}
+        # Requests in flight; a late answer to one given up on gives back the references it hands over.
+        self._calls: InFlight[Call] = InFlight(self._finish, self._give_back)
         self._pending: collections.Counter[str] = collections.Counter()  # requests in flight, deletes excepted
         self._pending_deletes: collections.Counter[str] = collections.Counter()
         self._deferred: list[FedqError] = []
-        self._unclaimed: set[int] = set()  # seqs of timed-out requests whose late answer hands over references
         self._seq = itertools.count(1)
         self._waits = 0  # how many times the caller waited for a worker (round trips it felt)
         # Workers are known here by address alone; their handles are handle.py's (`Workers`).
@@ -269,7 +268,7 @@ class Client:
 
     def _on_send(self, seq: int, call: Call) -> None:  # runs where the sockets are driven, before sending
         with self._cv:
-            self._calls[seq] = call
+            self._calls.add(seq, call)
             (self._pending_deletes if call.quiet else self._pending)[call.address] += 1
 
     def _encode_ref_updates(self, address: str, updates: list[Any]) -> Packed:  # runs where the sockets are driven
@@ -344,15 +343,12 @@ class Client:
         return error
 
     def _fail_calls(self, addresses: set[str], error: FedqError, *, defer: bool) -> None:
-        failed = [(seq, call) for seq, call in self._calls.items() if call.address in addresses]
-        for seq, call in failed:
-            del self._calls[seq]
-            if call.hands_over:
-                self._unclaimed.add(seq)  # a late answer's references are given back
+        def failure(call: Call) -> Failure:
             if not defer:
                 call.waited = True  # the error is raised right now, not at the next wait
-            self._finish(seq, call, Failure(type(error).__name__, type(error).__module__, str(error), "", self.name_of(call.address)))
-        if failed:
+            return Failure(type(error).__name__, type(error).__module__, str(error), "", self.name_of(call.address))
+
+        if self._calls.fail_peers(addresses, failure):
             self._cv.notify_all()
 
     def _raise_deferred(self) -> None:
@@ -369,31 +365,23 @@ class Client:
 
     # ---- where the sockets are driven (a waiting caller, or the background thread)
     def _on_replies(self, address: str, messages: list[list]) -> None:
-        answers = []
+        answers: list[tuple[int, Any]] = []
         restarted = False
+        name = self.name_of(address)
+
+        def dropped(error: Exception) -> None:
+            log.warning("dropped a reply from %s: %s", address, error)
+
         for frames in messages:
             origin, replies = self.codec.receive(frames)
             if origin is not None and origin.session != self._incarnations.get(address):
                 restarted |= self._learn_incarnation(address, origin.session)
-            for seq, reply in replies:
-                if isinstance(reply, ProtocolError):
-                    log.warning("dropped a reply from %s: %s", address, reply)
-                    if seq is None:
-                        continue
-                    reply = Failure.from_exception(reply, self.name_of(address))  # signed, but refused: fail that request
-                answers.append((seq, reply))
+            answers.extend(answers_in(replies, name, dropped))
         with self._cv:
-            for envelope_seq, reply in answers:
-                for seq, message in each_answer(envelope_seq, reply):
-                    call = self._calls.pop(seq, None)
-                    if call is None:  # answered already (its worker was declared dead, or it timed out)
-                        if seq in self._unclaimed:
-                            self._unclaimed.discard(seq)
-                            self._give_back(message.value if isinstance(message, Ok) else None)
-                        elif self._renewing.get(address) == seq:  # a heartbeat's answer: the lease there
-                            self._learn_lease(address, message)
-                        continue
-                    self._finish(seq, call, message)
+            for seq, message in answers:
+                # (not in flight: answered already, its worker declared dead or given up on)
+                if not self._calls.answer(seq, message) and self._renewing.get(address) == seq:
+                    self._learn_lease(address, message)  # a heartbeat's answer: the lease there
             if restarted:  # what is still waiting was sealed to the old incarnation: dropped there
                 self._fail_calls({address}, WorkerRestartedError(self._restarted[address]), defer=True)
             self._cv.notify_all()
@@ -414,7 +402,7 @@ class Client:
         log.warning("%s", self._restarted[address])
         return True
 
-    def _finish(self, seq: int, call: Call, message: Any) -> None:
+    def _finish(self, call: Call, message: Any) -> None:
         pending = self._pending_deletes if call.quiet else self._pending
         pending[call.address] -= 1
         if not pending[call.address]:

@@ -25,6 +25,7 @@ import torch
 from torch.utils._pytree import tree_map
 
 from . import __version__, ops
+from .calls import InFlight, answers_in
 from .codec import DEFAULT_MAX_MESSAGE_BYTES, Codec, Origin
 from .errors import (
     ConfigError,
@@ -69,7 +70,6 @@ from .messages import (
     Shutdown,
     StoreObject,
     WorkerStatus,
-    answers,
     holder_key,
     references_in,
     wire_name,
@@ -171,15 +171,22 @@ class _RateLimitedLog:
 
 @dataclass(slots=True)
 class _Relay:
-    hop: str  # "end at ipc://..." for error messages
+    """A relay in flight (`Worker._relays`): `on_reply` gets its answer, or a timeout naming `hop`."""
+
+    address: str
+    hop: str  # "'end' at ipc://..." for error messages
     deadline: float
     on_reply: Callable[[Ok | Failure], None]
     request: Any  # what was asked (its late answer may hand over references to give back)
 
+    @property
+    def hands_over(self) -> bool:
+        return self.request.hands_over
+
 
 @dataclass(frozen=True, slots=True)
 class _Peer:
-    """A worker we renew our leases at, named by its address (what `relay` needs of a hop)."""
+    """A worker we renew our leases at, named by its address (what `ask` needs of a hop)."""
 
     address: str
 
@@ -206,6 +213,10 @@ def freed_pointers(freed: list[Any]) -> list[PointerSpec]:
 
 def _ignore(answer: Any) -> None:
     """For a relay nobody waits on (a heartbeat, a give-back): a hop that fails it frees nothing less."""
+
+
+def _answered(relay: _Relay, answer: Ok | Failure) -> None:
+    relay.on_reply(answer)
 
 
 class Worker:
@@ -248,7 +259,8 @@ class Worker:
         self._unsettled: dict[int, list[Callable[[], None]]] = {}
         self.address = self.loop.address
         self._seq = itertools.count(1)
-        self._relays: dict[int, _Relay] = {}
+        # Relays out: a late answer to one that timed out gives back the references it hands us.
+        self._relays: InFlight[_Relay] = InFlight(_answered, self._give_back, max_unclaimed=MAX_UNCLAIMED)
         self._peer_log = _RateLimitedLog()
         self.owner_storages: set[int] = set()  # memory of the data owner's objects (storage_key): read-only to clients
         #: how this worker names itself as a holder to its peers (its session is its incarnation)
@@ -256,7 +268,6 @@ class Worker:
         self.leases = Leases(lease_seconds, never_lapse=(DATA_OWNER, holder_key(self.name_on_wire)))
         self._heard = self.leases.heard  # (renewed per message: one dict assignment)
         self._peer_leases: dict[str, float] = {}  # address -> the lease a peer told us (Renew)
-        self._unclaimed: dict[int, bool] = {}  # seqs of timed-out relays whose answer hands us references
 
     def serve(self) -> None:
         log.info("worker %s serving on %s (pid %d)", self.id, self.address, os.getpid())
@@ -341,34 +352,21 @@ class Worker:
             reply.fail(error)
 
     def _on_peer_reply(self, address: str, frames: list) -> None:
-        for envelope_seq, message in self.codec.decode_each(frames):
-            if isinstance(message, ProtocolError):
-                log.warning("worker %s dropped a reply from %s: %s", self.id, address, message)
-                if envelope_seq is None:
-                    continue
-                message = Failure.from_exception(message, self.id)
-            for seq, answer in answers(envelope_seq, message):
-                relay = self._relays.pop(seq, None)
-                if relay is None:
-                    if self._unclaimed.pop(seq, None) and isinstance(answer, Ok):
-                        self._give_back(answer.value)  # we gave up on it: nobody here holds what it hands over
-                    else:
-                        log.warning("worker %s: late or unknown reply %d from %s", self.id, seq, address)
-                    continue
-                relay.on_reply(answer)
+        def dropped(error: Exception) -> None:
+            log.warning("worker %s dropped a reply from %s: %s", self.id, address, error)
+
+        for seq, answer in answers_in(self.codec.decode_each(frames), self.id, dropped):
+            if not self._relays.answer(seq, answer):
+                log.warning("worker %s: late or unknown reply %d from %s", self.id, seq, address)
         self.flush()  # relays answered above may have acks to pass on, or relays of their own
+
+    def _timed_out(self, relay: _Relay) -> Failure:
+        error = WorkerUnreachableError(f"worker {relay.hop} (the next hop of a chain) did not answer worker {self.id!r} within {self.timeout:g}s")
+        return Failure.from_exception(error, self.id)
 
     def _on_tick(self) -> None:
         now = time.monotonic()
-        for seq, relay in list(self._relays.items()):
-            if relay.deadline <= now:
-                del self._relays[seq]
-                if relay.request.hands_over:
-                    self._unclaimed[seq] = True
-                    if len(self._unclaimed) > MAX_UNCLAIMED:
-                        del self._unclaimed[next(iter(self._unclaimed))]
-                error = WorkerUnreachableError(f"worker {relay.hop} (the next hop of a chain) did not answer worker {self.id!r} within {self.timeout:g}s")
-                relay.on_reply(Failure.from_exception(error, self.id))
+        self._relays.expire(now, self._timed_out)
         if self.leases.due(now):
             lapsed = self.leases.lapsed(now)
             if lapsed:
@@ -381,7 +379,7 @@ class Worker:
         """`holders` went silent for a whole lease: drop their references; what that frees is gone."""
         freed = self.store.forget_holders(holders)
         (log.info if freed else log.debug)("worker %s: the lease of %s lapsed; %d objects freed", self.id, ", ".join(sorted(holders)), len(freed))
-        self.delete_at_next_hops(freed_pointers(freed), _ignore)
+        self.delete_at_next_hops(freed_pointers(freed))
 
     def _renew_leases(self, now: float) -> None:
         """Renew our leases at every peer we may hold references at (each one we ever relayed to
@@ -391,7 +389,7 @@ class Worker:
             if address not in self._peer_incarnations:  # (no pointer named it: we hold nothing there)
                 continue
             if now - sent_at.get(address, 0.0) >= self._peer_leases.get(address, self.leases.seconds) / 3:
-                self.relay(_Peer(address), Renew(), lambda answer, address=address: self._learn_lease(address, answer))
+                self.ask(_Peer(address), Renew(), lambda answer, address=address: self._learn_lease(address, answer))
 
     def hold_at(self, pointer: PointerSpec) -> None:
         """We store `pointer`: its reference at the next hop is ours, a lease we renew there."""
@@ -410,24 +408,54 @@ class Worker:
 
     def _give_back(self, value: Any) -> None:
         """Delete the references a late answer handed us (ours now: a relay's pointer, or a hop's)."""
-        self.delete_at_next_hops(references_in(value), _ignore)
+        self.delete_at_next_hops(references_in(value))
 
-    def delete_at_next_hops(self, pointers: list[PointerSpec], done: Callable[[Failure | None], None]) -> None:
+    def delete_at_next_hops(self, pointers: list[PointerSpec], reply: Reply | None = None) -> None:
         """Rule 6 one hop on: drop our reference at each pointer's next hop (one DeleteObjects per
-        hop); `done` gets the first failure (or None) once every hop answered."""
+        hop); once every hop answered, `reply` (if any) is answered: the first failure, or ok."""
         onward: dict[str, tuple[PointerSpec, list[int]]] = {}
         for pointer in pointers:
             onward.setdefault(pointer.address, (pointer, []))[1].append(pointer.id_at_location)
         if not onward:
-            done(None)
+            if reply is not None:
+                reply.ok()
             return
-        self.relay_all([(hop, DeleteObjects(tuple(ids))) for hop, ids in onward.values()], done)
+        self.relay_all([(hop, DeleteObjects(tuple(ids))) for hop, ids in onward.values()], reply)
 
     # ---- outgoing, hop by hop
-    def relay(self, hop: PointerSpec | MoveObject, message: Any, on_reply: Callable[[Ok | Failure], None]) -> None:
+    def relay(
+        self,
+        hop: PointerSpec | MoveObject,
+        message: Any,
+        reply: Reply,
+        on_ok: Callable[[Ok], None] | None = None,
+        *,
+        undo: Callable[[], None] | None = None,
+        then: Callable[[], None] | None = None,
+    ) -> None:
+        """`ask` the next hop `hop` on behalf of the caller `reply` answers: its answer goes to
+        `on_ok` (None: the caller is answered ok); a failure there, or a timeout, is forwarded
+        to the caller as it is, once `undo()` freed what the request made on its way. `then()`
+        runs after either, the caller answered."""
+
+        def on_reply(answer: Ok | Failure) -> None:
+            if isinstance(answer, Failure):
+                if undo is not None:
+                    undo()
+                reply.forward(answer)
+            elif on_ok is not None:
+                on_ok(answer)
+            else:
+                reply.ok()
+            if then is not None:
+                then()
+
+        self.ask(hop, message, on_reply)
+
+    def ask(self, hop: PointerSpec | MoveObject | _Peer, message: Any, on_reply: Callable[[Ok | Failure], None] = _ignore) -> None:
         """Send `message` to the worker at `hop.address`, sealed to the incarnation the hop
         names (else the last one a pointer to that address named); `on_reply` gets its
-        answer (or a timeout)."""
+        answer (or a timeout). Nobody's answer waits on its failing: see `relay`."""
         to = getattr(hop, "incarnation", NO_INCARNATION)
         if to == NO_INCARNATION:
             to = self._peer_incarnations.get(hop.address, NO_INCARNATION)
@@ -441,7 +469,7 @@ class Worker:
         self.connect(hop.address)  # connect now: an address zmq refuses fails this request
         seq = next(self._seq)
         self._relays_out.add(hop.address, self.codec.pack(seq, message, to))  # sent by `flush`
-        self._relays[seq] = _Relay(f"{hop.location!r} at {hop.address}", time.monotonic() + self.timeout, on_reply, message)
+        self._relays.add(seq, _Relay(hop.address, f"{hop.location!r} at {hop.address}", time.monotonic() + self.timeout, on_reply, message))
 
     def connect(self, address: str) -> None:
         """Our socket to the peer at `address`, checked: never ourselves, only the federation's
@@ -462,8 +490,13 @@ class Worker:
             )
         self.loop.peers.socket(address)
 
-    def relay_all(self, requests: list[tuple[PointerSpec, Any]], done: Callable[[Failure | None], None]) -> None:
-        """Relay several requests; `done` gets the first failure (or None) once all are answered."""
+    def relay_all(self, requests: list[tuple[PointerSpec, Any]], reply: Reply | None) -> None:
+        """Relay several requests; once all are answered, the caller `reply` answers (if any) is
+        forwarded the first failure, or answered ok."""
+        if reply is None:
+            for hop, message in requests:
+                self.ask(hop, message)
+            return
         waiting = len(requests)
         first_failure: list[Failure] = []
 
@@ -473,10 +506,10 @@ class Worker:
             if isinstance(message, Failure) and not first_failure:
                 first_failure.append(message)
             if waiting == 0:
-                done(first_failure[0] if first_failure else None)
+                reply.forward(first_failure[0]) if first_failure else reply.ok()
 
         for hop, message in requests:
-            self.relay(hop, message, on_reply)
+            self.ask(hop, message, on_reply)
 
     def hand_over(self, pointer: PointerSpec, *, giver: str, taker: str, then: Callable[[], None]) -> None:
         """Tell the worker `pointer` leads to that the reference there changed hands, then
@@ -487,7 +520,7 @@ class Worker:
             self.leases.introduce(taker)
             then()
             return
-        self.relay(pointer, DeleteObjects((), ((pointer.id_at_location, giver, taker),)), lambda answer: then())
+        self.ask(pointer, DeleteObjects((), ((pointer.id_at_location, giver, taker),)), lambda answer: then())
 
     def pointer_to(self, id: int, obj: Any, tags: frozenset[str] = frozenset(), description: str | None = None) -> PointerSpec:
         """A spec for a pointer to object `id` held here (a result the caller will point at)."""
@@ -729,11 +762,7 @@ def _relay_op(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: 
     args, kwargs = ops.unflatten([Ref(targets[l.id].id_at_location) if isinstance(l, Ref) else l for l in leaves], spec)
     if message.result_ids is None:
 
-        def on_inferred(answer: Ok | Failure) -> None:
-            if isinstance(answer, Failure):
-                reply.forward(answer)
-                return
-
+        def on_inferred(answer: Ok) -> None:
             def keep(remote: Any) -> Any:
                 if not isinstance(remote, PointerSpec):
                     return remote
@@ -750,7 +779,7 @@ def _relay_op(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: 
 
             reply.ok(tree_map(keep, answer.value))
 
-        worker.relay(hop, RunOp(message.op, args, kwargs, None, None, message.grad_enabled, hops), on_inferred)
+        worker.relay(hop, RunOp(message.op, args, kwargs, None, None, message.grad_enabled, hops), reply, on_ok=on_inferred)
         return
 
     next_ids = tuple(new_id() for _ in message.result_ids)
@@ -761,19 +790,19 @@ def _relay_op(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: 
         )
     worker.settle_later(message.result_ids)
 
-    def on_done(answer: Ok | Failure) -> None:
-        if isinstance(answer, Failure):
-            for id in message.result_ids:
-                worker.store.remove_if_present(id)  # never leave a pointer to nothing
-            # Nor anything at the next hop that no pointer holds: if the op timed out it may still
-            # run there, and a delete sent after it on the same connection lands after it.
-            worker.relay(hop, DeleteObjects(next_ids), _ignore)
-            reply.forward(answer)
-        else:
-            reply.ok()  # (a backward's grads are at the last hop: the caller asks for them there)
-        worker.settled(message.result_ids)
+    def undo() -> None:
+        for id in message.result_ids:
+            worker.store.remove_if_present(id)  # never leave a pointer to nothing
+        # Nor anything at the next hop that no pointer holds: if the op timed out it may still
+        # run there, and a delete sent after it on the same connection lands after it.
+        worker.ask(hop, DeleteObjects(next_ids))
 
-    worker.relay(hop, RunOp(message.op, args, kwargs, next_ids, message.result_meta, message.grad_enabled, hops), on_done)
+    # Answered ok when the next hop is (a backward's grads are at the last hop: the caller asks
+    # for them there); what waits for the results runs after the answer, either way.
+    worker.relay(
+        hop, RunOp(message.op, args, kwargs, next_ids, message.result_meta, message.grad_enabled, hops), reply,
+        undo=undo, then=lambda: worker.settled(message.result_ids),
+    )
 
 
 @handles(GetObject)
@@ -812,20 +841,17 @@ def get_object(worker: Worker, message: GetObject, reply: Reply) -> None:
         worker.store.pop(message.id)
         # Not waited for (a peel costs no extra hop): whatever of the caller's reaches that hop
         # first is owed and settled when this lands; a failed hand-over only dates a listing.
-        worker.relay(pointer, hand_over, _ignore)
+        worker.ask(pointer, hand_over)
         reply.ok(pointer)
         return
 
-    def on_handed_over(answer: Ok | Failure) -> None:
-        if isinstance(answer, Failure):
-            reply.forward(answer)
-            return
+    def on_handed_over(answer: Ok) -> None:
         worker.store.decref(message.id, reply.caller)
         reply.ok(pointer)
 
     # Other pointers still need ours: a new reference, ours at first, then the caller's.
-    worker.relay(pointer, IncRef((pointer.id_at_location,)), _ignore)
-    worker.relay(pointer, hand_over, on_handed_over)  # (one connection: lands after the IncRef)
+    worker.ask(pointer, IncRef((pointer.id_at_location,)))
+    worker.relay(pointer, hand_over, reply, on_ok=on_handed_over)  # (one connection: lands after the IncRef)
 
 
 @handles(MoveObject)
@@ -842,10 +868,7 @@ def move_object(worker: Worker, message: MoveObject, reply: Reply) -> None:
     if shared and isinstance(entry.obj, PointerSpec):
         raise FedqError(f"object {message.id} on {worker.id!r} is a pointer other pointers share; .get() or copy it instead")
 
-    def on_stored(answer: Ok | Failure) -> None:
-        if isinstance(answer, Failure):
-            reply.forward(answer)
-            return
+    def on_stored(answer: Ok) -> None:
         if shared:  # other pointers still need it here: the mover's reference is what left
             worker.store.decref(message.id, reply.caller)
         else:
@@ -855,7 +878,7 @@ def move_object(worker: Worker, message: MoveObject, reply: Reply) -> None:
         else:
             reply.ok()
 
-    worker.relay(message, StoreObject(message.id, entry.obj, tuple(sorted(entry.tags)), entry.description, holder=reply.caller_name), on_stored)
+    worker.relay(message, StoreObject(message.id, entry.obj, tuple(sorted(entry.tags)), entry.description, holder=reply.caller_name), reply, on_ok=on_stored)
 
 
 @handles(RemoteGet)
@@ -866,10 +889,7 @@ def remote_get(worker: Worker, message: RemoteGet, reply: Reply) -> None:
     if not isinstance(hop, PointerSpec):
         raise FedqError(f"remote_get() needs a pointer to a pointer: {worker.id!r} holds the tensor {message.id} itself")
 
-    def on_fetched(answer: Ok | Failure) -> None:
-        if isinstance(answer, Failure):
-            reply.forward(answer)
-            return
+    def on_fetched(answer: Ok) -> None:
         fetched = answer.value
         worker.store.replace(message.id, fetched)
         if isinstance(fetched, PointerSpec):  # the next hop's pointer (its giver handed its reference to us)
@@ -877,7 +897,7 @@ def remote_get(worker: Worker, message: RemoteGet, reply: Reply) -> None:
             worker.hold_at(fetched)
         reply.ok(isinstance(fetched, PointerSpec))
 
-    worker.relay(hop, GetObject(hop.id_at_location), on_fetched)
+    worker.relay(hop, GetObject(hop.id_at_location), reply, on_ok=on_fetched)
 
 
 @handles(Search)
@@ -916,7 +936,7 @@ def delete_objects(worker: Worker, message: DeleteObjects, reply: Reply) -> None
         freed_entries.append(worker.store.hand_over(id, reply.caller, holder_key(taker)))
         worker.leases.introduce(taker)  # (it may never have talked to us: its lease starts now)
     freed_entries += [worker.store.decref(id, reply.caller) for id in message.ids]
-    worker.delete_at_next_hops(freed_pointers(freed_entries), lambda failure: reply.forward(failure) if failure else reply.ok())
+    worker.delete_at_next_hops(freed_pointers(freed_entries), reply)
 
 
 @handles(ListObjects)
@@ -978,7 +998,7 @@ def clear_objects(worker: Worker, message: ClearObjects, reply: Reply) -> None:
         reply.ok()
         return
     freed = worker.store.forget_holders({reply.caller})
-    worker.delete_at_next_hops(freed_pointers(freed), lambda failure: reply.forward(failure) if failure else reply.ok())
+    worker.delete_at_next_hops(freed_pointers(freed), reply)
 
 
 @handles(Ping)
