@@ -20,11 +20,8 @@ import torch.nn.functional as F
 import fedq as sy
 from fedq import ops
 from fedq.ids import new_id
+from fedq.messages import DescribeObjects, Ref, RunOp
 from fedq.privacy import Privacy
-try:  # (the messages' module, named either way while wire.py is being split)
-    from fedq.messages import DescribeObjects, Ref, RunOp
-except ImportError:
-    from fedq.wire import DescribeObjects, Ref, RunOp
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = runpy.run_path(str(ROOT / "tests" / "data" / "dp_owner.py"))["SECRET"]
