@@ -13,7 +13,7 @@ import typer
 
 from .config import DEFAULT_CONFIG, load_config
 from .errors import ConfigError, FedqError, WorkerUnreachableError
-from .settings import DEFAULTS
+from .settings import DEFAULTS, default_text, meaning, settings_from
 
 app = typer.Typer(help="fedq: remote execution on private data, over real worker processes.", no_args_is_help=True, add_completion=False)
 
@@ -37,6 +37,12 @@ def _fail(error: Exception, code: int = 1) -> None:
     else:
         typer.echo(f"error: {str(error).splitlines()[0] if str(error) else type(error).__name__}", err=True)
     raise typer.Exit(code)
+
+
+def _setting_help(name: str) -> str:
+    """The `--help` of a worker setting's option: its meaning and default, as settings.py has them."""
+    text = meaning(name)
+    return f"{text[0].upper()}{text[1:]} (default: the config's, else {default_text(name)})."
 
 
 AddressOption = typer.Option(None, "--address", help="Endpoint of the worker, instead of the config's.")
@@ -68,50 +74,44 @@ def worker(
     name: str = typer.Argument(..., help="The worker's id, as in the config."),
     config: Path = ConfigOption,
     address: Optional[str] = typer.Option(None, help="Endpoint to bind, instead of the config's (then the key comes from FEDQ_KEY if there is no config)."),
-    timeout: Optional[float] = typer.Option(None, help="Seconds to wait for the next hop of a chain."),
-    allow_code: bool = typer.Option(False, "--allow-code", help="Run functions shipped inside messages. Unpickling code is code execution: only for a federation you trust."),
-    max_store_bytes: Optional[int] = typer.Option(None, help="Refuse to hold more tensor bytes than this."),
-    lease_seconds: Optional[float] = typer.Option(None, help="Free the references of a holder not heard from for this long (default: the config's, else 60)."),
-    max_memory_bytes: Optional[int] = typer.Option(None, help="Cap the memory the worker may map for data (default: the config's, else half this machine's memory)."),
-    request_seconds: Optional[float] = typer.Option(None, help="Forget a request for a private object this long after it was filed (default: the config's, else a day)."),
-    max_requests: Optional[int] = typer.Option(None, help="Requests one client may have pending at once (default: the config's, else 16)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every message handled."),
+    timeout: Optional[float] = typer.Option(None, help=_setting_help("timeout")),
+    allow_code: bool = typer.Option(False, "--allow-code", help=_setting_help("allow_code")),
+    max_store_bytes: Optional[int] = typer.Option(None, help=_setting_help("max_store_bytes")),
+    lease_seconds: Optional[float] = typer.Option(None, help=_setting_help("lease_seconds")),
+    max_memory_bytes: Optional[int] = typer.Option(None, help=_setting_help("max_memory_bytes")),
+    request_seconds: Optional[float] = typer.Option(None, help=_setting_help("request_seconds")),
+    max_requests: Optional[int] = typer.Option(None, help=_setting_help("max_requests")),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=_setting_help("verbose")),
 ) -> None:
-    """Run one worker in this process (what each Procfile line does)."""
+    """Run one worker in this process (what each Procfile line does). Its settings: these options,
+    over the config's (its own table over the federation's), over the defaults (settings.py)."""
     from .keys import key_from_environment
     from .worker import run_worker
 
     try:
         federation = load_config(config) if address is None or config.exists() else None
-        settings = federation.workers.get(name) if federation else None
-        if federation and settings is None and address is None:
+        entry = federation.workers.get(name) if federation else None
+        if federation and entry is None and address is None:
             federation.worker(name)  # raises: says which workers the config has
         key = federation.key() if federation else key_from_environment()
         if key is None:
             raise ConfigError("no key: give a config with a key file, or set FEDQ_KEY (see `fedq keygen`)")
+        options = {
+            "timeout": timeout, "max_store_bytes": max_store_bytes, "lease_seconds": lease_seconds, "max_memory_bytes": max_memory_bytes,
+            "request_seconds": request_seconds, "max_requests": max_requests,
+            "allow_code": allow_code or None, "verbose": verbose or None,  # (a flag not given leaves the config's)
+        }  # fmt: skip
+        settings = settings_from(options, base=federation.settings_of(name) if federation else DEFAULTS, where="fedq worker")
         run_worker(
-            name,
-            address or settings.address,
-            key=key,
-            timeout=timeout if timeout is not None else (federation.timeout if federation else 30.0),
-            verbose=verbose,
-            data=settings.data if settings else None,
-            allow_code=allow_code or bool(federation and federation.allow_code),
-            max_store_bytes=max_store_bytes if max_store_bytes is not None else (federation.max_store_bytes if federation else None),
-            curve_dir=str(federation.curve_dir) if federation and federation.curve_dir else None,
-            peers=federation.peers() if federation else None,
-            lease_seconds=lease_seconds if lease_seconds is not None else (federation.limits if federation else DEFAULTS).lease_seconds,
-            max_memory_bytes=max_memory_bytes if max_memory_bytes is not None else (federation.limits if federation else DEFAULTS).max_memory_bytes,
-            request_seconds=request_seconds if request_seconds is not None else (federation.limits if federation else DEFAULTS).request_seconds,
-            max_requests=max_requests if max_requests is not None else (federation.limits if federation else DEFAULTS).max_requests,
+            name, address or entry.address, key=key, settings=settings,
             admin_key=federation.admin_key() if federation else None,  # (else FEDQ_ADMIN_KEY's, if set)
-        )
+        )  # fmt: skip
     except FedqError as error:
         _fail(error)
 
 
 @app.command()
-def up(config: Path = ConfigOption, verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+def up(config: Path = ConfigOption, verbose: bool = typer.Option(False, "--verbose", "-v", help=_setting_help("verbose"))) -> None:
     """Start every worker of a config; Ctrl-C (or SIGTERM) stops them all."""
     from .client import stop_processes
     from .launcher import start_worker_process
@@ -122,13 +122,7 @@ def up(config: Path = ConfigOption, verbose: bool = typer.Option(False, "--verbo
     except FedqError as error:
         _fail(error)
     processes = {
-        id: start_worker_process(
-            id, w.address, key=key, timeout=federation.timeout, verbose=verbose, data=w.data,
-            allow_code=federation.allow_code, max_store_bytes=federation.max_store_bytes,
-            curve_dir=str(federation.curve_dir) if federation.curve_dir else None, peers=federation.peers(),
-            lease_seconds=federation.limits.lease_seconds, admin_key=admin_key, max_memory_bytes=federation.limits.max_memory_bytes,
-            request_seconds=federation.limits.request_seconds, max_requests=federation.limits.max_requests,
-        )
+        id: start_worker_process(id, w.address, key=key, admin_key=admin_key, settings=settings_from({"verbose": verbose or None}, base=w.settings))
         for id, w in federation.workers.items()
     }
     typer.echo(f"started {', '.join(f'{id} (pid {p.pid})' for id, p in processes.items())}; Ctrl-C stops them")

@@ -45,7 +45,8 @@ from .settings import DEFAULTS
 from .transport import Batches, ClientSockets, client_name
 log = logging.getLogger("fedq.client")
 
-DEFAULT_TIMEOUT = float(os.environ.get("FEDQ_TIMEOUT", "30"))
+#: seconds a call waits by default: the workers' (settings.py), unless FEDQ_TIMEOUT says otherwise
+DEFAULT_TIMEOUT = float(os.environ.get("FEDQ_TIMEOUT", DEFAULTS.timeout))
 #: seconds a worker we wait on may answer nothing before we ask who it is now (a hello): one
 #: that restarted drops what is sealed to its old incarnation, and we say so instead of timing out
 RESTART_PROBE_SECONDS = 1.0

@@ -8,6 +8,9 @@
     address = "ipc://{runtime}/bob.sock"   # or "tcp://127.0.0.1:5601"
     data = "workers/housing.py"            # optional: the data owner's startup script
 
+Every key of `settings.WorkerSettings` may be set in `[federation]` (every worker's) or in a
+worker's own table (that worker's, over `[federation]`'s), but for `data` (a worker's own),
+`curve_dir` and `admin_key_file` (the federation's) and `peers` (its workers' addresses).
 `{runtime}` expands to a directory only this user can read. The same file
 drives the Procfile (`fedq worker NAME --config ...`), `fedq up`, and
 `fedq.connect(hook, NAME, config=...)`.
@@ -18,35 +21,52 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import ConfigError
 from .keys import key_from_environment, read_key_file
-from .settings import DEFAULTS, Limits, limits_from
+from .settings import DEFAULTS, WorkerSettings, settings_from
 from .transport import runtime_dir
 
 DEFAULT_CONFIG = Path("configs/local.toml")
+
+
+_PEERS = "is made from the [workers] tables: it is their addresses"
+#: settings a config table may not set, and why
+NOT_IN_FEDERATION = {"data": "is each worker's own: set it in [workers.NAME]", "peers": _PEERS}
+NOT_IN_WORKER = {"curve_dir": "is the federation's: set it in [federation]", "admin_key_file": "is the federation's: set it in [federation]", "peers": _PEERS}
 
 
 @dataclass(frozen=True)
 class WorkerConfig:
     id: str
     address: str
-    data: str | None = None  # a data owner's script (workers/...), run by the worker at startup
+    settings: WorkerSettings = DEFAULTS  # [federation]'s, with this worker's own table laid over them
+
+    @property
+    def data(self) -> str | None:
+        """A data owner's script (workers/...), run by the worker at startup."""
+        return self.settings.data
 
 
 @dataclass(frozen=True)
 class FederationConfig:
     path: Path
-    timeout: float
     key_file: Path
     workers: dict[str, WorkerConfig] = field(default_factory=dict)
-    max_store_bytes: int | None = None
-    allow_code: bool = False
-    curve_dir: Path | None = None  # set: every socket is CURVE-encrypted with the keys there
-    limits: Limits = DEFAULTS  # the safety settings of [federation] (settings.py), e.g. lease_seconds
+    settings: WorkerSettings = DEFAULTS  # [federation]'s: every worker's (peers: all of them) unless its own table says otherwise
 
     def peers(self) -> dict[str, str]:
         return {id: w.address for id, w in self.workers.items()}
+
+    @property
+    def curve_dir(self) -> Path | None:
+        """Set: every socket is CURVE-encrypted with the keys there."""
+        return Path(self.settings.curve_dir) if self.settings.curve_dir else None
+
+    def settings_of(self, id: str) -> WorkerSettings:
+        """Worker `id`'s settings: its own table's over [federation]'s (only [federation]'s if it has none)."""
+        return self.workers[id].settings if id in self.workers else self.settings
 
     def key(self, *, create: bool = True) -> bytes:
         """The federation's signing key: FEDQ_KEY if set, else the key file. Workers make a
@@ -56,8 +76,8 @@ class FederationConfig:
     @property
     def admin_key_file(self) -> Path:
         """Where the workers' admin key (their owner's) is kept: `admin_key_file`, else next to the key file."""
-        if self.limits.admin_key_file:
-            return Path(self.limits.admin_key_file).expanduser()
+        if self.settings.admin_key_file:
+            return Path(self.settings.admin_key_file).expanduser()
         return self.key_file.with_name(self.key_file.stem + ".admin" + self.key_file.suffix)
 
     def admin_key(self, *, create: bool = True) -> bytes:
@@ -82,25 +102,39 @@ def load_config(path: str | Path | None = None) -> FederationConfig:
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path} is not valid TOML: {error}") from None
     federation = data.get("federation", {})
-    workers = {}
+    _refuse(federation, NOT_IN_FEDERATION, f"{path} [federation]")
+    entries: dict[str, dict[str, Any]] = {}
     for id, settings in data.get("workers", {}).items():
         address = settings.get("address") if isinstance(settings, dict) else None
         if not isinstance(address, str):
             raise ConfigError(f"{path}: worker {id!r} needs an address")
+        _refuse(settings, NOT_IN_WORKER, f"{path} [workers.{id}]")
         if "{runtime}" in address:
             address = address.replace("{runtime}", str(runtime_dir()))
-        data = settings.get("data")
-        if data is not None:
+        entry = dict(settings, address=address)
+        script = settings.get("data")
+        if script is not None:
             # Relative to the directory above configs/, where the Procfile runs.
-            data = str((path.resolve().parent.parent / data).resolve()) if not Path(data).is_absolute() else data
-            if not Path(data).exists():
+            script = str((path.resolve().parent.parent / script).resolve()) if not Path(script).is_absolute() else script
+            if not Path(script).exists():
                 raise ConfigError(f"{path}: worker {id!r} has data = {settings['data']!r}, which does not exist")
-        workers[id] = WorkerConfig(id, address, data)
+            entry["data"] = script
+        entries[id] = entry
     key_file = Path(federation.get("key_file", f"~/.config/fedq/{path.stem}.key")).expanduser()
-    max_store = federation.get("max_store_bytes")
+    # Only with `curve = true`: a curve_dir alone (say, left uncommented) encrypts nothing.
     curve_dir = Path(federation.get("curve_dir", f"~/.config/fedq/{path.stem}-curve")).expanduser() if federation.get("curve") else None
-    return FederationConfig(
-        path, float(federation.get("timeout", 30)), key_file, workers,
-        int(max_store) if max_store is not None else None, bool(federation.get("allow_code", False)), curve_dir,
-        limits_from(federation, where=f"{path} [federation]"),
+    shared = settings_from(
+        dict(federation, curve_dir=str(curve_dir) if curve_dir else None, peers={id: e["address"] for id, e in entries.items()}),
+        where=f"{path} [federation]",
     )
+    workers = {
+        id: WorkerConfig(id, entry["address"], settings_from(entry, base=shared, where=f"{path} [workers.{id}]"))
+        for id, entry in entries.items()
+    }
+    return FederationConfig(path, key_file, workers, shared)
+
+
+def _refuse(table: dict[str, Any], keys: dict[str, str], where: str) -> None:
+    for key, why in keys.items():
+        if key in table:
+            raise ConfigError(f"{where}: {key} {why}")

@@ -36,7 +36,7 @@ from .messages import (
     WorkerStatus,
 )
 from .pointer import PointerTensor
-from .settings import DEFAULTS
+from .settings import settings_from
 from .transport import CurveKeys, runtime_dir
 
 
@@ -81,6 +81,11 @@ class Workers:
         self.client.register(handle.address, handle.id, process, **known)
 
 
+#: settings a worker this process spawns does not take
+_NOT_FOR_A_SPAWNED_WORKER = ("admin_key_file", "curve_dir", "peers")
+_NOT_FOR_A_SPAWNED_WORKER_WHY = "its admin key is this process's (its owner), and it serves on ipc in a directory only this user can read"
+
+
 class VirtualWorker:
     """A worker process, seen from the user's process."""
 
@@ -93,27 +98,15 @@ class VirtualWorker:
             return existing  # re-running a notebook cell must not start a second "bob"
         return super().__new__(cls)
 
-    def __init__(
-        self,
-        hook: Any = None,
-        id: str = "worker",
-        *,
-        timeout: float | None = None,
-        verbose: bool = False,
-        data: str | Path | None = None,
-        allow_code: bool = False,
-        max_store_bytes: int | None = None,
-        max_message_bytes: int | None = None,
-        lease_seconds: float | None = None,
-        max_memory_bytes: int | None = None,
-        request_seconds: float | None = None,
-        max_requests: int | None = None,
-    ) -> None:
-        """`lease_seconds` (default `settings.Limits.lease_seconds`): how long the worker keeps the
-        references of a holder it does not hear from (a client that died) before freeing them.
-        `max_memory_bytes` (default half this machine's memory) caps the memory the worker may map (`settings.Limits`).
-        `request_seconds` and `max_requests`: how long a request for a private object lives, and how
-        many one client may have pending (`settings.Limits`, requests.py)."""
+    def __init__(self, hook: Any = None, id: str = "worker", **settings: Any) -> None:
+        """Start worker `id` as a child process of this one. `settings` are `settings.WorkerSettings`'
+        fields by name (the README's table of settings): `data=` (a data owner's script),
+        `allow_code=`, `max_store_bytes=`, `lease_seconds=`, ... `timeout` is this client's unless
+        given; the child prints only warnings unless `verbose=True`."""
+        refused = sorted(set(settings) & set(_NOT_FOR_A_SPAWNED_WORKER))
+        if refused:
+            raise TypeError(f"VirtualWorker() takes no {', '.join(refused)}: {_NOT_FOR_A_SPAWNED_WORKER_WHY}")
+        given = settings_from(settings, where="VirtualWorker", strict=True)  # (a wrong name fails here, spawned or not)
         if getattr(self, "client", None) is not None:
             return
         self.client = _client_of(hook)
@@ -123,17 +116,21 @@ class VirtualWorker:
         # We choose its incarnation (our first request needs no hello) and, as the owner of what
         # we spawn, its admin key: our clear_objects() and shutdown() are the owner's.
         incarnation, admin_key = new_incarnation(), new_key()
-        # A child shares our terminal: it prints only warnings, unless asked.
+        given = settings_from(
+            {
+                "timeout": given.timeout if settings.get("timeout") else self.client.timeout,
+                "quiet": given.quiet or not given.verbose,  # (a child shares our terminal)
+                "data": str(Path(given.data).resolve()) if given.data else None,
+            },
+            base=given,
+        )
         self.process: subprocess.Popen | None = start_worker_process(
-            id, self.address, key=self.client.key, timeout=timeout or self.client.timeout, verbose=verbose, quiet=not verbose,
-            data=str(Path(data).resolve()) if data else None, allow_code=allow_code, max_store_bytes=max_store_bytes,
-            max_message_bytes=max_message_bytes, lease_seconds=lease_seconds, incarnation=incarnation, admin_key=admin_key,
-            max_memory_bytes=max_memory_bytes, request_seconds=request_seconds, max_requests=max_requests,
+            id, self.address, key=self.client.key, settings=given, incarnation=incarnation, admin_key=admin_key
         )
         self.workers = Workers.of(self.client)
         self.workers.add(self, self.process, incarnation=incarnation, admin_key=admin_key)
         self.workers.spawned[id] = self
-        self.client.lease_at(self.address, lease_seconds if lease_seconds is not None else DEFAULTS.lease_seconds)
+        self.client.lease_at(self.address, given.lease_seconds)
         # Not waited for: the first read waits, so several workers start in parallel.
         self.client.submit(self.address, Ping())
 

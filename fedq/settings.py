@@ -1,16 +1,20 @@
-"""A worker's safety settings, with their defaults, written once.
+"""Every setting of a worker, with its default and its meaning, written once.
 
-The CLI (`fedq worker`, `fedq up`), the config files (`[federation]`) and
-`VirtualWorker(...)` all read this table; so does the worker process itself. Each
-setting is a field of `Limits`: its name is the keyword, the config key and (with
-dashes) the command-line option. Add a safety setting here, nowhere else.
+`WorkerSettings` is the table. A field's name is the `VirtualWorker(...)` keyword, the config
+key (`[federation]` for every worker, `[workers.NAME]` for one) and, with dashes, the
+`fedq worker` option where there is one. Each source builds one `WorkerSettings` with
+`settings_from` (the CLI over the config over these defaults); the launcher hands it to the
+worker process as one JSON argument and `Worker` takes it as one parameter. The README's table
+of settings is `settings_table()` (tests/test_settings.py keeps them equal). Add a setting here,
+nowhere else.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+import typing
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .errors import ConfigError
@@ -23,45 +27,128 @@ def _half_of_this_machine() -> int | None:
         return None
 
 
+def _setting(default: Any, meaning: str, *, shown: str | None = None) -> Any:
+    """A field of the table: its default, its meaning (one line: the README's and the CLI's
+    help), and how the README shows a default that is not a plain value."""
+    return field(default=default, metadata={"meaning": meaning, "shown": shown})
+
+
 @dataclass(frozen=True)
-class Limits:
-    #: seconds a client's references outlive its last message (or heartbeat); then the worker
-    #: frees what only that client held. Clients renew idle leases every third of this.
-    lease_seconds: float = 60.0
-    #: the file (mode 600) holding a standing worker's admin key, its data owner's: requests
-    #: signed with it (clearing, stopping, policy) are the owner's. Read by the worker and by
-    #: the CLI on its host; made by `fedq keygen` or the worker's first start. None: next to
-    #: the federation's key file (local.key -> local.admin.key). A worker a script spawns gets
-    #: a fresh admin key from that script instead (its owner).
-    admin_key_file: str | None = None
-    #: bytes of memory the worker process may map for its data (RLIMIT_DATA: virtual, not
-    #: resident; an idle worker maps ~300 MB, plus 8 MiB per thread). Past it an allocation
-    #: fails (an op's huge temporary is an error to its caller, not the OOM killer), and a
-    #: peer that floods a socket is dropped or stops the worker, never the host. None (asked of
-    #: the table, not a keyword): no cap. By default half of this machine's memory.
-    max_memory_bytes: int | None = _half_of_this_machine()
-    #: seconds a request for a private object (`x.request(reason=...)`) lives after it was filed,
-    #: whatever its state: pending, approved and not fetched yet, denied, or released (requests.py)
-    request_seconds: float = 86400.0
-    #: requests one client may have pending on a worker at once (the owner decides the rest first)
-    max_requests: int = 16
+class WorkerSettings:
+    """One worker's settings. None, where a setting allows it, means "no limit" or "none"."""
+
+    timeout: float = _setting(
+        30.0, "seconds a call waits for an answer before failing with an error that names the silent worker: a worker's "
+        "relay to the next hop of a chain; a client's calls, unless FEDQ_TIMEOUT (its VirtualWorkers take the client's)",
+    )  # fmt: skip
+    allow_code: bool = _setting(
+        False, "run functions shipped inside messages; unpickling code is code execution: only for a federation you trust",
+    )  # fmt: skip
+    max_store_bytes: int | None = _setting(
+        None, "tensor bytes the store may hold (each storage counted once); past it the op or store fails (StoreFullError); None: no cap",
+    )  # fmt: skip
+    max_message_bytes: int = _setting(
+        1 << 30, "bytes one message to the worker may have; a larger one is refused unread", shown="1 GiB",
+    )  # fmt: skip
+    # Clients renew an idle lease every third of it (client.py), so a live client never lapses.
+    lease_seconds: float = _setting(
+        60.0, "seconds a client's references outlive its last message (or heartbeat); then what only it held is freed",
+    )  # fmt: skip
+    # A worker a script spawns gets a fresh admin key from that script (its owner) instead.
+    admin_key_file: str | None = _setting(
+        None, "the file (mode 600) with a standing worker's admin key, its data owner's (`fedq keygen` makes it); "
+        "None: beside the federation's key file (local.key -> local.admin.key)",
+    )  # fmt: skip
+    # RLIMIT_DATA: virtual, not resident (an idle worker maps ~300 MB, plus 8 MiB per thread). Past
+    # it an allocation fails (an op's huge temporary is an error to its caller, not the OOM
+    # killer), and a peer that floods a socket is dropped or stops the worker, never the host.
+    max_memory_bytes: int | None = _setting(
+        _half_of_this_machine(), "bytes of memory the worker process may map for data; None (a machine that does not "
+        "say its size): no cap", shown="half this machine's memory",
+    )  # fmt: skip
+    request_seconds: float = _setting(
+        86400.0, "seconds a request for a private object (`x.request(reason=...)`) lives after it was filed, "
+        "whatever its state (requests.py)", shown="86400 (a day)",
+    )  # fmt: skip
+    max_requests: int = _setting(16, "requests one client may have pending on a worker at once")
+    data: str | None = _setting(None, "a data owner's script (see workers/) the worker runs before serving, to load its data")
+    curve_dir: str | None = _setting(
+        None, "a directory of CURVE keys: the worker's socket is encrypted and accepts only the public keys there",
+    )  # fmt: skip
+    peers: Mapping[str, str] | None = _setting(
+        None, "{id: address} of the federation's workers (a config's): the only ones it relays to; None: any",
+    )  # fmt: skip
+    verbose: bool = _setting(False, "log every message handled")
+    quiet: bool = _setting(False, "log only warnings and errors")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (JSON's): how the launcher hands the settings to a worker process."""
+        return {f.name: dict(v) if isinstance(v := getattr(self, f.name), Mapping) else v for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "WorkerSettings":
+        return cls(**values)
 
 
-DEFAULTS = Limits()
+DEFAULTS = WorkerSettings()
 
 
-def limits_from(mapping: Mapping[str, Any], *, where: str = "settings") -> Limits:
-    """The `Limits` named in `mapping` (a config's [federation] table, CLI options, keywords);
-    a key that is not a setting here is ignored, a value of the wrong kind is a ConfigError."""
+def _kind(name: str) -> type | None:
+    """The plain type a setting's values are converted to (None: taken as they are)."""
+    hint = _HINTS[name]
+    kinds = [k for k in typing.get_args(hint) if k is not type(None)] or [hint]
+    return kinds[0] if kinds[0] in (bool, int, float, str) else None
+
+
+_HINTS = typing.get_type_hints(WorkerSettings)
+
+
+def settings_from(
+    mapping: Mapping[str, Any], *, base: WorkerSettings = DEFAULTS, where: str = "settings", strict: bool = False
+) -> WorkerSettings:
+    """`base` with the settings `mapping` names (a config table, CLI options, keywords) laid over it.
+
+    A value of None is not given (`base` keeps its own). A key that is not a setting is ignored
+    (a config's `key_file`, say), or with `strict` (keywords) a TypeError; a value of the wrong
+    kind is a ConfigError."""
     values: dict[str, Any] = {}
-    for field in dataclasses.fields(Limits):
-        value = mapping.get(field.name)
+    for name, value in mapping.items():
+        if name not in _HINTS:
+            if strict:
+                raise TypeError(f"{where}: {name!r} is not a worker setting (settings.WorkerSettings has them all)")
+            continue
         if value is None:
             continue
-        default = getattr(DEFAULTS, field.name)
-        kind = type(default) if default is not None else None
+        kind = _kind(name)
         try:
-            values[field.name] = kind(value) if kind is not None and not isinstance(value, bool) else value
+            values[name] = kind(value) if kind is not None and not isinstance(value, bool) else value
         except (TypeError, ValueError):
-            raise ConfigError(f"{where}: {field.name} = {value!r} is not a {kind.__name__}") from None
-    return Limits(**values)
+            raise ConfigError(f"{where}: {name} = {value!r} is not a {kind.__name__}") from None
+    return dataclasses.replace(base, **values) if values else base
+
+
+def _shown(setting: dataclasses.Field) -> str:
+    if setting.metadata["shown"] is not None:
+        return setting.metadata["shown"]
+    default = setting.default
+    return f"`{default:g}`" if isinstance(default, float) else f"`{default!r}`"
+
+
+def default_text(name: str) -> str:
+    """A setting's default as the README and `--help` show it."""
+    return _shown(_FIELDS[name]).replace("`", "")
+
+
+def meaning(name: str) -> str:
+    """A setting's one-line meaning (the README's and `--help`'s)."""
+    return _FIELDS[name].metadata["meaning"]
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(WorkerSettings)}
+
+
+def settings_table() -> str:
+    """The README's table of settings (a test checks the README has it as it is here)."""
+    rows = ["| setting | default | meaning |", "|---|---|---|"]
+    rows += [f"| `{f.name}` | {_shown(f)} | {f.metadata['meaning']} |" for f in _FIELDS.values()]
+    return "\n".join(rows)

@@ -19,14 +19,14 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import torch
 from torch.utils._pytree import tree_map
 
 from . import __version__, ops
 from .calls import InFlight, answers_in
-from .codec import DEFAULT_MAX_MESSAGE_BYTES, Codec, Origin
+from .codec import Codec, Origin
 from .errors import (
     ConfigError,
     FedqError,
@@ -76,7 +76,7 @@ from .messages import (
 )
 from .privacy import Dataset, Privacy, refuse_if_private
 from .requests import Requests
-from .settings import DEFAULTS
+from .settings import DEFAULTS, WorkerSettings, settings_from
 from .store import DATA_OWNER, MAX_ADDRESS_CHARS, PRIVATE_TAG, ObjectStore, check_kept_sizes, describe, object_nbytes, storage_key
 from .transport import Batches, CurveKeys, ServerLoop, peer_name
 
@@ -226,31 +226,28 @@ class Worker:
         address: str,
         *,
         key: bytes,
-        timeout: float = 30.0,
-        allow_code: bool = False,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        max_store_bytes: int | None = None,
-        curve: CurveKeys | None = None,
-        lease_seconds: float = DEFAULTS.lease_seconds,
+        settings: WorkerSettings = DEFAULTS,
         incarnation: bytes | None = None,
         admin_key: bytes | None = None,
-        peers: Iterable[str] | None = None,
-        request_seconds: float = DEFAULTS.request_seconds,
-        max_requests: int = DEFAULTS.max_requests,
     ) -> None:
+        """A worker serving `id` on `address` with `settings` (settings.py: every one, with its default)."""
         self.id = id
+        self.settings = settings
         #: the addresses of the federation's workers, if its config lists them: the only ones we relay to
-        self.allowed_peers = frozenset(peers) if peers is not None else None
-        self.timeout = timeout
+        self.allowed_peers = frozenset(settings.peers.values()) if settings.peers else None
+        self.timeout = settings.timeout
         # `incarnation`: drawn by the parent that spawns us (it then needs no hello), else here.
-        self.codec = Codec(key, admin_key=admin_key, session=incarnation, allow_code=allow_code, max_message_bytes=max_message_bytes)
+        self.codec = Codec(
+            key, admin_key=admin_key, session=incarnation, allow_code=settings.allow_code, max_message_bytes=settings.max_message_bytes
+        )
         self.incarnation = self.codec.session
         self._peer_incarnations: dict[str, bytes] = {}  # address -> a next hop's, as the pointers to it say
-        self.store = ObjectStore(id, max_bytes=max_store_bytes)
+        self.store = ObjectStore(id, max_bytes=settings.max_store_bytes)
         self.privacy = Privacy()  # private memory, what is known of it, the datasets' budgets
-        self.requests = Requests(self.store, seconds=request_seconds, max_per_client=max_requests)
+        self.requests = Requests(self.store, seconds=settings.request_seconds, max_per_client=settings.max_requests)
+        curve = CurveKeys.load(settings.curve_dir, id, dict(settings.peers or {})) if settings.curve_dir else None
         self.loop = ServerLoop(
-            address, id, self._on_request, self._on_peer_reply, self._on_tick, max_message_bytes, self.flush, curve
+            address, id, self._on_request, self._on_peer_reply, self._on_tick, settings.max_message_bytes, self.flush, curve
         )
         # Relays wait here until the end of what the loop is handling: one message per next hop
         # for a batch of pipelined ops on a chain, not one each.
@@ -265,7 +262,7 @@ class Worker:
         self.owner_storages: set[int] = set()  # memory of the data owner's objects (storage_key): read-only to clients
         #: how this worker names itself as a holder to its peers (its session is its incarnation)
         self.name_on_wire = wire_name(id, self.codec.session)
-        self.leases = Leases(lease_seconds, never_lapse=(DATA_OWNER, holder_key(self.name_on_wire)))
+        self.leases = Leases(settings.lease_seconds, never_lapse=(DATA_OWNER, holder_key(self.name_on_wire)))
         self._heard = self.leases.heard  # (renewed per message: one dict assignment)
         self._peer_leases: dict[str, float] = {}  # address -> the lease a peer told us (Renew)
 
@@ -1079,34 +1076,22 @@ def run_worker(
     address: str,
     *,
     key: bytes | None = None,
-    timeout: float = 30.0,
-    verbose: bool = False,
-    quiet: bool = False,
-    data: str | None = None,
-    allow_code: bool = False,
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-    max_store_bytes: int | None = None,
-    curve_dir: str | None = None,
-    peers: dict[str, str] | None = None,
-    lease_seconds: float = DEFAULTS.lease_seconds,
+    settings: WorkerSettings = DEFAULTS,
     incarnation: str | None = None,
     admin_key: bytes | None = None,
-    max_memory_bytes: int | None = DEFAULTS.max_memory_bytes,
-    request_seconds: float = DEFAULTS.request_seconds,
-    max_requests: int = DEFAULTS.max_requests,
+    **keywords: Any,
 ) -> None:
-    """Run one worker in this process until it is told to stop, signalled, or orphaned.
+    """Run one worker in this process until it is told to stop, signalled, or orphaned, with
+    `settings` (`keywords`, names of `WorkerSettings`' fields, laid over them).
 
     `incarnation` (hex) is the one the spawning parent drew for it, else a fresh one is drawn.
     Requests signed with `admin_key` (or FEDQ_ADMIN_KEY's) are its data owner's.
 
-    With `curve_dir`, its socket is CURVE-encrypted and accepts only the public keys in that
-    directory; `peers` ({id: address}) are the workers it may relay to.
-
     The key comes from `key` or the FEDQ_KEY environment variable (hex): a parent passes
     it there, never on the command line, where other users could read it."""
+    settings = settings_from(keywords, base=settings, where="run_worker", strict=True)
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO,
+        level=logging.DEBUG if settings.verbose else logging.WARNING if settings.quiet else logging.INFO,
         format=f"%(asctime)s %(levelname)s [{id}] %(message)s",
         stream=sys.stderr,
     )
@@ -1116,17 +1101,13 @@ def run_worker(
         raise SystemExit(f"worker {id}: no key (set FEDQ_KEY, or give the config a key file: see `fedq keygen`)")
     admin_key = admin_key or admin_key_from_environment()
     os.environ.pop(ADMIN_KEY_ENV, None)  # (read once: nothing run here later finds it)
-    if max_memory_bytes is not None:
-        cap_memory(max_memory_bytes)
+    if settings.max_memory_bytes is not None:
+        cap_memory(settings.max_memory_bytes)
     worker = Worker(
-        id, address, key=key, timeout=timeout,
-        allow_code=allow_code, max_message_bytes=max_message_bytes, max_store_bytes=max_store_bytes,
-        curve=CurveKeys.load(curve_dir, id, peers or {}) if curve_dir else None,
-        lease_seconds=lease_seconds, incarnation=bytes.fromhex(incarnation) if incarnation else None, admin_key=admin_key,
-        peers=peers.values() if peers else None, request_seconds=request_seconds, max_requests=max_requests,
+        id, address, key=key, settings=settings, incarnation=bytes.fromhex(incarnation) if incarnation else None, admin_key=admin_key
     )
-    if data:
-        worker.load_data(data)
+    if settings.data:
+        worker.load_data(settings.data)
     try:
         worker.serve()
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM's handler above
@@ -1138,7 +1119,7 @@ def run_worker(
 
 
 def cap_memory(max_bytes: int) -> None:
-    """Cap what this process may map for data (settings.Limits.max_memory_bytes): past it an
+    """Cap what this process may map for data (settings.WorkerSettings.max_memory_bytes): past it an
     allocation fails here instead of the host running out. Set once torch and zmq are loaded."""
     import resource
 
@@ -1149,8 +1130,9 @@ def cap_memory(max_bytes: int) -> None:
 
 
 def main() -> None:
-    """How launcher.py starts a child worker: its settings are one JSON argument."""
-    run_worker(**json.loads(sys.argv[1]))
+    """How launcher.py starts a child worker: its id, address, incarnation and settings are one JSON argument."""
+    boot = json.loads(sys.argv[1])
+    run_worker(boot["id"], boot["address"], settings=WorkerSettings.from_dict(boot["settings"]), incarnation=boot.get("incarnation"))
 
 
 if __name__ == "__main__":
