@@ -69,6 +69,7 @@ from cryptography.hazmat.primitives.ciphers.modes import GCM
 from .errors import ProtocolError
 from .messages import INCARNATION_BYTES, MESSAGES, NO_INCARNATION, WIRE_CLASSES, Batch, Ping
 from .safe_pickle import SafeUnpickler as _SafeUnpickler
+from .settings import DEFAULTS
 
 INBAND_LIMIT = 64 * 1024
 
@@ -224,11 +225,11 @@ _GMAC_CHUNK = 1 << 30
 SIGNATURE_BYTES = 32
 MAX_FRAMES = 1 + 65536  # a header and its buffers: a stranger must not make us walk millions of empty frames
 MAX_BATCH = 1024  # messages a sender puts in one Batch
-DEFAULT_MAX_MESSAGE_BYTES = 1 << 30
+DEFAULT_MAX_MESSAGE_BYTES = DEFAULTS.max_message_bytes
 #: seconds a signed message stays good after it was sealed: an older one is refused (a replay,
-#: whoever kept it). Four times a client's default timeout (30 s): a message that waited longer
+#: whoever kept it). Four times the default call timeout: a message that waited longer
 #: in a busy worker's queue has been given up on already. Environment: FEDQ_MAX_MESSAGE_AGE.
-MAX_MESSAGE_AGE_SECONDS = float(os.environ.get("FEDQ_MAX_MESSAGE_AGE", "120"))
+MAX_MESSAGE_AGE_SECONDS = float(os.environ.get("FEDQ_MAX_MESSAGE_AGE", 4 * DEFAULTS.timeout))
 #: seconds a sender's clock may run ahead of the receiver's (hosts' clocks differ a little)
 MAX_CLOCK_SKEW_SECONDS = 30.0
 
