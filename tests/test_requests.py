@@ -58,7 +58,7 @@ def test_an_approved_request_releases_the_object_once(hook, owner, data):
     assert hook.local_worker.codec.session.hex() not in repr(row)
     assert 0 <= row.age < 60 and row.expires_in > 3600
     # What the owner reviews: the ops that made the object, from its own data on.
-    assert row.history[0].startswith(f"{owner.id}'s houses") and row.history[-1].startswith("Tensor.mul(<private") and row.history[-1].endswith(", 2)")
+    assert row.history[0] == "datasets: houses" and row.history[1].startswith(f"data: {owner.id}'s houses") and row.history[-1].startswith("Tensor.mul(<private") and row.history[-1].endswith(", 2)")
 
     again = m.clone()  # a second handle to the same object
     assert owner.approve(request_id).status == "approved"
