@@ -353,7 +353,12 @@ class Worker:
             log.warning("worker %s dropped a reply from %s: %s", self.id, address, error)
 
         for seq, answer in answers_in(self.codec.decode_each(frames), self.id, dropped):
-            if not self._relays.answer(seq, answer):
+            try:
+                answered = self._relays.answer(seq, answer)
+            except Exception:  # (a relay's callback failed: its caller is not answered, the worker serves on)
+                log.exception("worker %s: handling reply %d from %s failed", self.id, seq, address)
+                continue
+            if not answered:
                 log.warning("worker %s: late or unknown reply %d from %s", self.id, seq, address)
         self.flush()  # relays answered above may have acks to pass on, or relays of their own
 
