@@ -40,7 +40,8 @@ from .errors import (
 )
 from .keys import key_from_environment
 from .leases import lease_told
-from .messages import NO_INCARNATION, DeleteObjects, Failure, Ping, Renew, references_in, wire_name
+from .refs import RefUpdates
+from .messages import NO_INCARNATION, Failure, Ping, Renew, references_in, wire_name
 from .settings import DEFAULTS
 from .transport import Batches, ClientSockets, client_name
 log = logging.getLogger("fedq.client")
@@ -107,6 +108,7 @@ class Client:
         self.name = client_name()  # how workers list the references this process holds
         self._io = ClientSockets(self.name, self._on_send, self._on_replies, self._encode_ref_updates, self._seal, self._on_tick)
         self._cv = self._io.cv  # what waiters wait on: calls finish under it
+        self.refs = RefUpdates(self._io.enqueue)  # our references' deletes and hand-overs (refs.py)
         self._io.start()
         atexit.register(self.close)
 
@@ -253,20 +255,6 @@ class Client:
             raise
         return results
 
-    def delete_on_death(self, ref: Any, address: str, id: int) -> Any:
-        """Delete object `id` at `address` once `ref` dies (batched with other deletes), unless
-        `keep_on_death` is told first. Returns what `keep_on_death` takes."""
-        return self._io.ref_update_on_death(ref, address, id)
-
-    def keep_on_death(self, watcher: Any) -> None:
-        self._io.cancel_on_death(watcher)
-
-    def queue_hand_over(self, address: str, id: int, giver: str, taker: str) -> None:
-        """Tell the worker at `address` that `giver`'s reference to `id` is `taker`'s now (for
-        listings): batched with the deletes, and waited for only as they are."""
-        if not self._closed:
-            self._io.queue_ref_update(address, (id, giver, taker))
-
     def _on_send(self, seq: int, call: Call) -> None:  # runs where the sockets are driven, before sending
         with self._cv:
             self._calls.add(seq, call)
@@ -275,8 +263,7 @@ class Client:
     def _encode_ref_updates(self, address: str, updates: list[Any]) -> Packed:  # runs where the sockets are driven
         seq = next(self._seq)
         self._on_send(seq, Call(address, False, quiet=True))
-        ids = tuple(u for u in updates if type(u) is int)
-        return self.codec.pack(seq, DeleteObjects(ids, hand_overs=tuple(u for u in updates if type(u) is tuple)))
+        return self.codec.pack(seq, self.refs.message(updates))
 
     def _seal(self, address: str, packed: list[Packed]) -> list:  # runs where the sockets are driven
         """Seal for the incarnation of the worker at `address` we know now (NO_INCARNATION if
@@ -309,8 +296,8 @@ class Client:
         """Wait until every request sent so far is answered, except those to `except_address`
         and, unless `deletes`, the deletes (and hand-overs: reference bookkeeping)."""
         limit = self.timeout if timeout is None else timeout
-        if deletes:
-            self._io.flush_ref_updates(limit)
+        if deletes:  # (a flush, always: an update the leader has taken but not sent yet is in no queue to look at)
+            self._io.flush(limit)  # every update queued so far is a sent, registered request now
         if self._io.queued_for_others(except_address):
             self._io.flush(limit)  # registers them: only sent requests are counted as in flight
 
@@ -436,9 +423,8 @@ class Client:
                 self._give_back(call.value)
 
     def _give_back(self, value: Any) -> None:
-        """Delete the references an answer handed over that no pointer will hold."""
-        for spec in references_in(value):
-            self._io.queue_ref_update(spec.address, spec.id_at_location)
+        """Delete the references an answer handed over that no pointer will hold (refs.py)."""
+        self.refs.give_back(value)
 
     def lease_at(self, address: str, seconds: float) -> None:
         """The worker at `address` keeps a silent holder's references `seconds` (we started it)."""
@@ -519,6 +505,7 @@ class Client:
                     pass
         finally:
             self._closed = True
+            self.refs.close()
             self._io.stop(timeout)
             stop_processes(list(self._children.values()), timeout)
             for address in self._children:  # the private directory each child's ipc socket lived in

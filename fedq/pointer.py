@@ -35,6 +35,7 @@ from .errors import (
     WorkerUnreachableError,
 )
 from .ids import new_id
+from .refs import RemoteRef
 from .messages import GetObject, HoldsObject, IncRef, MoveObject, PointerSpec, Ref, RemoteGet, RequestRelease, RunOp, StoreObject
 
 if TYPE_CHECKING:
@@ -54,40 +55,6 @@ class Location(Protocol):
     def incarnation(self) -> bytes: ...
 
     def worker_at(self, id: str, address: str) -> "Location": ...
-
-
-class RemoteRef:
-    """One counted reference to a remote object (rule 6).
-
-    When it dies its delete is queued, never sent then: it may die in the middle of
-    anything, including a send (RPyC's deadlock). The client queues it without running
-    Python code (a weak reference's callback), so a Ctrl-C cannot lose it.
-    """
-
-    __slots__ = ("client", "spent", "_on_death", "__weakref__")
-
-    def __init__(self, client: "Client", address: str, id_at_location: int) -> None:
-        self.client = client
-        self.spent: str | None = None  # why this reference no longer counts
-        # What the delete will say lives on the watcher itself: a move changes it in one step.
-        self._on_death = client.delete_on_death(self, address, id_at_location)
-
-    @property
-    def address(self) -> str:
-        return self._on_death.address
-
-    @address.setter
-    def address(self, address: str) -> None:  # the object moved (rule 7)
-        self._on_death.address = address
-
-    @property
-    def id_at_location(self) -> int:
-        return self._on_death.update
-
-    def spend(self, why: str) -> None:
-        """This reference no longer counts (it was handed on, or brought back): no delete."""
-        self.spent = why
-        self.client.keep_on_death(self._on_death)
 
 
 _T = torch.Tensor
@@ -174,7 +141,7 @@ class Pointer:
         self.id_at_location = id_at_location
         self.location = location
         self.owner = owner if owner is not None else location.client
-        self._ref = RemoteRef(location.client, location.address, id_at_location) if owner is None else None
+        self._ref = RemoteRef(location.client.refs, location.address, id_at_location) if owner is None else None
         self._meta = meta
         self._is_chain = is_chain
         self._grad_state = _GRAD_UNKNOWN if is_chain and meta.requires_grad else grad
@@ -229,7 +196,7 @@ class Pointer:
         client.barrier(except_address=worker.address)
         client.submit(worker.address, StoreObject(self.id, self._spec()))
         # Our reference at the next hop is the new holder's now (for listings; frees nothing).
-        client.queue_hand_over(self.location.address, self.id_at_location, client.holder_name, client.holder_name_of(worker.id, worker.address))
+        client.refs.hand_over(self.location.address, self.id_at_location, client.holder_name, client.holder_name_of(worker.id, worker.address))
         self._spend(f"it was sent to {worker.id!r}; use the pointer .send() returned")
         return PointerTensor._make(_fresh_meta(self._meta), worker, new_id(), self.id, is_chain=True)
 

@@ -18,19 +18,17 @@ import functools
 import ipaddress
 import logging
 import os
-import signal
-import _signal  # the C module: `signal.signal` converts to and from enums, 3 us per call here
 import socket
 import tempfile
 import threading
 import time
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal
 
 import zmq
 
+from .interrupts import HeldInterrupt, interrupted
 from .codec import INBAND_LIMIT, MAX_BATCH, MAX_FRAMES
 from .messages import NO_INCARNATION
 
@@ -334,60 +332,6 @@ class ServerLoop:
                 self._authenticator.stop()
 
 
-def _noted(held: "_HeldInterrupt | None") -> bool:
-    return held is not None and held.noted is not None
-
-
-class _HeldInterrupt:
-    """On the main thread, a KeyboardInterrupt raised between taking a message off the queue
-    or the socket and handing it on would lose it (a request never sent, a reply never
-    delivered: its caller would wait for it until the timeout). While held, SIGINT is only
-    noted; `release` restores the handler and lets a noted one happen."""
-
-    __slots__ = ("previous", "noted")
-
-    def __init__(self, previous: Any) -> None:
-        self.previous = previous
-        self.noted: tuple | None = None
-
-    @classmethod
-    def hold(cls) -> "_HeldInterrupt | None":
-        if threading.get_ident() != threading.main_thread().ident:
-            return None  # only the main thread ever sees KeyboardInterrupt
-        previous = _signal.getsignal(_signal.SIGINT)
-        if previous in (_signal.SIG_IGN, None):
-            return None
-        held = cls(previous)
-        _signal.signal(_signal.SIGINT, held._note)
-        return held
-
-    def _note(self, signum: int, frame: Any) -> None:
-        self.noted = (signum, frame)
-
-    def release(self) -> None:
-        _signal.signal(_signal.SIGINT, self.previous)
-        if self.noted is None:
-            return
-        if callable(self.previous):
-            self.previous(*self.noted)  # the default handler raises KeyboardInterrupt here
-        else:  # SIG_DFL: what SIGINT would have done
-            signal.raise_signal(signal.SIGINT)
-
-
-@dataclass(slots=True)
-class _RefUpdate:
-    address: str
-    update: Any  # a deleted reference's id, or a hand-over: what `encode_ref_updates` makes a message of
-
-
-class _OnDeath(weakref.ref):
-    """A reference update to queue when an object dies. Its callback is the outbox's own
-    `append`, C code: when the object dies no Python code runs, so a Ctrl-C cannot land
-    between the death and the queueing (a `__del__` could lose it, and swallow the Ctrl-C)."""
-
-    __slots__ = ("address", "update")
-
-
 @dataclass(slots=True)
 class _Flush:
     sent: bool = False  # set (under cv) by the leader once everything queued before it is sent
@@ -403,11 +347,12 @@ class ClientSockets:
     another thread and back. Other waiting threads follow (sleep on `cv`) and take over
     when the leader is done. A background thread leads only once callers have left the
     sockets alone for POLL_MS: it sends the deletes of pointers that died and reads late
-    replies.
+    replies. Ctrl-C is held while a thread leads (interrupts.py).
 
-    `submit`, `queue_ref_update` and the death of an object `ref_update_on_death` watches
-    only append to a deque (never I/O); everything queued goes out in order. Reference
-    updates (deletes, hand-overs) are batched per worker, one message a batch.
+    `submit` and `enqueue` only append to a deque (never I/O); everything queued goes out
+    in order. What `enqueue` queues is an update (refs.py: a delete, a hand-over): each
+    `take()`s to (address, update), or None if it was cancelled; one worker's are gathered
+    into one message a batch (`encode_ref_updates`), sent before the next request there.
     """
 
     def __init__(
@@ -426,6 +371,7 @@ class ClientSockets:
         self._seal = seal
         self._on_tick = on_tick
         self._outbox: collections.deque = collections.deque()
+        self.enqueue: Callable[[Any], None] = self._outbox.append  # (C code: a weakref callback may be it)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._poller = zmq.Poller()
@@ -438,7 +384,6 @@ class ClientSockets:
         self._caller_active_at = 0.0  # the background keeps out for POLL_MS after a caller led or asked to
         self._next_tick = time.monotonic()
         self._wake_sent = False  # a wake-up is in the pipe: don't write one per submit
-        self._armed: set[_OnDeath] = set()  # watched objects still alive (or dead, their update not sent yet)
         self._stopping = threading.Event()
         self._background = threading.Thread(target=self._run_background, name="fedq-io", daemon=True)
 
@@ -460,21 +405,6 @@ class ClientSockets:
         """Is a request to another worker than `address` queued but not sent yet?"""
         return any(type(item) is tuple and item[0] != address for item in list(self._outbox))
 
-    def queue_ref_update(self, address: str, update: Any) -> None:
-        self._outbox.append(_RefUpdate(address, update))
-
-    def ref_update_on_death(self, obj: Any, address: str, update: Any) -> _OnDeath:
-        """Queue `update` for `address` when `obj` dies (unless cancelled first). The set keeps
-        the watcher reachable: the garbage collector then runs its callback even when `obj`
-        dies in a reference cycle."""
-        watcher = _OnDeath(obj, self._outbox.append)
-        watcher.address, watcher.update = address, update
-        self._armed.add(watcher)
-        return watcher
-
-    def cancel_on_death(self, watcher: _OnDeath) -> None:
-        self._armed.discard(watcher)
-
     # ---- I/O, on the calling thread when it can lead
     def wait_until(self, done: Callable[[], bool], timeout: float) -> bool:
         """Drive the sockets (or follow whoever does) until `done()`, checked under `cv`, holds;
@@ -485,7 +415,7 @@ class ClientSockets:
         with self._lead_session(done, deadline) as (outcome, held):
             if outcome != "leading":
                 return outcome == "done"  # (done() may not hold any more: another thread may have queued since)
-            while not _noted(held):
+            while not interrupted(held):
                 self._pump(max(0.0, min(deadline - time.monotonic(), POLL_MS / 1000)))
                 with self.cv:
                     if done():
@@ -500,11 +430,6 @@ class ClientSockets:
         self._outbox.append(marker)
         self._one_turn(lambda: marker.sent, time.monotonic() + timeout)
 
-    def flush_ref_updates(self, timeout: float) -> None:
-        """Make every reference update queued so far a registered, sent request (a flush,
-        always: an update the leader has taken but not sent yet is in no queue to look at)."""
-        self.flush(timeout)
-
     def _send_batch(self) -> None:
         """A batch of pipelined requests is queued: send it, and read what has arrived
         meanwhile, if the sockets are free; otherwise their leader is told to."""
@@ -516,10 +441,10 @@ class ClientSockets:
                 self._pump(0.0)
 
     @contextlib.contextmanager
-    def _lead_session(self, done: Callable[[], bool] | None, deadline: float) -> Iterator[tuple[str, "_HeldInterrupt | None"]]:
+    def _lead_session(self, done: Callable[[], bool] | None, deadline: float) -> Iterator[tuple[str, HeldInterrupt | None]]:
         """Hold Ctrl-C, try to take the lead (`_take_lead`), and on leaving give the lead back
         and let a held Ctrl-C happen."""
-        held = _HeldInterrupt.hold()
+        held = HeldInterrupt.hold()
         try:
             outcome = self._take_lead(done, deadline, held)
             try:
@@ -548,7 +473,7 @@ class ClientSockets:
 
     # ---- the lead
     def _take_lead(
-        self, done: Callable[[], bool] | None, deadline: float, held: "_HeldInterrupt | None"
+        self, done: Callable[[], bool] | None, deadline: float, held: HeldInterrupt | None
     ) -> Literal["leading", "done", "gave up"]:
         """Become the leader, unless `done()` holds first (as a follower), `deadline` passes
         or a Ctrl-C was noted meanwhile (`held`)."""
@@ -556,7 +481,7 @@ class ClientSockets:
             while True:
                 if done is not None and done():
                     return "done"
-                if self._closed or _noted(held):
+                if self._closed or interrupted(held):
                     return "gave up"
                 if not self._leading:
                     self._leading = True
@@ -623,26 +548,23 @@ class ClientSockets:
         outbox = self._outbox
         while outbox:
             item = outbox.popleft()
-            if type(item) is _RefUpdate:
-                updates.setdefault(item.address, []).append(item.update)
-            elif type(item) is _OnDeath:
-                try:
-                    self._armed.remove(item)  # (not there: cancelled, the reference was spent)
-                except KeyError:
-                    continue
-                updates.setdefault(item.address, []).append(item.update)
-            elif type(item) is _Flush:
-                self._add_ref_updates(batches, updates)
-                batches.send()
-                with self.cv:
-                    item.sent = True
-                    self.cv.notify_all()
-            else:
+            kind = type(item)
+            if kind is tuple:
                 address, message, call, may_pass_updates = item
                 if address in updates and not may_pass_updates:  # earlier updates go first
                     self._add_ref_updates(batches, {address: updates.pop(address)})
                 self._on_send(message.seq, call)
                 batches.add(address, message)
+            elif kind is _Flush:
+                self._add_ref_updates(batches, updates)
+                batches.send()
+                with self.cv:
+                    item.sent = True
+                    self.cv.notify_all()
+            else:  # a reference update (`enqueue`)
+                taken = item.take()
+                if taken is not None:
+                    updates.setdefault(taken[0], []).append(taken[1])
         self._add_ref_updates(batches, updates)
         batches.send()
 
