@@ -24,9 +24,13 @@ runner = CliRunner(env={"COLUMNS": "200"})  # rich wraps long cells at 80 column
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _config(tmp_path: Path, key: bytes, workers: dict[str, str], *, data: dict[str, Path] | None = None, name: str = "federation") -> Path:
-    """A config naming `workers` {id: address}, signed with `key` (written to a key file beside it)."""
-    key_file = tmp_path / f"{name}.key"
+def _config(
+    tmp_path: Path, key: bytes, workers: dict[str, str], *, data: dict[str, Path] | None = None, name: str = "federation",
+    key_file: Path | None = None,
+) -> Path:
+    """A config naming `workers` {id: address}, signed with `key` (written to `key_file`, by default a key file
+    beside it; the admin key file is the one beside the key file)."""
+    key_file = key_file or tmp_path / f"{name}.key"
     write_key_file(key_file, key)
     config = tmp_path / f"{name}.toml"
     config.write_text(
@@ -110,24 +114,30 @@ def _fedq(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fedq", *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
-@pytest.fixture
-def standing_federation(tmp_path: Path):
-    """`fedq up` on a fresh key: bob (a data owner with the housing shard) and alice, over tcp."""
+@pytest.fixture(scope="module")
+def standing_federation(tmp_path_factory: pytest.TempPathFactory):
+    """`fedq up` on a fresh key, once for the module: bob (a data owner with the housing shard) and
+    alice, over tcp, named by `config`; and carol, only in `everyone`, the one test_stop stops
+    (so that neither test needs the other to run first). Both configs share the key and admin key files."""
+    tmp_path = tmp_path_factory.mktemp("standing")
     workers = {name: f"tcp://127.0.0.1:{free_port()}" for name in ("bob", "alice")}
+    carol = {"carol": f"tcp://127.0.0.1:{free_port()}"}
     key = new_key()
-    config = _config(tmp_path, key, workers, data={"bob": ROOT / "workers" / "housing.py"})
+    data = {"bob": ROOT / "workers" / "housing.py"}
+    everyone = _config(tmp_path, key, {**workers, **carol}, data=data, name="everyone", key_file=tmp_path / "federation.key")
+    config = _config(tmp_path, key, workers, data=data)
     env = {k: v for k, v in os.environ.items() if k != "FEDQ_KEY"}
-    up = subprocess.Popen([sys.executable, "-m", "fedq", "up", "--config", str(config)], stdout=subprocess.PIPE, text=True, env=env)
+    up = subprocess.Popen([sys.executable, "-m", "fedq", "up", "--config", str(everyone)], stdout=subprocess.PIPE, text=True, env=env)
     try:
         pids = [int(pid) for pid in re.findall(r"pid (\d+)", up.stdout.readline())]
-        assert len(pids) == 2
-        yield config, workers, key, dict(zip(workers, pids))
+        assert len(pids) == 3
+        yield config, workers, key, dict(zip([*workers, *carol], pids)), everyone, carol
     finally:
         stop(up)
 
 
 def test_status_and_clear_as_subprocesses_against_fedq_up(tmp_path, standing_federation):
-    config, workers, key, pids = standing_federation
+    config, workers, key, pids, _, _ = standing_federation
     done = _fedq("status", "--config", str(config), "--timeout", "15")
     assert done.returncode == 0, done.stdout + done.stderr
     bob_row = _row(done.stdout, "bob")
@@ -149,12 +159,12 @@ def test_status_and_clear_as_subprocesses_against_fedq_up(tmp_path, standing_fed
 def test_stop_is_the_owners_on_the_workers_host(tmp_path, standing_federation):
     """`fedq stop` signs with the config's admin key file: a key holder whose admin key is not the
     workers' is refused (the worker keeps serving), the owner's stop ends the worker with code 0."""
-    config, workers, key, pids = standing_federation
+    _, _, key, pids, config, workers = standing_federation  # the config naming carol too, and carol
     stranger = _config(tmp_path, key, workers, name="stranger")  # the federation key, another admin key
     write_key_file(tmp_path / "stranger.admin.key", new_key())
-    done = _fedq("stop", "bob", "--config", str(stranger), "--timeout", "2")
+    done = _fedq("stop", "carol", "--config", str(stranger), "--timeout", "1")  # (dropped unanswered: the timeout is waited out)
     assert done.returncode == 1 and "admin key" in done.stderr, done.stdout + done.stderr
-    assert "alive" in _row(_fedq("status", "--config", str(config)).stdout, "bob")
-    done = _fedq("stop", "bob", "--config", str(config))
-    assert done.returncode == 0 and "bob: stopped" in done.stdout, done.stdout + done.stderr
-    assert gone(pids["bob"], within=10)
+    assert "alive" in _row(_fedq("status", "--config", str(config)).stdout, "carol")
+    done = _fedq("stop", "carol", "--config", str(config))
+    assert done.returncode == 0 and "carol: stopped" in done.stdout, done.stdout + done.stderr
+    assert gone(pids["carol"], within=10)
