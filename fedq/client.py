@@ -40,10 +40,11 @@ from .errors import (
 )
 from .keys import key_from_environment
 from .leases import lease_told
-from .refs import RefUpdates
 from .messages import NO_INCARNATION, Failure, Ping, Renew, references_in, wire_name
+from .refs import RefUpdates
 from .settings import DEFAULTS
 from .transport import Batches, ClientSockets, client_name
+
 log = logging.getLogger("fedq.client")
 
 #: seconds a call waits by default: the workers' (settings.py), unless FEDQ_TIMEOUT says otherwise
