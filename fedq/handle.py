@@ -17,6 +17,7 @@ from typing import Any
 
 from .client import Client, local_client
 from .codec import new_incarnation, new_key
+from .config import load_config
 from .errors import ConfigError
 from .ids import new_id
 from .launcher import start_worker_process
@@ -228,8 +229,6 @@ def connect(
     `owner=True`: we are its data owner, on its host: clearing, stopping and listing it are
     signed with the config's admin key file (`admin_key_file`), which only the owner can read.
     `owner=None`: the same if that file is readable here, else as any key holder."""
-    from .config import load_config
-
     client = _client_of(hook)
     federation = load_config(config) if address is None or owner is not False else None
     if address is None:

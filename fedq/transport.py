@@ -28,8 +28,9 @@ from typing import Any, Callable, Iterator, Literal
 
 import zmq
 
-from .interrupts import HeldInterrupt, interrupted
 from .codec import INBAND_LIMIT, MAX_BATCH, MAX_FRAMES
+from .errors import ConfigError
+from .interrupts import HeldInterrupt, interrupted
 from .messages import NO_INCARNATION
 
 log = logging.getLogger("fedq.transport")
@@ -111,16 +112,12 @@ class CurveKeys:
             public, secret = zmq.auth.load_certificate(directory / f"{me}.key_secret")
             servers = {address: zmq.auth.load_certificate(directory / f"{id}.key")[0] for id, address in peers.items()}
         except (OSError, ValueError) as error:
-            from .errors import ConfigError
-
             raise ConfigError(f"CURVE keys missing in {directory} ({error}): run `fedq keygen --curve`") from None
         return cls(public, secret, servers, str(directory))
 
     def as_client(self, sock: zmq.Socket, address: str) -> None:
         server = self.servers.get(address)
         if server is None:
-            from .errors import ConfigError
-
             raise ConfigError(f"no CURVE public key for the worker at {address}: it is not in the federation's config")
         sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = self.public, self.secret, server
 
@@ -224,8 +221,6 @@ def refuse_unprotected_endpoint(address: str, curve: "CurveKeys | None") -> None
         if address.startswith("tcp://") and _is_loopback(host):
             return
         where = "loopback (tcp://127.0.0.1:PORT) or an ipc endpoint (ipc://{runtime}/NAME.sock)"
-    from .errors import ConfigError
-
     raise ConfigError(
         f"a worker will not listen on {address} without CURVE: anyone who can reach it could make it buffer "
         "unbounded memory before any signature is checked. Turn CURVE on (`curve = true` in the config's "
