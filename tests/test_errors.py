@@ -63,6 +63,25 @@ def test_functions_fedq_does_not_forward_are_refused_clearly(bob):
         pickle.dumps(x)
 
 
+@pytest.fixture(scope="module")
+def own(hook):
+    """The workers of this module's tests that need one of their own (it is killed, or has settings
+    of its own): started at once when the first is needed, side by side instead of one test after another."""
+    workers = {
+        "doomed": sy.VirtualWorker(hook, id="doomed"),
+        "middle": sy.VirtualWorker(hook, id="middle", timeout=1.0),
+        "end": sy.VirtualWorker(hook, id="end"),
+        "trusting": sy.VirtualWorker(hook, id="trusting", allow_code=True),
+        "small": sy.VirtualWorker(hook, id="small", max_store_bytes=1024),
+        "tight": sy.VirtualWorker(hook, id="tight", max_store_bytes=3 << 20),
+    }
+    yield workers
+    for worker in workers.values():  # (each test stops its own: what a failure left is killed)
+        if worker.alive():
+            worker.process.kill()
+            worker.process.wait()
+
+
 def test_a_worker_that_does_not_answer_fails_after_the_timeout(hook):
     ghost = sy.connect(hook, "ghost", address=f"tcp://127.0.0.1:{free_port()}")
     start = time.monotonic()
@@ -71,8 +90,8 @@ def test_a_worker_that_does_not_answer_fails_after_the_timeout(hook):
     assert time.monotonic() - start < 3
 
 
-def test_a_killed_worker_fails_its_calls_fast_and_others_keep_serving(hook, bob):
-    doomed = sy.VirtualWorker(hook, id="doomed")
+def test_a_killed_worker_fails_its_calls_fast_and_others_keep_serving(own, bob):
+    doomed = own["doomed"]
     x = th.tensor([1]).send(doomed)
     assert doomed._objects
     y = th.tensor([2]).send(bob)
@@ -84,9 +103,8 @@ def test_a_killed_worker_fails_its_calls_fast_and_others_keep_serving(hook, bob)
     assert th.equal(y.get(), th.tensor([2]))
 
 
-def test_a_dead_hop_in_a_chain_is_named(hook, bob):
-    middle = sy.VirtualWorker(hook, id="middle", timeout=1.0)
-    end = sy.VirtualWorker(hook, id="end")
+def test_a_dead_hop_in_a_chain_is_named(own, bob):
+    middle, end = own["middle"], own["end"]
     x = th.tensor([1]).send(end).send(middle)
     assert middle._objects
     end.process.kill()
@@ -137,16 +155,16 @@ def test_shipping_code_is_refused_with_how_to_allow_it(hook, bob):
     assert th.equal(x.get(), th.tensor([1.0, 2.0]))
 
 
-def test_a_worker_started_with_allow_code_runs_shipped_functions(hook):
-    trusting = sy.VirtualWorker(hook, id="trusting", allow_code=True)
+def test_a_worker_started_with_allow_code_runs_shipped_functions(own):
+    trusting = own["trusting"]
     x = th.tensor([1.0, 2.0]).send(trusting)
     x.apply_(lambda v: v * 2)
     assert th.equal(x.get(), th.tensor([2.0, 4.0]))
     trusting.shutdown()
 
 
-def test_store_limit_is_a_clear_error(hook):
-    small = sy.VirtualWorker(hook, id="small", max_store_bytes=1024)
+def test_store_limit_is_a_clear_error(own):
+    small = own["small"]
     kept = th.zeros(200).send(small)  # 800 bytes
     with pytest.raises(sy.StoreFullError, match="limit of 1024"):
         th.zeros(100).send(small)
@@ -155,10 +173,10 @@ def test_store_limit_is_a_clear_error(hook):
     small.shutdown()
 
 
-def test_a_loop_of_large_results_frees_each_before_making_the_next(hook):
+def test_a_loop_of_large_results_frees_each_before_making_the_next(hook, own):
     """Deletes queued by `y = x + 1` reach the worker before the next large op: a loop over
     1 MiB results fits a store with room for three, however many iterations run pipelined."""
-    tight = sy.VirtualWorker(hook, id="tight", max_store_bytes=3 << 20)
+    tight = own["tight"]
     x = th.zeros(256 * 1024).send(tight)  # 1 MiB
     for _ in range(50):
         y = x + 1
