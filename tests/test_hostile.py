@@ -56,10 +56,28 @@ def _junk(codec: Codec, stranger: Codec, rng: random.Random, kept: list) -> list
     return [bytes(f) for f in flipped]
 
 
-def test_fuzz_ten_thousand_hostile_messages(hook):
+@pytest.fixture(scope="module")
+def own(hook):
+    """The workers this module's tests need of their own (flooded under a 1 MiB message limit, or
+    killed): started at once when the first is needed, side by side instead of one test after another."""
+    workers = {
+        "fuzzed": sy.VirtualWorker(hook, id="fuzzed", max_message_bytes=1 << 20),
+        "victim": sy.VirtualWorker(hook, id="victim"),
+        "end_of_chain": sy.VirtualWorker(hook, id="end_of_chain"),
+        "middle_of_chain": sy.VirtualWorker(hook, id="middle_of_chain", timeout=1.0),
+        "source": sy.VirtualWorker(hook, id="source"),
+    }
+    yield workers
+    for worker in workers.values():  # (each test stops its own: what a failure left is killed)
+        if worker.alive():
+            worker.process.kill()
+            worker.process.wait()
+
+
+def test_fuzz_ten_thousand_hostile_messages(hook, own):
     if os.path.exists(MARKER):
         os.unlink(MARKER)
-    target = sy.VirtualWorker(hook, id="fuzzed", max_message_bytes=1 << 20)
+    target = own["fuzzed"]
     held = [th.arange(i, i + 3).send(target) for i in range(5)]
     before = {id: t.clone() for id, t in target._objects.items()}
     codec = Codec(hook.local_worker.key)
@@ -106,8 +124,8 @@ def _time_to_error(action, error=sy.WorkerUnreachableError) -> float:
     return time.monotonic() - start
 
 
-def test_kill_mid_operation(hook, bob):
-    victim = sy.VirtualWorker(hook, id="victim")
+def test_kill_mid_operation(own, bob):
+    victim = own["victim"]
     x = th.randn(1500, 1500).send(victim)
     y = x
     for _ in range(40):  # several seconds of matmuls, pipelined
@@ -120,9 +138,8 @@ def test_kill_mid_operation(hook, bob):
     assert th.equal((th.tensor([1]).send(bob) + 1).get(), th.tensor([2]))  # others keep serving
 
 
-def test_kill_mid_chain(hook, alice):
-    end = sy.VirtualWorker(hook, id="end_of_chain")
-    middle = sy.VirtualWorker(hook, id="middle_of_chain", timeout=1.0)
+def test_kill_mid_chain(own, alice):
+    end, middle = own["end_of_chain"], own["middle_of_chain"]
     x = th.tensor([1.0, 2.0]).send(end).send(middle)
     assert len(middle._objects) == 1
     os.kill(end.pid, signal.SIGKILL)
@@ -139,8 +156,8 @@ def test_kill_mid_chain(hook, alice):
     middle.shutdown()
 
 
-def test_kill_mid_transfer(hook, alice):
-    source = sy.VirtualWorker(hook, id="source")
+def test_kill_mid_transfer(own, alice):
+    source = own["source"]
     p = th.randn(64 * 1024 * 1024 // 4).send(source)  # 64 MiB
     before = set(alice._objects)
 
