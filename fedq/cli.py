@@ -7,7 +7,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import typer
 
@@ -62,7 +62,7 @@ def _connect(name: str, config: Path, address: Optional[str], *, owner: bool | N
         if address is None:
             return connect(None, name, config=config, owner=owner)
         client = local_client()
-        if key_from_environment() is None and not client.knows_workers() and config.exists():
+        if key_from_environment() is None and not client.peers.knows_workers() and config.exists():
             client.use_key(load_config(config).key(create=False))
         return connect(None, name, address=address, config=config if config.exists() else None, owner=owner if config.exists() else False)
     except FedqError as error:
@@ -113,7 +113,7 @@ def worker(
 @app.command()
 def up(config: Path = ConfigOption, verbose: bool = typer.Option(False, "--verbose", "-v", help=_setting_help("verbose"))) -> None:
     """Start every worker of a config; Ctrl-C (or SIGTERM) stops them all."""
-    from .client import stop_processes
+    from .peers import stop_processes
     from .launcher import start_worker_process
 
     try:
@@ -281,13 +281,22 @@ def clear(
 ) -> None:
     """Empty a worker's store: everything it holds, its owner's data included. Other workers are not touched, so pointers into it stop working.
     Run on the worker's host: it is the owner's action, signed with the config's admin key file."""
-    handle = _connect(name, config, address, owner=True)
-    try:
+    def clear_it(handle: Any) -> int:
         held = handle.ping(timeout=timeout).objects
         handle.clear_objects()
+        return held
+
+    typer.echo(f"{name}: cleared, {_as_owner(name, config, address, clear_it)} objects freed")
+
+
+def _as_owner(name: str, config: Path, address: Optional[str], act: Callable[[Any], Any]) -> Any:
+    """`act(handle)` on worker `name`, signed with the admin key (the owner's actions); a failure
+    is the command's, said with what an unanswered owner's request most likely means."""
+    handle = _connect(name, config, address, owner=True)
+    try:
+        return act(handle)
     except FedqError as error:
         _fail(_as_owner_hint(error))
-    typer.echo(f"{name}: cleared, {held} objects freed")
 
 
 def _as_owner_hint(error: FedqError) -> Exception:
@@ -309,11 +318,7 @@ def stop(
     timeout: float = TimeoutOption,
 ) -> None:
     """Stop a worker: it frees what it holds and exits. Run on the worker's host: it is the owner's action, signed with the config's admin key file."""
-    handle = _connect(name, config, address, owner=True)
-    try:
-        handle.shutdown(timeout=timeout)
-    except FedqError as error:
-        _fail(_as_owner_hint(error))
+    _as_owner(name, config, address, lambda handle: handle.shutdown(timeout=timeout))
     typer.echo(f"{name}: stopped")
 
 
@@ -329,11 +334,7 @@ def requests(
     from rich.console import Console
     from rich.table import Table
 
-    handle = _connect(name, config, address, owner=True)
-    try:
-        rows = handle.requests(timeout=timeout)
-    except FedqError as error:
-        _fail(_as_owner_hint(error))
+    rows = _as_owner(name, config, address, lambda handle: handle.requests(timeout=timeout))
     here = "@" + socket.gethostname()
     table = Table(title=f"{name}: {len(rows)} requests")
     for column in ("id", "object", "asked by", "reason", "age", "status", "shape", "history"):
@@ -359,11 +360,7 @@ def approve(
     timeout: float = TimeoutOption,
 ) -> None:
     """Approve a request: the object's next .get() by the client that asked succeeds, once. The owner's, as `fedq requests`."""
-    handle = _connect(name, config, address, owner=True)
-    try:
-        decided = handle.approve(request_id, timeout=timeout)
-    except FedqError as error:
-        _fail(_as_owner_hint(error))
+    decided = _as_owner(name, config, address, lambda handle: handle.approve(request_id, timeout=timeout))
     typer.echo(f"{name}: request {decided.id} approved: object {decided.object_id} may leave once, to {decided.asked_by}")
 
 
@@ -377,11 +374,7 @@ def deny(
     timeout: float = TimeoutOption,
 ) -> None:
     """Deny a request: the client's .get() of the object says so. The owner's, as `fedq requests`."""
-    handle = _connect(name, config, address, owner=True)
-    try:
-        decided = handle.deny(request_id, reason, timeout=timeout)
-    except FedqError as error:
-        _fail(_as_owner_hint(error))
+    decided = _as_owner(name, config, address, lambda handle: handle.deny(request_id, reason, timeout=timeout))
     typer.echo(f"{name}: request {decided.id} denied")
 
 
