@@ -76,6 +76,21 @@ def data_owners(hook, federation):
     return [sy.VirtualWorker(hook, id=f"owner_{name}", data=ROOT / "workers" / "housing.py") for name in ("bob", "alice")]
 
 
+@pytest.fixture(scope="module")
+def dp_owner(hook, federation, request):
+    """A data owner of the test module's own (tests/data/dp_owner.py: a private (64, 4) table of
+    0..9 with a budget of ε = 1 for the module to spend, updates refused; 400 known coin flips)."""
+    worker = sy.VirtualWorker(hook, id="dp_owner_" + request.module.__name__.rpartition(".")[2], data=ROOT / "tests" / "data" / "dp_owner.py")
+    yield worker
+    worker.shutdown()
+
+
+@pytest.fixture
+def table(dp_owner):
+    """The dp_owner's private (64, 4) table."""
+    return dp_owner.search("#table")[0]
+
+
 def store(worker) -> dict:
     """What `worker` holds, as {id: tensor or pointer}."""
     return worker._objects

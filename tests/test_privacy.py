@@ -23,18 +23,6 @@ _script = runpy.run_path(str(ROOT / "tests" / "data" / "dp_owner.py"))
 COINS, SECRET = _script["COINS"], _script["SECRET"]
 
 
-@pytest.fixture(scope="module")
-def dp_owner(hook, federation):
-    worker = sy.VirtualWorker(hook, id="dp_owner", data=ROOT / "tests" / "data" / "dp_owner.py")
-    yield worker
-    worker.shutdown()
-
-
-@pytest.fixture
-def table(dp_owner):
-    return dp_owner.search("#table")[0]
-
-
 @pytest.fixture
 def houses(data_owners):
     owner = data_owners[0]

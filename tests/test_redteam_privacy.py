@@ -10,7 +10,6 @@ test_privacy's; the three releases spend 0.8 + 0.1 + 0.1 of its ε = 1."""
 
 from __future__ import annotations
 
-import itertools
 import runpy
 import warnings
 from pathlib import Path
@@ -20,31 +19,21 @@ import torch as th
 import torch.nn.functional as F
 
 import fedq as sy
+
+from helpers import succeeds  # noqa: F401 (marks an attack that succeeds, until it is closed)
 from fedq import ops
 from fedq.privacy import Privacy
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = runpy.run_path(str(ROOT / "tests" / "data" / "dp_owner.py"))["SECRET"]
-_ids = itertools.count()
 
 pytestmark = pytest.mark.filterwarnings("ignore")  # (torch warns of broadcasting in losses: the attack)
 
 
-def succeeds(why: str):
-    return pytest.mark.xfail(strict=True, raises=AssertionError, reason=f"REDTEAM: SUCCEEDS: {why}")
-
-
-@pytest.fixture(scope="module")
-def owner(hook, federation):
-    """A fresh dp_owner: its own table, its own ε = 1."""
-    worker = sy.VirtualWorker(hook, id=f"redteam_owner_{next(_ids)}", data=ROOT / "tests" / "data" / "dp_owner.py")
-    yield worker
-    worker.shutdown()
-
-
 @pytest.fixture
-def table(owner):
-    return owner.search("#table")[0]
+def owner(dp_owner):
+    """A fresh dp_owner (conftest.py): its own ε = 1."""
+    return dp_owner
 
 
 def raises(action) -> bool:

@@ -9,7 +9,6 @@ updates refused); none spends any of its budget."""
 
 from __future__ import annotations
 
-import itertools
 import runpy
 from pathlib import Path
 
@@ -18,6 +17,8 @@ import torch as th
 import torch.nn.functional as F
 
 import fedq as sy
+
+from helpers import succeeds  # noqa: F401 (marks an attack that succeeds, until it is closed)
 from fedq import ops
 from fedq.ids import new_id
 from fedq.messages import DescribeObjects, Ref, RunOp
@@ -25,26 +26,14 @@ from fedq.privacy import Privacy
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = runpy.run_path(str(ROOT / "tests" / "data" / "dp_owner.py"))["SECRET"]
-_ids = itertools.count()
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 
-def succeeds(why: str):
-    return pytest.mark.xfail(strict=True, raises=AssertionError, reason=f"REDTEAM: SUCCEEDS: {why}")
-
-
-@pytest.fixture(scope="module")
-def owner(hook, federation):
-    """A fresh dp_owner: its own table, its own ε = 1 (never spent here)."""
-    worker = sy.VirtualWorker(hook, id=f"redteam2_owner_{next(_ids)}", data=ROOT / "tests" / "data" / "dp_owner.py")
-    yield worker
-    worker.shutdown()
-
-
 @pytest.fixture
-def table(owner):
-    return owner.search("#table")[0]
+def owner(dp_owner):
+    """A fresh dp_owner (conftest.py): its own ε = 1 (never spent here)."""
+    return dp_owner
 
 
 # --------------------------------------------------------------------------- exact leaks, no budget
