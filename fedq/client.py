@@ -20,12 +20,8 @@ import atexit
 import collections
 import itertools
 import logging
-import math
 import os
-import shutil
-import subprocess
 import threading
-import time
 from typing import Any
 
 from .calls import InFlight, answers_in
@@ -39,8 +35,8 @@ from .errors import (
     rebuild_remote_error,
 )
 from .keys import key_from_environment
-from .leases import lease_told
 from .messages import NO_INCARNATION, Failure, Ping, Renew, references_in, wire_name
+from .peers import Peers
 from .refs import RefUpdates
 from .settings import DEFAULTS
 from .transport import Batches, ClientSockets, client_name
@@ -49,9 +45,6 @@ log = logging.getLogger("fedq.client")
 
 #: seconds a call waits by default: the workers' (settings.py), unless FEDQ_TIMEOUT says otherwise
 DEFAULT_TIMEOUT = float(os.environ.get("FEDQ_TIMEOUT", DEFAULTS.timeout))
-#: seconds a worker we wait on may answer nothing before we ask who it is now (a hello): one
-#: that restarted drops what is sealed to its old incarnation, and we say so instead of timing out
-RESTART_PROBE_SECONDS = 1.0
 
 
 class Call:
@@ -90,21 +83,8 @@ class Client:
         self._deferred: list[FedqError] = []
         self._seq = itertools.count(1)
         self._waits = 0  # how many times the caller waited for a worker (round trips it felt)
-        # Workers are known here by address alone; their handles are handle.py's (`Workers`).
-        self._names: dict[str, str] = {}  # address -> id, of every worker this client has met
-        self._children: dict[str, subprocess.Popen] = {}  # workers this process started, by address
-        self._dead: dict[str, str] = {}  # address -> why
-        # Which life of each worker we talk to (what we seal to): chosen by us for a worker we
-        # spawn, else learned from its answers (a hello first) or from pointers that name it.
-        self._incarnations: dict[str, bytes] = {}  # address -> incarnation
-        self._restarted: dict[str, str] = {}  # address -> what to tell a user of its old objects
-        self._stalled_since: dict[str, float] = {}  # address -> since when we wait on it and hear nothing
-        self._probing: set[str] = set()  # addresses a hello was sent to because they went quiet
-        self._admin_keys: dict[str, bytes] = {}  # address -> that worker's admin key, if we are its owner
-        # Our references at a worker are a lease (leases.py): renewed by what we send there, or
-        # by a Renew when we sent nothing for a third of it. Each worker tells its lease.
-        self._leases: dict[str, float] = {}  # address -> lease seconds
-        self._renewing: dict[str, int] = {}  # address -> seq of the last Renew sent there
+        # Workers are known here by address alone (peers.py); their handles are handle.py's (`Workers`).
+        self.peers = Peers(hello=lambda address, timeout: self.wait(self._submit(address, Ping(), wait=True, to=NO_INCARNATION), timeout))
         self._closed = False
         self.name = client_name()  # how workers list the references this process holds
         self._io = ClientSockets(self.name, self._on_send, self._on_replies, self._encode_ref_updates, self._seal, self._on_tick)
@@ -116,15 +96,12 @@ class Client:
     def __repr__(self) -> str:
         return f"<Client id:{self.id} as {self.name}>"
 
-    # ---- workers known to this client
-    def knows_workers(self) -> bool:
-        return bool(self._names)
-
+    # ---- workers known to this client (the rest: `self.peers`, peers.py)
     def use_key(self, key: bytes) -> None:
         """Join a federation that has its own key: possible until this client has met a worker."""
         if key == self.key:
             return
-        if self._names:
+        if self.peers.knows_workers():
             raise ConfigError(
                 "this process already talks to workers under another key; one process joins one federation "
                 "(set FEDQ_KEY to the federation's key before starting workers from it)"
@@ -134,54 +111,15 @@ class Client:
 
     def use_curve(self, keys: Any) -> None:
         """Encrypt every connection with CURVE (a federation across hosts); before the first."""
-        if self._names and self._io.peers.curve is None:
+        if self.peers.knows_workers() and self._io.peers.curve is None:
             raise ConfigError("this process already talks to workers unencrypted; switch to CURVE before the first one")
         self._io.peers.curve = keys
-
-    def register(
-        self, address: str, id: str, process: subprocess.Popen | None = None, *, incarnation: bytes | None = None, admin_key: bytes | None = None
-    ) -> None:
-        """Know the worker at `address` as `id` (again: under a new name): the `process` and
-        `incarnation` we started it with, and its `admin_key` if we are its owner."""
-        self._names[address] = id
-        if process is not None:
-            self._children[address] = process
-        if incarnation is not None:
-            self._incarnations[address] = incarnation
-        if admin_key is not None:
-            self.use_admin_key(address, admin_key)
 
     @property
     def holder_name(self) -> str:
         """How a message names this process as a holder ("me:4242@host#session"): workers count our
         references under the session, which only our own signed messages carry (store.py)."""
         return wire_name(self.name, self.codec.session)
-
-    def holder_name_of(self, id: str, address: str) -> str:
-        """How a message names the worker `id` at `address` as a holder (its session is its incarnation)."""
-        return wire_name(id, self.incarnation_of(address))
-
-    def is_owner_of(self, address: str) -> bool:
-        """Do we hold the admin key of the worker at `address` (we started it, or were given it)?"""
-        return address in self._admin_keys
-
-    def use_admin_key(self, address: str, admin_key: bytes) -> None:
-        """Sign the owner's actions (`Request.owner_action`) to the worker at `address` with its admin key."""
-        if len(admin_key) < 16:
-            raise ConfigError("an admin key must hold at least 16 bytes")
-        self._admin_keys[address] = admin_key
-
-    def incarnation_of(self, address: str, timeout: float | None = None) -> bytes:
-        """The incarnation of the worker at `address` (what our messages to it are sealed to):
-        known if we spawned it, met it or hold a pointer naming it; else asked, once (a hello)."""
-        known = self._incarnations.get(address)
-        if known is None:
-            self.wait(self._submit(address, Ping(), wait=True, to=NO_INCARNATION), timeout)
-            known = self._incarnations[address]  # (learned from the answer's stamp before it finished)
-        return known
-
-    def name_of(self, address: str) -> str:
-        return self._names.get(address, address)
 
     def stats(self) -> dict[str, int]:
         """Transport counters of this process: every byte to and from workers passes here.
@@ -202,14 +140,14 @@ class Client:
         """Send a request without waiting; `wait=True` if the caller will `wait()` on it."""
         if self._closed:
             raise FedqError("this fedq client is closed (the interpreter is exiting)")
-        if address not in self._incarnations:
-            self.incarnation_of(address)
+        if address not in self.peers.incarnations:
+            self.peers.incarnation_of(address)
         return self._submit(address, message, wait=wait)
 
     def _submit(self, address: str, message: Any, *, wait: bool, to: bytes | None = None) -> Call:
         """`submit`, sealed to `to` (None: the worker's incarnation when it is sent); an owner's
         action is signed with the worker's admin key if we hold it."""
-        admin_key = self._admin_keys.get(address) if message.owner_action else None
+        admin_key = self.peers.admin_key_of(address) if message.owner_action else None
         packed = self.codec.pack(next(self._seq), message, to, admin_key=admin_key)
         call = Call(address, wait, hands_over=message.hands_over)
         # Registered when it is sent (`_on_send`), not here: a Ctrl-C between the two steps
@@ -227,8 +165,8 @@ class Client:
         `after_deletes` also waits for deletes: only a listing of what a worker holds can
         tell (a delete never touches an object some pointer still holds)."""
         self.barrier(except_address=None if after_all else address, timeout=timeout, deletes=after_deletes)
-        if address not in self._incarnations:  # (a hello first: its answer names the worker, nothing more)
-            self.incarnation_of(address, timeout)
+        if address not in self.peers.incarnations:  # (a hello first: its answer names the worker, nothing more)
+            self.peers.incarnation_of(address, timeout)
         return self.wait(self.submit(address, message, wait=True), timeout)
 
     def request_many(self, requests: list[tuple[str, Any]], timeout: float | None = None) -> list[Any]:
@@ -237,7 +175,7 @@ class Client:
         addresses = {address for address, _ in requests}
         self.barrier(except_address=next(iter(addresses)) if len(addresses) == 1 else None, timeout=timeout)
         for address in addresses:
-            self.incarnation_of(address, timeout)
+            self.peers.incarnation_of(address, timeout)
         calls = [self.submit(address, message, wait=True) for address, message in requests]
         results: list[Any] = []
         first_error: BaseException | None = None
@@ -269,7 +207,7 @@ class Client:
     def _seal(self, address: str, packed: list[Packed]) -> list:  # runs where the sockets are driven
         """Seal for the incarnation of the worker at `address` we know now (NO_INCARNATION if
         none: the worker drops it, unless it is a hello)."""
-        to = self._incarnations.get(address, NO_INCARNATION)
+        to = self.peers.incarnations.get(address, NO_INCARNATION)
         for one in packed:
             if one.to is None:
                 one.to = to
@@ -323,7 +261,7 @@ class Client:
     def _give_up(self, addresses: list[str], limit: float) -> WorkerUnreachableError:
         """Fail every request still waiting on `addresses` (called with the lock held): a silent
         worker must not hold up the next wait too. A late answer is then ignored."""
-        names = ", ".join(f"{self.name_of(a)!r} at {a}" for a in sorted(set(addresses)))
+        names = ", ".join(f"{self.peers.name_of(a)!r} at {a}" for a in sorted(set(addresses)))
         error = WorkerUnreachableError(
             f"worker {names} did not answer within {limit:g}s "
             "(it is down, busy, or does not share this process's key: a worker drops what it cannot verify)"
@@ -335,7 +273,7 @@ class Client:
         def failure(call: Call) -> Failure:
             if not defer:
                 call.waited = True  # the error is raised right now, not at the next wait
-            return Failure(type(error).__name__, type(error).__module__, str(error), "", self.name_of(call.address))
+            return Failure(type(error).__name__, type(error).__module__, str(error), "", self.peers.name_of(call.address))
 
         if self._calls.fail_peers(addresses, failure):
             self._cv.notify_all()
@@ -356,40 +294,25 @@ class Client:
     def _on_replies(self, address: str, messages: list[list]) -> None:
         answers: list[tuple[int, Any]] = []
         restarted = False
-        name = self.name_of(address)
+        name = self.peers.name_of(address)
 
         def dropped(error: Exception) -> None:
             log.warning("dropped a reply from %s: %s", address, error)
 
         for frames in messages:
             origin, replies = self.codec.receive(frames)
-            if origin is not None and origin.session != self._incarnations.get(address):
-                restarted |= self._learn_incarnation(address, origin.session)
+            if origin is not None and origin.session != self.peers.incarnations.get(address):
+                restarted |= self.peers.learn_incarnation(address, origin.session)
             answers.extend(answers_in(replies, name, dropped))
         with self._cv:
             for seq, message in answers:
                 # (not in flight: answered already, its worker declared dead or given up on)
-                if not self._calls.answer(seq, message) and self._renewing.get(address) == seq:
-                    self._learn_lease(address, message)  # a heartbeat's answer: the lease there
+                if not self._calls.answer(seq, message):
+                    self.peers.learn_lease(address, seq, message)  # a heartbeat's answer: the lease there
             if restarted:  # what is still waiting was sealed to the old incarnation: dropped there
-                self._fail_calls({address}, WorkerRestartedError(self._restarted[address]), defer=True)
+                self._fail_calls({address}, WorkerRestartedError(self.peers.restarted[address]), defer=True)
             self._cv.notify_all()
-        self._stalled_since.pop(address, None)
-        self._probing.discard(address)
-
-    def _learn_incarnation(self, address: str, incarnation: bytes) -> bool:
-        """The worker at `address` answers as `incarnation` now; True if it had another before
-        (it restarted: what it held is gone)."""
-        before = self._incarnations.get(address)
-        self._incarnations[address] = incarnation
-        if before is None:
-            return False
-        self._restarted[address] = (
-            f"worker {self.name_of(address)!r} at {address} restarted (new incarnation): the objects it held are gone, "
-            "and pointers to them no longer work; send the data again"
-        )
-        log.warning("%s", self._restarted[address])
-        return True
+        self.peers.heard_from(address)
 
     def _finish(self, call: Call, message: Any) -> None:
         pending = self._pending_deletes if call.quiet else self._pending
@@ -398,8 +321,8 @@ class Client:
             del pending[call.address]
         if isinstance(message, Failure):
             call.error = rebuild_remote_error(message.type_name, message.module, message.message, message.traceback, message.worker)
-            if message.type_name == "ObjectNotFoundError" and call.address in self._restarted:
-                call.error.add_note(self._restarted[call.address])  # (an old pointer's object: gone with the restart)
+            if message.type_name == "ObjectNotFoundError" and call.address in self.peers.restarted:
+                call.error.add_note(self.peers.restarted[call.address])  # (an old pointer's object: gone with the restart)
             if call.quiet:
                 log.warning("%s", str(call.error).splitlines()[0])
             elif not call.waited:
@@ -407,9 +330,7 @@ class Client:
         else:
             call.value = message.value
             if call.hands_over:  # pointers to other workers name their incarnation: no hello needed there
-                for spec in references_in(call.value):
-                    if spec.incarnation != NO_INCARNATION:
-                        self._incarnations.setdefault(spec.address, spec.incarnation)
+                self.peers.learn_from_pointers(references_in(call.value))
             if call.abandoned:
                 self._give_back(call.value)
         call.done = True
@@ -427,32 +348,12 @@ class Client:
         """Delete the references an answer handed over that no pointer will hold (refs.py)."""
         self.refs.give_back(value)
 
-    def lease_at(self, address: str, seconds: float) -> None:
-        """The worker at `address` keeps a silent holder's references `seconds` (we started it)."""
-        self._leases[address] = float(seconds)
-
-    def _learn_lease(self, address: str, answer: Any) -> None:
-        lease = lease_told(answer)
-        if lease is not None:
-            self._leases[address] = lease
-
     def _renew_leases(self) -> None:  # where the sockets are driven
-        """A Renew to each worker we know (we may hold references there) that we sent nothing
-        for a third of its lease: our references there outlive a quiet spell, never our death.
-        Unanswered calls are not registered: a silent worker holds up no wait."""
-        now = time.monotonic()
-        sent_at = self._io.peers.sent_at
+        """A Renew to each worker `Peers.to_renew` names (unregistered: a silent worker holds up no wait)."""
         batches = None
-        for address in list(self._names):
-            if address in self._dead or address not in self._incarnations:  # (not met yet: its hello comes first)
-                continue
-            lease = self._leases.get(address)
-            if lease is None and address not in self._renewing:
-                pass  # the first: its answer tells the lease there
-            elif now - sent_at.get(address, -math.inf) < (lease or DEFAULTS.lease_seconds) / 3:
-                continue
+        for address in self.peers.to_renew(self._io.peers.sent_at):
             seq = next(self._seq)
-            self._renewing[address] = seq
+            self.peers.renewing(address, seq)
             batches = batches or Batches(self._io.peers, self._seal)
             batches.add(address, self.codec.pack(seq, Renew()))
         if batches is not None:
@@ -462,35 +363,22 @@ class Client:
                 log.debug("a lease renewal was not sent: %s", error)
 
     def _probe_quiet_workers(self) -> None:  # where the sockets are driven
-        """A hello to each worker (not one we spawned: it cannot restart) that we wait on and
-        that answered nothing for RESTART_PROBE_SECONDS: if it restarted, its answer names its
-        new incarnation, and what waits on the old one fails at once (`_on_replies`)."""
-        now = time.monotonic()
+        """A hello to each worker `Peers.to_probe` names: what waits on a restarted one fails at once (`_on_replies`)."""
         with self._cv:
-            waited_on = [a for a, n in self._pending.items() if n and a not in self._children and a in self._incarnations]
-        for address in [a for a in self._stalled_since if a not in waited_on]:  # answered, or given up on
-            del self._stalled_since[address]
-            self._probing.discard(address)
-        for address in waited_on:
-            since = self._stalled_since.setdefault(address, now)
-            if now - since >= RESTART_PROBE_SECONDS and address not in self._probing:
-                self._probing.add(address)
-                packed = self.codec.pack(next(self._seq), Ping(), NO_INCARNATION)
-                self._io.submit(address, packed, Call(address, False, quiet=True))  # (only queued: sent this turn)
+            waited_on = [a for a, n in self._pending.items() if n]
+        for address in self.peers.to_probe(waited_on):
+            packed = self.codec.pack(next(self._seq), Ping(), NO_INCARNATION)
+            self._io.submit(address, packed, Call(address, False, quiet=True))  # (only queued: sent this turn)
 
     def _on_tick(self) -> None:
         if not self._closed:
             self._renew_leases()
             self._probe_quiet_workers()
-        for address, process in list(self._children.items()):
-            code = process.poll()
-            if code is not None and address not in self._dead:
-                self._dead[address] = f"worker {self.name_of(address)!r} (pid {process.pid}) exited with code {code}"
-        if not self._dead:
-            return
-        with self._cv:
-            for address, why in self._dead.items():
-                self._fail_calls({address}, WorkerDiedError(why), defer=True)
+        self.peers.poll_children()
+        if self.peers.dead:
+            with self._cv:
+                for address, why in self.peers.dead.items():
+                    self._fail_calls({address}, WorkerDiedError(why), defer=True)
 
     # ---- shutdown
     def close(self, timeout: float = 2.0) -> None:
@@ -498,7 +386,7 @@ class Client:
         if self._closed:
             return
         try:
-            if any(a not in self._children for a in self._names):
+            if any(a not in self.peers.children for a in self.peers.names):
                 # Workers we did not start outlive us: give queued deletes a moment to reach them.
                 try:
                     self.barrier(timeout=min(timeout, 1.0), deletes=True)
@@ -508,10 +396,7 @@ class Client:
             self._closed = True
             self.refs.close()
             self._io.stop(timeout)
-            stop_processes(list(self._children.values()), timeout)
-            for address in self._children:  # the private directory each child's ipc socket lived in
-                if address.startswith("ipc://"):
-                    shutil.rmtree(os.path.dirname(address[len("ipc://"):]), ignore_errors=True)
+            self.peers.stop_children(timeout)
 
 
 def _allocates_little(message: Any) -> bool:
@@ -521,36 +406,6 @@ def _allocates_little(message: Any) -> bool:
     large allocation must wait for the memory those deletes free."""
     made = message.result_bytes()
     return made is not None and made < INBAND_LIMIT
-
-
-def stop_processes(processes: list[subprocess.Popen], timeout: float) -> None:
-    """Close each parent pipe (a worker watching it exits by itself), then SIGTERM what is
-    still running halfway through `timeout`, then SIGKILL what is left at the end."""
-    for process in processes:
-        try:
-            if process.stdin:
-                process.stdin.close()
-        except OSError:
-            pass
-    _wait_all(processes, timeout / 2)
-    for process in processes:
-        if process.poll() is None:
-            process.terminate()
-    if not _wait_all(processes, timeout / 2):
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-
-
-def _wait_all(processes: list[subprocess.Popen], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    for process in processes:
-        try:
-            process.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            return False
-    return True
 
 
 _client: Client | None = None

@@ -52,7 +52,7 @@ def _client_of(hook: Any) -> Client:
 class Workers:
     """The handles of the workers one client knows: one per address, made on first sight
     (pointers name their worker by address), and those this process spawned, by id. The
-    client itself knows workers only by address (`Client.register`)."""
+    client itself knows workers only by address (`Client.peers`, peers.py)."""
 
     # (A handle holds its client, so an entry lives as long as the client: atexit holds it anyway.)
     _of_client: "weakref.WeakKeyDictionary[Client, Workers]" = weakref.WeakKeyDictionary()
@@ -77,9 +77,9 @@ class Workers:
         return handle
 
     def add(self, handle: "VirtualWorker", process: subprocess.Popen | None = None, **known: Any) -> None:
-        """Know `handle`, and tell the client what it needs of it (`Client.register`)."""
+        """Know `handle`, and tell the client what it needs of it (`Peers.register`)."""
         self.by_address[handle.address] = handle
-        self.client.register(handle.address, handle.id, process, **known)
+        self.client.peers.register(handle.address, handle.id, process, **known)
 
 
 #: settings a worker this process spawns does not take
@@ -131,7 +131,7 @@ class VirtualWorker:
         self.workers = Workers.of(self.client)
         self.workers.add(self, self.process, incarnation=incarnation, admin_key=admin_key)
         self.workers.spawned[id] = self
-        self.client.lease_at(self.address, given.lease_seconds)
+        self.client.peers.lease_at(self.address, given.lease_seconds)
         # Not waited for: the first read waits, so several workers start in parallel.
         self.client.submit(self.address, Ping())
 
@@ -160,7 +160,7 @@ class VirtualWorker:
     @property
     def incarnation(self) -> bytes:
         """Which life of the worker this handle talks to (asked once if not known yet)."""
-        return self.client.incarnation_of(self.address)
+        return self.client.peers.incarnation_of(self.address)
 
     def clear_objects(self) -> "VirtualWorker":
         """Empty this worker's store (rule 10: other workers are not touched)."""
@@ -239,10 +239,10 @@ def connect(
     handle = Workers.of(client).at(id, address)
     if id and id != handle.id:  # (met before under another name: this one, from now on)
         handle.id = id
-        client.register(address, id)
-    if owner is not False and not client.is_owner_of(address):  # (a worker this process started: its own key already)
+        client.peers.register(address, id)
+    if owner is not False and not client.peers.is_owner_of(address):  # (a worker this process started: its own key already)
         try:
-            client.use_admin_key(address, federation.admin_key(create=False))
+            client.peers.use_admin_key(address, federation.admin_key(create=False))
         except ConfigError:
             if owner:
                 raise

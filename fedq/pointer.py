@@ -196,7 +196,7 @@ class Pointer:
         client.barrier(except_address=worker.address)
         client.submit(worker.address, StoreObject(self.id, self._spec()))
         # Our reference at the next hop is the new holder's now (for listings; frees nothing).
-        client.refs.hand_over(self.location.address, self.id_at_location, client.holder_name, client.holder_name_of(worker.id, worker.address))
+        client.refs.hand_over(self.location.address, self.id_at_location, client.holder_name, client.peers.holder_name_of(worker.id, worker.address))
         self._spend(f"it was sent to {worker.id!r}; use the pointer .send() returned")
         return PointerTensor._make(_fresh_meta(self._meta), worker, new_id(), self.id, is_chain=True)
 

@@ -84,7 +84,7 @@ def test_fedq_modules_import_one_way():
 
 
 #: the house rule's order, top to bottom (the modules of one layer do not import each other)
-LAYERS = [["fedq.cli"], ["fedq.handle"], ["fedq.pointer"], ["fedq.client"], ["fedq.refs", "fedq.transport"], ["fedq.codec"], ["fedq.messages"]]
+LAYERS = [["fedq.cli"], ["fedq.handle"], ["fedq.pointer"], ["fedq.client"], ["fedq.peers"], ["fedq.refs", "fedq.transport"], ["fedq.codec"], ["fedq.messages"]]
 
 
 def test_the_layers_point_down():

@@ -23,7 +23,8 @@ from typing import Any
 import torch
 
 import fedq as sy
-from fedq.client import Client, stop_processes
+from fedq.client import Client
+from fedq.peers import stop_processes
 from fedq.launcher import start_worker_process
 
 from .payload import calls_per_sample, small_tensor, tensor_of
