@@ -161,11 +161,25 @@ def test_a_script_that_only_hooks_torch_exits_cleanly():
     assert done.returncode == 0, done.stderr
 
 
-@pytest.mark.parametrize("how", ["shutdown", "sigterm"])
-def test_a_worker_stops_cleanly_with_exit_code_0(hook, how):
+STOPS = ("shutdown", "sigterm")
+
+
+@pytest.fixture(scope="module")
+def to_stop(hook):
+    """A worker for each way test_a_worker_stops_cleanly_with_exit_code_0 stops one: started at once."""
+    workers = {how: sy.VirtualWorker(hook, id=f"stopped-by-{how}") for how in STOPS}
+    yield workers
+    for worker in workers.values():  # (each test stops its own: what a failure left is killed)
+        if worker.alive():
+            worker.process.kill()
+            worker.process.wait()
+
+
+@pytest.mark.parametrize("how", STOPS)
+def test_a_worker_stops_cleanly_with_exit_code_0(to_stop, how):
     """A stop the owner asks for is a clean exit: code 0, no "Fatal Python error" from the
     thread that watches the parent, whatever the worker held."""
-    worker = sy.VirtualWorker(hook, id=f"stopped-by-{how}")
+    worker = to_stop[how]
     held = [th.ones(1000).send(worker) for _ in range(5)]  # something to free on the way out
     worker.ping()
     if how == "shutdown":
