@@ -16,6 +16,7 @@ two things that must not be home-made: the noise, and the accounting.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from dataclasses import dataclass, field
@@ -23,12 +24,17 @@ from typing import Sequence
 
 from .errors import PrivacyBudgetExceededError
 
-try:  # (an extra of the project's install; refused clearly where it is missing)
-    import opendp.prelude as _opendp
 
-    _opendp.enable_features("contrib")
-except ImportError:  # pragma: no cover - the project depends on opendp
-    _opendp = None
+
+@functools.cache
+def _opendp():
+    """OpenDP, imported at the first release (~0.13 s: not at every worker's start)."""
+    try:
+        import opendp.prelude as prelude
+    except ImportError:  # pragma: no cover - the project depends on opendp
+        raise RuntimeError("differential privacy releases need the opendp package: pip install opendp") from None
+    prelude.enable_features("contrib")
+    return prelude
 
 _NO_SLACK = 1e-9  # relative: an ε computed back by OpenDP's map may differ from the one asked in the last bits
 
@@ -36,15 +42,14 @@ _NO_SLACK = 1e-9  # relative: an ε computed back by OpenDP's map may differ fro
 def laplace(values: Sequence[float], sensitivity: float, epsilon: float) -> tuple[list[float], float]:
     """`values` with OpenDP's Laplace noise for an L1 `sensitivity`, at privacy loss `epsilon`:
     the noisy values and the ε the mechanism's privacy map says it costs."""
-    if _opendp is None:
-        raise RuntimeError("differential privacy releases need the opendp package: pip install opendp")
     if not (isinstance(epsilon, (int, float)) and math.isfinite(epsilon) and epsilon > 0):
         raise ValueError(f"epsilon must be a positive finite number, not {epsilon!r}")
     if not (math.isfinite(sensitivity) and sensitivity >= 0):
         raise ValueError(f"a release's sensitivity must be finite (its bounds are): {sensitivity!r}")
     scale = sensitivity / epsilon if sensitivity > 0 else 0.0
-    domain = _opendp.vector_domain(_opendp.atom_domain(T=float, nan=False))
-    mechanism = _opendp.m.make_laplace(domain, _opendp.l1_distance(T=float), scale=scale)
+    dp = _opendp()
+    domain = dp.vector_domain(dp.atom_domain(T=float, nan=False))
+    mechanism = dp.m.make_laplace(domain, dp.l1_distance(T=float), scale=scale)
     spent = float(mechanism.map(float(sensitivity)))
     if spent > epsilon * (1 + _NO_SLACK):
         raise ValueError(f"OpenDP's map puts this release at ε = {spent}, above the {epsilon} asked")
