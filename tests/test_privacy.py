@@ -139,7 +139,10 @@ def test_exact_aggregates_of_chosen_inputs_are_refused_and_noisy_ones_cost_budge
         guesses.append(float((table * mask).sum().get(epsilon=0.2, bounds=(0, 9))))
     with pytest.raises(sy.PrivacyBudgetExceededError, match="left"):
         (table * mask).sum().get(epsilon=0.2, bounds=(0, 9))
-    assert abs(sum(guesses) / len(guesses) - float(SECRET[3, 2])) > 5  # noise of mean scale ~ 80: far off
+    # Noise of scale 180 on a cell of 0..9 (clamped back into the sum's range): a release lands
+    # within 1 of the cell with probability ~1/180, two of five ~3e-4. The mean is no test: with
+    # half the releases clamped to 0, it lands near a small cell one run in ~15.
+    assert sum(abs(guess - float(SECRET[3, 2])) < 1 for guess in guesses) <= 1
     with pytest.raises(sy.PrivacyBudgetExceededError):
         ((table > 4) * mask).sum().get(epsilon=0.01, bounds=(0, 1))  # the binary search's first count
     info = {row.id: row for row in dp_owner.describe()}
@@ -154,7 +157,7 @@ def test_dp_release_noise_has_the_scale_its_epsilon_implies(dp_owner):
     mean = sum(values) / len(values)
     spread = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
     assert abs(mean - float(COINS.sum())) < 0.35  # 4 standard errors of the mean (√2 / √300 = 0.08)
-    assert 1.1 < spread < 1.75  # √2 = 1.41
+    assert 1.0 < spread < 1.9  # √2 = 1.41; the sample spread of 300 Laplace draws is ±0.09, these bounds ~4 of it
     means = [float(coins.mean().get(epsilon=1.0)) for _ in range(50)]
     assert abs(sum(means) / 50 - 0.5) < 0.02  # a mean: the noisy sum over 400 records
 
