@@ -198,7 +198,7 @@ def test_averaging_workflow_on_data_owners_shards(data_owners, secure_worker, tm
     rounds = train_on_trusted_aggregator(model, owners, secure_worker, rounds=8, local_steps=5, lr=0.1)
     assert [r.round for r in rounds] == list(range(1, 9))
     first, last = rounds[0].losses, rounds[-1].losses
-    # Each loss is a DP release (federated.py): the mean of 64 squared errors clamped to (0, 10)
+    # Each loss is a DP release (federated/trusted_aggregator.py): the mean of 64 squared errors clamped to (0, 10)
     # at ε = 1, so Laplace noise of scale 10 / 64; three of it covers the noise in both.
     noise = 3 * (LOSS_BOUNDS[1] - LOSS_BOUNDS[0]) / 64 / LOSS_EPSILON
     assert set(last) == {"owner_bob", "owner_alice"} and all(last[k] < first[k] / 5 + noise for k in last)
