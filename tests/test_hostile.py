@@ -235,9 +235,14 @@ def test_two_clients_on_the_same_workers_do_not_disturb_each_other(bob, alice, c
     assert alice._objects == {} and carol._objects == {}
 
 
-def test_soak_100k_operations_from_two_clients_leaves_nothing_and_memory_flat(hook, bob, alice, carol):
+# 30,000 by default (~40 s here); FEDQ_SOAK_OPS=100000 runs the long soak (~130 s). A leak of
+# a few hundred bytes per op still shows at 30,000: the bound below is 8 MiB, growth is ~2.
+SOAK_OPS = int(os.environ.get("FEDQ_SOAK_OPS", "30000"))
+
+
+def test_soak_operations_from_two_clients_leave_nothing_and_memory_flat(hook, bob, alice, carol):
     workers = [bob, alice, carol]
-    clients = [_other_client(workers, rounds=100_000 // 11 // 2 + 1, wait=True) for _ in range(2)]  # importing torch meanwhile
+    clients = [_other_client(workers, rounds=SOAK_OPS // 11 // 2 + 1, wait=True) for _ in range(2)]  # importing torch meanwhile
     warm = _other_client(workers, rounds=100)  # (RSS settles in its first rounds: 200 more added ~50 KiB here)
     warm.communicate(timeout=120)
     rss_before = {w.id: _rss_kib(w.pid) for w in workers}
@@ -250,8 +255,8 @@ def test_soak_100k_operations_from_two_clients_leaves_nothing_and_memory_flat(ho
         assert client.returncode == 0, err
         ops += int(out)
     elapsed = time.monotonic() - start
-    assert ops >= 100_000
+    assert ops >= SOAK_OPS
     assert [w._objects for w in workers] == [{}, {}, {}]
     growth = {w.id: _rss_kib(w.pid) - rss_before[w.id] for w in workers}
     print(f"\nsoak: {ops} operations from two clients in {elapsed:.1f}s ({ops / elapsed:.0f}/s); worker RSS growth KiB: {growth}")
-    assert all(g < 20 * 1024 for g in growth.values()), growth  # flat: under 20 MiB, whatever the op count
+    assert all(g < max(8, 20 * SOAK_OPS // 100_000) * 1024 for g in growth.values()), growth  # flat: ~2 MiB seen
