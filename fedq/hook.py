@@ -10,9 +10,15 @@ from types import ModuleType
 from typing import Any
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from .client import Client, local_client
-from .pointer import warm_up_meta_kernels, copy_module, describe_tensor, get_module, move_module, send_module, send_tensor, tag_tensor
+from .datasets import federate
+from .pointer import (
+    copy_module, describe_tensor, get_module, move_module, send_module, send_tensor, state_follows_parameters, tag_tensor, warm_up_meta_kernels,
+)
+
+_optimizer_hook: Any = None  # registered once per process, however many hooks are made
 
 
 class TorchHook:
@@ -26,6 +32,10 @@ class TorchHook:
         torch.nn.Module.get = get_module
         torch.nn.Module.move = move_module
         torch.nn.Module.copy = copy_module
+        torch.utils.data.Dataset.federate = federate  # (PySyft's: any torch dataset splits across workers)
+        global _optimizer_hook
+        if _optimizer_hook is None:  # every optimizer's step first puts its state where its parameters are
+            _optimizer_hook = register_optimizer_step_pre_hook(state_follows_parameters)
         warm_up_meta_kernels()
 
     def __repr__(self) -> str:

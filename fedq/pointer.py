@@ -96,9 +96,17 @@ class GradTracker:
     def track(self, pointer: "Pointer") -> None:
         self._tracked[pointer.id] = pointer
 
+    def forget(self, pointer: "Pointer") -> None:
+        """`pointer` stops being one (a parameter of a model that was fetched: it lives on as a
+        plain Parameter, and has no location to compare a backward's with)."""
+        if self._tracked.get(pointer.id) is pointer:
+            del self._tracked[pointer.id]
+
     def changed(self, address: str, ids_with_grad: set[int] | None) -> None:
         """A backward ran on `address`; `ids_with_grad` (None: not known) now have a .grad there."""
         for pointer in list(self._tracked.values()):
+            if not isinstance(pointer, Pointer):
+                continue  # (forgotten above when it became local; a leftover would have no location)
             if pointer.location.address != address or pointer._ref is None or pointer._ref.spent:
                 continue
             if ids_with_grad is None:
@@ -356,6 +364,7 @@ def _become_pointer(param: torch.nn.Parameter, location: "Location", id_at_locat
 
 def _become_local(param: PointerParameter, value: torch.Tensor) -> torch.nn.Parameter:
     param._spend("the model was fetched with .get()")
+    GradTracker.of(param.location.client).forget(param)
     for attr in ("id", "id_at_location", "location", "owner", "tags", "description", "_ref", "_meta", "_is_chain", "_grad_state"):
         param.__dict__.pop(attr, None)
     param.__class__ = torch.nn.Parameter
@@ -399,7 +408,7 @@ def _run_remote(func: Any, args: tuple, kwargs: dict) -> Any:
     local = [l for l in leaves if isinstance(l, torch.Tensor) and not isinstance(l, Pointer)]
     if len(places) > 1 or local:
         names = sorted(set(places.values())) + (["me"] if local else [])
-        hint = " (an optimizer made before model.send() keeps its state here: make it after the send)" if local else ""
+        hint = " (a tensor made here, not sent: .send() it to the pointers' worker)" if local else ""
         raise TensorsNotCollocatedError(
             f"{name} mixes tensors held in different places: {', '.join(names)}; .send() or .move() them to one worker first{hint}"
         )
@@ -551,6 +560,32 @@ _SPECIAL = {
     _T.grad.__set__: _write_grad,
     _T.backward: _backward,
 }
+
+
+# ---- optimizers: their state lives where their parameters do
+def state_follows_parameters(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+    """Before every optimizer step (TorchHook registers this for all optimizers): state that an
+    optimizer made here for a parameter that is now a pointer (Adagrad makes its sums in
+    `__init__`, before `model.send()`) is sent to where the parameter is. What is sent is the
+    client's own tensor, so nothing private moves. Per-step counters (`step`, read with
+    `.item()`) and state of another shape stay here; state on another worker than its
+    parameter is an error that says what to do, not a silent move of one owner's state."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            if not isinstance(param, Pointer) or param not in optimizer.state:
+                continue
+            state = optimizer.state[param]
+            for key, value in list(state.items()):
+                if not isinstance(value, torch.Tensor) or key == "step":
+                    continue
+                if isinstance(value, Pointer):
+                    if value.location.address != param.location.address:
+                        raise TensorsNotCollocatedError(
+                            f"{type(optimizer).__name__}'s {key!r} for a parameter on {param.location.id!r} is on {value.location.id!r}: "
+                            "one optimizer per worker (fedq.federated.floptimizer.Optims), or a new optimizer after the send"
+                        )
+                elif tuple(value.shape) == tuple(param.shape):
+                    state[key] = send_tensor(value, param.location)
 
 
 # ---- what TorchHook installs on torch.Tensor and nn.Module

@@ -321,13 +321,26 @@ def test_a_signed_pickle_naming_a_module_or_a_builtin_is_refused_and_the_worker_
     assert th.equal(sent.send(bob).get(), sent) and th.equal(th.tensor([1.0]).send(bob).get(), th.tensor([1.0]))
 
 
-def test_an_optimizer_made_before_the_send_is_told_to_be_made_after(bob):
-    model = nn.Linear(3, 2)
-    early = th.optim.Adagrad(model.parameters(), lr=0.1)  # its state (a sum per parameter) is made here, now
+def test_an_optimizer_made_before_the_send_steps_where_the_parameters_are(bob, alice):
+    """Adagrad makes its state (a sum per parameter) in __init__, here: its first step on the
+    sent model sends that state to the parameters' worker (issue 15; it was an error telling
+    to build the optimizer after the send). State on another worker is still an error."""
+    th.manual_seed(0)
+    model, plain = nn.Linear(3, 2), nn.Linear(3, 2)
+    plain.load_state_dict(model.state_dict())
+    early, plain_opt = th.optim.Adagrad(model.parameters(), lr=0.1), th.optim.Adagrad(plain.parameters(), lr=0.1)
     model.send(bob)
     model(th.ones(1, 3).send(bob)).sum().backward()
-    with pytest.raises(sy.TensorsNotCollocatedError, match="make it after the send"):
+    early.step()
+    plain(th.ones(1, 3)).sum().backward()
+    plain_opt.step()
+    assert all(early.state[p]["sum"].location.id == "bob" for p in model.parameters())
+    model.move(alice)
+    model(th.ones(1, 3).send(alice)).sum().backward()
+    with pytest.raises(sy.TensorsNotCollocatedError, match="Optims"):
         early.step()
+    model.get()
+    assert all(th.allclose(mine, theirs) for mine, theirs in zip(model.parameters(), plain.parameters()))
 
 
 def test_set_on_a_pointer_is_refused_not_silently_local(bob):
