@@ -18,6 +18,9 @@ from .errors import (  # noqa: E402
     GetNotPermittedError,
     NotReleasableError,
     ObjectNotFoundError,
+    PlanArgumentsError,
+    PlanBuildError,
+    PlanNotBuiltError,
     PrivacyBudgetExceededError,
     ProtocolError,
     RemoteError,
@@ -39,6 +42,7 @@ from .client import Client, local_client  # noqa: E402
 from .handle import VirtualWorker, connect  # noqa: E402
 from .hook import TorchHook  # noqa: E402
 from .pointer import Pointer, PointerParameter, PointerTensor  # noqa: E402
+from .plans import Plan, PointerPlan, func2plan  # noqa: E402
 
 __all__ = [
     "CodeNotAllowedError", "ConfigError", "StoreFullError",
@@ -46,4 +50,5 @@ __all__ = [
     "RemoteError", "RequestDeniedError", "RequestNotFoundError", "RequestNotNeededError", "RequestPendingError",
     "SpentPointerError", "TooManyRequestsError", "TensorsNotCollocatedError", "TorchHook", "UnsupportedOperationError",
     "ValueNeedsGetError", "VirtualWorker", "Pointer", "PointerParameter", "WorkerDiedError", "WorkerRestartedError", "WorkerUnreachableError", "connect", "local_client",
+    "Plan", "PointerPlan", "func2plan", "PlanArgumentsError", "PlanBuildError", "PlanNotBuiltError",
 ]

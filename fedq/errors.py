@@ -124,6 +124,19 @@ class PointerCycleError(FedqError, ValueError):
     """A pointer leads back where it is: to its own worker, or round a cycle of workers."""
 
 
+class PlanNotBuiltError(FedqError, RuntimeError):
+    """A plan was sent or run on pointers before `build(...)` traced it (plans.py)."""
+
+
+class PlanArgumentsError(FedqError, TypeError):
+    """A plan was called with the wrong number of arguments, or with shapes or dtypes its ops refuse."""
+
+
+class PlanBuildError(FedqError, TypeError):
+    """Tracing a plan met what a plan cannot record: a Python value read from a tensor, a
+    non-tensor result, an op outside the op table (that one is an UnsupportedOperationError)."""
+
+
 class RemoteError(FedqError):
     """A remote exception whose type is not a fedq or builtin exception type."""
 

@@ -182,6 +182,39 @@ class RunOp(Request):
         return _result_bytes(self.result_meta)
 
 
+@dataclass(frozen=True)
+class Slot:
+    """In a plan's step: the plan's `index`th value (its arguments first, then each step's
+    results, in order). A step names its tensors only so: never by store id."""
+
+    index: int
+
+
+@dataclass
+class PlanStep:
+    """One op of a plan, by its name in the op table, as a `RunOp` would name it; `results`:
+    how many tensors it makes (0: in place, it makes none)."""
+
+    op: str
+    args: tuple
+    kwargs: dict
+    results: int
+
+
+@dataclass
+class RunPlan(Request):
+    """Run a plan's `steps` in order where its arguments (`Ref`s: its inputs, then its state)
+    live: one message for the whole plan, each step run as the `RunOp` it names would be.
+    The tensors in slots `outputs` are stored under `result_ids`, chosen by the caller (rule 1);
+    what the steps made in between is freed."""
+
+    steps: tuple[PlanStep, ...]
+    args: tuple[Ref, ...]
+    outputs: tuple[int, ...]
+    result_ids: tuple[int, ...]
+    grad_enabled: bool = True
+
+
 @dataclass
 class GetObject(Request):
     """Hand the object under `id` to the caller and drop this worker's reference. With
@@ -393,7 +426,7 @@ REPLIES: tuple[type[Reply], ...] = tuple(Reply.__subclasses__())
 #: what a message on its own may be (a `Batch` only carries messages)
 MESSAGES = (*REQUESTS, *REPLIES)
 #: every class a message is made of: pickled as its fields, and on the unpickler's allow-list
-WIRE_CLASSES = (*MESSAGES, Batch, PointerSpec, Ref, ObjectInfo, RequestInfo, WorkerStatus, Hello)
+WIRE_CLASSES = (*MESSAGES, Batch, PointerSpec, Ref, Slot, PlanStep, ObjectInfo, RequestInfo, WorkerStatus, Hello)
 
 
 def references_in(value: Any) -> list[PointerSpec]:

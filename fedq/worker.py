@@ -60,14 +60,17 @@ from .messages import (
     ObjectInfo,
     Ok,
     Ping,
+    PlanStep,
     PointerSpec,
     Ref,
     RemoteGet,
     Renew,
     RequestRelease,
     RunOp,
+    RunPlan,
     Search,
     Shutdown,
+    Slot,
     StoreObject,
     WorkerStatus,
     holder_key,
@@ -204,6 +207,8 @@ MAX_PEERS = 256
 MAX_HOPS = 16
 #: tensors one op may create (each is a store entry and a tensor object nothing else counts)
 MAX_RESULTS_PER_OP = 65_536
+#: steps one plan may have (each runs as an op: RunPlan is one message, not one unbounded loop)
+MAX_PLAN_STEPS = 4096
 
 
 def freed_pointers(freed: list[Any]) -> list[PointerSpec]:
@@ -805,6 +810,82 @@ def _relay_op(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: 
         hop, RunOp(message.op, args, kwargs, next_ids, message.result_meta, message.grad_enabled, hops), reply,
         undo=undo, then=lambda: worker.settled(message.result_ids),
     )
+
+
+class _StepReply:
+    """What `_run_here` answers a plan's step to: the plan's caller, who holds what a step
+    makes (for as long as the plan runs), and its answer, kept."""
+
+    __slots__ = ("caller", "by_owner", "value")
+
+    def __init__(self, reply: Reply) -> None:
+        self.caller, self.by_owner, self.value = reply.caller, reply.by_owner, None
+
+    def ok(self, value: Any = None) -> None:
+        self.value = value
+
+
+@handles(RunPlan)
+def run_plan(worker: Worker, message: RunPlan, reply: Reply) -> None:
+    """A plan in one message: each step is the RunOp it names, run by `_run_here` as a
+    client's RunOp is (the op table, limits, the owner's data read-only, privacy.py's taint):
+    a plan can do nothing its ops one by one could not. Its arguments are held here (a plan
+    does not relay); what its steps make in between is freed when it ends, fail or not."""
+    steps, args = tuple(message.steps), tuple(message.args)
+    if len(steps) > MAX_PLAN_STEPS:
+        raise RequestTooLargeError(f"a plan of {len(steps)} steps: a worker runs plans of at most {MAX_PLAN_STEPS}")
+    for step in steps:  # every op refused before any runs
+        if not isinstance(step, PlanStep) or not isinstance(step.results, int) or not 0 <= step.results <= MAX_RESULTS_PER_OP:
+            raise ProtocolError("a plan's steps are PlanSteps, each making 0 (in place) to a bounded number of tensors")
+        ops.resolve(step.op, allow_code=worker.codec.allow_code)
+    for arg in args:
+        if not isinstance(arg, Ref):
+            raise ProtocolError("a plan's arguments are Refs to objects held by the worker it runs on")
+        if isinstance(worker.store.get(arg.id), PointerSpec):
+            raise TensorsNotCollocatedError(
+                f"a plan runs on {worker.id!r} on what {worker.id!r} holds; object {arg.id} is a pointer to "
+                f"{worker.store.get(arg.id).location!r}: .move() it here, or send the plan there"
+            )
+    slots = [arg.id for arg in args]
+    made: list[int] = []  # what the steps stored: freed at the end
+    stored: list[int] = []
+    step_reply = _StepReply(reply)
+    try:
+        for step in steps:
+            leaves, spec = ops.flatten(step.args, step.kwargs)
+            leaves = [_slot_ref(slots, leaf) for leaf in leaves]
+            targets = {leaf.id: worker.store.get(leaf.id) for leaf in leaves if isinstance(leaf, Ref)}
+            ids = tuple(new_id() for _ in range(step.results))
+            made.extend(ids)
+            step_args, step_kwargs = ops.unflatten(leaves, spec)
+            _run_here(worker, RunOp(step.op, step_args, step_kwargs, ids, None, message.grad_enabled), leaves, spec, targets, step_reply)
+            slots.extend(ids)
+        outputs = [_slot_ref(slots, Slot(index)).id for index in message.outputs]
+        if len(outputs) != len(message.result_ids):
+            raise ProtocolError(f"a plan with {len(outputs)} outputs; the caller named {len(message.result_ids)} ids")
+        for id, output in zip(message.result_ids, outputs):
+            worker.store.put(id, worker.store.get(output), holder=reply.caller)
+            stored.append(id)
+    except BaseException:
+        for id in stored:  # all of the outputs, or none
+            worker.store.remove_if_present(id)
+        raise
+    finally:
+        for id in made:
+            worker.store.remove_if_present(id)
+    reply.ok()
+
+
+def _slot_ref(slots: list[int], leaf: Any) -> Any:
+    """A step's argument: a Slot becomes the Ref of what it names; a Ref is refused (a step
+    names tensors by slot only); anything else is a constant of the op."""
+    if isinstance(leaf, Ref):
+        raise ProtocolError("a plan's step names its tensors by Slot, not by Ref")
+    if isinstance(leaf, Slot):
+        if type(leaf.index) is not int or not 0 <= leaf.index < len(slots):
+            raise ProtocolError(f"a plan's step names slot {leaf.index!r}: only {len(slots)} are filled by then")
+        return Ref(slots[leaf.index])
+    return leaf
 
 
 @handles(GetObject)
