@@ -121,6 +121,45 @@ def measure_pipelined(fleet: Fleet, worker: sy.VirtualWorker, *, ops: int, repea
     }
 
 
+def ten_ops(x: torch.Tensor) -> torch.Tensor:
+    """Ten elementwise ops: the plan, and the same ops pipelined one by one."""
+    y = x + x
+    y = y * 2.0
+    y = y - 1.0
+    y = torch.abs(y)
+    y = -y
+    y = y + 3.0
+    y = y * 0.5
+    y = torch.clamp(y, min=-4.0)
+    y = torch.relu(y)
+    return y.sqrt()
+
+
+def measure_plan(fleet: Fleet, worker: sy.VirtualWorker, *, calls: int, repeats: int) -> dict[str, Any]:
+    """A sent 10-op plan called `calls` times then one `sync()`, against the same 10 ops
+    pipelined `calls` times then one `sync()`, in the same run: seconds per 10 ops each (one
+    message per call against ten)."""
+    x = torch.arange(5.0).send(worker)
+    plan = sy.func2plan(args_shape=[(5,)])(ten_ops).send(worker)
+    if len(plan.actions) != 10 or not torch.equal(plan(x).get(), ten_ops(torch.arange(5.0))):
+        raise RuntimeError("fedq's 10-op plan computed wrong")
+
+    def bursts(one: Any) -> Any:
+        def burst() -> None:
+            for _ in range(calls):
+                y = one(x)  # noqa: F841 - each result replaces (and frees) the last
+            fleet.client.sync()
+
+        return per_call(burst, number=1, repeats=repeats, warmup=1)
+
+    by_plan, by_ops = bursts(plan), bursts(ten_ops)  # (one after the other: the same worker, the same load)
+    return {
+        "calls": calls, "ops_per_call": 10,
+        "plan_burst": by_plan.to_json(), "ops_burst": by_ops.to_json(),
+        "plan_s_per_call": by_plan.median / calls, "ops_s_per_call": by_ops.median / calls,
+    }
+
+
 def measure_transfer(fleet: Fleet, worker: sy.VirtualWorker, size_mib: int, *, repeats: int) -> dict[str, Any]:
     """send then get of one tensor, with the peak RSS of the worker (fresh, so its idle RSS is
     known) and of this process over exactly these repeats."""
@@ -230,6 +269,7 @@ def measure_fedq(
     pipelined_repeats: int,
     transfer_repeats: int,
     move_mib: int,
+    plan_calls: int = 500,
 ) -> dict[str, Any]:
     hook = sy.TorchHook(torch)
     fleet = Fleet(hook)
@@ -246,6 +286,7 @@ def measure_fedq(
             "version": sy.__version__,
             "latency": measure_latency(fleet, chain, tcp_worker, number=latency_number, repeats=latency_repeats),
             "pipelined": measure_pipelined(fleet, chain[0], ops=pipelined_ops, repeats=pipelined_repeats),
+            "plan": measure_plan(fleet, chain[0], calls=plan_calls, repeats=pipelined_repeats),
             "transfer": {str(size): measure_transfer(fleet, fresh[size], size, repeats=transfer_repeats) for size in sizes_mib},
             "move": measure_move(fleet, chain[0], chain[1], move_mib, repeats=transfer_repeats),
         }

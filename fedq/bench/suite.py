@@ -35,6 +35,7 @@ class Plan:
     pipelined_repeats: int
     transfer_repeats: int
     move_mib: int = 64
+    plan_calls: int = 500  # calls of a 10-op plan per burst, and bursts of the same 10 ops
 
     @classmethod
     def full(cls) -> "Plan":
@@ -66,6 +67,8 @@ DEFINITIONS = {
     "one size; that worker served nothing else. peak_reset false: counted from the worker's start",
     "client_peak_rss": "VmHWM of the benchmark process, reset the same way; client_rss_before already holds the source tensor",
     "move": "seconds for pointer.move(other worker) then sync(); client_bytes: bytes this process sent and received meanwhile",
+    "plan": "seconds per call of a sent 10-op plan (func2plan; one RunPlan message), `calls` calls then one sync(), "
+    "against the same 10 ops pipelined one by one (ten RunOps) `calls` times then one sync(), on the same worker in the same run",
     "gate": "checks whose ratio is more than twice as bad as the target (for a known miss recorded in "
     "baseline.json: as its recorded ratio) in two runs in a row (the second runs only if the first "
     "failed: first_run_failed); any makes `fedq bench` exit with code 3",
@@ -150,6 +153,6 @@ def _measure(plan: Plan, log: Callable[[str], None]) -> dict[str, Any]:
     results["fedq"], durations["fedq"] = _section("fedq", lambda: measure_fedq(
         sizes_mib=sizes, latency_number=plan.latency_number, latency_repeats=plan.latency_repeats,
         pipelined_ops=plan.pipelined_ops, pipelined_repeats=plan.pipelined_repeats,
-        transfer_repeats=plan.transfer_repeats, move_mib=plan.move_mib), log)
+        transfer_repeats=plan.transfer_repeats, move_mib=plan.move_mib, plan_calls=plan.plan_calls), log)
     results["meta"]["durations_s"] = durations
     return results

@@ -128,6 +128,10 @@ def evaluate(results: dict[str, Any]) -> list[Check]:
     for side in ("client", "worker"):  # where the time goes: CPU per op, steadier than wall time
         add(f"  {side} CPU per op", _get(fq, "pipelined", f"{side}_cpu_us_per_op"), "µs", "—", None, None)
 
+    # A 10-op plan (one message a call) against the same 10 ops pipelined (ten), measured in the same run
+    plan_ms, ops_ms = (None if _get(fq, "plan", key) is None else _get(fq, "plan", key) * 1e3 for key in ("plan_s_per_call", "ops_s_per_call"))
+    add("10-op plan call (1 message)", plan_ms, "ms", "the same 10 ops pipelined (10 messages)", ops_ms, None)
+
     # Transfers: send then get, payload GiB/s both ways
     sizes = sorted((_get(fq, "transfer") or {}).keys(), key=int)
     for size in sizes:
