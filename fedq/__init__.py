@@ -39,6 +39,7 @@ from .errors import (  # noqa: E402
     WorkerUnreachableError,
 )
 from .client import Client, local_client  # noqa: E402
+from .datasets import BaseDataset, FederatedDataLoader, FederatedDataset  # noqa: E402
 from .handle import VirtualWorker, connect  # noqa: E402
 from .hook import TorchHook  # noqa: E402
 from .pointer import Pointer, PointerParameter, PointerTensor  # noqa: E402
@@ -46,6 +47,7 @@ from .plans import Plan, PointerPlan, func2plan  # noqa: E402
 
 __all__ = [
     "CodeNotAllowedError", "ConfigError", "StoreFullError",
+    "BaseDataset", "FederatedDataLoader", "FederatedDataset",
     "Client", "FedqError", "GetNotPermittedError", "NotReleasableError", "PrivacyBudgetExceededError", "ValueDependentShapeError", "ObjectNotFoundError", "PointerTensor", "ProtocolError",
     "RemoteError", "RequestDeniedError", "RequestNotFoundError", "RequestNotNeededError", "RequestPendingError",
     "SpentPointerError", "TooManyRequestsError", "TensorsNotCollocatedError", "TorchHook", "UnsupportedOperationError",

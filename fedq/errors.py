@@ -137,6 +137,23 @@ class PlanBuildError(FedqError, TypeError):
     non-tensor result, an op outside the op table (that one is an UnsupportedOperationError)."""
 
 
+class DatasetMismatchError(FedqError, ValueError):
+    """A dataset's data and targets differ in length, or live in different places (datasets.py)."""
+
+
+class DatasetAlreadySentError(FedqError, ValueError):
+    """A dataset was sent (or federated) again while on a worker, or a FederatedDataset was given
+    two parts on one worker."""
+
+
+class DatasetNotSentError(FedqError, ValueError):
+    """A FederatedDataset was given a dataset that is still here: each part must be on its worker."""
+
+
+class BatchSizeError(FedqError, ValueError):
+    """A FederatedDataLoader was asked for batches of a size that is not a positive integer."""
+
+
 class RemoteError(FedqError):
     """A remote exception whose type is not a fedq or builtin exception type."""
 
