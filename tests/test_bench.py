@@ -32,6 +32,7 @@ def test_quick_bench_measures_every_work_item_and_writes_the_json(tmp_path):
     fedq = results["fedq"]
     assert set(fedq["latency"]) == {"ipc_1hop", "tcp_1hop", "ipc_2hop", "ipc_3hop"}
     assert fedq["pipelined"]["ops_per_s"] > 0
+    assert fedq["plan"]["plan_s_per_call"] > 0 and fedq["plan"]["ops_s_per_call"] > 0  # a 10-op plan and its ops, same run
     assert set(fedq["transfer"]) == {"1", "64"}
     for transfer in fedq["transfer"].values():
         assert {"send", "get", "roundtrip", "worker_idle_rss", "worker_peak_rss", "client_peak_rss"} <= transfer.keys()

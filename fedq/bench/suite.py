@@ -35,7 +35,7 @@ class Plan:
     pipelined_repeats: int
     transfer_repeats: int
     move_mib: int = 64
-    plan_calls: int = 500  # calls of a 10-op plan per burst, and bursts of the same 10 ops
+    plan_calls: int = 500  # calls of a 10-op plan per burst, and bursts of the same 10 ops (--quick: 100)
 
     @classmethod
     def full(cls) -> "Plan":
@@ -50,7 +50,7 @@ class Plan:
         # per size: a 64 MiB one is cheap, and the gate must not turn on one noisy sample.
         return cls(
             quick=True, sizes_mib=(1, 64), echo_number=300, latency_number=100, latency_repeats=5,
-            pipelined_ops=2_000, rpc_pipelined_calls=1000, pipelined_repeats=3, transfer_repeats=5,
+            pipelined_ops=2_000, rpc_pipelined_calls=1000, pipelined_repeats=3, transfer_repeats=5, plan_calls=100,
         )
 
 
