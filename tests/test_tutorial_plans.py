@@ -181,6 +181,33 @@ def test_part08_automatically_building_plans_that_are_functions(devices):
     assert torch.equal(plan_sum_abs(torch.tensor([[0.5, 1.0]]), y), got)  # here: the function itself
 
 
+def test_a_sent_plans_state_is_ours_there_trains_there_and_comes_back_with_get(devices):
+    """Beyond the tutorial: the weights sent with a Net plan are our objects on device_1, so a
+    loss of the plan's output trains them there (backward, an optimizer on the state's
+    pointers), and pointer_plan.get() brings them back: the same as plain torch's step."""
+    device_1, _ = devices
+    torch.manual_seed(0)
+    net = Net()
+    net.build(torch.tensor([1.0, 2.0]))
+    reference = [p.detach().clone().requires_grad_() for p in net.parameters()]
+    remote = net.send(device_1)
+    opt = torch.optim.SGD(remote.state, lr=0.1)
+    x = torch.tensor([-1.0, 2.0])
+    opt.zero_grad()
+    remote(x.send(device_1)).sum().backward()
+    opt.step()
+
+    w1, b1, w2, b2 = reference
+    F.log_softmax(F.linear(F.relu(F.linear(x, w1, b1)), w2, b2), dim=0).sum().backward()
+    with torch.no_grad():
+        expected = [p - 0.1 * p.grad for p in reference]
+    assert not torch.allclose(expected[0], w1)  # (the step moved the weights)
+    back = remote.get()
+    assert back is net and all(torch.allclose(p, e, atol=1e-5) for p, e in zip(net.parameters(), expected))
+    with pytest.raises(sy.SpentPointerError):
+        remote.state[0].get()
+
+
 # --------------------------------------------------------------------------- bad input: clear errors, here
 
 def test_plans_refuse_bad_input_before_anything_is_sent(devices, monkeypatch):
