@@ -43,6 +43,8 @@ from .datasets import BaseDataset, FederatedDataLoader, FederatedDataset  # noqa
 from .handle import VirtualWorker, connect  # noqa: E402
 from .hook import TorchHook  # noqa: E402
 from .pointer import Pointer, PointerParameter, PointerTensor  # noqa: E402
+from .grid import PrivateGridNetwork  # noqa: E402
+from .sandbox import create_sandbox, make_hook  # noqa: E402
 from .plans import Plan, PointerPlan, func2plan  # noqa: E402
 
 __all__ = [
@@ -52,5 +54,13 @@ __all__ = [
     "RemoteError", "RequestDeniedError", "RequestNotFoundError", "RequestNotNeededError", "RequestPendingError",
     "SpentPointerError", "TooManyRequestsError", "TensorsNotCollocatedError", "TorchHook", "UnsupportedOperationError",
     "ValueNeedsGetError", "VirtualWorker", "Pointer", "PointerParameter", "WorkerDiedError", "WorkerRestartedError", "WorkerUnreachableError", "connect", "local_client",
+    "PrivateGridNetwork", "create_sandbox", "make_hook", "local_worker",
     "Plan", "PointerPlan", "func2plan", "PlanArgumentsError", "PlanBuildError", "PlanNotBuiltError",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """`sy.local_worker`: this process's client, "me" (PySyft's, which its TorchHook made)."""
+    if name == "local_worker":
+        return local_client()
+    raise AttributeError(f"module 'fedq' has no attribute {name!r}")

@@ -22,6 +22,7 @@ import itertools
 import logging
 import os
 import threading
+import warnings
 from typing import Any
 
 from .calls import InFlight, answers_in
@@ -95,6 +96,23 @@ class Client:
 
     def __repr__(self) -> str:
         return f"<Client id:{self.id} as {self.name}>"
+
+    @property
+    def is_client_worker(self) -> bool:
+        """PySyft 0.2's flag: a client worker keeps none of the objects it makes in its own
+        store (the user's code holds them). fedq's "me" always is one: it has no store, and
+        nobody can reach it; objects live on workers, each a process of its own."""
+        return True
+
+    @is_client_worker.setter
+    def is_client_worker(self, value: bool) -> None:
+        if not value:  # (PySyft's Plans tutorial sets it so that "me" can store a plan's state)
+            warnings.warn(
+                "fedq's local worker stores no objects, so it stays a client worker: is_client_worker = False "
+                "changes nothing (plans are traced here and run on workers without it; to hold objects others "
+                "reach, start a VirtualWorker)",
+                stacklevel=2,
+            )
 
     # ---- workers known to this client (the rest: `self.peers`, peers.py)
     def use_key(self, key: bytes) -> None:

@@ -15,13 +15,16 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .client import Client, local_client
-from .codec import new_incarnation, new_key
+from .codec import INBAND_LIMIT, new_incarnation, new_key
 from .config import load_config
 from .errors import ConfigError
 from .ids import new_id
 from .launcher import start_worker_process
 from .messages import (
+    AddOwnerData,
     ClearObjects,
     CountObjects,
     DecideRequest,
@@ -103,7 +106,17 @@ class VirtualWorker:
         """Start worker `id` as a child process of this one. `settings` are `settings.WorkerSettings`'
         fields by name (the README's table of settings): `data=` (a data owner's script),
         `allow_code=`, `max_store_bytes=`, `lease_seconds=`, ... `timeout` is this client's unless
-        given; the child prints only warnings unless `verbose=True`."""
+        given; the child prints only warnings unless `verbose=True`.
+
+        `data=(x1, x2, ...)`, tensors instead of a script (PySyft's form): the worker keeps them as
+        its data owner's, this script's (it started the worker), with their `.tag()`s: found by
+        `search`, never freed by its pointers, read-only to clients, and public (the script had
+        them already): private data is a script's `owner.add(..., private=True)` or dataset."""
+        data = settings.get("data")
+        tensors = None
+        if isinstance(data, (tuple, list)):
+            tensors = _local_tensors(data)
+            settings = {k: v for k, v in settings.items() if k != "data"}
         refused = sorted(set(settings) & set(_NOT_FOR_A_SPAWNED_WORKER))
         if refused:
             raise TypeError(f"VirtualWorker() takes no {', '.join(refused)}: {_NOT_FOR_A_SPAWNED_WORKER_WHY}")
@@ -134,6 +147,18 @@ class VirtualWorker:
         self.client.peers.lease_at(self.address, given.lease_seconds)
         # Not waited for: the first read waits, so several workers start in parallel.
         self.client.submit(self.address, Ping())
+        if tensors:
+            self.load_data(tensors)
+
+    def load_data(self, tensors: "tuple[torch.Tensor, ...] | list[torch.Tensor]") -> None:
+        """PySyft's `worker.load_data([x1, x2])`: keep `tensors` (with their `.tag()`s) as this
+        worker's data owner's: ours, who started it (a worker we only connected to refuses)."""
+        tensors = _local_tensors(tensors)
+        tags = tuple(tuple(sorted(getattr(t, "tags", None) or ())) for t in tensors)
+        descriptions = tuple(getattr(t, "description", None) for t in tensors)
+        call = self.client.submit(self.address, AddOwnerData(tuple(t.detach() for t in tensors), tags, descriptions))
+        if any(t.element_size() * t.numel() >= INBAND_LIMIT for t in tensors):
+            self.client.wait(call)  # (sent zero-copy: what the worker keeps must not change with them here)
 
     @classmethod
     def at(cls, client: Client, id: str, address: str) -> "VirtualWorker":
@@ -219,6 +244,13 @@ class VirtualWorker:
         except Exception:
             count = "?"
         return f"<VirtualWorker id:{self.id} #objects:{count}>"
+
+
+def _local_tensors(data: Any) -> tuple[torch.Tensor, ...]:
+    tensors = tuple(data)
+    if not all(isinstance(t, torch.Tensor) and not isinstance(t, PointerTensor) for t in tensors):
+        raise TypeError("a worker's data is a data owner's script, or a tuple of local tensors (not pointers)")
+    return tensors
 
 
 def connect(

@@ -350,6 +350,19 @@ class Shutdown(Request):
 
 
 @dataclass
+class AddOwnerData(Request):
+    """The data owner's: keep `tensors` as its own data, each with its tags (PySyft's
+    `VirtualWorker(hook, id=..., data=(x1, x2))`): pinned, found by search, public, and
+    read-only to clients, as what a data owner's script adds with `owner.add`."""
+
+    owner_action = True
+
+    tensors: tuple[Any, ...]
+    tags: tuple[tuple[str, ...], ...]
+    descriptions: tuple[str | None, ...] = ()
+
+
+@dataclass
 class Renew(Request):
     """A heartbeat: the sender still holds its references here (any message says so; an idle
     holder sends this). Reply with the lease in seconds: how long the worker keeps a silent

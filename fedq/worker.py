@@ -44,6 +44,7 @@ from .leases import Leases, lease_told
 from .messages import (
     NO_INCARNATION,
     Acked,
+    AddOwnerData,
     ClearObjects,
     CountObjects,
     DecideRequest,
@@ -1093,6 +1094,22 @@ def ping(worker: Worker, message: Ping, reply: Reply) -> None:
 def renew(worker: Worker, message: Renew, reply: Reply) -> None:
     """A heartbeat (its lease was renewed on arrival, as for every message): say how long a lease is."""
     reply.ok(worker.leases.seconds)
+
+
+@handles(AddOwnerData)
+def add_owner_data(worker: Worker, message: AddOwnerData, reply: Reply) -> None:
+    """The owner's tensors, given as it started the worker: its data, as its script's would be."""
+    if not reply.by_owner:
+        raise PermissionError(f"only the data owner adds data to worker {worker.id!r}: send your tensors (they are then yours)")
+    descriptions = message.descriptions or (None,) * len(message.tensors)
+    if not len(message.tensors) == len(message.tags) == len(descriptions) or not all(isinstance(t, torch.Tensor) for t in message.tensors):
+        raise TypeError("AddOwnerData gives tensors, and one tuple of tags and one description (or None) per tensor")
+    for tensor, tags, description in zip(message.tensors, message.tags, descriptions):
+        check_kept_sizes(tensor, tags, description)  # (all checked before any is kept)
+    owner = DataOwner(worker)
+    for tensor, tags, description in zip(message.tensors, message.tags, descriptions):
+        owner.add(tensor, tags=tuple(tags), description=description)
+    reply.ok()
 
 
 @handles(Shutdown)
