@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import socket
 import sys
@@ -81,11 +82,13 @@ def worker(
     max_memory_bytes: Optional[int] = typer.Option(None, help=_setting_help("max_memory_bytes")),
     request_seconds: Optional[float] = typer.Option(None, help=_setting_help("request_seconds")),
     max_requests: Optional[int] = typer.Option(None, help=_setting_help("max_requests")),
+    threads: Optional[int] = typer.Option(None, min=1, help=_setting_help("threads")),
     verbose: bool = typer.Option(False, "--verbose", "-v", help=_setting_help("verbose")),
 ) -> None:
     """Run one worker in this process (what each Procfile line does). Its settings: these options,
     over the config's (its own table over the federation's), over the defaults (settings.py)."""
     from .keys import key_from_environment
+    from .launcher import thread_budget
     from .worker import run_worker
 
     try:
@@ -98,10 +101,12 @@ def worker(
             raise ConfigError("no key: give a config with a key file, or set FEDQ_KEY (see `fedq keygen`)")
         options = {
             "timeout": timeout, "max_store_bytes": max_store_bytes, "lease_seconds": lease_seconds, "max_memory_bytes": max_memory_bytes,
-            "request_seconds": request_seconds, "max_requests": max_requests,
+            "request_seconds": request_seconds, "max_requests": max_requests, "threads": threads,
             "allow_code": allow_code or None, "verbose": verbose or None,  # (a flag not given leaves the config's)
         }  # fmt: skip
         settings = settings_from(options, base=federation.settings_of(name) if federation else DEFAULTS, where="fedq worker")
+        if settings.threads is None:  # (a config's workers start together: the Procfile's way)
+            settings = dataclasses.replace(settings, threads=thread_budget(len(federation.workers) if federation else 1))
         run_worker(
             name, address or entry.address, key=key, settings=settings,
             admin_key=federation.admin_key() if federation else None,  # (else FEDQ_ADMIN_KEY's, if set)
@@ -111,7 +116,11 @@ def worker(
 
 
 @app.command()
-def up(config: Path = ConfigOption, verbose: bool = typer.Option(False, "--verbose", "-v", help=_setting_help("verbose"))) -> None:
+def up(
+    config: Path = ConfigOption,
+    threads: Optional[int] = typer.Option(None, min=1, help=_setting_help("threads")),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=_setting_help("verbose")),
+) -> None:
     """Start every worker of a config; Ctrl-C (or SIGTERM) stops them all."""
     from .peers import stop_processes
     from .launcher import start_worker_process
@@ -122,7 +131,10 @@ def up(config: Path = ConfigOption, verbose: bool = typer.Option(False, "--verbo
     except FedqError as error:
         _fail(error)
     processes = {
-        id: start_worker_process(id, w.address, key=key, admin_key=admin_key, settings=settings_from({"verbose": verbose or None}, base=w.settings))
+        id: start_worker_process(
+            id, w.address, key=key, admin_key=admin_key, together=len(federation.workers),
+            settings=settings_from({"verbose": verbose or None, "threads": threads}, base=w.settings),
+        )  # fmt: skip
         for id, w in federation.workers.items()
     }
     typer.echo(f"started {', '.join(f'{id} (pid {p.pid})' for id, p in processes.items())}; Ctrl-C stops them")
@@ -229,7 +241,7 @@ def status(
     config: Path = ConfigOption,
     timeout: float = typer.Option(2.0, help="Seconds to wait for each worker before calling it down."),
 ) -> None:
-    """Every worker of a config: alive or not, pid, objects, bytes held, round trip. Exit code 0 if all are alive, 1 if not."""
+    """Every worker of a config: alive or not, pid, objects, bytes held, lease, torch threads, round trip. Exit code 0 if all are alive, 1 if not."""
     from rich.console import Console
     from rich.table import Table
 
@@ -241,7 +253,7 @@ def status(
     except FedqError as error:
         _fail(error)
     table = Table(title=f"{config}: {len(federation.workers)} workers")
-    for column in ("worker", "state", "pid", "objects", "bytes", "lease", "round trip"):
+    for column in ("worker", "state", "pid", "objects", "bytes", "lease", "threads", "round trip"):
         table.add_column(column, justify="left" if column in ("worker", "state") else "right", no_wrap=True)
     table.add_column("address / problem", overflow="fold")
     down = 0
@@ -253,11 +265,11 @@ def status(
             round_trip = f"{1000 * (time.perf_counter() - start):.2f} ms"
         except WorkerUnreachableError:
             down += 1
-            table.add_row(name, "[red]down[/red]", "", "", "", "", "", f"no answer within {timeout:g}s at {settings.address}")
+            table.add_row(name, "[red]down[/red]", "", "", "", "", "", "", f"no answer within {timeout:g}s at {settings.address}")
             continue
         except FedqError as error:
             down += 1
-            table.add_row(name, "[red]down[/red]", "", "", "", "", "", str(error).splitlines()[0])
+            table.add_row(name, "[red]down[/red]", "", "", "", "", "", "", str(error).splitlines()[0])
             continue
         try:
             rows = handle.describe(timeout=timeout)
@@ -265,7 +277,8 @@ def status(
         except FedqError:  # it answered a ping: alive, but busy or unable to describe
             objects, held = str(alive.objects), "?"
         lease = f"{alive.lease_seconds:g}s" if alive.lease_seconds is not None else "?"
-        table.add_row(name, "[green]alive[/green]", str(alive.pid), objects, held, lease, round_trip, settings.address)
+        threads = str(alive.threads) if alive.threads is not None else "?"
+        table.add_row(name, "[green]alive[/green]", str(alive.pid), objects, held, lease, threads, round_trip, settings.address)
     Console().print(table)
     if down:
         typer.echo(f"{down} of {len(federation.workers)} workers down", err=True)

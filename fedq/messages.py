@@ -379,6 +379,7 @@ class WorkerStatus:
     version: str
     objects: int
     lease_seconds: float | None = None  # a silent holder's references are freed after this long
+    threads: int | None = None  # torch's threads there (settings.WorkerSettings.threads)
 
 
 @dataclass

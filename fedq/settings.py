@@ -78,6 +78,12 @@ class WorkerSettings:
     peers: Mapping[str, str] | None = _setting(
         None, "{id: address} of the federation's workers (a config's): the only ones it relays to; None: any",
     )  # fmt: skip
+    # Threads past the cores a worker gets only take turns (and spin): 9 workers with torch's
+    # default on 2 cores burned 10x the CPU of one thread each (issue 17).
+    threads: int | None = _setting(
+        None, "torch's intra-op and inter-op threads in the worker; None: this machine's cores divided among the "
+        "workers started with it (a script's running workers, `fedq up`'s, a config's), at least 1",
+    )  # fmt: skip
     verbose: bool = _setting(False, "log every message handled")
     quiet: bool = _setting(False, "log only warnings and errors")
 

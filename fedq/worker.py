@@ -1087,7 +1087,7 @@ def clear_objects(worker: Worker, message: ClearObjects, reply: Reply) -> None:
 
 @handles(Ping)
 def ping(worker: Worker, message: Ping, reply: Reply) -> None:
-    reply.ok(WorkerStatus(worker.id, os.getpid(), __version__, len(worker.store), worker.leases.seconds))
+    reply.ok(WorkerStatus(worker.id, os.getpid(), __version__, len(worker.store), worker.leases.seconds, torch.get_num_threads()))
 
 
 @handles(Renew)
@@ -1206,6 +1206,7 @@ def run_worker(
     os.environ.pop(ADMIN_KEY_ENV, None)  # (read once: nothing run here later finds it)
     if settings.max_memory_bytes is not None:
         cap_memory(settings.max_memory_bytes)
+    use_threads(settings.threads)
     worker = Worker(
         id, address, key=key, settings=settings, incarnation=bytes.fromhex(incarnation) if incarnation else None, admin_key=admin_key
     )
@@ -1219,6 +1220,18 @@ def run_worker(
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     worker.store.clear()  # (the loop closed the sockets on its way out)
     log.info("worker %s stopped", id)
+
+
+def use_threads(threads: int | None) -> None:
+    """Run torch's ops on `threads` threads, intra- and inter-op (settings.WorkerSettings.threads;
+    the launcher resolves None to this worker's share of the cores; here None: all of them).
+    Set before any op: torch fixes the inter-op pool at its first use."""
+    threads = threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:  # (already used in this process: a worker run in a test's process)
+        pass
 
 
 def cap_memory(max_bytes: int) -> None:
