@@ -11,8 +11,12 @@
 __version__ = "0.1.0"
 
 from .errors import (  # noqa: E402
+    BatchSizeError,
     CodeNotAllowedError,
     ConfigError,
+    DatasetAlreadySentError,
+    DatasetMismatchError,
+    DatasetNotSentError,
     FedqError,
     StoreFullError,
     GetNotPermittedError,
@@ -49,7 +53,7 @@ from .plans import Plan, PointerPlan, func2plan  # noqa: E402
 
 __all__ = [
     "CodeNotAllowedError", "ConfigError", "StoreFullError",
-    "BaseDataset", "FederatedDataLoader", "FederatedDataset",
+    "BaseDataset", "FederatedDataLoader", "FederatedDataset", "BatchSizeError", "DatasetAlreadySentError", "DatasetMismatchError", "DatasetNotSentError",
     "Client", "FedqError", "GetNotPermittedError", "NotReleasableError", "PrivacyBudgetExceededError", "ValueDependentShapeError", "ObjectNotFoundError", "PointerTensor", "ProtocolError",
     "RemoteError", "RequestDeniedError", "RequestNotFoundError", "RequestNotNeededError", "RequestPendingError",
     "SpentPointerError", "TooManyRequestsError", "TensorsNotCollocatedError", "TorchHook", "UnsupportedOperationError",

@@ -399,3 +399,117 @@ def test_part07_federated_learning_with_federated_dataset(hook, bob, alice, caps
         local_totals.append(loss_accum)
     assert totals == pytest.approx(local_totals, rel=1e-5)
     _assert_same(model, reference)
+
+
+# --------------------------------------------------------------------------- the loader's promises
+
+def test_batches_are_cut_on_the_worker_from_its_stored_part(hook, bob, alice):
+    """After federate, iterating moves no training data: each batch is an index op on the part
+    (a shuffled pass: one permutation sent per worker), and what comes back is pointers there."""
+    data, targets = torch.randn(2000, 64), torch.arange(2000)
+    federated = sy.BaseDataset(data, targets).federate(bob, alice)
+    assert [len(federated["bob"]), len(federated["alice"])] == [1000, 1000] and len(federated) == 2000
+    assert federated["bob"].location is bob and federated[alice].location is alice
+    client = hook.local_worker
+    client.sync()
+    before = client.stats()["bytes_sent"]
+    torch.manual_seed(0)
+    batches = list(sy.FederatedDataLoader(federated, batch_size=100, shuffle=True))
+    client.sync()
+    sent = client.stats()["bytes_sent"] - before
+    # two permutations (16 KB) and 60 small ops (~27 KB here), not the data (512 KB)
+    assert sent < data.numel() * data.element_size() // 10, sent
+    assert [d.location.id for d, _ in batches] == ["bob"] * 10 + ["alice"] * 10
+    assert all(isinstance(d, sy.PointerTensor) and d.shape == (100, 64) and t.location is d.location for d, t in batches)
+    got = [(d.get(), t.get()) for d, t in batches]
+    seen = torch.cat([t for _, t in got])
+    assert sorted(seen[:1000].tolist()) == list(range(1000)) and sorted(seen[1000:].tolist()) == list(range(1000, 2000))
+    assert not torch.equal(seen, targets)  # shuffled...
+    assert all(torch.equal(d, data[t]) for d, t in got)  # ...each row with its own target
+    torch.manual_seed(0)  # the same seed, the same order
+    again = torch.cat([t.get() for _, t in sy.FederatedDataLoader(federated, batch_size=100, shuffle=True)])
+    assert torch.equal(again, seen)
+    assert len(bob._objects) == 2 and len(alice._objects) == 2  # the part only: the permutations and batches are freed
+
+
+def test_batches_in_order_sizes_drop_last_and_len(bob, alice):
+    federated = sy.FederatedDataset([
+        sy.BaseDataset(torch.arange(10.0), torch.arange(10)).send(bob),
+        sy.BaseDataset(torch.arange(7.0), torch.arange(7) + 100).send(alice),
+    ])
+    assert federated.workers == ["bob", "alice"] and len(federated) == 17
+    assert "bob, alice" in repr(federated) and "17" in repr(federated)
+    loader = sy.FederatedDataLoader(federated, batch_size=4)
+    assert len(loader) == 5
+    assert [t.get().tolist() for _, t in loader] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9], [100, 101, 102, 103], [104, 105, 106]]
+    loader = sy.FederatedDataLoader(federated, batch_size=4, drop_last=True)
+    assert len(loader) == 3
+    assert [t.get().tolist() for _, t in loader] == [[0, 1, 2, 3], [4, 5, 6, 7], [100, 101, 102, 103]]
+    assert len(sy.FederatedDataLoader(federated, batch_size=8, drop_last=True)) == 1  # alice's 7 make no full batch
+    # a transform is applied to each batch, on the worker (torch ops on a pointer)
+    federated["bob"].transform_ = lambda x: x * 10
+    data, target = next(iter(sy.FederatedDataLoader(federated, batch_size=3)))
+    assert data.get().tolist() == [0.0, 10.0, 20.0] and target.get().tolist() == [0, 1, 2]
+
+
+def test_one_batch_of_each_worker_a_step(bob, alice, carol):
+    federated = sy.FederatedDataset([
+        sy.BaseDataset(torch.arange(4.0), torch.arange(4)).send(bob),
+        sy.BaseDataset(torch.arange(6.0), torch.arange(6) + 10).send(alice),
+        sy.BaseDataset(torch.arange(2.0), torch.arange(2) + 20).send(carol),
+    ])
+    loader = sy.FederatedDataLoader(federated, batch_size=2, iter_per_worker=True)
+    steps = [{w.id: t.get().tolist() for w, (d, t) in step.items()} for step in loader]
+    assert steps == [{"bob": [0, 1], "alice": [10, 11], "carol": [20, 21]}]  # until one worker runs out
+    assert len(loader) == 1
+    # two iterators: bob's and alice's batches side by side; bob's run out and carol's take over
+    loader = sy.FederatedDataLoader(federated, batch_size=2, num_iterators=2)
+    steps = [{w.id: t.get().tolist() for w, (d, t) in step.items()} for step in loader]
+    assert steps == [{"bob": [0, 1], "alice": [10, 11]}, {"bob": [2, 3], "alice": [12, 13]}, {"carol": [20, 21], "alice": [14, 15]}]
+    assert len(loader) == 3
+
+
+def test_a_dataset_sent_moves_and_comes_back(bob):
+    dataset = sy.BaseDataset(torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]), torch.tensor([0, 1, 0]))
+    assert len(dataset) == 3 and dataset.location is None
+    data, target = dataset[1]
+    assert data.tolist() == [3.0, 4.0] and int(target) == 1
+    assert dataset.send(bob) is dataset
+    assert dataset.location is bob and isinstance(dataset.data, sy.PointerTensor) and len(dataset) == 3
+    data, target = dataset[0:2]
+    assert data.location is bob and data.get().tolist() == [[1.0, 2.0], [3.0, 4.0]] and target.get().tolist() == [0, 1]
+    dataset.transform(lambda x: x + 1)  # the whole data, on bob
+    assert dataset.get() is dataset and dataset.location is None
+    assert dataset.data.tolist() == [[2.0, 3.0], [4.0, 5.0], [6.0, 7.0]] and dataset.targets.tolist() == [0, 1, 0]
+    assert bob._objects == {}
+    federated = torch.utils.data.TensorDataset(torch.arange(5.0), torch.arange(5)).federate((bob,))
+    assert federated.get_dataset("bob").data.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0] and federated.workers == []
+
+
+def test_bad_input_is_refused_with_a_named_error(bob, alice):
+    with pytest.raises(sy.DatasetMismatchError, match="3 data points, 4 targets"):
+        sy.BaseDataset(torch.zeros(3, 2), torch.zeros(4))
+    with pytest.raises(sy.DatasetMismatchError, match="data 'bob', targets 'alice'"):
+        sy.BaseDataset(torch.zeros(3).send(bob), torch.zeros(3).send(alice))
+    with pytest.raises(sy.DatasetMismatchError, match="targets here"):
+        sy.BaseDataset(torch.zeros(3).send(bob), torch.zeros(3))
+    dataset = sy.BaseDataset(torch.zeros(4, 2), torch.zeros(4)).send(bob)
+    with pytest.raises(sy.DatasetAlreadySentError, match="already on 'bob'"):
+        dataset.send(bob)  # a dataset sent twice
+    with pytest.raises(sy.DatasetAlreadySentError, match="already on 'bob'"):
+        dataset.send(alice)
+    with pytest.raises(sy.DatasetAlreadySentError, match="already on 'bob'"):
+        dataset.federate((bob, alice))
+    assert dataset.location is bob and len(bob._objects) == 2  # nothing more was sent
+    other = sy.BaseDataset(torch.ones(2, 2), torch.ones(2)).send(bob)
+    with pytest.raises(sy.DatasetAlreadySentError, match="two parts .* on 'bob'"):
+        sy.FederatedDataset([dataset, other])
+    with pytest.raises(sy.DatasetNotSentError):
+        sy.FederatedDataset([sy.BaseDataset(torch.zeros(2), torch.zeros(2))])
+    federated = sy.FederatedDataset([dataset])
+    for bad in (0, -1, 1.5, True, None, "8"):
+        with pytest.raises(sy.BatchSizeError, match="positive integer"):
+            sy.FederatedDataLoader(federated, batch_size=bad)
+    with pytest.raises(TypeError, match="torch.utils.data.DataLoader"):
+        sy.FederatedDataLoader(sy.BaseDataset(torch.zeros(2), torch.zeros(2)), batch_size=2)
+    assert all(issubclass(e, sy.FedqError) for e in (sy.DatasetMismatchError, sy.DatasetAlreadySentError, sy.DatasetNotSentError, sy.BatchSizeError))
