@@ -20,6 +20,7 @@ every Python value read from a shape, while building is the one every call takes
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable, Iterable
 
 import torch
@@ -274,6 +275,14 @@ class Plan(torch.nn.Module):
             state = [send_tensor(t.detach().requires_grad_(t.requires_grad), location) for t in self.state_tensors()]
             sent = self._sent[location.address] = PointerPlan(self, location, state)
         return sent
+
+    def copy(self) -> "Plan":
+        """PySyft's `plan.copy()`: the same plan (steps, state values), sent nowhere."""
+        sent, self._sent = self._sent, {}
+        try:
+            return copy.deepcopy(self, {id(self._built): self._built})  # (the recording is shared: nothing changes it)
+        finally:
+            self._sent = sent
 
     def output_metas(self, metas: list[torch.Tensor], grad_enabled: bool) -> list[torch.Tensor]:
         """The outputs' meta tensors for inputs and state like `metas` (the steps replayed on

@@ -835,6 +835,7 @@ def run_plan(worker: Worker, message: RunPlan, reply: Reply) -> None:
     steps, args = tuple(message.steps), tuple(message.args)
     if len(steps) > MAX_PLAN_STEPS:
         raise RequestTooLargeError(f"a plan of {len(steps)} steps: a worker runs plans of at most {MAX_PLAN_STEPS}")
+    _refuse_too_many_results(worker, "a plan", len(message.result_ids))  # (its outputs: stored ones)
     for step in steps:  # every op refused before any runs
         if not isinstance(step, PlanStep) or not isinstance(step.results, int) or not 0 <= step.results <= MAX_RESULTS_PER_OP:
             raise ProtocolError("a plan's steps are PlanSteps, each making 0 (in place) to a bounded number of tensors")

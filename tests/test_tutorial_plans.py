@@ -106,6 +106,11 @@ def test_part08_basic_example(devices, monkeypatch, capsys):
     assert capsys.readouterr().out.startswith("[PointerTensor | me:")
     assert (runs(), ops()) == (1, 0)  # one message for the plan, none per op
     assert torch.equal(pointer_to_result.get(), torch.tensor([2.0, 4.0]))  # cell 26
+    # (beyond the tutorial: a built plan called on pointers is sent where they are, once; a copy is sent nowhere)
+    assert torch.equal(plan_double_abs(pointer_to_data).get(), torch.tensor([2.0, 4.0]))
+    assert plan_double_abs.send(device_1) is pointer_plan
+    twin = plan_double_abs.copy()
+    assert twin.is_built and twin.actions == plan_double_abs.actions and twin.send(device_1) is not pointer_plan
 
 
 def test_part08_towards_a_concrete_example(devices):
