@@ -11,6 +11,7 @@
 __version__ = "0.1.0"
 
 from .errors import (  # noqa: E402
+    AggregateTooSmallError,
     BatchSizeError,
     CodeNotAllowedError,
     ConfigError,
@@ -52,6 +53,7 @@ from .sandbox import create_sandbox, make_hook  # noqa: E402
 from .plans import Plan, PointerPlan, func2plan  # noqa: E402
 
 __all__ = [
+    "AggregateTooSmallError",
     "CodeNotAllowedError", "ConfigError", "StoreFullError",
     "BaseDataset", "FederatedDataLoader", "FederatedDataset", "BatchSizeError", "DatasetAlreadySentError", "DatasetMismatchError", "DatasetNotSentError",
     "Client", "FedqError", "GetNotPermittedError", "NotReleasableError", "PrivacyBudgetExceededError", "ValueDependentShapeError", "ObjectNotFoundError", "PointerTensor", "ProtocolError",

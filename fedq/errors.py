@@ -59,6 +59,10 @@ class ValueDependentShapeError(GetNotPermittedError):
     """An op on private data whose result's shape would depend on the private values (and so reveal them)."""
 
 
+class AggregateTooSmallError(GetNotPermittedError):
+    """A share of an owner's private data was asked for reconstruction outside an aggregate its owners' policy releases (aggregates.py)."""
+
+
 class RequestPendingError(GetNotPermittedError):
     """A private object's release was requested and its data owner has not decided yet."""
 

@@ -201,6 +201,11 @@ class VirtualWorker:
             for id, obj in snapshot.items()
         }
 
+    @property
+    def _tensors(self) -> dict[int, torch.Tensor]:
+        """PySyft's: the tensors of the snapshot (`_objects` without the stored pointers): a holder's shares."""
+        return {id: obj for id, obj in self._objects.items() if not isinstance(obj, PointerTensor)}
+
     def objects_count(self) -> int:
         return self.client.request(self.address, CountObjects(), after_deletes=True)
 

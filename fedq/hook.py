@@ -17,6 +17,7 @@ from .datasets import federate
 from .pointer import (
     copy_module, describe_tensor, get_module, move_module, send_module, send_tensor, state_follows_parameters, tag_tensor, warm_up_meta_kernels,
 )
+from .sharing import fix_precision, share
 
 _optimizer_hook: Any = None  # registered once per process, however many hooks are made
 
@@ -28,6 +29,8 @@ class TorchHook:
         torch.Tensor.send = send_tensor
         torch.Tensor.tag = tag_tensor
         torch.Tensor.describe = describe_tensor
+        torch.Tensor.fix_precision = torch.Tensor.fix_prec = fix_precision  # sharing.py: Parts 09 and 10
+        torch.Tensor.share = share
         torch.nn.Module.send = send_module
         torch.nn.Module.get = get_module
         torch.nn.Module.move = move_module

@@ -369,6 +369,93 @@ class Renew(Request):
     holder's references before it frees them."""
 
 
+# ---- secret sharing (sharing.py, the client's; ring.py, aggregates.py): shares move worker to worker
+
+
+@dataclass
+class ShareObject(Request):
+    """Split the int64 tensor under `id` into additive shares, one per party (location, address,
+    incarnation, the share's id there); keep ours (a party at our own address), send each other
+    straight to its worker (`StoreShare`), held by the caller. Answered once every party stored
+    its share. `token`: this sharing's name, what the holders' aggregation policy counts."""
+
+    id: int
+    parties: tuple[tuple[str, str, bytes, int], ...]
+    token: str
+
+
+@dataclass
+class StoreShare(Request):
+    """A worker's: store `share` under `id`, held by `holder` (the client that asked for the
+    sharing). `private`: a share of the sender's owner's private data, sharing `token`, under
+    that owner's policy `k`; stored only once the sender, asked at `origin_address`, confirms
+    it sent it (`ConfirmShare`): a client cannot pose as an owner."""
+
+    id: int
+    share: Any
+    holder: str
+    token: str
+    private: bool = False
+    k: int = 2
+    origin_address: str = ""
+
+
+@dataclass
+class ConfirmShare(Request):
+    """Did you send me (the caller) the share `id` of sharing `token`? Answered ok, or a failure."""
+
+    token: str
+    id: int
+
+
+@dataclass
+class MakeTriples(Request):
+    """The crypto provider's: make a Beaver triple (a, b, c = a * b, or a @ b: `kind`) for
+    operands shaped `x_shape`, `y_shape`; split each part among `parties` (location, address,
+    incarnation, (id of a, id of b, id of c) there) and send each its shares straight
+    (`StoreTriple`), held by the caller. Answered once every party stored them."""
+
+    kind: str
+    x_shape: tuple[int, ...]
+    y_shape: tuple[int, ...]
+    parties: tuple[tuple[str, str, bytes, tuple[int, int, int]], ...]
+
+
+@dataclass
+class StoreTriple(Request):
+    """A crypto provider's: store one party's shares of a Beaver triple under `ids` (a, b, c),
+    private (the client never sees them), held by `holder`, each usable in one product."""
+
+    kind: str
+    ids: tuple[int, int, int]
+    shares: tuple[Any, Any, Any]
+    holder: str
+
+
+@dataclass
+class BeaverOpen(Request):
+    """Reply with (x - a, y - b) for the shares under `x_id`, `y_id` and the triple under `ids`:
+    masked by the triple's one-time pads, so opening them shows nothing; once per triple."""
+
+    kind: str
+    x_id: int
+    y_id: int
+    ids: tuple[int, int, int]
+
+
+@dataclass
+class BeaverClose(Request):
+    """Store under `result_id` this party's share of x * y (or x @ y) from the opened `e`, `f`
+    and its triple `ids`; `first`: the one party that adds e * f."""
+
+    kind: str
+    result_id: int
+    e: Any
+    f: Any
+    ids: tuple[int, int, int]
+    first: bool
+
+
 # --------------------------------------------------------------------------- replies
 
 

@@ -13,23 +13,28 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import os
 import runpy
 import signal
 import sys
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch.utils._pytree import tree_map
 
-from . import __version__, ops
+from . import __version__, ops, ring
+from .aggregates import Aggregates
 from .calls import InFlight, answers_in
 from .codec import Codec, Origin
 from .errors import (
     ConfigError,
+    DuplicateIdError,
     FedqError,
+    GetNotPermittedError,
     PointerCycleError,
     ProtocolError,
     RequestNotNeededError,
@@ -44,6 +49,13 @@ from .leases import Leases, lease_told
 from .messages import (
     NO_INCARNATION,
     Acked,
+    BeaverClose,
+    BeaverOpen,
+    ConfirmShare,
+    MakeTriples,
+    ShareObject,
+    StoreShare,
+    StoreTriple,
     AddOwnerData,
     ClearObjects,
     CountObjects,
@@ -78,7 +90,7 @@ from .messages import (
     references_in,
     wire_name,
 )
-from .privacy import Dataset, Privacy, refuse_if_private
+from .privacy import UNRELEASED, Dataset, Facts, Privacy, refuse_if_private
 from .requests import Requests
 from .settings import DEFAULTS, WorkerSettings, settings_from
 from .store import DATA_OWNER, MAX_ADDRESS_CHARS, PRIVATE_TAG, ObjectStore, check_kept_sizes, describe, object_nbytes, storage_key
@@ -199,6 +211,26 @@ class _Peer:
         return self.address
 
 
+@dataclass(frozen=True, slots=True)
+class _Hop:
+    """Another worker a sharing handler sends to: where, its name, and which incarnation of it."""
+
+    address: str
+    location: str
+    incarnation: bytes
+
+
+@dataclass(slots=True)
+class _Triple:
+    """One party's shares of a Beaver triple (stored under `ids`): opened once, closed once."""
+
+    kind: str
+    ids: tuple[int, int, int]
+    a: Any  # a weak reference to the stored share of a (the genuine one, not a copy of it)
+    opened: bool = False
+    closed: bool = False
+
+
 #: relays that timed out and whose late answer would hand us references, remembered at most this many
 MAX_UNCLAIMED = 10_000
 #: distinct peer addresses a worker connects to (a socket each, kept): a key holder naming
@@ -250,6 +282,9 @@ class Worker:
         self._peer_incarnations: dict[str, bytes] = {}  # address -> a next hop's, as the pointers to it say
         self.store = ObjectStore(id, max_bytes=settings.max_store_bytes)
         self.privacy = Privacy()  # private memory, what is known of it, the datasets' budgets
+        self.aggregates = Aggregates()  # which owners each share of private data aggregates (aggregates.py)
+        self.triples: dict[int, _Triple] = {}  # id of a Beaver triple's a here -> that triple's state
+        self._shares_sent: dict[tuple[str, int], str] = {}  # (token, share id) -> the session it went to
         self.requests = Requests(self.store, seconds=settings.request_seconds, max_per_client=settings.max_requests)
         curve = CurveKeys.load(settings.curve_dir, id, dict(settings.peers or {})) if settings.curve_dir else None
         self.loop = ServerLoop(
@@ -582,6 +617,14 @@ class DataOwner:
         self.count += 1
         return id
 
+    def secure_aggregation(self, k: int = 2) -> None:
+        """This owner's policy for shares of its private data, enforced by every worker holding
+        one (aggregates.py): a share leaves for reconstruction only in a sum of at least `k`
+        distinct owners' data (default 2)."""
+        if int(k) < 1:
+            raise ValueError("k counts data owners: at least 1")
+        self.worker.aggregates.k = int(k)
+
     def dataset(self, name: str, *, epsilon: float = 0.0, updates: str = "refuse") -> Dataset:
         """Declare a private dataset: one record (the unit of privacy) per row of its tensors;
         `epsilon` is the privacy budget of all noisy releases from it, whoever asks (basic
@@ -680,6 +723,10 @@ def _run_here(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: 
     with torch.set_grad_enabled(message.grad_enabled):
         # (what private data it read, it wrote: privacy.py decides, from what the op touched)
         out = worker.privacy.run(message.op, func, args, kwargs, targets.values())
+    if worker.aggregates:  # (what a share of private data aggregates follows the op: aggregates.py)
+        worker.aggregates.derive(
+            message.op, args, kwargs, targets.values(), ops.flatten_result(out)[0], message.result_ids == (), worker.privacy.is_private
+        )
     if message.result_ids == ():  # in place: nothing new to store
         # After backward the caller learns which of its tensors have a .grad now, so that
         # an optimizer reading p.grad costs no round trip per parameter.
@@ -906,7 +953,10 @@ def get_object(worker: Worker, message: GetObject, reply: Reply) -> None:
             worker.store.pop(message.id)
         reply.ok(released)
         return
-    released = _approved_release(worker, entry, message.id, reply)
+    released = _approved_release(worker, entry, message.id, reply) if worker.aggregates.terms(entry.obj) is None else None
+    if released is None and worker.aggregates.terms(entry.obj) is not None:
+        worker.aggregates.release(entry.obj, worker.id, message.id)  # the owners' policy, or AggregateTooSmallError
+        released = entry.obj
     if released is None:
         refuse_if_private(worker.privacy, entry.obj, message.id, worker.id, "fetched with .get()")
     shared = entry.refs > 1 or entry.pinned
@@ -1122,6 +1172,236 @@ def shutdown(worker: Worker, message: Shutdown, reply: Reply) -> None:
         )
     reply.ok()
     worker.loop.stop()
+
+
+# ---- secret sharing: shares and Beaver triples move worker to worker (ring.py, aggregates.py)
+
+#: parties one sharing or triple may have; elements one triple part may have
+MAX_PARTIES, MAX_TRIPLE_ELEMENTS = 64, 1 << 27
+#: what a received share's (or a triple's) history starts with: never shared on as our owner's data
+_RECEIVED, _PADS = "data: a share of ", "data: a Beaver triple's one-time pad"
+
+
+def _parties(parties: Any) -> list[tuple[str, str, bytes, Any]]:
+    if not isinstance(parties, tuple) or not 1 <= len(parties) <= MAX_PARTIES:
+        raise RequestTooLargeError(f"a sharing has 1 to {MAX_PARTIES} parties")
+    checked = []
+    for party in parties:
+        location, address, incarnation, ids = party
+        if not (isinstance(location, str) and isinstance(address, str) and isinstance(incarnation, bytes)):
+            raise ProtocolError("a party is (its id, its address, its incarnation, the ids there)")
+        if len(location) > MAX_ADDRESS_CHARS or len(address) > MAX_ADDRESS_CHARS:
+            raise RequestTooLargeError(f"a party is named in at most {MAX_ADDRESS_CHARS} characters")
+        checked.append((location, address, incarnation, ids))
+    if len({address for _, address, _, _ in checked}) != len(checked):
+        raise ValueError("each party of a sharing is a different worker")
+    return checked
+
+
+def _check_token(token: Any) -> str:
+    if not isinstance(token, str) or not 1 <= len(token) <= 64:
+        raise ProtocolError("a sharing's token is a string of 1 to 64 characters")
+    return token
+
+
+@handles(ShareObject)
+def share_object(worker: Worker, message: ShareObject, reply: Reply) -> None:
+    """Split the int64 tensor under `id` into one share per party: ours stays, each other one goes
+    straight to its worker. A share of our owner's private data carries its origin (aggregates.py)."""
+    if worker.after_settled(message.id, lambda: _retry(worker, share_object, message, reply)):
+        return
+    token = _check_token(message.token)
+    parties = _parties(message.parties)
+    secret = worker.store.get(message.id)
+    if isinstance(secret, PointerSpec):
+        raise FedqError(f"object {message.id} on {worker.id!r} is a pointer to {secret.location!r}: share it where the data is")
+    if not isinstance(secret, torch.Tensor) or secret.dtype != ring.RING:
+        raise TypeError(f"shares are of int64 tensors (the ring Z/2^64): .fix_precision() a float tensor first, not {getattr(secret, 'dtype', type(secret).__name__)}")
+    private = worker.privacy.is_private(secret)
+    if private and any(line.startswith((_RECEIVED, _PADS)) for line in worker.privacy.history(secret)):
+        raise GetNotPermittedError(
+            f"object {message.id} on {worker.id!r} is computed from shares of other owners' data: only an owner's own data is shared from its worker"
+        )
+    if private and worker.aggregates.terms(secret) is not None:
+        raise GetNotPermittedError(f"object {message.id} on {worker.id!r} is a share already: it is not shared again")
+    # (privacy.py marks every share of private data private, like any op's results)
+    shares = worker.privacy.run("fedq.share", lambda t: tuple(ring.split(t, len(parties))), (secret,), {}, [secret])
+    me = holder_key(worker.name_on_wire)
+    sends = []
+    for (location, address, incarnation, share_id), share in zip(parties, shares):
+        if address == worker.address:
+            worker.store.put(share_id, share, holder=reply.caller)
+            if private:
+                worker.aggregates.add(share, token, me, worker.id, worker.aggregates.k)
+            continue
+        worker._shares_sent[(token, share_id)] = incarnation.hex()  # what ConfirmShare will be asked
+        sends.append((_Hop(address, location, incarnation), StoreShare(share_id, share, reply.caller_name, token, private, worker.aggregates.k, worker.address)))
+    if not sends:
+        reply.ok()
+        return
+    waiting = [len(sends)]
+    failures: list[Failure] = []
+
+    def on_stored(answer: Ok | Failure, key: tuple[str, int]) -> None:
+        worker._shares_sent.pop(key, None)
+        if isinstance(answer, Failure):
+            failures.append(answer)
+        waiting[0] -= 1
+        if waiting[0] == 0:
+            reply.forward(failures[0]) if failures else reply.ok()
+
+    for hop, store in sends:
+        worker.ask(hop, store, lambda answer, key=(token, store.id): on_stored(answer, key))
+
+
+@handles(StoreShare)
+def store_share(worker: Worker, message: StoreShare, reply: Reply) -> None:
+    """Another worker's share for us. A share of its owner's private data is kept only once that
+    worker, asked where it listens, confirms it sent it: the origin is the worker, never a
+    claim (a client's own session is no owner's)."""
+    share, token = message.share, _check_token(message.token)
+    if not isinstance(share, torch.Tensor) or share.dtype != ring.RING:
+        raise TypeError("a share is an int64 tensor")
+    check_kept_sizes(share)
+    _check_holder(worker, message.holder)
+    if message.id in worker.store:
+        raise DuplicateIdError(f"worker {worker.id!r} already holds an object under id {message.id}")
+
+    def keep() -> None:
+        worker.store.put(message.id, share, holder=holder_key(message.holder))
+        worker.leases.introduce(message.holder)
+
+    if not message.private:
+        keep()
+        reply.ok()
+        return
+    sender = bytes.fromhex(reply.caller)  # a worker signs with its incarnation
+    known = worker._peer_incarnations.get(message.origin_address)
+    if not isinstance(message.origin_address, str) or (known is not None and known != sender):
+        raise PermissionError(f"a share of private data sent by {reply.caller_name.rpartition('#')[0]!r} is not from the worker at {str(message.origin_address)[:200]}")
+    name = reply.caller_name.rpartition("#")[0]
+
+    def confirmed(answer: Ok | Failure) -> None:
+        if isinstance(answer, Failure):
+            reply.fail(PermissionError(
+                f"worker {worker.id!r} refused a share of private data: its sender is not the worker at "
+                f"{message.origin_address[:200]} that it claims to come from ({answer.message})"
+            ))
+            return
+        try:
+            keep()
+        except Exception as error:
+            reply.fail(error)
+            return
+        worker.privacy.mark(share, Facts(frozenset({UNRELEASED}), (f"{_RECEIVED}{name}'s private data (sharing {token})",), worker.privacy.stamp(share)))
+        worker.aggregates.add(share, token, reply.caller, name, message.k)
+        reply.ok()
+
+    worker.ask(_Hop(message.origin_address, name, sender), ConfirmShare(token, message.id), confirmed)
+
+
+@handles(ConfirmShare)
+def confirm_share(worker: Worker, message: ConfirmShare, reply: Reply) -> None:
+    if worker._shares_sent.get((message.token, message.id)) != reply.caller:
+        raise PermissionError(f"worker {worker.id!r} sent no share {message.id} of sharing {str(message.token)[:64]!r} to you")
+    reply.ok()
+
+
+@handles(MakeTriples)
+def make_triples(worker: Worker, message: MakeTriples, reply: Reply) -> None:
+    """The crypto provider's: a Beaver triple, split among the parties, sent straight to each.
+    It learns the operands' shapes, nothing of their values."""
+    parties = _parties(message.parties)
+    if any(address == worker.address for _, address, _, _ in parties):
+        raise ValueError(f"the crypto provider {worker.id!r} is not one of the holders: it would know their shares' pads")
+    shapes = []
+    for shape in (message.x_shape, message.y_shape):
+        if not isinstance(shape, tuple) or not all(type(d) is int and d >= 0 for d in shape) or math.prod(shape) > MAX_TRIPLE_ELEMENTS:
+            raise RequestTooLargeError(f"a triple's operand has a shape of at most {MAX_TRIPLE_ELEMENTS} elements")
+        shapes.append(shape)
+    c_shape = ring.product_shape(message.kind, *shapes)
+    if math.prod(c_shape) > MAX_TRIPLE_ELEMENTS:
+        raise RequestTooLargeError(f"a triple's product has at most {MAX_TRIPLE_ELEMENTS} elements")
+    a, b, c = worker.privacy.run("fedq.triple", ring.triple, (message.kind, *shapes), {}, [])  # (reads nothing stored)
+    parts = [ring.split(t, len(parties)) for t in (a, b, c)]
+    worker.relay_all([
+        (_Hop(address, location, incarnation), StoreTriple(message.kind, tuple(ids), (parts[0][i], parts[1][i], parts[2][i]), reply.caller_name))
+        for i, (location, address, incarnation, ids) in enumerate(parties)
+    ], reply)
+
+
+@handles(StoreTriple)
+def store_triple(worker: Worker, message: StoreTriple, reply: Reply) -> None:
+    """Our shares of a Beaver triple: private (the client must never learn a pad), each usable in one product."""
+    _check_holder(worker, message.holder)
+    ids, shares = tuple(message.ids), tuple(message.shares)
+    if len(ids) != 3 or len(shares) != 3 or not all(isinstance(t, torch.Tensor) and t.dtype == ring.RING for t in shares):
+        raise TypeError("a triple is three int64 tensors under three ids")
+    a, b, c = shares
+    if ring.product_shape(message.kind, a.shape, b.shape) != tuple(c.shape):
+        raise ValueError("a triple's c is shaped as a * b (or a @ b)")
+    for id in ids:
+        if id in worker.store:
+            raise DuplicateIdError(f"worker {worker.id!r} already holds an object under id {id}")
+    for id, tensor in zip(ids, shares):
+        check_kept_sizes(tensor)
+        worker.store.put(id, tensor, holder=holder_key(message.holder))
+        worker.privacy.mark(tensor, Facts(frozenset({UNRELEASED}), (_PADS,), worker.privacy.stamp(tensor)))
+    key = ids[0]
+    worker.triples[key] = _Triple(message.kind, ids, weakref.ref(a, lambda _: worker.triples.pop(key, None)))
+    worker.leases.introduce(message.holder)
+    reply.ok()
+
+
+def _triple(worker: Worker, ids: tuple, kind: str, reply: Reply) -> tuple[_Triple, list[torch.Tensor]]:
+    """The genuine triple stored under `ids` (the shares a crypto provider sent, not a copy), the caller's."""
+    triple = worker.triples.get(ids[0]) if isinstance(ids, tuple) and len(ids) == 3 else None
+    tensors = [worker.store.get(id) for id in ids] if triple is not None else []
+    if triple is None or triple.ids != ids or triple.kind != kind or tensors[0] is not triple.a():
+        raise PermissionError(f"no Beaver triple for {kind} is stored on {worker.id!r} under {ids}: ask a crypto provider for one")
+    if not all(reply.caller in worker.store.entry(id).holders for id in ids):
+        raise PermissionError(f"the Beaver triple under {ids} on {worker.id!r} is not yours")
+    return triple, tensors
+
+
+@handles(BeaverOpen)
+def beaver_open(worker: Worker, message: BeaverOpen, reply: Reply) -> None:
+    """x - a and y - b: what Beaver's protocol opens. Uniform (a, b are one-time pads the client
+    never sees), so they leave; once per triple (a pad used twice would show x - x')."""
+    triple, (a, b, _) = _triple(worker, message.ids, message.kind, reply)
+    if triple.opened:
+        raise PermissionError(f"the Beaver triple under {message.ids} on {worker.id!r} was opened already: each masks one product")
+    x, y = worker.store.get(message.x_id), worker.store.get(message.y_id)
+    for t, pad in ((x, a), (y, b)):
+        if not isinstance(t, torch.Tensor) or t.dtype != ring.RING or tuple(t.shape) != tuple(pad.shape):
+            raise ValueError(f"a Beaver product's operands are int64 shares shaped as its triple's ({tuple(pad.shape)})")
+        if worker.privacy.is_private(t):
+            # (a triple from a provider the client runs would unmask it: products of private shares are a later step)
+            raise GetNotPermittedError(f"a share of private data on {worker.id!r} is not multiplied with a crypto provider's triple: only added")
+    triple.opened = True
+    # read: x and y alone (public, checked above); a and b are the pads whose one use this is
+    opened = worker.privacy.run("fedq.beaver_open", lambda x, y, a, b: (x - a, y - b), (x, y, a, b), {}, [x, y])
+    reply.ok(opened)
+
+
+@handles(BeaverClose)
+def beaver_close(worker: Worker, message: BeaverClose, reply: Reply) -> None:
+    """Our share of x * y, c + e b + a f (+ e f): a fresh uniform sharing of the product (c's pads)."""
+    triple, (a, b, c) = _triple(worker, message.ids, message.kind, reply)
+    for id in message.ids:  # spent, whatever follows: the caller's pointers to it count for nothing now
+        worker.store.decref(id, reply.caller)
+    if not triple.opened or triple.closed:
+        raise PermissionError(f"the Beaver triple under {message.ids} on {worker.id!r} closes once, after it was opened")
+    e, f = message.e, message.f
+    if not all(isinstance(t, torch.Tensor) and t.dtype == ring.RING for t in (e, f)) or e.shape != a.shape or f.shape != b.shape:
+        raise ValueError("e and f are int64, shaped as the triple's a and b")
+    if message.result_id in worker.store:
+        raise DuplicateIdError(f"worker {worker.id!r} already holds an object under id {message.result_id}")
+    triple.closed = True
+    # read: nothing private (e, f are the caller's; the operands were public, BeaverOpen checked)
+    z = worker.privacy.run("fedq.beaver_close", ring.beaver_close, (message.kind, e, f, a, b, c, bool(message.first)), {}, [])
+    worker.store.put(message.result_id, z, holder=reply.caller)
+    reply.ok()
 
 
 # ---- requests that private objects leave, for the data owner to decide (requests.py)

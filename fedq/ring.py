@@ -1,0 +1,120 @@
+"""The ring secret sharing computes in: int64 with wrap-around (Z/2^64, as PySyft 0.2 used),
+and fixed-precision encoding into it. Pure tensor math, used by the client (sharing.py) and
+by the workers (worker.py's sharing handlers): no I/O, no fedq imports.
+
+Randomness comes from the operating system's CSPRNG (`os.urandom`), never from torch's global
+generator: that one is process-wide state another client's ops could read or reseed.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch
+
+RING = torch.int64
+BASE, PRECISION = 10, 3  # PySyft 0.2's defaults: x is stored as round(x * 10**3)
+
+
+def random_ring(shape: Sequence[int] | torch.Size) -> torch.Tensor:
+    """Uniform elements of Z/2^64, shaped `shape`, from os.urandom."""
+    count = 1
+    for size in shape:
+        count *= int(size)
+    if count == 0:
+        return torch.zeros(tuple(shape), dtype=RING)
+    return torch.frombuffer(bytearray(os.urandom(8 * count)), dtype=RING).reshape(tuple(shape))
+
+
+def split(secret: torch.Tensor, parts: int) -> list[torch.Tensor]:
+    """`parts` additive shares of `secret` (an int64 tensor): each uniform on its own, their sum
+    (wrapping) the secret. On a meta tensor (privacy.py's shape check) meta shares."""
+    if parts < 1:
+        raise ValueError("a secret is split into at least one share")
+    if secret.dtype != RING:
+        raise TypeError(f"shares are {RING} (the ring Z/2^64); got {secret.dtype}: fix_precision() a float tensor first")
+    if secret.is_meta:
+        return [torch.empty_like(secret) for _ in range(parts)]
+    shares = [random_ring(secret.shape) for _ in range(parts - 1)]
+    last = secret.clone()
+    for share in shares:
+        last -= share  # (int64 wraps: the ring's subtraction)
+    return [*shares, last]
+
+
+def reconstruct(shares: Sequence[torch.Tensor]) -> torch.Tensor:
+    total = shares[0].clone()
+    for share in shares[1:]:
+        total += share
+    return total
+
+
+def encode(value: torch.Tensor, base: int = BASE, precision: int = PRECISION) -> torch.Tensor:
+    """Fixed precision: round(value * base**precision) as int64 (an integer tensor is scaled exactly)."""
+    scale = base**precision
+    if value.is_floating_point():
+        return (value.to(torch.float64) * scale).round().to(RING)
+    return value.to(RING) * scale
+
+
+def decode(value: torch.Tensor, base: int = BASE, precision: int = PRECISION) -> torch.Tensor:
+    return value.to(torch.float64).div(base**precision).to(torch.get_default_dtype())
+
+
+def truncate_share(share: torch.Tensor, divisor: int, first: bool) -> torch.Tensor:
+    """One of TWO holders' share of x // divisor, without talking (SecureML's local truncation,
+    Mohassel & Zhang 2017): holder 0 floors its share, holder 1 floors the negation of its own.
+    Right to within 1 unless |x| >= 2^63 / 2^20-ish (probability ~|x| / 2^63 per element)."""
+    if first:
+        return torch.floor_divide(share, divisor)
+    return torch.floor_divide(share.neg(), divisor).neg()
+
+
+def triple(kind: str, x_shape: Sequence[int], y_shape: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A Beaver triple (a, b, c = a * b or a @ b) of uniform ring elements."""
+    a, b = random_ring(x_shape), random_ring(y_shape)
+    return a, b, combine(kind, a, b)
+
+
+def product_shape(kind: str, x_shape: Sequence[int], y_shape: Sequence[int]) -> tuple[int, ...]:
+    """The shape of x * y or x @ y, worked out without tensors (a worker's first meta op costs ~1 s)."""
+    x_shape, y_shape = tuple(x_shape), tuple(y_shape)
+    if kind == "mul":
+        return _broadcast(x_shape, y_shape)
+    if kind != "matmul":
+        raise ValueError(f"a Beaver triple is for 'mul' or 'matmul', not {kind!r}")
+    if len(x_shape) == 2 and len(y_shape) == 2 and x_shape[1] == y_shape[0]:
+        return (x_shape[0], y_shape[1])
+    if len(x_shape) == 0 or len(y_shape) == 0:
+        raise ValueError("both arguments to matmul need to be at least 1D")
+    meta = lambda shape: torch.empty(shape, dtype=RING, device="meta")  # (batched and 1-D forms: torch's rules)
+    return tuple(torch.matmul(meta(x_shape), meta(y_shape)).shape)
+
+
+def _broadcast(x: tuple[int, ...], y: tuple[int, ...]) -> tuple[int, ...]:
+    """torch's broadcasting of two shapes (its own broadcast_shapes imports ~1 s of torch at first use)."""
+    out = []
+    for i in range(1, max(len(x), len(y)) + 1):
+        a, b = (x[-i] if i <= len(x) else 1), (y[-i] if i <= len(y) else 1)
+        if a != b and 1 not in (a, b):
+            raise ValueError(f"shapes {x} and {y} do not broadcast")
+        out.append(max(a, b) if 0 not in (a, b) else 0)
+    return tuple(reversed(out))
+
+
+def combine(kind: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    if kind == "mul":
+        return x * y
+    if kind == "matmul":
+        return torch.matmul(x, y)
+    raise ValueError(f"a Beaver triple is for 'mul' or 'matmul', not {kind!r}")
+
+
+def beaver_close(kind: str, e: torch.Tensor, f: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, first: bool) -> torch.Tensor:
+    """A holder's share of x * y from its triple shares and the opened e = x - a, f = y - b:
+    z_i = c_i + e * b_i + a_i * f (+ e * f for one holder)."""
+    z = c + combine(kind, e, b) + combine(kind, a, f)
+    if first:
+        z = z + combine(kind, e, f)
+    return z

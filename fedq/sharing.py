@@ -1,0 +1,464 @@
+"""Fixed precision and additive secret sharing, the client's side (PySyft 0.2's Parts 09 and 10).
+
+`t.fix_precision()` is a `FixedPrecisionTensor`: round(t * 10**3) as int64, over a local tensor,
+a pointer (computed where the data is) or a sharing. `t.share(bob, alice, crypto_provider=james)`
+is an `AdditiveSharingTensor`: one pointer per holder to an int64 share, uniform on its own
+(ring.py: Z/2^64, os.urandom), the shares summing to `t`. `+`, `-`, a public scalar's `*` and
+`sum` run on each holder alone; `*` and `mm` are Beaver's protocol: the crypto provider makes a
+triple and sends each holder its shares of it straight (MakeTriples -> StoreTriple, worker to
+worker); the holders open x - a and y - b (one-time pads: uniform, they show nothing) to this
+client, which sums them and sends them back to each holder to finish its share of the product.
+`p.share(...)` on a pointer has its holder split the value and send the other shares on itself:
+no value reaches this client. Comparisons follow PySyft 0.2.9's and CrypTen's idea of reducing
+to the sign of x - y (`_sign` says how, and what it shows). A sharing dies as any pointer does:
+its shares are freed on every holder, and a triple is freed as its product is made.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+
+from . import ring
+from .errors import TensorsNotCollocatedError, UnsupportedOperationError, ValueNeedsGetError
+from .ids import new_id
+from .messages import BeaverClose, BeaverOpen, GetObject, MakeTriples, ShareObject
+from .pointer import Pointer, PointerTensor
+
+if TYPE_CHECKING:
+    from .pointer import Location
+
+Number = (int, float)
+
+
+def _meta(shape: Sequence[int]) -> torch.Tensor:
+    return torch.empty(tuple(shape), dtype=ring.RING, device="meta")
+
+
+# --------------------------------------------------------------------------- fixed precision
+
+
+class FixedPrecisionTensor:
+    """`child` (a tensor, a pointer, or a sharing) holds round(value * base**precision) as int64."""
+
+    def __init__(self, child: Any, base: int = ring.BASE, precision_fractional: int = ring.PRECISION) -> None:
+        self.child = child
+        self.base, self.precision_fractional = int(base), int(precision_fractional)
+
+    @property
+    def scale(self) -> int:
+        return self.base**self.precision_fractional
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.child.shape
+
+    def size(self, *dim: int) -> Any:
+        return self.shape if not dim else self.shape[dim[0]]
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+    def __repr__(self) -> str:
+        return f"FixedPrecisionTensor>{self.child!r}"
+
+    def _wrap(self, child: Any) -> "FixedPrecisionTensor":
+        return FixedPrecisionTensor(child, self.base, self.precision_fractional)
+
+    def _encoded(self, other: Any) -> Any:
+        """`other` as this tensor's child would hold it."""
+        if isinstance(other, FixedPrecisionTensor):
+            if (other.base, other.precision_fractional) != (self.base, self.precision_fractional):
+                raise ValueError("fixed-precision tensors of different bases or precisions do not mix: fix_precision() both alike")
+            return other.child
+        if isinstance(other, Number):
+            return int(round(other * self.scale))
+        if isinstance(other, torch.Tensor) and not isinstance(other, Pointer):
+            return ring.encode(other, self.base, self.precision_fractional)
+        raise TypeError(f"a FixedPrecisionTensor combines with another, a number or a local tensor, not {type(other).__name__}")
+
+    def __add__(self, other: Any) -> "FixedPrecisionTensor":
+        return self._wrap(self.child + self._encoded(other))
+
+    __radd__ = __add__
+
+    def __sub__(self, other: Any) -> "FixedPrecisionTensor":
+        return self._wrap(self.child - self._encoded(other))
+
+    def __rsub__(self, other: Any) -> "FixedPrecisionTensor":
+        return self._wrap(self._encoded(other) - self.child)
+
+    def __neg__(self) -> "FixedPrecisionTensor":
+        return self._wrap(-self.child)
+
+    def __mul__(self, other: Any) -> "FixedPrecisionTensor":
+        if isinstance(other, int) and not isinstance(other, bool):
+            return self._wrap(self.child * other)  # an integer scales exactly: nothing to truncate
+        return self._wrap(_truncate(_times(self.child, self._encoded(other)), self.scale))
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, other: Any) -> "FixedPrecisionTensor":
+        if isinstance(other, int) and not isinstance(other, bool):
+            return self._wrap(_truncate(self.child, other))
+        if isinstance(other, float):
+            return self * (1.0 / other)
+        raise TypeError("a FixedPrecisionTensor is divided by a public number")
+
+    def mm(self, other: Any) -> "FixedPrecisionTensor":
+        child = self._encoded(other)
+        product = self.child.mm(child) if not isinstance(self.child, torch.Tensor) or isinstance(self.child, Pointer) else torch.mm(self.child, child)
+        return self._wrap(_truncate(product, self.scale))
+
+    matmul = __matmul__ = mm
+
+    def sum(self, *args: Any, **kwargs: Any) -> "FixedPrecisionTensor":
+        return self._wrap(self.child.sum(*args, **kwargs))
+
+    def mean(self, *args: Any, **kwargs: Any) -> "FixedPrecisionTensor":
+        total = self.child.sum(*args, **kwargs)
+        count = max(1, _numel(self.shape) // max(1, _numel(total.shape)))
+        return self._wrap(_truncate(total, count))
+
+    # comparisons give 0 or 1, in fixed precision (as PySyft's did): .float_precision() shows them
+    def _compared(self, name: str, other: Any) -> "FixedPrecisionTensor":
+        result = getattr(self.child, name)(self._encoded(other))
+        return self._wrap(result * self.scale if isinstance(result, AdditiveSharingTensor) else result.long() * self.scale)
+
+    def __gt__(self, other: Any) -> "FixedPrecisionTensor":
+        return self._compared("__gt__", other)
+
+    def __ge__(self, other: Any) -> "FixedPrecisionTensor":
+        return self._compared("__ge__", other)
+
+    def __lt__(self, other: Any) -> "FixedPrecisionTensor":
+        return self._compared("__lt__", other)
+
+    def __le__(self, other: Any) -> "FixedPrecisionTensor":
+        return self._compared("__le__", other)
+
+    def __eq__(self, other: Any) -> "FixedPrecisionTensor":  # type: ignore[override]
+        return self._compared("__eq__", other)
+
+    __hash__ = object.__hash__
+
+    def max(self, dim: int | None = None) -> Any:
+        if dim is None:
+            return self._wrap(self.child.max())
+        values, indices = self.child.max(dim=dim)
+        return self._wrap(values), indices
+
+    def argmax(self, dim: int | None = None) -> Any:
+        return self.child.argmax(dim=dim)
+
+    # ---- moving and decoding
+    def float_precision(self) -> torch.Tensor:
+        """Back to floats: a local tensor, or a pointer to one (decoded where the data is)."""
+        child = self.child
+        if isinstance(child, AdditiveSharingTensor):
+            raise ValueNeedsGetError("a shared fixed-precision tensor is decoded after reconstruction: .get().float_precision()")
+        if isinstance(child, Pointer):
+            return child.to(torch.float64).div(self.scale).to(torch.get_default_dtype())
+        return ring.decode(child, self.base, self.precision_fractional)
+
+    float_prec = float_precision
+
+    def get(self) -> "FixedPrecisionTensor":
+        return self._wrap(self.child.get())
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "child":
+            raise AttributeError(name)
+        return getattr(self.child, name)  # (PySyft's chains answered what the child knows: .location, .shares)
+
+    def send(self, worker: "Location") -> "FixedPrecisionTensor":
+        return self._wrap(self.child.send(worker))
+
+    def share(self, *workers: "Location", crypto_provider: "Location | None" = None, **_: Any) -> "FixedPrecisionTensor":
+        return self._wrap(share(self.child, *workers, crypto_provider=crypto_provider))
+
+    def copy(self) -> "FixedPrecisionTensor":
+        return self._wrap(self.child.copy() if hasattr(self.child, "copy") else self.child.clone())
+
+
+def _numel(shape: Sequence[int]) -> int:
+    count = 1
+    for size in shape:
+        count *= int(size)
+    return count
+
+
+def _times(x: Any, y: Any) -> Any:
+    return x * y
+
+
+def _truncate(child: Any, divisor: int) -> Any:
+    """`child` // divisor: rounded where the value is one (here or remote), by SecureML's local
+    truncation on a sharing of two holders."""
+    if divisor == 1:
+        return child
+    if isinstance(child, AdditiveSharingTensor):
+        return child.truncate(divisor)
+    if isinstance(child, Number):
+        return int(round(child / divisor))
+    return torch.floor_divide(child + divisor // 2, divisor)
+
+
+def fix_precision(tensor: torch.Tensor, base: int = ring.BASE, precision_fractional: int = ring.PRECISION, **_: Any) -> FixedPrecisionTensor:
+    """PySyft's `t.fix_precision()` (`fix_prec`): on a pointer, encoded on its worker."""
+    if isinstance(tensor, Pointer):
+        scale = base**precision_fractional
+        if tensor.is_floating_point():
+            child = tensor.to(torch.float64).mul(scale).round().to(ring.RING)
+        else:
+            child = tensor.to(ring.RING).mul(scale)
+        return FixedPrecisionTensor(child, base, precision_fractional)
+    return FixedPrecisionTensor(ring.encode(tensor, base, precision_fractional), base, precision_fractional)
+
+
+# --------------------------------------------------------------------------- additive sharing
+
+
+class AdditiveSharingTensor:
+    """`[AdditiveSharingTensor]`: a pointer per holder to its int64 share; the sum is the value."""
+
+    def __init__(self, shares: list[PointerTensor], crypto_provider: "Location | None" = None, *, held_remotely: bool = False) -> None:
+        self.shares = shares
+        self.crypto_provider = crypto_provider
+        # Made by share() of a pointer: to PySyft a pointer to a sharing on the data's worker,
+        # whose first .get() brings the sharing here (its pointers; no value moves).
+        self.held_remotely = held_remotely
+
+    @property
+    def child(self) -> dict[str, PointerTensor]:
+        """PySyft's: the shares by holder."""
+        return {share.location.id: share for share in self.shares}
+
+    @property
+    def locations(self) -> list["Location"]:
+        return [share.location for share in self.shares]
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.shares[0].shape
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return ring.RING
+
+    def size(self, *dim: int) -> Any:
+        return self.shape if not dim else self.shape[dim[0]]
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+    def __repr__(self) -> str:
+        return "[AdditiveSharingTensor]" + "".join(f"\n\t-> {share!r}" for share in self.shares)
+
+    def _client(self) -> Any:
+        return self.shares[0].location.client
+
+    def _like(self, shares: list[Any]) -> "AdditiveSharingTensor":
+        return AdditiveSharingTensor(shares, self.crypto_provider)
+
+    def _same_holders(self, other: "AdditiveSharingTensor") -> None:
+        if [s.location.address for s in self.shares] != [s.location.address for s in other.shares]:
+            raise TensorsNotCollocatedError(
+                "these sharings have different holders ("
+                + ", ".join(s.location.id for s in self.shares) + " / " + ", ".join(s.location.id for s in other.shares)
+                + "): share both among the same workers, in the same order"
+            )
+
+    def _public(self, value: Any, at: int) -> Any:
+        """A public value as holder `at` takes it: a number as is, a local tensor sent there."""
+        if isinstance(value, Number):
+            return value
+        if isinstance(value, torch.Tensor) and not isinstance(value, Pointer):
+            return value.to(ring.RING).send(self.shares[at].location)
+        raise TypeError(f"a sharing combines with another sharing, a number or a local tensor, not {type(value).__name__}")
+
+    # ---- linear: each holder alone
+    def __add__(self, other: Any) -> "AdditiveSharingTensor":
+        if isinstance(other, AdditiveSharingTensor):
+            self._same_holders(other)
+            return self._like([a + b for a, b in zip(self.shares, other.shares)])
+        return self._like([self.shares[0] + self._public(other, 0), *self.shares[1:]])  # a public value: added once
+
+    __radd__ = __add__
+
+    def __sub__(self, other: Any) -> "AdditiveSharingTensor":
+        if isinstance(other, AdditiveSharingTensor):
+            self._same_holders(other)
+            return self._like([a - b for a, b in zip(self.shares, other.shares)])
+        return self._like([self.shares[0] - self._public(other, 0), *self.shares[1:]])
+
+    def __rsub__(self, other: Any) -> "AdditiveSharingTensor":
+        return (-self) + other
+
+    def __neg__(self) -> "AdditiveSharingTensor":
+        return self._like([-share for share in self.shares])
+
+    def __mul__(self, other: Any) -> "AdditiveSharingTensor":
+        if isinstance(other, AdditiveSharingTensor):
+            return _beaver("mul", self, other)
+        if isinstance(other, float):
+            raise TypeError("a sharing of integers is multiplied by an integer: fix_precision() both for fractions")
+        return self._like([share * self._public(other, i) for i, share in enumerate(self.shares)])
+
+    __rmul__ = __mul__
+
+    def mm(self, other: Any) -> "AdditiveSharingTensor":
+        if isinstance(other, AdditiveSharingTensor):
+            return _beaver("matmul", self, other)
+        return self._like([share.mm(self._public(other, i)) for i, share in enumerate(self.shares)])
+
+    matmul = __matmul__ = mm
+
+    def sum(self, *args: Any, **kwargs: Any) -> "AdditiveSharingTensor":
+        return self._like([share.sum(*args, **kwargs) for share in self.shares])
+
+    def __getitem__(self, index: Any) -> "AdditiveSharingTensor":
+        return self._like([share[index] for share in self.shares])
+
+    def reshape(self, *shape: Any) -> "AdditiveSharingTensor":
+        return self._like([share.reshape(*shape) for share in self.shares])
+
+    view = reshape
+
+    def truncate(self, divisor: int) -> "AdditiveSharingTensor":
+        """value // divisor, each holder alone: SecureML's local truncation (two holders; off by
+        at most one unit, wrong with probability ~|value| / 2^63)."""
+        if len(self.shares) != 2:
+            raise UnsupportedOperationError(
+                f"dividing a sharing of {len(self.shares)} holders (fixed-precision products, / n) is done for two holders; "
+                "for more, reconstruct first (.get()) or share among two"
+            )
+        first, second = self.shares
+        return self._like([first // divisor, -((-second) // divisor)])
+
+    # ---- comparisons and max: `_sign`
+    def __gt__(self, other: Any) -> "AdditiveSharingTensor":
+        return _positive(self - other)
+
+    def __lt__(self, other: Any) -> "AdditiveSharingTensor":
+        return _positive(-(self - other))
+
+    def __ge__(self, other: Any) -> "AdditiveSharingTensor":
+        return 1 - _positive(-(self - other))
+
+    def __le__(self, other: Any) -> "AdditiveSharingTensor":
+        return 1 - _positive(self - other)
+
+    def __eq__(self, other: Any) -> "AdditiveSharingTensor":  # type: ignore[override]
+        difference = self - other
+        return 1 - _positive(difference) - _positive(-difference)
+
+    __hash__ = object.__hash__
+
+    def max(self, dim: int | None = None) -> Any:
+        """The largest value (a sharing), or with `dim` (values, indices) along it: a tournament of
+        comparisons, each half against the other (log2(n) rounds)."""
+        if dim is None:
+            return _tournament(self.reshape(-1), 0)[0]
+        values, indices = _tournament(self, dim)
+        return values, indices
+
+    def argmax(self, dim: int | None = None) -> "AdditiveSharingTensor":
+        if dim is None:
+            return _tournament(self.reshape(-1), 0)[1]
+        return _tournament(self, dim)[1]
+
+    # ---- reconstruction
+    def get(self) -> torch.Tensor:
+        """The value: every holder's share, summed here (in one round trip). A sharing that
+        share() of a pointer made comes here first, as PySyft's pointer to it did."""
+        if self.held_remotely:
+            return AdditiveSharingTensor(self.shares, self.crypto_provider)
+        for share in self.shares:
+            share._check_usable()
+        values = self._client().request_many([(s.location.address, GetObject(s.id_at_location)) for s in self.shares])
+        for share in self.shares:
+            share._spend("its sharing was reconstructed with .get()")
+        return ring.reconstruct(values)
+
+    def share(self, *workers: Any, **kwargs: Any) -> "AdditiveSharingTensor":
+        raise ValueError("this is a sharing already")
+
+    def fix_precision(self, *args: Any, **kwargs: Any) -> Any:
+        raise ValueError("fix_precision() comes before share(): t.fix_precision().share(bob, alice)")
+
+    fix_prec = fix_precision
+
+
+def share(value: Any, *workers: "Location", crypto_provider: "Location | None" = None, **_: Any) -> AdditiveSharingTensor:
+    """PySyft's `t.share(bob, alice, crypto_provider=james)`: a local tensor is split here (os.urandom)
+    and each share sent to its holder; a pointer's holder splits it and sends the shares on."""
+    if len(workers) < 1:
+        raise ValueError("share(...) names the workers that hold the shares: t.share(bob, alice)")
+    if len({w.address for w in workers}) != len(workers):
+        raise ValueError("each share goes to a different worker")
+    if crypto_provider is not None and any(w.address == crypto_provider.address for w in workers):
+        raise ValueError("the crypto provider holds no share: it would know the pads of its own triples")
+    if isinstance(value, Pointer):
+        return _share_remote(value, workers, crypto_provider)
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"share() takes a tensor, not {type(value).__name__}")
+    if value.is_floating_point():
+        raise TypeError("only integers are shared (the ring Z/2^64): t.fix_precision().share(...) for fractions")
+    parts = ring.split(value.detach().to(ring.RING), len(workers))
+    return AdditiveSharingTensor([part.send(worker) for part, worker in zip(parts, workers)], crypto_provider)
+
+
+def _share_remote(pointer: Pointer, workers: Sequence["Location"], crypto_provider: Any) -> AdditiveSharingTensor:
+    pointer._check_usable()
+    if pointer.dtype != ring.RING:
+        raise TypeError("only int64 tensors are shared (the ring Z/2^64): p.fix_precision().share(...) for fractions, p.long() for integers")
+    client = pointer.location.client
+    ids = [new_id() for _ in workers]
+    # The pointers first (rule 1): a failure from here on frees whatever was stored.
+    shares = [PointerTensor._make(_meta(pointer.shape), worker, new_id(), id, is_chain=False) for worker, id in zip(workers, ids)]
+    parties = tuple((w.id, w.address, w.incarnation, id) for w, id in zip(workers, ids))
+    # Waited for: the other holders must hold their shares before our next op there.
+    client.request(pointer.location.address, ShareObject(pointer.id_at_location, parties, secrets.token_hex(16)), after_all=pointer._is_chain)
+    return AdditiveSharingTensor(shares, crypto_provider, held_remotely=True)
+
+
+def _beaver(kind: str, x: AdditiveSharingTensor, y: AdditiveSharingTensor) -> AdditiveSharingTensor:
+    """x * y or x @ y by Beaver's protocol (see the module's docstring)."""
+    x._same_holders(y)
+    provider = x.crypto_provider or y.crypto_provider
+    if provider is None:
+        raise ValueError("multiplying two sharings needs a crypto provider: .share(bob, alice, crypto_provider=james)")
+    out = _meta(ring.product_shape(kind, x.shape, y.shape))
+    client = x._client()
+    holders = x.locations
+    ids = [(new_id(), new_id(), new_id()) for _ in holders]
+    pads = [
+        [PointerTensor._make(_meta(shape), holder, new_id(), id, is_chain=False) for id, shape in zip(triple, (x.shape, y.shape, out.shape))]
+        for holder, triple in zip(holders, ids)
+    ]
+    client.request(provider.address, MakeTriples(kind, tuple(x.shape), tuple(y.shape), tuple(
+        (h.id, h.address, h.incarnation, triple) for h, triple in zip(holders, ids))))
+    opened = client.request_many([
+        (h.address, BeaverOpen(kind, xs.id_at_location, ys.id_at_location, triple))
+        for h, xs, ys, triple in zip(holders, x.shares, y.shares, ids)
+    ])
+    e, f = ring.reconstruct([o[0] for o in opened]), ring.reconstruct([o[1] for o in opened])
+    results = []
+    for i, (holder, triple) in enumerate(zip(holders, ids)):
+        result_id = new_id()
+        results.append(PointerTensor._make(_meta(out.shape), holder, new_id(), result_id, is_chain=False))
+        client.submit(holder.address, BeaverClose(kind, result_id, e, f, triple, i == 0))
+        for pad in pads[i]:
+            pad._spend("its triple was used")  # (BeaverClose frees it)
+    return AdditiveSharingTensor(results, provider)
+
+
+def _positive(difference: AdditiveSharingTensor) -> AdditiveSharingTensor:
+    raise UnsupportedOperationError("comparisons of sharings are not implemented yet")
+
+
+def _tournament(values: AdditiveSharingTensor, dim: int) -> tuple[AdditiveSharingTensor, AdditiveSharingTensor]:
+    raise UnsupportedOperationError("max/argmax of sharings are not implemented yet")

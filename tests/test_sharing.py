@@ -1,0 +1,282 @@
+"""Fixed precision, additive secret sharing and owner-enforced secure aggregation (issue 16):
+PySyft 0.2.9's Parts 09 and 10, transcribed (only the import changed), on real worker
+processes; the shares' randomness; lifetimes; and the owners' k policy as attacks."""
+
+from __future__ import annotations
+
+import gc
+import secrets
+from pathlib import Path
+
+import pytest
+import torch as th
+from torch import nn, optim
+
+import fedq as sy
+from fedq import ring
+from fedq.ids import new_id
+from fedq.messages import StoreShare
+from fedq.sharing import AdditiveSharingTensor, FixedPrecisionTensor
+
+ROOT = Path(__file__).resolve().parent.parent
+FP = dict(atol=1.001e-3, rtol=0)  # one unit of the last fixed-precision digit
+
+
+def empty(*workers) -> None:
+    gc.collect()
+    sy.local_client().sync()
+    for worker in workers:
+        assert worker._objects == {}, f"{worker.id} still holds {worker._objects}"
+
+
+# --------------------------------------------------------------------------- Part 09
+
+
+def test_part09_integers(bob, alice, carol, secure_worker):
+    bill, crypto_provider = carol, secure_worker
+    x = th.tensor([25]).share(bob, alice, bill)
+    assert isinstance(x, AdditiveSharingTensor) and len(x.child) == 3
+    (bobs_share,) = bob._tensors.values()  # bob's share: a random-looking integer
+    assert bobs_share.dtype == th.int64 and bobs_share.shape == (1,)
+    assert th.equal(x.get(), th.tensor([25]))
+
+    x = th.tensor([25]).share(bob, alice, crypto_provider=crypto_provider)
+    y = th.tensor([5]).share(bob, alice, crypto_provider=crypto_provider)
+    assert th.equal((x + y).get(), th.tensor([30]))
+    assert th.equal((x - y).get(), th.tensor([20]))
+    assert th.equal((x * y).get(), th.tensor([125]))
+    assert th.equal((x * 3).get(), th.tensor([75]))
+    assert th.equal((x + 7).get(), th.tensor([32]))
+
+    a, b = th.tensor([[1, 2], [3, -4]]), th.tensor([[5, -6], [7, 8]])
+    x = a.share(bob, alice, crypto_provider=crypto_provider)
+    y = b.share(bob, alice, crypto_provider=crypto_provider)
+    assert th.equal(x.mm(y).get(), a.mm(b))
+    assert th.equal((x @ y).get(), a @ b)
+    assert th.equal(x.sum().get(), a.sum())
+    assert th.equal((x * y).get(), a * b)
+
+
+def test_part09_fixed_precision(bob, alice, secure_worker):
+    x = th.tensor([0.1, 0.2, 0.3]).fix_precision()
+    assert isinstance(x, FixedPrecisionTensor) and th.equal(x.child, th.tensor([100, 200, 300]))
+    assert th.allclose((x + x).float_precision(), th.tensor([0.2, 0.4, 0.6]), **FP)
+    assert th.allclose((x * x).float_precision(), th.tensor([0.01, 0.04, 0.09]), **FP)
+    assert th.allclose(th.tensor([0.1, 0.2, 0.3]).fix_prec().float_prec(), th.tensor([0.1, 0.2, 0.3]), **FP)
+
+    a, b = th.tensor([0.1, 0.2, -0.3]), th.tensor([0.5, -0.25, 0.125])
+    x = a.fix_precision().share(bob, alice, crypto_provider=secure_worker)
+    y = b.fix_precision().share(bob, alice, crypto_provider=secure_worker)
+    assert th.allclose((x + y).get().float_precision(), a + b, **FP)
+    assert th.allclose((x - y).get().float_precision(), a - b, **FP)
+    assert th.allclose((x * y).get().float_precision(), a * b, **FP)
+    assert th.allclose(((x + y) / 2).get().float_precision(), (a + b) / 2, **FP)
+    m, n = th.tensor([[0.5, 1.5], [-2.0, 0.25]]), th.tensor([[1.0, -0.5], [0.75, 2.0]])
+    xm = m.fix_precision().share(bob, alice, crypto_provider=secure_worker)
+    yn = n.fix_precision().share(bob, alice, crypto_provider=secure_worker)
+    assert th.allclose(xm.mm(yn).get().float_precision(), m.mm(n), **FP)
+
+
+def test_fixed_precision_on_a_pointer_is_computed_where_the_data_is(bob):
+    p = th.tensor([1.5, -2.25, 3.0]).send(bob)
+    fp = p.fix_precision()
+    assert isinstance(fp.child, sy.PointerTensor) and fp.child.location.id == "bob"
+    assert th.equal(fp.child.copy().get(), th.tensor([1500, -2250, 3000]))
+    product = fp * fp
+    assert th.allclose(product.float_precision().get(), th.tensor([2.25, 5.0625, 9.0]), **FP)
+    assert th.allclose((fp + fp).get().float_precision(), th.tensor([3.0, -4.5, 6.0]), **FP)
+
+
+def test_multiplying_sharings_needs_a_crypto_provider(bob, alice):
+    x, y = th.tensor([3]).share(bob, alice), th.tensor([4]).share(bob, alice)
+    with pytest.raises(ValueError, match="crypto provider"):
+        x * y
+
+
+# --------------------------------------------------------------------------- the shares
+
+
+def test_shares_are_uniform_and_unrelated(bob, alice):
+    first = th.tensor([7] * 1000).share(bob, alice)
+    second = th.tensor([7] * 1000).share(bob, alice)
+    mine, theirs = first.child["bob"].copy().get(), second.child["bob"].copy().get()
+    assert not th.equal(mine, theirs)  # the same secret shared twice: unrelated shares
+    for bit in range(4):  # each low bit of a share is balanced: 1000 draws, 5 sigma = 0.08
+        assert abs(((mine >> bit) & 1).double().mean().item() - 0.5) < 0.08
+    assert abs((mine < 0).double().mean().item() - 0.5) < 0.08  # and the top one (the sign)
+    many = th.stack([ring.split(th.zeros(1, dtype=th.int64), 2)[0] for _ in range(400)])
+    assert abs((many & 1).double().mean().item() - 0.5) < 0.13
+    assert th.equal(first.get(), th.tensor([7] * 1000))
+
+
+def test_share_of_a_pointer_goes_worker_to_worker(hook, bob, alice, carol):
+    big = th.arange(250_000, dtype=th.int64).send(bob)  # 2 MB
+    client = hook.local_worker
+    client.sync()
+    before = client.stats()["bytes_received"]
+    shared = big.share(bob, alice, carol)
+    assert sorted(shared.get().child) == ["alice", "bob", "carol"]  # (a pointer's sharing comes here first: pointers only)
+    assert client.stats()["bytes_received"] - before < 20_000  # no share passed through the client
+    assert th.equal(AdditiveSharingTensor(shared.shares).get(), th.arange(250_000))
+
+
+def test_stores_are_empty_after_a_round(bob, alice, carol, secure_worker):
+    x = th.tensor([[1, 2], [3, 4]]).share(bob, alice, crypto_provider=secure_worker)
+    y = th.tensor([[5, 6], [7, 8]]).share(bob, alice, crypto_provider=secure_worker)
+    z = (x * y).mm(y) + x
+    w = th.tensor([1.5]).send(carol).fix_precision().share(bob, alice, carol)
+    assert len(bob._tensors) == 4  # x, y, z and w: the product's triples and intermediates are freed already
+    assert th.equal(z.get(), (th.tensor([[1, 2], [3, 4]]) * th.tensor([[5, 6], [7, 8]])).mm(th.tensor([[5, 6], [7, 8]])) + th.tensor([[1, 2], [3, 4]]))
+    del x, y, z, w
+    empty(bob, alice, carol, secure_worker)
+
+
+def test_a_failed_product_frees_its_triple(bob, alice, carol, secure_worker):
+    x = th.tensor([1, 2]).share(bob, alice, crypto_provider=secure_worker)
+    y = th.tensor([3, 4]).share(bob, alice, crypto_provider=secure_worker)
+    with pytest.raises(ValueError, match="holds no share"):
+        th.tensor([1]).share(bob, secure_worker, crypto_provider=secure_worker)
+    z = x * y
+    del x, y
+    assert th.equal(z.get(), th.tensor([3, 8]))
+    empty(bob, alice, secure_worker)
+
+
+# --------------------------------------------------------------------------- Part 10
+
+
+def test_part10_encrypted_gradient_aggregation(hook, bob, alice, secure_worker):
+    james = secure_worker
+    data = th.tensor([[0, 0], [0, 1], [1, 0], [1, 1.0]], requires_grad=True)
+    target = th.tensor([[0], [0], [1], [1.0]], requires_grad=True)
+    bobs_data, bobs_target = data[0:2].send(bob), target[0:2].send(bob)
+    alices_data, alices_target = data[2:].send(alice), target[2:].send(alice)
+    th.manual_seed(0)
+    model = nn.Linear(2, 1)
+    reference = nn.Linear(2, 1)
+    reference.load_state_dict(model.state_dict())
+    for _ in range(2):
+        bobs_model, alices_model = model.copy().send(bob), model.copy().send(alice)
+        bobs_opt = optim.SGD(params=bobs_model.parameters(), lr=0.1)
+        alices_opt = optim.SGD(params=alices_model.parameters(), lr=0.1)
+        for _ in range(3):
+            for m, opt, d, t in ((bobs_model, bobs_opt, bobs_data, bobs_target), (alices_model, alices_opt, alices_data, alices_target)):
+                opt.zero_grad()
+                loss = ((m(d) - t) ** 2).sum()
+                loss.backward()
+                opt.step()
+        params = [list(bobs_model.parameters()), list(alices_model.parameters())]
+        new_params = []
+        for param_i in range(len(params[0])):
+            spdz_params = []
+            for remote_index in range(2):
+                copy_of_parameter = params[remote_index][param_i].copy()
+                fixed_precision_param = copy_of_parameter.fix_precision()
+                encrypted_param = fixed_precision_param.share(bob, alice, crypto_provider=james)
+                param = encrypted_param.get()
+                spdz_params.append(param)
+            new_param = (spdz_params[0] + spdz_params[1]).get().float_precision() / 2
+            new_params.append(new_param)
+        with th.no_grad():
+            for model_param, new_param in zip(model.parameters(), new_params):
+                model_param.set_(new_param.reshape(model_param.shape))
+        # the same rounds in plain torch
+        ref_models = []
+        for d, t in ((data[0:2].detach(), target[0:2].detach()), (data[2:].detach(), target[2:].detach())):
+            m = nn.Linear(2, 1)
+            m.load_state_dict(reference.state_dict())
+            opt = optim.SGD(m.parameters(), lr=0.1)
+            for _ in range(3):
+                opt.zero_grad()
+                ((m(d) - t) ** 2).sum().backward()
+                opt.step()
+            ref_models.append(m)
+        with th.no_grad():
+            for p, a, b in zip(reference.parameters(), *(m.parameters() for m in ref_models)):
+                p.copy_((a + b) / 2)
+    for p, q in zip(model.parameters(), reference.parameters()):
+        assert th.allclose(p.detach(), q.detach(), atol=2e-3)
+
+
+# --------------------------------------------------------------------------- the owners' k
+
+
+@pytest.fixture(scope="module")
+def owners(hook, federation):
+    """Three data owners whose updates may leave only in an aggregate of at least 2 owners."""
+    made = [sy.VirtualWorker(hook, id=f"sa_{name}", data=ROOT / "tests" / "data" / "secagg_owner.py") for name in ("bob", "alice", "carol")]
+    yield made
+    for worker in made:
+        worker.shutdown()
+
+
+def _trained_weight(owner) -> sy.PointerTensor:
+    """One SGD step of a linear model on the owner's private data: its weight is private."""
+    data, target = owner.search("#data")[0], owner.search("#target")[0]
+    th.manual_seed(1)
+    model = nn.Linear(4, 1).send(owner)
+    opt = optim.SGD(model.parameters(), lr=0.01)
+    opt.zero_grad()
+    ((model(data) - target) ** 2).mean().backward()
+    opt.step()
+    return model.weight
+
+
+def test_a_private_update_leaves_only_in_an_aggregate_of_two_owners(owners, secure_worker):
+    sa_bob, sa_alice, _ = owners
+    w_bob, w_alice = _trained_weight(sa_bob), _trained_weight(sa_alice)
+    with pytest.raises(sy.GetNotPermittedError):
+        w_bob.copy().get()  # updates="refuse": not in the clear
+    bobs = w_bob.fix_precision().share(sa_bob, sa_alice, crypto_provider=secure_worker)
+    alices = w_alice.fix_precision().share(sa_bob, sa_alice, crypto_provider=secure_worker)
+    average = ((bobs + alices) / 2).get().float_precision()
+    assert average.shape == (1, 4) and th.isfinite(average).all()
+    # the same, decoded in the clear by each owner for the check (the owner's admin key)
+    from helpers import owner_reads
+
+    expected = (owner_reads(sa_bob, w_bob) + owner_reads(sa_alice, w_alice)) / 2
+    assert th.allclose(average, expected, **FP)
+
+
+def test_attack_gathering_one_owners_shares_is_refused(owners, secure_worker):
+    sa_bob, sa_alice, _ = owners
+    w_bob = _trained_weight(sa_bob)
+    bobs = w_bob.fix_precision().share(sa_bob, sa_alice, crypto_provider=secure_worker).get()
+    # Through the public API: the sharing, then each holder's share on its own.
+    with pytest.raises(sy.AggregateTooSmallError, match="1 data owner"):
+        bobs.get()
+    for share in bobs.shares:
+        with pytest.raises(sy.GetNotPermittedError):
+            share.copy().get()
+    # Adding a public value, or scaling, keeps it one owner's.
+    with pytest.raises(sy.AggregateTooSmallError):
+        (bobs * 2 + th.ones(1, 4, dtype=th.int64)).get()
+
+
+def test_attack_a_client_posing_as_an_owner_is_refused(hook, owners, secure_worker):
+    """A crafted StoreShare: a "share of private data" from the client itself, named as from
+    alice's worker, to make bob's share look like part of a two-owner sum."""
+    sa_bob, sa_alice, _ = owners
+    w_bob, w_alice = _trained_weight(sa_bob), _trained_weight(sa_alice)
+    # (a genuine sharing first: bob's worker knows alice's from it)
+    honest = ((w_bob.fix_precision().share(sa_bob, sa_alice) + w_alice.fix_precision().share(sa_bob, sa_alice)) / 2).get()
+    assert honest.shape == (1, 4)
+    bobs = _trained_weight(sa_bob).fix_precision().share(sa_bob, sa_alice).get()
+    client = hook.local_worker
+    crafted = StoreShare(new_id(), th.zeros(1, 4, dtype=th.int64), client.holder_name, secrets.token_hex(16), True, 1, sa_alice.address)
+    with pytest.raises(PermissionError, match="not from the worker|refused a share"):
+        client.request(sa_bob.address, crafted)
+    # Unequal weights single one owner out: refused too.
+    alices = _trained_weight(sa_alice).fix_precision().share(sa_bob, sa_alice).get()
+    with pytest.raises(sy.AggregateTooSmallError, match="unequally"):
+        (bobs * 1000 + alices).get()
+
+
+def test_a_sharing_is_released_in_one_aggregate_only(owners):
+    sa_bob, sa_alice, sa_carol = owners
+    b = _trained_weight(sa_bob).fix_precision().share(sa_bob, sa_alice).get()
+    a = _trained_weight(sa_alice).fix_precision().share(sa_bob, sa_alice).get()
+    c = _trained_weight(sa_carol).fix_precision().share(sa_bob, sa_alice).get()
+    (b + a).get()
+    with pytest.raises(sy.AggregateTooSmallError, match="another aggregate"):
+        (b + c).get()  # (b + c) - (b + a) would show c - a
