@@ -291,40 +291,29 @@ def federated_train_loader_source():
 
 # --------------------------------------------------------------------------- Part 07
 
-def boston_like(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A stand-in for the Boston housing data the sandbox loads (no download): `n` houses of 13
-    standardised features, and a price (in $10,000s) linear in them plus noise."""
-    g = torch.Generator().manual_seed(seed)
-    features = torch.randn(n, 13, generator=g)
-    weights = torch.linspace(-1.0, 1.0, 13, dtype=torch.float32)
-    prices = features @ weights + 2.2 + 0.1 * torch.randn(n, generator=g)
-    return features, prices
+SANDBOX_ONLY = ("theo", "jason", "andy", "jon")  # (the sandbox's bob and alice are the session's)
 
 
-class _Grid:
-    """A stand-in for the sandbox's `grid` (sy.PrivateGridNetwork): search every worker by tags,
-    {worker id: [pointers]} for the workers that hold any."""
+@pytest.fixture
+def sandbox_workers(federation, hook):
+    """The sandbox's four workers of its own are stopped after the test (bob and alice stay)."""
+    yield
+    from fedq.handle import Workers
 
-    def __init__(self, *workers):
-        self.workers = workers
-
-    def search(self, *tags):
-        found = {worker.id: worker.search(*tags) for worker in self.workers}
-        return {id: pointers for id, pointers in found.items() if pointers}
+    for name in SANDBOX_ONLY:
+        worker = Workers.of(hook.local_worker).spawned.get(name)
+        if worker is not None and worker.alive():
+            worker.shutdown()
 
 
 @pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")  # (the tutorial's float(loss))
-def test_part07_federated_learning_with_federated_dataset(hook, bob, alice, capsys):
+def test_part07_federated_learning_with_federated_dataset(hook, bob, alice, sandbox_workers, capsys):
     epochs = 5  # (the tutorial's parameter cell: 50)
 
-    import torch as th  # (cell: import torch as th, import syft as sy, sy.create_sandbox(globals(), verbose=False);
-    # the sandbox stand-in: bob's and alice's shares of the housing data, tagged as the sandbox tags
-    # them, kept alive by our pointers (the sandbox's workers hold theirs))
-    shares = []
-    for worker, seed, rows in ((bob, 1, 100), (alice, 2, 96)):
-        features, prices = boston_like(rows, seed)
-        shares += [features.tag("#boston", "#data").send(worker), prices.tag("#boston", "#target").send(worker)]
-    grid = _Grid(bob, alice)
+    import torch as th
+    notebook = {"th": th}  # (the notebook's globals(): the sandbox puts hook, the workers and grid there)
+    sy.create_sandbox(notebook, verbose=False)
+    grid = notebook["grid"]
 
     boston_data = grid.search("#boston", "#data")
     boston_target = grid.search("#boston", "#target")
@@ -376,23 +365,29 @@ def test_part07_federated_learning_with_federated_dataset(hook, bob, alice, caps
 
     printed = capsys.readouterr().out
     lines = printed.splitlines()
-    assert lines[0] == "['bob', 'alice']"
-    assert len(train_loader) == 7  # bob: 32, 32, 32, 4; alice: 32, 32, 32
-    assert re.findall(r"Train Epoch: (\d) \[0/7 \(0%\)\]", printed) == [str(e) for e in range(1, epochs + 1)]
+    assert lines[:3] == ["Setting up Sandbox...", "Done!", "['bob', 'theo', 'jason', 'alice', 'andy', 'jon']"]
+    assert len(train_loader) == 18  # 506 houses: 84 on each worker (jon 86), 3 batches of up to 32 each
+    assert re.findall(r"Train Epoch: (\d) \[(\d+)/18 \((\d+)%\)\]", printed) == [
+        (str(e), b, p) for e in range(1, epochs + 1) for b, p in (("0", "0"), ("8", "44"), ("16", "89"))]
     totals = [float(line.split()[-1]) for line in lines if line.startswith("Total loss")]
     assert len(totals) == epochs and all(a > b for a, b in zip(totals, totals[1:])), totals  # falls every epoch
+    assert all(not isinstance(p, sy.Pointer) for p in model.parameters())
 
-    # Plain torch, the same batches in the same order, one Adam per worker: the same model and losses.
-    optimizers = {worker: th.optim.Adam(params=reference.parameters(), lr=1e-2) for worker in ("bob", "alice")}
-    parts = {"bob": boston_like(100, 1), "alice": boston_like(96, 2)}
+    # Plain torch on the sandbox's shards (its stand-in, made the same way), the same batches in
+    # the same order, one Adam per worker: the same losses and the same model.
+    from fedq.sandbox import shards, stand_in
+
+    features, prices = stand_in("boston")
+    parts = dict(zip(dataset.workers, zip(shards(features, 6), shards(prices, 6))))
+    optimizers = {worker: th.optim.Adam(params=reference.parameters(), lr=1e-2) for worker in parts}
     local_totals = []
     for epoch in range(1, epochs + 1):
         loss_accum = 0
-        for worker, (features, prices) in parts.items():
-            for start in range(0, len(features), 32):
+        for worker, (x, y) in parts.items():
+            for start in range(0, len(x), 32):
                 optimizer = optimizers[worker]
                 optimizer.zero_grad()
-                loss = ((reference(features[start:start + 32]).view(-1) - prices[start:start + 32]) ** 2).mean()
+                loss = ((reference(x[start:start + 32]).view(-1) - y[start:start + 32]) ** 2).mean()
                 loss.backward()
                 optimizer.step()
                 loss_accum += float(loss)
@@ -513,3 +508,32 @@ def test_bad_input_is_refused_with_a_named_error(bob, alice):
     with pytest.raises(TypeError, match="torch.utils.data.DataLoader"):
         sy.FederatedDataLoader(sy.BaseDataset(torch.zeros(2), torch.zeros(2)), batch_size=2)
     assert all(issubclass(e, sy.FedqError) for e in (sy.DatasetMismatchError, sy.DatasetAlreadySentError, sy.DatasetNotSentError, sy.BatchSizeError))
+
+
+def test_batches_of_an_owners_private_data_stay_private(data_owners):
+    """The loader goes through each worker's privacy rule: a batch of an owner's private houses
+    does not come back, a model trained on it does (the owner allows updates), and the loss of an
+    unshuffled batch (rows of the dataset, in order) leaves only as a DP release."""
+    bob, alice = data_owners
+    parts = [sy.BaseDataset(w.search("#housing", "#data")[0], w.search("#housing", "#target")[0]) for w in (bob, alice)]
+    federated = sy.FederatedDataset(parts)
+    assert federated.workers == ["owner_bob", "owner_alice"] and len(federated) == 128
+    for shuffle in (False, True):
+        data, target = next(iter(sy.FederatedDataLoader(federated, batch_size=16, shuffle=shuffle)))
+        with pytest.raises(sy.GetNotPermittedError):
+            data.get()  # an attacker's loader is no way around the owner's rule
+        with pytest.raises(sy.GetNotPermittedError):
+            target.get()
+        model = nn.Linear(4, 1)
+        model.send(data.location)
+        loss = ((model(data) - target) ** 2).mean()
+        loss.backward()
+        with pytest.raises(sy.GetNotPermittedError):
+            loss.get()
+        if shuffle:  # rows picked by a permutation are not the dataset's rows in order: no release
+            with pytest.raises(sy.NotReleasableError):
+                loss.get(epsilon=0.5, bounds=(0.0, 100.0))
+        else:
+            assert float(loss.get(epsilon=0.5, bounds=(0.0, 100.0))) >= 0.0
+        model.get()  # the owner's datasets allow model updates
+        assert all(type(p) is nn.Parameter for p in model.parameters())

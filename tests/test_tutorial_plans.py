@@ -1,6 +1,5 @@
 """PySyft 0.2.9's tutorial Part 08 - Introduction to Plans, cell by cell (our transcription;
-only the import changed), on real worker processes: bob and alice are its device_1 and
-device_2. Then what a plan must never be: a way to run an op outside the op table, or to get
+only the import changed), on real worker processes. Then what a plan must never be: a way to run an op outside the op table, or to get
 out of private data what the same ops one by one would not.
 
 (Part 08 bis, "Introduction to Protocols", is not in v0.2.9's tutorials: it was removed
@@ -22,20 +21,25 @@ from fedq.ids import new_id
 from fedq.messages import PlanStep, Ref, RunOp, RunPlan, Slot
 
 
-@pytest.fixture
-def devices(hook, bob, alice):
-    """Cells 4-6. The tutorial gives the data to VirtualWorker(hook, id=..., data=(x11, x12)); the
-    session's workers are already running, so the same tensors are sent, tagged alike."""
-    with warnings.catch_warnings():  # (the tutorial's line: fedq says it changes nothing, its local worker stores nothing)
+@pytest.fixture(scope="module")
+def devices(hook):
+    """Cells 4 and 6, as the tutorial wrote them: two workers given their data at start (the
+    data owner's: found by search, read-only to plans and ops)."""
+    with warnings.catch_warnings():  # (fedq says the tutorial's line changes nothing: its local worker stores nothing)
         warnings.simplefilter("ignore")
         hook.local_worker.is_client_worker = False
+    server = hook.local_worker  # noqa: F841
     x11 = torch.tensor([-1, 2.0]).tag("input_data")
     x12 = torch.tensor([1, -2.0]).tag("input_data2")
     x21 = torch.tensor([-1, 2.0]).tag("input_data")
     x22 = torch.tensor([1, -2.0]).tag("input_data2")
-    kept = [x11.send(bob), x12.send(bob), x21.send(alice), x22.send(alice)]
-    yield bob, alice
-    del kept
+
+    device_1 = sy.VirtualWorker(hook, id="device_1", data=(x11, x12))
+    device_2 = sy.VirtualWorker(hook, id="device_2", data=(x21, x22))
+    devices = device_1, device_2
+    yield devices
+    for device in devices:
+        device.shutdown()
 
 
 def count_messages(monkeypatch, client, kind):
@@ -228,7 +232,7 @@ def test_plans_refuse_bad_input_before_anything_is_sent(devices, monkeypatch):
         remote(torch.ones(3).send(device_1))
     with pytest.raises(sy.PlanArgumentsError, match="on pointers"):
         remote(torch.ones(2))
-    with pytest.raises(sy.TensorsNotCollocatedError, match="bob|alice"):
+    with pytest.raises(sy.TensorsNotCollocatedError, match="device_2"):
         remote(torch.ones(2).send(devices[1]))
     assert runs() == 0
 
