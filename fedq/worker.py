@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import logging
+import math
 import os
 import runpy
 import signal
 import sys
-import weakref
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -31,10 +31,10 @@ from .aggregates import Aggregates
 from .calls import InFlight, answers_in
 from .codec import Codec, Origin
 from .errors import (
-    DuplicateIdError,
     ConfigError,
-    GetNotPermittedError,
+    DuplicateIdError,
     FedqError,
+    GetNotPermittedError,
     PointerCycleError,
     ProtocolError,
     RequestNotNeededError,
@@ -48,6 +48,7 @@ from .keys import ADMIN_KEY_ENV, admin_key_from_environment, key_from_environmen
 from .leases import Leases, lease_told
 from .messages import (
     NO_INCARNATION,
+    Acked,
     BeaverClose,
     BeaverOpen,
     ConfirmShare,
@@ -55,7 +56,6 @@ from .messages import (
     ShareObject,
     StoreShare,
     StoreTriple,
-    Acked,
     AddOwnerData,
     ClearObjects,
     CountObjects,
@@ -210,6 +210,7 @@ class _Peer:
     def location(self) -> str:
         return self.address
 
+
 @dataclass(frozen=True, slots=True)
 class _Hop:
     """Another worker a sharing handler sends to: where, its name, and which incarnation of it."""
@@ -228,7 +229,6 @@ class _Triple:
     a: Any  # a weak reference to the stored share of a (the genuine one, not a copy of it)
     opened: bool = False
     closed: bool = False
-
 
 
 #: relays that timed out and whose late answer would hand us references, remembered at most this many
@@ -281,10 +281,10 @@ class Worker:
         self.incarnation = self.codec.session
         self._peer_incarnations: dict[str, bytes] = {}  # address -> a next hop's, as the pointers to it say
         self.store = ObjectStore(id, max_bytes=settings.max_store_bytes)
+        self.privacy = Privacy()  # private memory, what is known of it, the datasets' budgets
         self.aggregates = Aggregates()  # which owners each share of private data aggregates (aggregates.py)
         self.triples: dict[int, _Triple] = {}  # id of a Beaver triple's a here -> that triple's state
         self._shares_sent: dict[tuple[str, int], str] = {}  # (token, share id) -> the session it went to
-        self.privacy = Privacy()  # private memory, what is known of it, the datasets' budgets
         self.requests = Requests(self.store, seconds=settings.request_seconds, max_per_client=settings.max_requests)
         curve = CurveKeys.load(settings.curve_dir, id, dict(settings.peers or {})) if settings.curve_dir else None
         self.loop = ServerLoop(
@@ -1174,26 +1174,6 @@ def shutdown(worker: Worker, message: Shutdown, reply: Reply) -> None:
     worker.loop.stop()
 
 
-# ---- requests that private objects leave, for the data owner to decide (requests.py)
-
-
-def _approved_release(worker: Worker, entry: Any, id: int, reply: Reply) -> Any:
-    """What the caller's `.get()` of object `id` takes by the owner's approval: None for a public
-    object, or one the caller filed no request for; a named error when its request says no."""
-    if not worker.privacy.holds_private(entry.obj):
-        return None
-    return worker.requests.release(id, entry.obj, reply.caller)
-
-
-@handles(RequestRelease)
-def request_release(worker: Worker, message: RequestRelease, reply: Reply) -> None:
-    """A holder of a private object asks its data owner to let it leave: a pending request."""
-    entry = worker.store.entry(message.id)
-    if reply.caller not in entry.holders:
-        raise PermissionError(f"object {message.id} on {worker.id!r} is not yours: only a holder of an object may request it")
-    if isinstance(entry.obj, PointerSpec):  # (nothing private here: .get() peels it)
-        raise RequestNotNeededError(
-            f"object {message.id} on {worker.id!r} is a pointer to {entry.obj.location}:{entry.obj.id_at_location}: "
 # ---- secret sharing: shares and Beaver triples move worker to worker (ring.py, aggregates.py)
 
 #: parties one sharing or triple may have; elements one triple part may have
@@ -1424,6 +1404,26 @@ def beaver_close(worker: Worker, message: BeaverClose, reply: Reply) -> None:
     reply.ok()
 
 
+# ---- requests that private objects leave, for the data owner to decide (requests.py)
+
+
+def _approved_release(worker: Worker, entry: Any, id: int, reply: Reply) -> Any:
+    """What the caller's `.get()` of object `id` takes by the owner's approval: None for a public
+    object, or one the caller filed no request for; a named error when its request says no."""
+    if not worker.privacy.holds_private(entry.obj):
+        return None
+    return worker.requests.release(id, entry.obj, reply.caller)
+
+
+@handles(RequestRelease)
+def request_release(worker: Worker, message: RequestRelease, reply: Reply) -> None:
+    """A holder of a private object asks its data owner to let it leave: a pending request."""
+    entry = worker.store.entry(message.id)
+    if reply.caller not in entry.holders:
+        raise PermissionError(f"object {message.id} on {worker.id!r} is not yours: only a holder of an object may request it")
+    if isinstance(entry.obj, PointerSpec):  # (nothing private here: .get() peels it)
+        raise RequestNotNeededError(
+            f"object {message.id} on {worker.id!r} is a pointer to {entry.obj.location}:{entry.obj.id_at_location}: "
             "a request is filed where the data is (.get() the chain down to its last hop first)"
         )
     if not worker.privacy.holds_private(entry.obj):
