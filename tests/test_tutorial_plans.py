@@ -290,6 +290,60 @@ def test_a_crafted_plan_names_tensors_by_slot_only_and_only_filled_ones(bob):
     assert set(bob._objects) == before
 
 
+def test_malformed_plans_leave_the_worker_serving_with_every_object_intact(bob):
+    x = torch.tensor([1.0, 2.0]).send(bob)
+    before = bob._objects
+    step = PlanStep("Tensor.add", (Slot(0), Slot(0)), {}, 1)
+    malformed = [
+        RunPlan(None, (Ref(x.id_at_location),), (1,), (new_id(),)),
+        RunPlan((1, 2), (Ref(x.id_at_location),), (1,), (new_id(),)),
+        RunPlan((step,), None, (1,), (new_id(),)),
+        RunPlan((step,), ("x",), (1,), (new_id(),)),
+        RunPlan((step,), (Ref("x"),), (1,), (new_id(),)),
+        RunPlan((step,), (Ref(x.id_at_location),), ("1",), (new_id(),)),
+        RunPlan((step,), (Ref(x.id_at_location),), (1,), None),
+        RunPlan((step,), (Ref(x.id_at_location),), (1,), ("id",)),
+        RunPlan((step,), (Ref(x.id_at_location),), (1, 1), (new_id(),)),
+        RunPlan((step,), (Ref(x.id_at_location),), (1,), (new_id(),), grad_enabled="yes"),
+        RunPlan((PlanStep(None, (Slot(0),), {}, 1),), (Ref(x.id_at_location),), (1,), (new_id(),)),
+        RunPlan((PlanStep(["torch.add"], (Slot(0),), {}, 1),), (Ref(x.id_at_location),), (1,), (new_id(),)),
+        RunPlan((PlanStep("Tensor.add", (Slot("0"), Slot(2**70)), {}, 1),), (Ref(x.id_at_location),), (1,), (new_id(),)),
+        RunPlan((PlanStep("Tensor.add", Slot(0), [], 1),), (Ref(x.id_at_location),), (1,), (new_id(),)),
+        RunPlan((PlanStep("Tensor.add", (Slot(0), Slot(0)), {"out": Slot(0)}, 1),), (Ref(x.id_at_location),), (1,), (new_id(),)),
+        RunPlan((PlanStep("Tensor.add", (Slot(0), Slot(0)), {}, 2),), (Ref(x.id_at_location),), (1,), (new_id(),)),
+        RunPlan((PlanStep("Tensor.add", (Slot(0), Slot(0)), {}, True),), (Ref(x.id_at_location),), (1,), (new_id(),)),
+        RunPlan((PlanStep("Tensor.add", (Slot(0), Slot(0)), {}, 10**9),), (Ref(x.id_at_location),), (1,), (new_id(),)),
+    ]
+    for message in malformed:
+        try:
+            sy.local_client().request(bob.address, message)
+        except (sy.FedqError, TypeError, ValueError, RuntimeError, LookupError):
+            pass  # refused, one way or another: what matters is what is left
+    assert bob.ping().objects == len(before)
+    after = bob._objects
+    assert after.keys() == before.keys() and torch.equal(after[x.id_at_location], torch.tensor([1.0, 2.0]))
+
+
+def test_a_plan_is_held_to_the_store_limit_by_what_its_steps_make(hook):
+    """Intermediates are stored while the plan runs: they count against max_store_bytes, as
+    the same ops' results would; the plan fails, and leaves only what was there."""
+    small = sy.VirtualWorker(hook, id="plans_small_store", max_store_bytes=1 << 20)
+    try:
+        x = torch.ones(16 * 1024).send(small)  # 64 KiB
+
+        @sy.func2plan(args_shape=[(16 * 1024,)])
+        def grows(x):
+            return x.repeat(32).sum()  # 2 MiB in between, 4 bytes out
+
+        with pytest.raises(sy.StoreFullError):
+            (x.repeat(32).sum()).get()
+        with pytest.raises(sy.StoreFullError):
+            grows.send(small)(x).get()
+        assert list(small._objects) == [x.id_at_location]
+    finally:
+        small.shutdown()
+
+
 # --------------------------------------------------------------------------- privacy: a plan releases nothing its ops would not
 
 def refused(leak) -> bool:
