@@ -883,8 +883,10 @@ def run_plan(worker: Worker, message: RunPlan, reply: Reply) -> None:
     if len(steps) > MAX_PLAN_STEPS:
         raise RequestTooLargeError(f"a plan of {len(steps)} steps: a worker runs plans of at most {MAX_PLAN_STEPS}")
     _refuse_too_many_results(worker, "a plan", len(message.result_ids))  # (its outputs: stored ones)
+    if not all(type(id) is int for id in message.result_ids):
+        raise ProtocolError("a plan's result ids are ints, chosen by the caller (rule 1)")
     for step in steps:  # every op refused before any runs
-        if not isinstance(step, PlanStep) or not isinstance(step.results, int) or not 0 <= step.results <= MAX_RESULTS_PER_OP:
+        if not isinstance(step, PlanStep) or type(step.results) is not int or not 0 <= step.results <= MAX_RESULTS_PER_OP:
             raise ProtocolError("a plan's steps are PlanSteps, each making 0 (in place) to a bounded number of tensors")
         ops.resolve(step.op, allow_code=worker.codec.allow_code)
     for arg in args:
