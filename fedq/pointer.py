@@ -572,9 +572,17 @@ def state_follows_parameters(optimizer: torch.optim.Optimizer, args: tuple, kwar
     parameter is an error that says what to do, not a silent move of one owner's state."""
     for group in optimizer.param_groups:
         for param in group["params"]:
-            if not isinstance(param, Pointer) or param not in optimizer.state:
+            if param not in optimizer.state:
                 continue
             state = optimizer.state[param]
+            if not isinstance(param, Pointer):
+                away = {v.location.id for v in state.values() if isinstance(v, Pointer)}
+                if away:  # (the model was fetched: its optimizer's state stayed where it trained)
+                    raise TensorsNotCollocatedError(
+                        f"{type(optimizer).__name__}'s state for a parameter here is on {', '.join(sorted(away))}: "
+                        "step it where the model is (model.send() there), or use a new optimizer here"
+                    )
+                continue
             for key, value in list(state.items()):
                 if not isinstance(value, torch.Tensor) or key == "step":
                     continue

@@ -89,3 +89,19 @@ def test_a_fetched_model_that_stays_alive_leaves_gradient_tracking(bob, alice):
     kept.send(bob)  # and can go out again and be tracked anew
     kept(th.ones(1, 2).send(bob)).sum().backward()
     assert th.equal(kept.get().weight.grad, th.ones(1, 2))  # (a sent model's grads start afresh: send leaves them here)
+
+
+def test_stepping_a_fetched_model_whose_state_is_on_the_worker_says_where_it_is(bob):
+    model = nn.Linear(2, 1)
+    opt = th.optim.Adam(model.parameters(), lr=0.1)
+    model.send(bob)
+    model(th.ones(1, 2).send(bob)).sum().backward()
+    opt.step()  # Adam's averages are made on bob
+    model.get()
+    model(th.ones(1, 2)).sum().backward()
+    with pytest.raises(sy.TensorsNotCollocatedError, match="on bob"):
+        opt.step()
+    model.send(bob)  # back where its state is, it steps again
+    model(th.ones(1, 2).send(bob)).sum().backward()
+    opt.step()
+    assert isinstance(model.get().weight, th.nn.Parameter)
