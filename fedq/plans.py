@@ -48,6 +48,7 @@ _METADATA = {
     _T.element_size, _T.is_floating_point, _T.is_complex, _T.__len__, _T.stride, _T.is_contiguous,
     _T.__repr__, _T.__format__,
 }
+_METAS_KEPT = 256  # input signatures whose output shapes a plan remembers
 _NEEDS_VALUE = {_T.item, _T.tolist, _T.numpy, _T.__bool__, _T.__float__, _T.__int__, _T.__index__, _T.__complex__, _T.__array__}
 
 
@@ -305,6 +306,8 @@ class Plan(torch.nn.Module):
                         ) from error
                     if step.results:
                         values.extend(ops.flatten_result(out)[0])
+            if len(self._metas) >= _METAS_KEPT:  # (a plan called on ever new shapes)
+                self._metas.clear()
             cached = self._metas[key] = tuple(values[slot] for slot in outputs)
         return list(cached)
 

@@ -217,6 +217,30 @@ def test_a_sent_plans_state_is_ours_there_trains_there_and_comes_back_with_get(d
         remote.state[0].get()
 
 
+def test_a_plan_with_several_outputs_in_place_ops_and_a_nested_plan_runs_as_it_does_here(devices):
+    device_1, _ = devices
+
+    @sy.func2plan(args_shape=[(1, 2)])
+    def double(x):
+        return x * 2
+
+    @sy.func2plan(args_shape=[(3, 4), (1, 4)])
+    def stats(x, w):
+        values, indices = torch.max(x, dim=1)  # two results of one op
+        y = x.clone()
+        y.add_(w)  # in place: no new slot
+        y[0] = 0.0  # __setitem__
+        return {"max": values, "argmax": indices, "y": double(y).t()}  # a plan inside a plan: its ops recorded here
+
+    assert "Tensor.add_" in stats.actions and "Tensor.__setitem__" in stats.actions and stats.actions.count("Tensor.mul") == 1
+    x, w = torch.randn(3, 4), torch.randn(1, 4)
+    here = stats(x, w)
+    there = stats.send(device_1)(x.send(device_1), w.send(device_1))
+    assert set(there) == {"max", "argmax", "y"} and there["y"].shape == (4, 3) and there["argmax"].dtype == torch.int64
+    for key in here:
+        assert torch.allclose(there[key].get(), here[key], atol=1e-6), key
+
+
 # --------------------------------------------------------------------------- bad input: clear errors, here
 
 def test_plans_refuse_bad_input_before_anything_is_sent(devices, monkeypatch):
