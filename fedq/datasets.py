@@ -230,7 +230,12 @@ class FederatedDataLoader:
         if not starts:
             return
         # One message per worker and pass: the order, drawn here, indexed there.
-        order = send_tensor(torch.randperm(len(part)), part.location) if self.shuffle else None
+        order = torch.randperm(len(part)) if self.shuffle else None
+        if order is not None and isinstance(part.data, Pointer) and part.data._is_chain:
+            # (a part behind a chain: the order is made where its data is, by an op relayed there)
+            order = part.data.new_tensor(order.tolist(), dtype=torch.long)
+        elif order is not None:
+            order = send_tensor(order, part.location)
         for start in starts:
             stop = start + self.batch_size
             yield part[order[start:stop] if order is not None else slice(start, stop)]

@@ -537,3 +537,19 @@ def test_batches_of_an_owners_private_data_stay_private(data_owners):
             assert float(loss.get(epsilon=0.5, bounds=(0.0, 100.0))) >= 0.0
         model.get()  # the owner's datasets allow model updates
         assert all(type(p) is nn.Parameter for p in model.parameters())
+
+
+def test_a_part_behind_a_chain_is_cut_where_its_data_is(bob, alice):
+    """me -> alice -> bob: batches are made on bob (relayed by alice), shuffled or not."""
+    part = sy.BaseDataset(torch.arange(10.0).send(bob).send(alice), torch.arange(10).send(bob).send(alice))
+    federated = sy.FederatedDataset([part])
+    assert federated.workers == ["alice"]
+    assert [t.get().get().tolist() for _, t in sy.FederatedDataLoader(federated, batch_size=4)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    torch.manual_seed(3)
+    batches = [(d.get().get(), t.get().get()) for d, t in sy.FederatedDataLoader(federated, batch_size=4, shuffle=True)]
+    torch.manual_seed(3)
+    assert torch.cat([t for _, t in batches]).tolist() == torch.randperm(10).tolist()  # the order drawn here
+    assert all(torch.equal(d, t.float()) for d, t in batches)
+    del part, federated
+    gc.collect()
+    assert len(alice._objects) == 0 and len(bob._objects) == 0
