@@ -190,27 +190,36 @@ class Client:
     def request_many(self, requests: list[tuple[str, Any]], timeout: float | None = None) -> list[Any]:
         """Several reads at once: one barrier, all sent, all awaited (one round trip, not N).
         Every answer is awaited before the first error, if any, is raised."""
+        calls = self.calls_many(requests, timeout)
+        first_error = next((call.error for call in calls if call.error is not None), None)
+        if first_error is not None:  # the caller gets none of the answers: give back what they hand over
+            for call in calls:
+                self._abandon(call)
+            raise first_error
+        return [call.value for call in calls]
+
+    def calls_many(self, requests: list[tuple[str, Any]], timeout: float | None = None) -> list[Call]:
+        """`request_many`'s calls, each answered (its `value` or its `error`), for a caller that
+        acts on each answer that came (a batch of moves: those that moved are relocated). One
+        barrier and one wait for all of them, however many workers they go to: the caller waited
+        once. An earlier pipelined error, or a worker that stays silent, is raised as `wait` raises it."""
         addresses = {address for address, _ in requests}
         self.barrier(except_address=next(iter(addresses)) if len(addresses) == 1 else None, timeout=timeout)
         for address in addresses:
             self.peers.incarnation_of(address, timeout)
         calls = [self.submit(address, message, wait=True) for address, message in requests]
-        results: list[Any] = []
-        first_error: BaseException | None = None
+        limit = self.timeout if timeout is None else timeout
+        self._waits += 1
         try:
-            for call in calls:
-                try:
-                    results.append(self.wait(call, timeout))
-                except FedqError as error:
-                    first_error = first_error or error
-                    results.append(None)
-            if first_error is not None:
-                raise first_error
-        except BaseException:  # the caller gets none of the answers: give back what they hand over
+            if not self._io.wait_until(lambda: all(call.done for call in calls), limit):
+                with self._cv:
+                    raise self._give_up([call.address for call in calls if not call.done], limit)
+            self._raise_deferred()
+        except BaseException:  # (Ctrl-C too) nobody takes these answers: give back what they hand over
             for call in calls:
                 self._abandon(call)
             raise
-        return results
+        return calls
 
     def _on_send(self, seq: int, call: Call) -> None:  # runs where the sockets are driven, before sending
         with self._cv:

@@ -102,6 +102,14 @@ class GradTracker:
         if self._tracked.get(pointer.id) is pointer:
             del self._tracked[pointer.id]
 
+    def leaves_at(self, address: str) -> dict[int, "Pointer"]:
+        """The usable tracked pointers to objects on `address`, by the id of their meta tensor
+        (what a meta graph's leaves are)."""
+        return {
+            id(pointer._meta): pointer for pointer in list(self._tracked.values())
+            if isinstance(pointer, Pointer) and pointer.location.address == address and pointer._ref is not None and not pointer._ref.spent
+        }
+
     def changed(self, address: str, ids_with_grad: set[int] | None) -> None:
         """A backward ran on `address`; `ids_with_grad` (None: not known) now have a .grad there."""
         for pointer in list(self._tracked.values()):
@@ -261,6 +269,8 @@ class Pointer:
                 # before it could say so: then the move did happen, and the pointer follows.
                 if not client.request(worker.address, HoldsObject(self.id_at_location)):
                     raise
+                # (if the source lives, its relay timed out: the copy it still holds is ours)
+                client.refs.delete(self.location.address, self.id_at_location)
             self._relocate(worker)
         return self
 
@@ -379,6 +389,11 @@ def _fresh_meta(meta: torch.Tensor) -> torch.Tensor:
     return fresh.requires_grad_() if meta.requires_grad else fresh
 
 
+def _own_meta(meta: torch.Tensor) -> torch.Tensor:
+    """A result's meta: its meta graph if it has one (made for it alone, `_infer`), else a fresh leaf."""
+    return meta if meta.grad_fn is not None else _fresh_meta(meta)
+
+
 def _name(func: Any) -> str:
     return getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
 
@@ -448,7 +463,10 @@ def _run_remote(func: Any, args: tuple, kwargs: dict) -> Any:
     def to_pointer(remote: Any) -> Any:
         if not isinstance(remote, PointerSpec):
             return remote
-        return PointerTensor.from_spec(location.worker_at(remote.location, remote.address), remote, is_chain=is_chain, id=new_id())
+        pointer = PointerTensor.from_spec(location.worker_at(remote.location, remote.address), remote, is_chain=is_chain, id=new_id())
+        if remote.requires_grad:  # a leaf here but not on the worker: a meta graph through it is cut
+            pointer._grad_leaf = False
+        return pointer
 
     return tree_map(to_pointer, answer)
 
@@ -475,7 +493,14 @@ def _infer(func: Any, args: tuple, kwargs: dict, leaves: list, spec: Any) -> tup
     """The results' meta tensors (flattened), structure and wire metadata (`RunOp.result_meta`),
     worked out on meta tensors; None when that cannot be done (the shape depends on the data).
     Running an op on meta tensors costs far more than sending it, so answers are remembered
-    by op, structure and input metadata."""
+    by op, structure and input metadata; but a result that needs grads keeps its own meta graph
+    (not cached), from which `loss.backward()` learns which leaves get a .grad without asking."""
+    if torch.is_grad_enabled() and any(isinstance(leaf, Pointer) and leaf._meta.requires_grad for leaf in leaves):
+        try:
+            results, out_spec = ops.flatten_result(_on_meta(func, args, kwargs))
+        except Exception:
+            return None
+        return results, out_spec, _result_meta(results)
     try:
         key = (func, spec, torch.is_grad_enabled(), tuple(
             (leaf._meta.shape, leaf._meta.dtype, leaf._meta.requires_grad) if isinstance(leaf, Pointer) else (type(leaf), leaf)
@@ -510,7 +535,7 @@ def _pipelined(location: "Location", op: RunOp, metas: list[torch.Tensor], is_ch
         op.result_meta = _result_meta(metas)
     # The pointers first: a Ctrl-C between the two then leaves deletes of ids never stored
     # (ignored), not stored objects that no pointer holds.
-    pointers = [PointerTensor._make(_fresh_meta(m), location, new_id(), id, is_chain=is_chain) for m, id in zip(metas, op.result_ids)]
+    pointers = [PointerTensor._make(_own_meta(m), location, new_id(), id, is_chain=is_chain) for m, id in zip(metas, op.result_ids)]
     location.client.submit(location.address, op)
     return pointers
 
@@ -542,17 +567,64 @@ def _write_grad(pointer: Pointer, value: Any) -> None:
 
 
 def _backward(pointer: Pointer, *args: Any, **kwargs: Any) -> None:
-    """`loss.backward()` on the worker; one round trip, whose answer says which tensors there
-    now have a grad, so that an optimizer step that follows waits for nothing."""
+    """`loss.backward()` on the worker, pipelined when the pointers' meta graph says which
+    leaves get a grad (`_leaves_given_grads`), so that an optimizer step that follows waits for
+    nothing, and neither does the backward; else one round trip, whose answer says so."""
     pointer._check_usable()
     client = pointer.location.client
     wire_args, wire_kwargs = tree_map(lambda a: Ref(a.id_at_location) if isinstance(a, Pointer) else a, ((pointer, *args), kwargs))
-    with_grad = client.request(
-        pointer.location.address,
-        RunOp("Tensor.backward", wire_args, wire_kwargs, (), None, torch.is_grad_enabled()),
-        after_all=pointer._is_chain,
-    )
+    op = RunOp("Tensor.backward", wire_args, wire_kwargs, (), None, torch.is_grad_enabled())
+    given = _leaves_given_grads(pointer, args, kwargs)
+    if given is not None:
+        client.submit(pointer.location.address, op)  # (a failure is raised at the next wait, naming the worker)
+        for leaf in given:
+            if not isinstance(leaf._grad_state, Pointer):  # a cached handle still names the same grad
+                leaf._grad_state = _GRAD_PRESENT
+        return
+    with_grad = client.request(pointer.location.address, op, after_all=pointer._is_chain)
     GradTracker.of(client).changed(pointer.location.address, None if pointer._is_chain else set(with_grad or ()))
+
+
+def _leaves_given_grads(pointer: Pointer, args: tuple, kwargs: dict) -> list[Pointer] | None:
+    """The pointers whose objects backward from `pointer` gives a .grad, found by running that
+    backward on their meta tensors (autograd runs on meta: no data, no worker); None when the
+    meta graph cannot tell: a chain, a graph cut by an op whose shape needed the worker, a
+    leaf no pointer here tracks, or a backward that fails on meta (the worker says why)."""
+    leaves_args = [a for a in ops.flatten(args, kwargs)[0] if isinstance(a, Pointer)]
+    if pointer._is_chain or pointer._meta.grad_fn is None or any(a._is_chain or a.location.address != pointer.location.address for a in leaves_args):
+        return None
+    tracked = GradTracker.of(pointer.location.client).leaves_at(pointer.location.address)
+    found = [tracked.get(id(leaf)) for leaf in _meta_leaves(pointer._meta)]
+    if any(p is None or not getattr(p, "_grad_leaf", True) for p in found):
+        return None
+    metas = [p._meta for p in found]
+    for meta in metas:
+        meta.grad = None
+    meta_args, meta_kwargs = _metas(args, kwargs)
+    try:
+        with torch._C.DisableTorchFunctionSubclass():
+            torch.Tensor.backward(pointer._meta, *meta_args, **meta_kwargs)
+        return [p for p, meta in zip(found, metas) if meta.grad is not None]
+    except Exception:
+        return None
+    finally:
+        for meta in metas:
+            meta.grad = None  # (the meta grads were only for telling; the pointers track the real ones)
+
+
+def _meta_leaves(root: torch.Tensor) -> list[torch.Tensor]:
+    """The leaves of `root`'s meta graph: what its backward may write a .grad into."""
+    found, seen, stack = [], set(), [root.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)
+        if isinstance(variable, torch.Tensor):
+            found.append(variable)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return found
 
 
 _SPECIAL = {
@@ -594,6 +666,68 @@ def state_follows_parameters(optimizer: torch.optim.Optimizer, args: tuple, kwar
                         )
                 elif tuple(value.shape) == tuple(param.shape):
                     state[key] = send_tensor(value, param.location)
+
+
+# ---- many workers, one wait
+class Batch:
+    """Gets and moves of pointers on many workers, sent together and waited for once
+    (`Client.calls_many`): a federated round's releases and moves cost one wait, not one per
+    owner. Each does what `Pointer.get` and `model.move(w)` do; `run()` sends them all, and
+    applies every answer that came before raising the first error, if any (what moved is
+    relocated, what was fetched is spent)."""
+
+    def __init__(self) -> None:
+        self._requests: list[tuple[str, Any]] = []
+        self._then: list[tuple[bool, Any]] = []  # per request: (is a get, what its answer does here)
+
+    def get(self, pointer: Pointer, *, epsilon: float | None = None, bounds: tuple[float, float] | None = None) -> "Batch":
+        """`pointer.get(epsilon=, bounds=)`; its value is in `run()`'s list, in the order of the gets."""
+        pointer._check_usable()
+
+        def received(value: Any) -> Any:
+            pointer._spend("it was already fetched with .get()")
+            return pointer._received(value)
+
+        self._add(pointer, GetObject(pointer.id_at_location, epsilon, bounds), True, received)
+        return self
+
+    def move(self, module: torch.nn.Module, worker: "Location") -> "Batch":
+        """`module.move(worker)`: every parameter and buffer straight to `worker`."""
+        for pointer in _pointers_of(module):
+            if pointer.location.address != worker.address:
+                pointer._check_usable()
+                message = MoveObject(pointer.id_at_location, worker.id, worker.address, worker.incarnation)
+                self._add(pointer, message, False, lambda _, pointer=pointer: pointer._relocate(worker))
+        return self
+
+    def _add(self, pointer: Pointer, message: Any, is_get: bool, then: Any) -> None:
+        self._client = pointer.location.client
+        self._requests.append((pointer.location.address, message))
+        self._then.append((is_get, then))
+
+    def run(self, timeout: float | None = None) -> list[Any]:
+        """Send everything, wait once; the values of the gets."""
+        if not self._requests:
+            return []
+        calls = self._client.calls_many(self._requests, timeout)
+        values, first_error = [], None
+        for call, (is_get, then) in zip(calls, self._then):
+            if call.error is not None:
+                first_error = first_error or call.error
+                value = None
+            else:
+                value = then(call.value)
+            if is_get:
+                values.append(value)
+        self._requests, self._then = [], []
+        if first_error is not None:
+            raise first_error
+        return values
+
+
+def _pointers_of(module: torch.nn.Module) -> list[Pointer]:
+    """A model's parameters and buffers that are pointers."""
+    return [p for p in module.parameters() if isinstance(p, Pointer)] + [b for _, _, b in _buffers(module) if isinstance(b, Pointer)]
 
 
 # ---- what TorchHook installs on torch.Tensor and nn.Module
@@ -674,13 +808,7 @@ def get_module(module: torch.nn.Module) -> torch.nn.Module:
 
 def move_module(module: torch.nn.Module, worker: "Location") -> torch.nn.Module:
     """Rule 7 for a model: every parameter goes straight to `worker`, in one round trip."""
-    pointers = [p for p in module.parameters() if isinstance(p, Pointer)] + [b for _, _, b in _buffers(module) if isinstance(b, Pointer)]
-    moving = [p for p in pointers if p.location.address != worker.address]
-    if moving:
-        client = moving[0].location.client
-        client.request_many([(p.location.address, MoveObject(p.id_at_location, worker.id, worker.address, worker.incarnation)) for p in moving])
-        for pointer in moving:
-            pointer._relocate(worker)
+    Batch().move(module, worker).run()
     return module
 
 

@@ -16,6 +16,8 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn, optim
 
+from ..pointer import Batch
+
 
 #: each owner's loss leaves with differential privacy (privacy.py): its per-house squared error
 #: is clamped to LOSS_BOUNDS and the mean released at LOSS_EPSILON per owner and round
@@ -54,15 +56,17 @@ def train_on_trusted_aggregator(
     lr: float,
     on_round: Callable[[RoundResult], None] | None = None,
     progress: bool | None = None,
+    batch_size: int | None = None,
 ) -> list[RoundResult]:
     """Train `model` in place by averaging, on `aggregator`, copies trained where each
     (data, target) pair lives. Returns each round's last local losses.
 
-    `progress` shows a bar per round (default: when stdout is a terminal)."""
+    `progress` shows a bar per round (default: when stdout is a terminal). `batch_size`: each
+    local step trains on the next `batch_size` rows of the owner's data (wrapping round); None: all."""
     results = []
     with _progress(rounds, progress) as advance:
         for number in range(1, rounds + 1):
-            result = _one_round(model, owners, aggregator, number, local_steps, lr)
+            result = _one_round(model, owners, aggregator, number, local_steps, lr, batch_size)
             results.append(result)
             advance(result)
             if on_round is not None:
@@ -88,27 +92,44 @@ def _progress(rounds: int, show: bool | None) -> Iterator[Callable[[RoundResult]
         yield advance
 
 
-def _one_round(model: nn.Module, owners: Sequence[tuple[Any, Any]], aggregator: Any, number: int, local_steps: int, lr: float) -> RoundResult:
+def _one_round(
+    model: nn.Module, owners: Sequence[tuple[Any, Any]], aggregator: Any, number: int, local_steps: int, lr: float, batch_size: int | None = None
+) -> RoundResult:
     """One round: train a copy where each owner's data is, move the copies to the aggregator,
     average there, and bring back only the average."""
     copies = [model.copy().send(data.location) for data, _ in owners]
     optimizers = [optim.SGD(params=copy.parameters(), lr=lr) for copy in copies]
     last_losses: list[Any] = [None] * len(owners)
-    for _ in range(local_steps):
+    for step in range(local_steps):
         for i, (copy, optimizer, (data, target)) in enumerate(zip(copies, optimizers, owners)):
+            if batch_size is not None:  # (slices of the pointers: cut where the data is)
+                start = step * batch_size % data.shape[0]
+                data, target = data[start:start + batch_size], target[start:start + batch_size]
             optimizer.zero_grad()
             loss = ((copy(data) - target) ** 2).mean()
             loss.backward()
             optimizer.step()
             last_losses[i] = loss
-    losses = {data.location.id: float(loss.get(epsilon=LOSS_EPSILON, bounds=LOSS_BOUNDS).detach()) for (data, _), loss in zip(owners, last_losses)}
+    # Every owner's loss release and every copy's move are sent at once and waited for once
+    # (the local steps are pipelined): the round waits as often for 8 owners as for 2.
+    batch = Batch()
+    for loss in last_losses:
+        batch.get(loss, epsilon=LOSS_EPSILON, bounds=LOSS_BOUNDS)
     for copy in copies:
-        copy.move(aggregator)
+        batch.move(copy, aggregator)
+    released = batch.run()
+    losses = {data.location.id: float(loss.detach()) for (data, _), loss in zip(owners, released)}
     with torch.no_grad():
-        for name, param in model.named_parameters():
-            remote = [dict(copy.named_parameters())[name].data for copy in copies]
-            param.set_((sum(remote[1:], remote[0]) / len(remote)).get())
-    del copies, optimizers, last_losses, remote  # frees everything the round left on the workers
+        # One op per parameter over the N copies on the aggregator, not N-1 additions; every
+        # average comes back in one wait.
+        names = [name for name, _ in model.named_parameters()]
+        averages = [torch.stack([dict(copy.named_parameters())[name] for copy in copies]).mean(0) for name in names]
+        batch = Batch()
+        for average in averages:
+            batch.get(average)
+        for param, value in zip(model.parameters(), batch.run()):
+            param.set_(value)
+    del copies, optimizers, last_losses, averages  # frees everything the round left on the workers
     return RoundResult(number, losses)
 
 
