@@ -45,7 +45,8 @@ from .transport import Batches, ClientSockets, client_name
 log = logging.getLogger("fedq.client")
 
 #: seconds a call waits by default: the workers' (settings.py), unless FEDQ_TIMEOUT says otherwise
-DEFAULT_TIMEOUT = float(os.environ.get("FEDQ_TIMEOUT", DEFAULTS.timeout))
+TIMEOUT_ENV = "FEDQ_TIMEOUT"
+DEFAULT_TIMEOUT = float(os.environ.get(TIMEOUT_ENV, DEFAULTS.timeout))
 
 
 class Call:
@@ -243,7 +244,7 @@ class Client:
     # ---- waiting
     def wait(self, call: Call, timeout: float | None = None) -> Any:
         """The answer to `call`; raises its error, or an earlier pipelined one first."""
-        limit = self.timeout if timeout is None else timeout
+        limit = self.peers.timeouts.get(call.address, self.timeout) if timeout is None else timeout
         self._waits += 1
         try:
             answered = self._io.wait_until(lambda: call.done, limit)
@@ -274,8 +275,10 @@ class Client:
             return busy
 
         with self._cv:
-            busy = bool(others_busy())
-            self._waits += busy
+            busy = others_busy()
+            self._waits += bool(busy)
+        if timeout is None and busy:  # (the longest of theirs: each may have its config's)
+            limit = max(self.peers.timeouts.get(address, self.timeout) for address in busy)
         if busy and not self._io.wait_until(lambda: not others_busy(), limit):
             with self._cv:
                 raise self._give_up(others_busy(), limit)

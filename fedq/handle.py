@@ -9,6 +9,7 @@ returns the same kind of handle for a worker someone else started.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import tempfile
 import weakref
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .client import Client, local_client
+from .client import TIMEOUT_ENV, Client, local_client
 from .codec import INBAND_LIMIT, new_incarnation, new_key
 from .config import load_config
 from .errors import ConfigError
@@ -271,6 +272,8 @@ def connect(
     if address is None:
         address = federation.worker(id).address
         client.use_key(federation.key(create=False))
+        if TIMEOUT_ENV not in os.environ:  # the config's timeout is for calls too (the environment's wins)
+            client.peers.timeouts[address] = federation.settings_of(id).timeout
         if federation.curve_dir is not None:
             client.use_curve(CurveKeys.load(federation.curve_dir, "client", federation.peers()))
     handle = Workers.of(client).at(id, address)

@@ -47,6 +47,9 @@ class Peers:
         # by a Renew when we sent nothing for a third of it. Each worker tells its lease.
         self._leases: dict[str, float] = {}  # address -> lease seconds
         self._renewing: dict[str, int] = {}  # address -> seq of the last Renew sent there
+        # A federation config's `timeout` for the workers it names (connect(config=...)), unless
+        # FEDQ_TIMEOUT is set; other workers take the client's.
+        self.timeouts: dict[str, float] = {}  # address -> seconds a call there waits
 
     def knows_workers(self) -> bool:
         return bool(self.names)
