@@ -96,6 +96,8 @@ def worker(
         entry = federation.workers.get(name) if federation else None
         if federation and entry is None and address is None:
             federation.worker(name)  # raises: says which workers the config has
+        if entry is not None:
+            entry.check_data(federation.path)
         key = federation.key() if federation else key_from_environment()
         if key is None:
             raise ConfigError("no key: give a config with a key file, or set FEDQ_KEY (see `fedq keygen`)")
@@ -128,6 +130,8 @@ def up(
     try:
         federation = load_config(config)
         key, admin_key = federation.key(), federation.admin_key()
+        for w in federation.workers.values():
+            w.check_data(federation.path)
     except FedqError as error:
         _fail(error)
     processes = {

@@ -2,7 +2,7 @@
 
     [federation]
     timeout = 30                      # seconds any call waits before naming the silent worker
-    key_file = "~/.config/fedq/local.key"  # the federation's signing key; made on first use
+    key_file = "~/.config/fedq/local.key"  # the federation's signing key (`fedq keygen` makes it)
 
     [workers.bob]
     address = "ipc://{runtime}/bob.sock"   # or "tcp://127.0.0.1:5601"
@@ -48,6 +48,12 @@ class WorkerConfig:
         """A data owner's script (workers/...), run by the worker at startup."""
         return self.settings.data
 
+    def check_data(self, config: Path) -> None:
+        """This worker is about to start here: its data script, if it has one, must exist (a
+        client, or another host, never reads it)."""
+        if self.data is not None and not Path(self.data).exists():
+            raise ConfigError(f"{config}: worker {self.id!r} has data = {self.data!r}, which does not exist on this host")
+
 
 @dataclass(frozen=True)
 class FederationConfig:
@@ -68,10 +74,11 @@ class FederationConfig:
         """Worker `id`'s settings: its own table's over [federation]'s (only [federation]'s if it has none)."""
         return self.workers[id].settings if id in self.workers else self.settings
 
-    def key(self, *, create: bool = True) -> bytes:
-        """The federation's signing key: FEDQ_KEY if set, else the key file. Workers make a
-        missing one (`create`); a client must not: a new key would match no running worker."""
-        return key_from_environment() or read_key_file(self.key_file, create=create)
+    def key(self, *, create: bool = False) -> bytes:
+        """The federation's signing key: FEDQ_KEY if set, else the key file. Nobody makes a
+        missing one but `fedq keygen` (`create`): a new key would match no other party's."""
+        missing = f"make it with `fedq keygen --config {self.path}` (on one host; copy it, mode 600, to the others) or set FEDQ_KEY"
+        return key_from_environment() or read_key_file(self.key_file, create=create, missing=missing)
 
     @property
     def admin_key_file(self) -> Path:
@@ -115,9 +122,8 @@ def load_config(path: str | Path | None = None) -> FederationConfig:
         script = settings.get("data")
         if script is not None:
             # Relative to the directory above configs/, where the Procfile runs.
+            # Not checked here: only the worker's own host has it (`WorkerConfig.check_data`).
             script = str((path.resolve().parent.parent / script).resolve()) if not Path(script).is_absolute() else script
-            if not Path(script).exists():
-                raise ConfigError(f"{path}: worker {id!r} has data = {settings['data']!r}, which does not exist")
             entry["data"] = script
         entries[id] = entry
     key_file = Path(federation.get("key_file", f"~/.config/fedq/{path.stem}.key")).expanduser()

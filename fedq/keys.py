@@ -2,7 +2,9 @@
 
 A federation shares one random key. Workers a script starts get the script's
 key through their environment; a standing federation keeps it in a key file
-(made on first use, readable only by its owner) or in FEDQ_KEY.
+(made by `fedq keygen`, readable only by its owner, copied to each host) or in
+FEDQ_KEY. A standing worker never makes one: a key of its own would match no
+other party's, and every call to it would just time out.
 
 Each worker also has an admin key, its data owner's: requests signed with it
 (clearing, stopping, policy) are the owner's. A worker a script starts gets a
@@ -51,13 +53,14 @@ def environment_with_key(key: bytes, admin_key: bytes | None = None) -> dict[str
     return environment
 
 
-def read_key_file(path: Path, *, create: bool = True, what: str = "key") -> bytes:
+def read_key_file(path: Path, *, create: bool = True, what: str = "key", missing: str | None = None) -> bytes:
     """The key in `path`; with `create`, a new one is written there first if there is none.
-    Workers of one federation may start at the same moment: the first to link its file wins."""
+    Workers of one federation may start at the same moment: the first to link its file wins.
+    `missing`: what to do about a missing file, said in the error (without `create`)."""
     path = path.expanduser()
     if not path.exists():
         if not create:
-            raise ConfigError(f"no {what} file at {path}: start the federation's workers first (they make it), or run `fedq keygen`")
+            raise ConfigError(f"no {what} file at {path}: " + (missing or "start the federation's workers first (they make it), or run `fedq keygen`"))
         write_key_file(path, new_key(), replace=False)
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:

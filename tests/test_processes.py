@@ -136,6 +136,7 @@ def test_trusted_aggregator_example_against_fedq_up_workers(tmp_path: Path):
     root = Path(__file__).resolve().parent.parent
     config = tmp_path / "federation.toml"
     data = root / "workers" / "housing.py"
+    write_key_file(tmp_path / "federation.key", sy.codec.new_key())  # (`fedq keygen`'s: no worker makes one)
     config.write_text(
         f'[federation]\ntimeout = 20\nkey_file = "{tmp_path / "federation.key"}"\n'
         f'[workers.bob]\naddress = "tcp://127.0.0.1:{free_port()}"\ndata = "{data}"\n'
