@@ -17,6 +17,13 @@ OPTIMIZERS = [
     (th.optim.AdamW, {"lr": 0.05, "weight_decay": 0.1}),
     (th.optim.RMSprop, {"lr": 0.01, "momentum": 0.5}),
     (th.optim.Adagrad, {"lr": 0.1}),
+    # (beyond issue 15's five: torch's others that step a plain model, but ASGD, whose scalar
+    # state is made on `p.device`, a pointer's meta device, and read with .item())
+    (th.optim.Adadelta, {}),
+    (th.optim.Adamax, {}),
+    (th.optim.NAdam, {}),
+    (th.optim.RAdam, {}),
+    (th.optim.Rprop, {}),
 ]
 
 
@@ -37,11 +44,14 @@ def test_an_optimizer_built_before_the_send_steps_as_in_plain_torch(bob, optimiz
         opt.zero_grad()
         ((model(remote_data) - remote_target) ** 2).mean().backward()
         opt.step()
-    # the state the parameters' shape is on bob; counters (Adam's step, read with .item()) stay here
+    # the state of the parameters' shape is on bob; scalars (Adam's step, NAdam's mu_product,
+    # read with .item()) stay here
     for param in model.parameters():
         for key, value in opt.state[param].items():
-            if isinstance(value, th.Tensor) and key != "step":
+            if isinstance(value, th.Tensor) and value.shape == param.shape and key != "step":
                 assert isinstance(value, sy.Pointer) and value.location.id == "bob", (key, value)
+            elif isinstance(value, th.Tensor):
+                assert not isinstance(value, sy.Pointer) and value.dim() == 0, (key, value)
     model.get()
     for mine, theirs in zip(plain.parameters(), model.parameters()):
         assert th.allclose(mine, theirs, atol=1e-6)
