@@ -62,6 +62,15 @@ def zygote_pid() -> int | None:
     return z.process.pid if z is not None and z.alive() else None
 
 
+def stop_zygote(timeout: float = 5.0) -> None:
+    """Stop this process's zygote (workers it forked die with it); the next start makes a new one."""
+    global _zygote
+    with _zygote_lock:
+        old, _zygote = _zygote, None
+    if old is not None and old.owner == os.getpid():
+        old.close(timeout)
+
+
 def _the_zygote() -> zygote.Zygote | None:
     """This process's zygote, started on first use (again if it died, or in a fork of us); None
     where there can be none."""

@@ -72,6 +72,20 @@ class Zygote:
     def alive(self) -> bool:
         return not self.gone and self.owner == os.getpid() and self.process.poll() is None
 
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the zygote (its workers die with it) and wait up to `timeout` for it to exit."""
+        with self._lock:
+            self._read(0.0)  # (exit codes already said are kept)
+            self.gone = True
+            self._sock.close()
+        if self.process.stdin:
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
     def fork(self, source: str, argv: list[str], env: dict[str, str], fds: tuple[int, int, int]) -> int:
         """Ask for a fork that runs `source` with `argv`, `env` and `fds` as its stdin, stdout and
         stderr; its number (`pid_of` tells its pid once the zygote answers). Does not wait."""

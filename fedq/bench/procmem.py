@@ -1,4 +1,4 @@
-"""What /proc says of a process (Linux): its resident memory and the CPU time it used.
+"""What /proc says of a process (Linux): its resident and proportional memory and the CPU time it used.
 
 VmHWM is a high-water mark since the process started, so on its own it says
 nothing about one transfer. Writing "5" to /proc/PID/clear_refs resets it
@@ -25,6 +25,18 @@ def _status_bytes(pid: int | str, field: str) -> int | None:
 def rss_bytes(pid: int | str = "self") -> int | None:
     """Resident set size now (VmRSS), or None where /proc is not readable."""
     return _status_bytes(pid, "VmRSS")
+
+
+def pss_bytes(pid: int | str = "self") -> int | None:
+    """Proportional set size (smaps_rollup, Linux >= 4.14: a page shared by k processes counts
+    1/k to each), what a process really adds to the machine; None where /proc does not say."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def peak_bytes(pid: int | str = "self") -> int | None:

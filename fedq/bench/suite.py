@@ -35,6 +35,7 @@ class Plan:
     pipelined_repeats: int
     transfer_repeats: int
     move_mib: int = 64
+    startup_counts: tuple[int, ...] = (8, 32)  # workers started at once, each way (issue 17)
     plan_calls: int = 500  # calls of a 10-op plan per burst, and bursts of the same 10 ops (--quick: 100)
 
     @classmethod
@@ -51,6 +52,7 @@ class Plan:
         return cls(
             quick=True, sizes_mib=(1, 64), echo_number=300, latency_number=100, latency_repeats=5,
             pipelined_ops=2_000, rpc_pipelined_calls=1000, pipelined_repeats=3, transfer_repeats=5, plan_calls=100,
+            startup_counts=(4,),  # (a fresh interpreter per worker is the slow way: few of them)
         )
 
 
@@ -69,6 +71,9 @@ DEFINITIONS = {
     "move": "seconds for pointer.move(other worker) then sync(); client_bytes: bytes this process sent and received meanwhile",
     "plan": "seconds per call of a sent 10-op plan (func2plan; one RunPlan message), `calls` calls then one sync(), "
     "against the same 10 ops pipelined one by one (ten RunOps) `calls` times then one sync(), on the same worker in the same run",
+    "startup": "seconds from starting N workers at once to the last one's answer to a ping, in this process: each a "
+    "fresh `python -c` that imports torch (before the zygote), or forked from the zygote (its own start included: "
+    "stopped before each N); PSS (smaps_rollup) per worker after they idled 0.5 s, with and without the zygote's share",
     "gate": "checks whose ratio is more than twice as bad as the target (for a known miss recorded in "
     "baseline.json: as its recorded ratio) in two runs in a row (the second runs only if the first "
     "failed: first_run_failed); any makes `fedq bench` exit with code 3",
@@ -121,6 +126,7 @@ def _measure(plan: Plan, log: Callable[[str], None]) -> dict[str, Any]:
     """One run of every section, one after the other."""
     from .fedq_work import measure_fedq
     from .floor import measure_floor
+    from .startup import measure_startup
     from .syft029 import measure_pysyft029
     from .torch_rpc import measure_torch_rpc
 
@@ -150,6 +156,8 @@ def _measure(plan: Plan, log: Callable[[str], None]) -> dict[str, Any]:
         transfer_repeats=plan.transfer_repeats), log)
     results["pysyft029"], durations["pysyft029"] = _section("peer: PySyft 0.2.9 (if installed)", lambda: measure_pysyft029(
         number=plan.latency_number, repeats=plan.latency_repeats, ops=plan.pipelined_ops), log)
+    results["startup"], durations["startup"] = _section(
+        f"startup: {'/'.join(map(str, plan.startup_counts))} workers, python -c and zygote", lambda: measure_startup(plan.startup_counts), log)
     results["fedq"], durations["fedq"] = _section("fedq", lambda: measure_fedq(
         sizes_mib=sizes, latency_number=plan.latency_number, latency_repeats=plan.latency_repeats,
         pipelined_ops=plan.pipelined_ops, pipelined_repeats=plan.pipelined_repeats,

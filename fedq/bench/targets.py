@@ -163,6 +163,21 @@ def evaluate(results: dict[str, Any]) -> list[Check]:
     add(f"move {move_mib} MiB: bytes via client", None if through is None else through / 1024, "KiB", "payload", move_mib * 1024.0, Bound(0.01, True))
     rounds = _ms(fq, "trusted_aggregator", "round")
     add("trusted-aggregator round (2 owners)", rounds, "ms", "—", None, None)
+
+    # Starting workers (issue 17): N at once until all answer, and PSS per idle worker
+    startup = results.get("startup") or {}
+    counts = sorted((_get(startup, "zygote") or {}).keys(), key=int)
+    for count in counts:
+        fast, slow = _get(startup, "zygote", count, "seconds"), _get(startup, "python -c", count, "seconds")
+        add(f"start {count} workers, all answering", fast, "s", "python -c each (before the zygote)", slow, Bound(0.25, True) if count == "32" else None)
+        if count == "32":
+            add(f"start {count} workers, all answering", fast, "s", "issue 17's goal: 3 s", 3.0, Bound(1.0, True))
+    if counts:
+        count = counts[-1]
+        pss = _get(startup, "zygote", count, "pss_per_worker_with_zygote_mib")
+        work = f"PSS per idle worker, {count} started together"
+        add(work, pss, "MiB", "python -c each (before the zygote)", _get(startup, "python -c", count, "pss_per_worker_mib"), None)
+        add(work, pss, "MiB", "issue 17's goal: 50 MiB", 50.0, Bound(1.0, True))
     return checks
 
 
