@@ -1,4 +1,4 @@
-"""PySyft 0.2.9's tutorials Parts 01, 02 and 05 (examples/tutorials/), cell by cell as they are
+"""PySyft 0.2.9's tutorials Parts 01, 02, 03 and 05 (examples/tutorials/), cell by cell as they are
 written, against real worker processes: only `import syft as sy` becomes `import fedq as sy`
 (done below, on the cells' text), and the sandbox's scikit-learn datasets are fedq's synthetic
 stand-ins (nothing is downloaded). Cells run as a notebook runs them: in one namespace, a
@@ -314,6 +314,76 @@ def train():
     assert adam == pytest.approx(plain_losses, abs=1e-4)
     for mine, theirs in zip(nb["model"].parameters(), plain.parameters()):
         assert th.allclose(mine, theirs, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- Part 03
+
+
+def test_part_03_advanced_remote_execution_tools(bob, alice):
+    nb = Notebook()
+    nb.run("""
+import torch
+import syft as sy
+hook = sy.TorchHook(torch)""")
+    # Section 3.1 - Pointers to Pointers
+    nb.run("""
+bob = sy.VirtualWorker(hook, id='bob')
+alice = sy.VirtualWorker(hook, id='alice')""")
+    assert th.equal(nb.run("""
+# this is a local tensor
+x = torch.tensor([1,2,3,4])
+x"""), th.tensor([1, 2, 3, 4]))
+    x_ptr = nb.run("""
+# this sends the local tensor to Bob
+x_ptr = x.send(bob)
+
+# this is now a pointer
+x_ptr""")
+    pointer_to_x_ptr = nb.run("""
+# now we can SEND THE POINTER to alice!!!
+pointer_to_x_ptr = x_ptr.send(alice)
+
+pointer_to_x_ptr""")
+    assert pointer_to_x_ptr.location is alice and pointer_to_x_ptr.id_at_location == x_ptr.id
+    assert [v.tolist() for v in nb.run("bob._objects").values()] == [[1, 2, 3, 4]]
+    (stored,) = nb.run("alice._objects").values()  # x_ptr, pointing at bob
+    assert stored.location.id == "bob" and stored.id_at_location == x_ptr.id_at_location
+    back = nb.run("""
+# and we can use .get() to get x_ptr back from Alice
+
+x_ptr = pointer_to_x_ptr.get()
+x_ptr""")
+    assert back.location is bob
+    assert th.equal(nb.run("""
+# and then we can use x_ptr to get x back from Bob!
+
+x = x_ptr.get()
+x"""), th.tensor([1, 2, 3, 4]))
+    # Arithmetic on Pointer -> Pointer -> Data Object
+    assert nb.run("bob._objects") == {} and nb.run("alice._objects") == {}
+    nb.run("""
+p2p2x = torch.tensor([1,2,3,4,5]).send(bob).send(alice)
+
+y = p2p2x + p2p2x""")
+    assert len(nb.run("bob._objects")) == 2 and len(nb.run("alice._objects")) == 2
+    assert th.equal(nb.run("y.get().get()"), th.tensor([2, 4, 6, 8, 10]))
+    assert len(nb.run("bob._objects")) == 1 and len(nb.run("alice._objects")) == 1
+    assert th.equal(nb.run("p2p2x.get().get()"), th.tensor([1, 2, 3, 4, 5]))
+    assert nb.run("bob._objects") == {} and nb.run("alice._objects") == {}
+    # Section 3.2 - Pointer Chain Operations
+    nb.run("""
+# x is now a pointer to the data which lives on Bob's machine
+x = torch.tensor([1,2,3,4,5]).send(bob)""")
+    nb.run("""
+print('  bob:', bob._objects)
+print('alice:',alice._objects)""")
+    assert "alice: {}" in nb.printed[-1] and "tensor([1, 2, 3, 4, 5])" in nb.printed[-1]
+    nb.run("x = x.move(alice)")
+    nb.run("""
+print('  bob:', bob._objects)
+print('alice:',alice._objects)""")
+    assert "bob: {}" in nb.printed[-1] and "alice: {" in nb.printed[-1] and "tensor([1, 2, 3, 4, 5])" in nb.printed[-1]
+    assert nb.run("x").location is alice and th.equal(nb["x"].get(), th.tensor([1, 2, 3, 4, 5]))
 
 
 # --------------------------------------------------------------------------- Part 05
