@@ -83,6 +83,7 @@ def worker(
     request_seconds: Optional[float] = typer.Option(None, help=_setting_help("request_seconds")),
     max_requests: Optional[int] = typer.Option(None, help=_setting_help("max_requests")),
     threads: Optional[int] = typer.Option(None, min=1, help=_setting_help("threads")),
+    insecure_plaintext: bool = typer.Option(False, "--insecure-plaintext", help=_setting_help("insecure_plaintext")),
     verbose: bool = typer.Option(False, "--verbose", "-v", help=_setting_help("verbose")),
 ) -> None:
     """Run one worker in this process (what each Procfile line does). Its settings: these options,
@@ -105,6 +106,7 @@ def worker(
             "timeout": timeout, "max_store_bytes": max_store_bytes, "lease_seconds": lease_seconds, "max_memory_bytes": max_memory_bytes,
             "request_seconds": request_seconds, "max_requests": max_requests, "threads": threads,
             "allow_code": allow_code or None, "verbose": verbose or None,  # (a flag not given leaves the config's)
+            "insecure_plaintext": insecure_plaintext or None,
         }  # fmt: skip
         settings = settings_from(options, base=federation.settings_of(name) if federation else DEFAULTS, where="fedq worker")
         if settings.threads is None:  # (a config's workers start together: the Procfile's way)

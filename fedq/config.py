@@ -7,9 +7,10 @@
     [workers.bob]
     address = "ipc://{runtime}/bob.sock"   # or "tcp://127.0.0.1:5601"
     data = "workers/housing.py"            # optional: the data owner's startup script
+    bind = "tcp://0.0.0.0:5601"            # optional: what it listens on, if not its address
 
 Every key of `settings.WorkerSettings` may be set in `[federation]` (every worker's) or in a
-worker's own table (that worker's, over `[federation]`'s), but for `data` (a worker's own),
+worker's own table (that worker's, over `[federation]`'s), but for `data` and `bind` (a worker's own),
 `curve_dir` and `admin_key_file` (the federation's) and `peers` (its workers' addresses).
 `{runtime}` expands to a directory only this user can read. The same file
 drives the Procfile (`fedq worker NAME --config ...`), `fedq up`, and
@@ -33,7 +34,9 @@ DEFAULT_CONFIG = Path("configs/local.toml")
 
 _PEERS = "is made from the [workers] tables: it is their addresses"
 #: settings a config table may not set, and why
-NOT_IN_FEDERATION = {"data": "is each worker's own: set it in [workers.NAME]", "peers": _PEERS}
+NOT_IN_FEDERATION = {
+    "data": "is each worker's own: set it in [workers.NAME]", "bind": "is each worker's own: set it in [workers.NAME]", "peers": _PEERS,
+}
 NOT_IN_WORKER = {"curve_dir": "is the federation's: set it in [federation]", "admin_key_file": "is the federation's: set it in [federation]", "peers": _PEERS}
 
 

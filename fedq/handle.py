@@ -87,7 +87,7 @@ class Workers:
 
 
 #: settings a worker this process spawns does not take
-_NOT_FOR_A_SPAWNED_WORKER = ("admin_key_file", "curve_dir", "peers")
+_NOT_FOR_A_SPAWNED_WORKER = ("admin_key_file", "curve_dir", "peers", "bind")
 _NOT_FOR_A_SPAWNED_WORKER_WHY = "its admin key is this process's (its owner), and it serves on ipc in a directory only this user can read"
 
 

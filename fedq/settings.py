@@ -75,6 +75,14 @@ class WorkerSettings:
     curve_dir: str | None = _setting(
         None, "a directory of CURVE keys: the worker's socket is encrypted and accepts only the public keys there",
     )  # fmt: skip
+    bind: str | None = _setting(
+        None, "the endpoint the worker listens on, if not its `address` (`tcp://0.0.0.0:5601`: every interface, behind NAT, "
+        "a host name): others reach it, and find its CURVE key, by `address`",
+    )  # fmt: skip
+    insecure_plaintext: bool = _setting(
+        False, "listen on a tcp address other than loopback without CURVE (logged as a warning at start): the signature "
+        "alone leaves every link readable, and anyone who reaches the port can make the worker buffer unbounded memory",
+    )  # fmt: skip
     peers: Mapping[str, str] | None = _setting(
         None, "{id: address} of the federation's workers (a config's): the only ones it relays to; None: any",
     )  # fmt: skip

@@ -22,7 +22,7 @@ import socket
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal
 
@@ -94,32 +94,50 @@ def recv_frames(sock: zmq.Socket, copied: int) -> list:
 @dataclass
 class CurveKeys:
     """CURVE encryption for one process: its own key pair, the public key of each server it
-    may connect to (by address), and the directory of public keys it accepts as a server."""
+    may connect to (by the address it is reached at, read from `id`.key when first dialled:
+    a host holds only the public keys of the peers it dials), and the directory of public
+    keys it accepts as a server."""
 
     public: bytes
     secret: bytes
-    servers: dict[str, bytes]
+    ids: dict[str, str]  # address -> id, of every server it may dial (a config's workers)
     accepted_dir: str
+    servers: dict[str, bytes] = field(default_factory=dict)  # address -> public key, once read
 
     @classmethod
     def load(cls, directory: str | Path, me: str, peers: dict[str, str]) -> "CurveKeys":
-        """Keys made by `fedq keygen --curve`: `me`.key_secret, and `id`.key for each
-        peer {id: address}."""
+        """Keys made by `fedq keygen --curve`: `me`.key_secret now, and `id`.key for each peer
+        {id: address} when it is first dialled."""
         import zmq.auth
 
         directory = Path(directory).expanduser()
         try:
             public, secret = zmq.auth.load_certificate(directory / f"{me}.key_secret")
-            servers = {address: zmq.auth.load_certificate(directory / f"{id}.key")[0] for id, address in peers.items()}
         except (OSError, ValueError) as error:
             raise ConfigError(f"CURVE keys missing in {directory} ({error}): run `fedq keygen --curve`") from None
-        return cls(public, secret, servers, str(directory))
+        if secret is None:
+            raise ConfigError(f"{directory / (me + '.key_secret')} holds no secret key: copy this host its own .key_secret")
+        return cls(public, secret, {address: id for id, address in peers.items()}, str(directory))
+
+    def server_key(self, address: str) -> bytes:
+        """The public key of the worker reached at `address` (its advertised address, as the config says)."""
+        import zmq.auth
+
+        server = self.servers.get(address)
+        if server is not None:
+            return server
+        id = self.ids.get(address)
+        if id is None:
+            raise ConfigError(f"no CURVE public key for the worker at {address}: it is not in the federation's config")
+        path = Path(self.accepted_dir) / f"{id}.key"
+        try:
+            server = self.servers[address] = zmq.auth.load_certificate(path)[0]
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"no CURVE public key for worker {id!r} at {address} ({error}): copy {id}.key (`fedq keygen --curve` made it) to {path}") from None
+        return server
 
     def as_client(self, sock: zmq.Socket, address: str) -> None:
-        server = self.servers.get(address)
-        if server is None:
-            raise ConfigError(f"no CURVE public key for the worker at {address}: it is not in the federation's config")
-        sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = self.public, self.secret, server
+        sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = self.public, self.secret, self.server_key(address)
 
     def as_server(self, sock: zmq.Socket) -> Any:
         """Encrypt `sock` and let in only clients whose public key is in `accepted_dir` (ZAP)."""
@@ -199,7 +217,7 @@ class PeerSockets:
         self.address_of.clear()
 
 
-def refuse_unprotected_endpoint(address: str, curve: "CurveKeys | None") -> None:
+def refuse_unprotected_endpoint(address: str, curve: "CurveKeys | None", *, insecure_plaintext: bool = False) -> None:
     """Refuse to listen where a stranger could make the worker hold unbounded memory.
 
     libzmq buffers a multipart message whole before the first frame reaches us, and its
@@ -208,7 +226,8 @@ def refuse_unprotected_endpoint(address: str, curve: "CurveKeys | None") -> None
     CURVE, the handshake drops a peer whose key is not accepted before any message is
     buffered; without it, only an ipc endpoint under a directory no other user can enter
     (mode 700), loopback tcp (open to this host's local users: see the README's security
-    model; `max_memory_bytes` bounds what they can do) and inproc are allowed."""
+    model; `max_memory_bytes` bounds what they can do) and inproc are allowed, unless the
+    owner says `insecure_plaintext` (then it is logged as a warning, every start)."""
     if curve is not None or address.startswith("inproc://"):
         return
     if address.startswith("ipc://"):
@@ -221,10 +240,17 @@ def refuse_unprotected_endpoint(address: str, curve: "CurveKeys | None") -> None
         if address.startswith("tcp://") and _is_loopback(host):
             return
         where = "loopback (tcp://127.0.0.1:PORT) or an ipc endpoint (ipc://{runtime}/NAME.sock)"
+    if insecure_plaintext:
+        log.warning(
+            "INSECURE: listening on %s without CURVE (--insecure-plaintext): every message to and from this worker is "
+            "readable on the network, and anyone who reaches the port can make it buffer unbounded memory", address,
+        )
+        return
     raise ConfigError(
         f"a worker will not listen on {address} without CURVE: anyone who can reach it could make it buffer "
         "unbounded memory before any signature is checked. Turn CURVE on (`curve = true` in the config's "
-        f"[federation], then `fedq keygen --curve`), or listen on {where}"
+        f"[federation], then `fedq keygen --curve`), or listen on {where}; or, knowing all this, pass "
+        "--insecure-plaintext (`insecure_plaintext = true`)"
     )
 
 
@@ -272,8 +298,10 @@ class ServerLoop:
         max_message_bytes: int | None = None,
         on_batch_end: Callable[[], None] = lambda: None,
         curve: CurveKeys | None = None,
+        *,
+        insecure_plaintext: bool = False,
     ) -> None:
-        refuse_unprotected_endpoint(address, curve)
+        refuse_unprotected_endpoint(address, curve, insecure_plaintext=insecure_plaintext)
         self.poller = zmq.Poller()
         self.router = context().socket(zmq.ROUTER)
         _tune(self.router)

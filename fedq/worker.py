@@ -288,14 +288,15 @@ class Worker:
         self.requests = Requests(self.store, seconds=settings.request_seconds, max_per_client=settings.max_requests)
         curve = CurveKeys.load(settings.curve_dir, id, dict(settings.peers or {})) if settings.curve_dir else None
         self.loop = ServerLoop(
-            address, id, self._on_request, self._on_peer_reply, self._on_tick, settings.max_message_bytes, self.flush, curve
+            settings.bind or address, id, self._on_request, self._on_peer_reply, self._on_tick, settings.max_message_bytes, self.flush, curve,
+            insecure_plaintext=settings.insecure_plaintext,
         )
         # Relays wait here until the end of what the loop is handling: one message per next hop
         # for a batch of pipelined ops on a chain, not one each.
         self._relays_out = Batches(self.loop.peers, lambda address, packed: self.codec.seal_many(packed))  # (each names its `to`)
         self._acks: dict[bytes, tuple[bytes, list[int]]] = {}  # identity -> (its session, seqs)
         self._unsettled: dict[int, list[Callable[[], None]]] = {}
-        self.address = self.loop.address
+        self.address = address if settings.bind else self.loop.address  # what pointers name: where others reach us
         self._seq = itertools.count(1)
         # Relays out: a late answer to one that timed out gives back the references it hands us.
         self._relays: InFlight[_Relay] = InFlight(_answered, self._give_back, max_unclaimed=MAX_UNCLAIMED)
