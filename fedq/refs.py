@@ -79,6 +79,12 @@ class RefUpdates:
         if not self.closed:
             self._enqueue(_RefUpdate(address, (id, giver, taker)))
 
+    def delete(self, address: str, id: int) -> None:
+        """Drop one reference of ours to `id` at `address` that no pointer holds (the source's
+        copy, when a move landed though its source said it failed)."""
+        if not self.closed:
+            self._enqueue(_RefUpdate(address, id))
+
     def give_back(self, value: Any) -> None:
         """Delete the references an answer handed over that no pointer will hold."""
         for spec in references_in(value):

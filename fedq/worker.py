@@ -1006,17 +1006,31 @@ def move_object(worker: Worker, message: MoveObject, reply: Reply) -> None:
     if shared and isinstance(entry.obj, PointerSpec):
         raise FedqError(f"object {message.id} on {worker.id!r} is a pointer other pointers share; .get() or copy it instead")
 
+    mover = reply.caller_name
+
     def on_stored(answer: Ok) -> None:
         if shared:  # other pointers still need it here: the mover's reference is what left
             worker.store.decref(message.id, reply.caller)
         else:
             worker.store.remove_if_present(message.id)
-        if isinstance(entry.obj, PointerSpec):  # a moved pointer: its reference now is the destination's
-            worker.hand_over(entry.obj, giver=worker.name_on_wire, taker=wire_name(message.location, message.incarnation), then=reply.ok)
-        else:
-            reply.ok()
 
-    worker.relay(message, StoreObject(message.id, entry.obj, tuple(sorted(entry.tags)), entry.description, holder=reply.caller_name), reply, on_ok=on_stored)
+        def handed_to_mover(answer: Any) -> None:
+            if isinstance(entry.obj, PointerSpec):  # a moved pointer: its reference now is the destination's
+                worker.hand_over(entry.obj, giver=worker.name_on_wire, taker=wire_name(message.location, message.incarnation), then=reply.ok)
+            else:
+                reply.ok()
+
+        # Stored as ours (below), now the mover's: answered once the destination knows, so that
+        # the mover's next message there finds the reference its own.
+        worker.ask(message, DeleteObjects((), ((message.id, worker.name_on_wire, mover),)), handed_to_mover)
+
+    # The destination stores it as ours first: if the store times out and lands late, our delete
+    # (sent after it on the same connection) frees it, where the mover's reference would be held
+    # by a mover who was told the move failed.
+    worker.relay(
+        message, StoreObject(message.id, entry.obj, tuple(sorted(entry.tags)), entry.description), reply, on_ok=on_stored,
+        undo=lambda: worker.ask(message, DeleteObjects((message.id,))),
+    )
 
 
 @handles(RemoteGet)
@@ -1118,7 +1132,13 @@ def describe_objects(worker: Worker, message: DescribeObjects, reply: Reply) -> 
 
 @handles(HoldsObject)
 def holds_object(worker: Worker, message: HoldsObject, reply: Reply) -> None:
-    reply.ok(message.id in worker.store)
+    """A mover whose move failed asks whether it landed anyway: then the object is the mover's
+    (a reference, as IncRef gives), since the source that stored it, as its own until it hands it
+    over, may never do so (it died) or frees its own later (its relay timed out)."""
+    held = message.id in worker.store
+    if held and reply.caller not in worker.store.entry(message.id).holders:
+        worker.store.incref(message.id, reply.caller)
+    reply.ok(held)
 
 
 @handles(CountObjects)
