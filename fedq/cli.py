@@ -449,13 +449,14 @@ def _make_curve_keys(config: Path) -> None:
 @app.command()
 def demo(
     aggregator: bool = typer.Option(False, "--aggregator", help="Run federated averaging on a trusted aggregator instead."),
+    secure: bool = typer.Option(False, "--secure", help="Run federated averaging by secure aggregation among the owners instead."),
 ) -> None:
     """Run the remote-execution lesson cell by cell against real worker processes."""
-    from .demo import AGGREGATOR, LESSON, run_demo
+    from .demo import AGGREGATOR, LESSON, SECURE, run_demo
 
-    if aggregator and not Path("workers/housing.py").exists():
-        _fail(FedqError("the --aggregator demo loads workers/housing.py: run it from the repository root"))
-    run_demo(AGGREGATOR if aggregator else LESSON)
+    if (aggregator or secure) and not Path("workers/housing.py").exists():
+        _fail(FedqError("the --aggregator and --secure demos load workers/: run them from the repository root"))
+    run_demo(SECURE if secure else AGGREGATOR if aggregator else LESSON)
 
 
 @app.command()

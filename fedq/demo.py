@@ -55,6 +55,39 @@ rounds = train_on_trusted_aggregator(model, owners, secure_worker, rounds=10, lo
 ]
 
 
+SECURE = [
+    """\
+import torch as th
+from torch import nn
+import fedq as sy
+from fedq.federated import find_owner_data, train_with_secure_aggregation
+hook = sy.TorchHook(th)""",
+    """\
+# Each owner refuses model updates in the clear: they leave only inside a sum of >= 2 owners'.
+bob = sy.VirtualWorker(hook, id="bob", data="workers/housing_secure.py")
+alice = sy.VirtualWorker(hook, id="alice", data="workers/housing_secure.py")
+owners = find_owner_data([bob, alice])
+owners""",
+    """\
+th.manual_seed(0)
+model = nn.Linear(4, 1)
+# each round: the owners share their trained weights among themselves; only the sum is rebuilt
+rounds = train_with_secure_aggregation(model, owners, rounds=10, local_steps=5, lr=0.1, on_round=print)""",
+    "model.weight.data, model.bias.data       # the data were made from [[3, -1, -2, -0.5]] and 2",
+    """\
+w = bob.search("#housing", "#data")[0]     # one owner's update, shared, is refused by the holders
+lone = model.copy().send(bob)
+((lone(w) ** 2).mean()).backward()
+shared = lone.weight.grad.fix_precision().share(bob, alice).get()
+try:
+    shared.get()
+except sy.GetNotPermittedError as refused:
+    print(type(refused).__name__, str(refused)[:110], "...")
+del lone, shared""",
+    "hook.local_worker.sync()\n[len(w._objects) for w in (bob, alice)]   # only each owner's data is left",
+]
+
+
 def run_cells(cells: list[str], echo: Callable[[str], None] = print) -> dict:
     """Run each cell like a notebook: print its code, then the value of its last expression."""
     namespace: dict = {}

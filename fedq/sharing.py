@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 
 from . import ring
-from .errors import TensorsNotCollocatedError, UnsupportedOperationError, ValueNeedsGetError
+from .errors import FedqError, TensorsNotCollocatedError, UnsupportedOperationError, ValueNeedsGetError
 from .ids import new_id
 from .messages import BeaverClose, BeaverOpen, GetObject, MakeTriples, ShareObject
 from .pointer import Pointer, PointerTensor
@@ -378,7 +378,12 @@ class AdditiveSharingTensor:
             return AdditiveSharingTensor(self.shares, self.crypto_provider)
         for share in self.shares:
             share._check_usable()
-        values = self._client().request_many([(s.location.address, GetObject(s.id_at_location)) for s in self.shares])
+        try:
+            values = self._client().request_many([(s.location.address, GetObject(s.id_at_location)) for s in self.shares])
+        except FedqError as error:
+            # (without request_many's frames, which hold the error: a cycle that kept the shares
+            # alive, on their holders too, until the collector ran)
+            raise error.with_traceback(None)
         for share in self.shares:
             share._spend("its sharing was reconstructed with .get()")
         return ring.reconstruct(values)

@@ -280,3 +280,43 @@ def test_a_sharing_is_released_in_one_aggregate_only(owners):
     (b + a).get()
     with pytest.raises(sy.AggregateTooSmallError, match="another aggregate"):
         (b + c).get()  # (b + c) - (b + a) would show c - a
+
+
+# --------------------------------------------------------------------------- the one-call round
+
+
+def test_secure_round_gives_the_trusted_rounds_weights(data_owners, secure_worker):
+    from fedq.federated import find_owner_data, train_on_trusted_aggregator, train_with_secure_aggregation
+
+    owners = find_owner_data(data_owners)
+    th.manual_seed(3)
+    trusted, secure = nn.Linear(4, 1), nn.Linear(4, 1)
+    secure.load_state_dict(trusted.state_dict())
+    train_on_trusted_aggregator(trusted, owners, secure_worker, rounds=2, local_steps=2, lr=0.1, progress=False)
+    results = train_with_secure_aggregation(secure, owners, rounds=2, local_steps=2, lr=0.1, progress=False)
+    assert [sorted(r.losses) for r in results] == [["owner_alice", "owner_bob"]] * 2
+    for p, q in zip(secure.parameters(), trusted.parameters()):
+        assert th.allclose(p.detach(), q.detach(), **FP)
+    del owners
+    gc.collect()
+    sy.local_client().sync()
+    assert [len(w._objects) for w in data_owners] == [2, 2]  # only each owner's data
+
+
+def test_secure_round_over_owners_that_refuse_updates_in_the_clear(owners, secure_worker):
+    from fedq.federated import find_owner_data, train_on_trusted_aggregator, train_with_secure_aggregation
+
+    sa_bob, sa_alice, _ = owners
+    pairs = find_owner_data([sa_bob, sa_alice])
+    th.manual_seed(4)
+    model = nn.Linear(4, 1)
+    with pytest.raises(sy.GetNotPermittedError):  # no aggregator may hold one owner's update
+        train_on_trusted_aggregator(model, pairs, secure_worker, rounds=1, local_steps=1, lr=0.1, progress=False)
+    before = model.weight.detach().clone()
+    train_with_secure_aggregation(model, pairs, rounds=2, local_steps=2, lr=0.05, crypto_provider=secure_worker, progress=False)
+    assert not th.allclose(model.weight.detach(), before)
+    del pairs
+    gc.collect()
+    sy.local_client().sync()
+    assert [len(w._objects) for w in (sa_bob, sa_alice)] == [2, 2]
+    empty(secure_worker)

@@ -11,7 +11,7 @@ import housing  # noqa: E402
 
 def setup(owner) -> None:
     features, prices = housing.shard(owner.id, rows=16)
-    houses = owner.dataset("houses", epsilon=1.0, updates="refuse")
-    owner.add(features, tags=("#data",), description=f"{owner.id}'s houses", dataset=houses, bounds=(-5.0, 5.0))
-    owner.add(prices, tags=("#target",), description=f"{owner.id}'s prices", dataset=houses, bounds=(-30.0, 30.0))
+    houses = owner.dataset("houses", epsilon=100.0, updates="refuse")
+    owner.add(features, tags=("#housing", "#data"), description=f"{owner.id}'s houses", dataset=houses, bounds=(-5.0, 5.0))
+    owner.add(prices, tags=("#housing", "#target"), description=f"{owner.id}'s prices", dataset=houses, bounds=(-30.0, 30.0))
     owner.secure_aggregation(k=2)

@@ -1,0 +1,21 @@
+"""A data owner's housing shard (housing.py's), whose owner lets model updates leave only inside
+a secure aggregate: trained weights are private (updates="refuse"), so no aggregator may hold
+them, and every worker holding a share of them releases it only in a sum of at least k = 2
+owners' updates (DataOwner.secure_aggregation; fedq/aggregates.py). `fedq demo --secure`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from housing import FEATURES, shard  # noqa: E402
+
+
+def setup(owner) -> None:
+    features, prices = shard(owner.id)
+    houses = owner.dataset("houses", epsilon=100.0, updates="refuse")
+    owner.add(features, tags=("#housing", "#data"), description=f"{owner.id}'s houses: {', '.join(FEATURES)}",
+              dataset=houses, bounds=(-5.0, 5.0))
+    owner.add(prices, tags=("#housing", "#target"), description=f"{owner.id}'s sale prices", dataset=houses, bounds=(-30.0, 30.0))
+    owner.secure_aggregation(k=2)
