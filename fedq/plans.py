@@ -273,6 +273,8 @@ class Plan(torch.nn.Module):
         location = locations[0]
         sent = self._sent.get(location.address)
         if sent is None:
+            if any(isinstance(t, Pointer) for t in self.state_tensors()):
+                raise PlanArgumentsError(f"plan {self.name!r}'s state is on a worker already (model.send()?): .get() it first; send() sends it with the plan")
             state = [send_tensor(t.detach().requires_grad_(t.requires_grad), location) for t in self.state_tensors()]
             sent = self._sent[location.address] = PointerPlan(self, location, state)
         return sent

@@ -259,6 +259,11 @@ def test_plans_refuse_bad_input_before_anything_is_sent(devices, monkeypatch):
     with pytest.raises(sy.TensorsNotCollocatedError, match="device_2"):
         remote(torch.ones(2).send(devices[1]))
     assert runs() == 0
+    sent_model = Net()
+    sent_model.build(torch.tensor([1.0, 2.0]))
+    torch.nn.Module.send(sent_model, device_1)  # (the model's own send: its weights become pointers)
+    with pytest.raises(sy.PlanArgumentsError, match="get"):
+        sent_model.send(device_1)
 
     with pytest.raises(sy.UnsupportedOperationError, match="building plan 'strided'.*raw memory"):
         @sy.func2plan(args_shape=[(4,)])
