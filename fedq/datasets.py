@@ -121,7 +121,7 @@ def federate(dataset: Dataset, *workers: Any) -> "FederatedDataset":
     if isinstance(dataset, BaseDataset) and dataset.location is not None:
         raise DatasetAlreadySentError(f"this dataset is already on {dataset.location.id!r}: .get() it first to federate it")
     data, targets = _as_tensors(dataset)
-    size = math.ceil(len(data) / len(workers))
+    size = max(1, math.ceil(len(data) / len(workers)))  # (an empty dataset: no parts)
     parts = []
     for worker, start in zip(workers, range(0, len(data), size)):
         # (a clone: a slice would be a view, and what is sent is its values alone)
