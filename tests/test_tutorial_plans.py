@@ -241,6 +241,32 @@ def test_a_plan_with_several_outputs_in_place_ops_and_a_nested_plan_runs_as_it_d
         assert torch.allclose(there[key].get(), here[key], atol=1e-6), key
 
 
+def test_a_model_plans_buffers_are_state_too_updated_on_the_worker(devices):
+    """BatchNorm's running statistics (and its counter, an in-place add_) are the plan's state:
+    a call in training mode updates them on the worker, as a forward here would, and get() brings them back."""
+    device_1, _ = devices
+
+    class Normed(sy.Plan):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.bn = nn.Linear(4, 3), nn.BatchNorm1d(3)
+
+        def forward(self, x):
+            return F.relu(self.bn(self.fc(x)))
+
+    net = Normed()
+    net.build(torch.randn(8, 4))
+    reference = Normed()
+    reference.load_state_dict(net.state_dict())
+    remote = net.send(device_1)
+    x = torch.randn(8, 4)
+    assert torch.allclose(remote(x.send(device_1)).get(), reference(x), atol=1e-5)
+    remote.get()
+    for name, value in reference.state_dict().items():
+        assert torch.allclose(net.state_dict()[name].float(), value.float(), atol=1e-5), name
+    assert int(net.bn.num_batches_tracked) == 1
+
+
 # --------------------------------------------------------------------------- bad input: clear errors, here
 
 def test_plans_refuse_bad_input_before_anything_is_sent(devices, monkeypatch):
