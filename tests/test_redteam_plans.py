@@ -128,3 +128,80 @@ def test_a_plan_output_naming_the_owners_private_input_is_still_private_and_the_
     client.request(own_dp_owner.address, DeleteObjects((alias,)))
     assert len(own_dp_owner.search("#table")) == 1
     assert refused(own_dp_owner.search("#table")[0].get)
+
+
+# --------------------------------------------------------------------------- limits
+
+
+@pytest.fixture
+def small_store(hook, federation):
+    worker = sy.VirtualWorker(hook, id="redteam_plans_small_store", max_store_bytes=1 << 20)
+    yield worker
+    worker.shutdown()
+
+
+@succeeds("an in-place op sent with a result count (a crafted plan step, or a RunOp with result ids) runs, then "
+          "fails on its None result before _run_here re-measures what it wrote: x.data = big swaps x's memory "
+          "for an intermediate the plan then frees, and the store stops counting memory that x keeps alive")
+def test_a_plan_step_cannot_hide_memory_from_the_store_limit(small_store):
+    """Each call hides an 800 KB intermediate of the plan's in a 4-byte tensor of ours: three
+    calls hold 2.4 MB on a worker whose store may hold 1 MiB."""
+    kept = []
+    for _ in range(3):
+        x = th.zeros(1).send(small_store)
+        steps = [PlanStep("Tensor.repeat", (Slot(0), 200_000), {}, 1), PlanStep("Tensor.data.__set__", (Slot(0), Slot(1)), {}, 1)]
+        try:
+            crafted(small_store, steps, [Ref(x.id_at_location)], [0], [new_id()])
+        except (sy.FedqError, RuntimeError):
+            pass  # (refused or failed: what counts is what is held afterwards)
+        kept.append(x)
+    held = sum(info.nbytes for info in small_store.describe())
+    assert held <= 1 << 20, f"the store holds {held} bytes under max_store_bytes = {1 << 20}"
+
+
+def test_a_traced_plan_that_swaps_memory_is_counted(small_store):
+    """The same swap recorded by build (an in-place step, results=0) is re-measured: the
+    second call's intermediate no longer fits."""
+    @sy.func2plan(args_shape=[(1,)])
+    def swap(x):
+        x.data = x.repeat(200_000)
+        return x.sum()
+
+    plan = swap.send(small_store)
+    kept = [th.zeros(1).send(small_store) for _ in range(2)]
+    plan(kept[0]).get()
+    with pytest.raises(sy.StoreFullError):
+        plan(kept[1]).get()
+    assert sum(info.nbytes for info in small_store.describe()) <= 1 << 20
+
+
+# --------------------------------------------------------------------------- federated datasets over private rows
+
+
+def test_the_loader_brings_no_private_row_here_shuffled_or_not(dp_owner, bob):
+    coins = dp_owner.search("#coins")[0]  # 400 private records, ε = 1e6
+    dataset = sy.BaseDataset(coins, coins)
+    federated = sy.FederatedDataset([dataset])
+    for shuffle in (False, True):
+        for data, target in sy.FederatedDataLoader(federated, batch_size=100, shuffle=shuffle):
+            assert refused(data.get) and refused(target.get)
+            assert refused(lambda: data.move(bob)) and refused(lambda: (data + 0).get())
+    with pytest.raises(sy.GetNotPermittedError):
+        dataset.get()
+    with pytest.raises(sy.GetNotPermittedError):
+        federated.get_dataset("dp_owner_test_redteam_plans")
+
+
+def test_a_batch_cut_with_a_crafted_index_is_no_release_of_one_row(dp_owner):
+    """An unshuffled batch (a slice) keeps one record a row: its sum leaves as a DP release. An
+    index tensor naming one row 100 times (a crafted 'permutation', or dataset[index]) must not:
+    its sum would be that record's value with 1/100 of the noise."""
+    coins = dp_owner.search("#coins")[0]
+    dataset = sy.BaseDataset(coins, coins)
+    batch, _ = next(iter(sy.FederatedDataLoader(sy.FederatedDataset([dataset]), batch_size=100)))
+    assert isinstance(batch.sum().get(epsilon=1.0, bounds=(0.0, 1.0)), th.Tensor)
+    one_row = th.full((100,), 3, dtype=th.long).send(dp_owner)
+    for cut in (lambda: dataset[one_row][0], lambda: coins[one_row], lambda: coins.index_select(0, one_row)):
+        assert refused(lambda: cut().sum().get(epsilon=1.0, bounds=(0.0, 1.0)))
+    shuffled, _ = next(iter(sy.FederatedDataLoader(sy.FederatedDataset([sy.BaseDataset(coins, coins)]), batch_size=100, shuffle=True)))
+    assert refused(lambda: shuffled.sum().get(epsilon=1.0, bounds=(0.0, 1.0)))
