@@ -413,7 +413,8 @@ class MakeTriples(Request):
     """The crypto provider's: make a Beaver triple (a, b, c = a * b, or a @ b: `kind`) for
     operands shaped `x_shape`, `y_shape`; split each part among `parties` (location, address,
     incarnation, (id of a, id of b, id of c) there) and send each its shares straight
-    (`StoreTriple`), held by the caller. Answered once every party stored them."""
+    (`StoreTriple`), held by the caller. Answered once every party stored them. `kind`
+    "compare": a sign test's five pads instead (ring.comparison_pads, sharing._nonnegative)."""
 
     kind: str
     x_shape: tuple[int, ...]

@@ -71,8 +71,11 @@ def truncate_share(share: torch.Tensor, divisor: int, first: bool) -> torch.Tens
     return torch.floor_divide(share.neg(), divisor).neg()
 
 
-def triple(kind: str, x_shape: Sequence[int], y_shape: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A Beaver triple (a, b, c = a * b or a @ b) of uniform ring elements."""
+def triple(kind: str, x_shape: Sequence[int], y_shape: Sequence[int]) -> tuple[torch.Tensor, ...]:
+    """A Beaver triple (a, b, c = a * b or a @ b) of uniform ring elements; for "compare",
+    `comparison_pads` of x's shape."""
+    if kind == "compare":
+        return comparison_pads(x_shape)
     a, b = random_ring(x_shape), random_ring(y_shape)
     return a, b, combine(kind, a, b)
 
@@ -80,6 +83,8 @@ def triple(kind: str, x_shape: Sequence[int], y_shape: Sequence[int]) -> tuple[t
 def product_shape(kind: str, x_shape: Sequence[int], y_shape: Sequence[int]) -> tuple[int, ...]:
     """The shape of x * y or x @ y, worked out without tensors (a worker's first meta op costs ~1 s)."""
     x_shape, y_shape = tuple(x_shape), tuple(y_shape)
+    if kind == "compare":
+        return x_shape
     if kind == "mul":
         return _broadcast(x_shape, y_shape)
     if kind != "matmul":
@@ -101,6 +106,29 @@ def _broadcast(x: tuple[int, ...], y: tuple[int, ...]) -> tuple[int, ...]:
             raise ValueError(f"shapes {x} and {y} do not broadcast")
         out.append(max(a, b) if 0 not in (a, b) else 0)
     return tuple(reversed(out))
+
+
+#: the dealer's blinding factor r is 2^e + (0 .. 2^e) for e uniform in this range: what the client
+#: sees of |x - y| is r * |x - y|, so the values compared must keep |x - y| * 2^(MAX + 1) < 2^63
+BLIND_BITS = (10, 37)
+MAX_COMPARED = 2 ** (62 - BLIND_BITS[1])  # |x - y| below this compares right (2^25: 33,554 in fixed precision)
+
+
+def comparison_pads(shape: Sequence[int]) -> tuple[torch.Tensor, ...]:
+    """A dealer's material for one sign test of d (per element): a (uniform), m = s * r,
+    c = a * m, w = s * r' and sigma = [s < 0], with s = +-1, r large and random, 0 < r' < r.
+    Opening t = m * d + w = s * (r * d + r') shows only a random sign and a blinded magnitude;
+    [d >= 0] = [t > 0] xor sigma."""
+    shape = tuple(shape)
+    raw = random_ring((4, *shape))
+    sign = torch.where(raw[0] & 1 == 1, 1, -1).to(RING)
+    span = BLIND_BITS[1] - BLIND_BITS[0] + 1
+    exponent = BLIND_BITS[0] + (raw[1] & 0x7FFFFFFF) % span
+    r = (1 << exponent) + (raw[2] & ((1 << exponent) - 1))
+    r_small = 1 + (raw[3] & 0x7FFFFFFFFFFFFFFF) % (r - 1)
+    a = random_ring(shape)
+    m = sign * r
+    return a, m, a * m, sign * r_small, (sign < 0).to(RING)
 
 
 def combine(kind: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

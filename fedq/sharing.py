@@ -327,6 +327,12 @@ class AdditiveSharingTensor:
 
     view = reshape
 
+    def narrow(self, dim: int, start: int, length: int) -> "AdditiveSharingTensor":
+        return self._like([share.narrow(dim, start, length) for share in self.shares])
+
+    def squeeze(self, dim: int) -> "AdditiveSharingTensor":
+        return self._like([share.squeeze(dim) for share in self.shares])
+
     def truncate(self, divisor: int) -> "AdditiveSharingTensor":
         """value // divisor, each holder alone: SecureML's local truncation (two holders; off by
         at most one unit, wrong with probability ~|value| / 2^63)."""
@@ -338,22 +344,22 @@ class AdditiveSharingTensor:
         first, second = self.shares
         return self._like([first // divisor, -((-second) // divisor)])
 
-    # ---- comparisons and max: `_sign`
+    # ---- comparisons and max: `_nonnegative` (a sharing of 0 or 1; values are integers)
     def __gt__(self, other: Any) -> "AdditiveSharingTensor":
-        return _positive(self - other)
+        return _nonnegative(self - other - 1)
 
     def __lt__(self, other: Any) -> "AdditiveSharingTensor":
-        return _positive(-(self - other))
+        return _nonnegative(-(self - other) - 1)
 
     def __ge__(self, other: Any) -> "AdditiveSharingTensor":
-        return 1 - _positive(-(self - other))
+        return _nonnegative(self - other)
 
     def __le__(self, other: Any) -> "AdditiveSharingTensor":
-        return 1 - _positive(self - other)
+        return _nonnegative(-(self - other))
 
     def __eq__(self, other: Any) -> "AdditiveSharingTensor":  # type: ignore[override]
         difference = self - other
-        return 1 - _positive(difference) - _positive(-difference)
+        return _nonnegative(difference) + _nonnegative(-difference) - 1
 
     __hash__ = object.__hash__
 
@@ -461,9 +467,67 @@ def _beaver(kind: str, x: AdditiveSharingTensor, y: AdditiveSharingTensor) -> Ad
     return AdditiveSharingTensor(results, provider)
 
 
-def _positive(difference: AdditiveSharingTensor) -> AdditiveSharingTensor:
-    raise UnsupportedOperationError("comparisons of sharings are not implemented yet")
+def _nonnegative(d: AdditiveSharingTensor) -> AdditiveSharingTensor:
+    """[d >= 0], elementwise, as a sharing of 0 or 1: a sign test by a dealer's blinded opening.
+
+    The crypto provider deals per element (ring.comparison_pads) a one-time pad a, m = s * r,
+    c = a * m, w = s * r' and sigma = [s < 0], with a random sign s, a large random r (2^10 to
+    2^38, log-uniform) and 0 < r' < r; each holder gets shares only. The holders open e = d - a
+    (uniform) to this client, then their shares of t = e * m + c + w = s * (r * d + r'); t's sign
+    is s times d's (r' < r: d = 0 counts as >= 0), so [d >= 0] = [t > 0] xor sigma, which the
+    holders compute from their shares of sigma and the public bit. PySyft 0.2.9 used SecureNN's
+    private compare and CrypTen a binary circuit (A2B), both exact and leaking nothing; this is
+    simpler and cheaper (four round trips, one dealer message), and leaks this: the holders and
+    the provider learn nothing of d, the client learns [t > 0], a coin flip, and |t| = r * |d| + r',
+    so the magnitude of d to within r's spread (~28 bits of a 64-bit ring: whether |d| is 1 or
+    2^20 shows; its sign never). It is exact for |d| < ring.MAX_COMPARED (2^25: 33,554 in fixed
+    precision) and wrong beyond. For shares of public data only: products of private shares
+    are refused (BeaverOpen), so an owner's private value is never blinded-and-opened."""
+    provider = d.crypto_provider
+    if provider is None:
+        raise ValueError("comparing sharings needs a crypto provider: .share(bob, alice, crypto_provider=james)")
+    client, holders, shape = d._client(), d.locations, tuple(d.shape)
+    ids = [tuple(new_id() for _ in range(5)) for _ in holders]
+    pads = [[PointerTensor._make(_meta(shape), holder, new_id(), id, is_chain=False) for id in five] for holder, five in zip(holders, ids)]
+    client.request(provider.address, MakeTriples("compare", shape, shape, tuple((h.id, h.address, h.incarnation, five) for h, five in zip(holders, ids))))
+    opened = client.request_many([(h.address, BeaverOpen("compare", ds.id_at_location, ds.id_at_location, five)) for h, ds, five in zip(holders, d.shares, ids)])
+    e = ring.reconstruct([o[0] for o in opened])
+    sigma_ids = [new_id() for _ in holders]
+    sigma = [PointerTensor._make(_meta(shape), h, new_id(), id, is_chain=False) for h, id in zip(holders, sigma_ids)]
+    blinded = client.request_many([(h.address, BeaverClose("compare", id, e, e, five, i == 0)) for i, (h, id, five) in enumerate(zip(holders, sigma_ids, ids))])
+    for pad in (p for five in pads for p in five):
+        pad._spend("its comparison was made")  # (BeaverClose frees it)
+    positive = (ring.reconstruct(blinded) > 0).to(ring.RING)
+    return AdditiveSharingTensor(sigma, provider) * (1 - 2 * positive) + positive
 
 
-def _tournament(values: AdditiveSharingTensor, dim: int) -> tuple[AdditiveSharingTensor, AdditiveSharingTensor]:
-    raise UnsupportedOperationError("max/argmax of sharings are not implemented yet")
+def _tournament(values: AdditiveSharingTensor, dim: int) -> tuple[AdditiveSharingTensor, Any]:
+    """(max, argmax) along `dim`: each round compares the first half with the second, element by
+    element, and keeps the larger (the first on a tie: torch's first maximal index), log2(n) rounds."""
+    dim = dim % max(1, values.dim())
+    count = values.shape[dim]
+    if count == 0:
+        raise ValueError("max of an empty sharing")
+    view = [1] * values.dim()
+    view[dim] = count
+    indices: Any = torch.arange(count, dtype=ring.RING).reshape(view).expand(tuple(values.shape)).contiguous()
+    while count > 1:
+        half = count // 2
+        a, b = values.narrow(dim, 0, half), values.narrow(dim, half, half)
+        ia, ib = indices.narrow(dim, 0, half), indices.narrow(dim, half, half)
+        keep_a = _nonnegative(a - b)
+        new_values, new_indices = b + keep_a * (a - b), ib + keep_a * (ia - ib)
+        if count % 2:  # the odd one out goes on to the next round
+            new_values = _cat(new_values, values.narrow(dim, count - 1, 1), dim)
+            new_indices = _cat(new_indices, indices.narrow(dim, count - 1, 1), dim)
+        values, indices, count = new_values, new_indices, half + count % 2
+    return values.squeeze(dim), indices.squeeze(dim)
+
+
+def _cat(first: Any, second: Any, dim: int) -> Any:
+    if isinstance(first, AdditiveSharingTensor) and isinstance(second, AdditiveSharingTensor):
+        return first._like([torch.cat([p, q], dim) for p, q in zip(first.shares, second.shares)])
+    if isinstance(first, AdditiveSharingTensor):  # (public indices: the odd one's, shared as a public value)
+        zeros = [second] + [torch.zeros_like(second)] * (len(first.shares) - 1)
+        return first._like([torch.cat([p, z.send(p.location)], dim) for p, z in zip(first.shares, zeros)])
+    return torch.cat([first, second], dim)

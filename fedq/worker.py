@@ -1201,6 +1201,8 @@ def shutdown(worker: Worker, message: Shutdown, reply: Reply) -> None:
 
 #: parties one sharing or triple may have; elements one triple part may have
 MAX_PARTIES, MAX_TRIPLE_ELEMENTS = 64, 1 << 27
+#: how many pads a crypto provider deals per party: a Beaver triple's three, a comparison's five (ring.comparison_pads)
+_PADS_OF = {"mul": 3, "matmul": 3, "compare": 5}
 #: what a received share's (or a triple's) history starts with: never shared on as our owner's data
 _RECEIVED, _PADS = "data: a share of ", "data: a Beaver triple's one-time pad"
 
@@ -1345,10 +1347,10 @@ def make_triples(worker: Worker, message: MakeTriples, reply: Reply) -> None:
     c_shape = ring.product_shape(message.kind, *shapes)
     if math.prod(c_shape) > MAX_TRIPLE_ELEMENTS:
         raise RequestTooLargeError(f"a triple's product has at most {MAX_TRIPLE_ELEMENTS} elements")
-    a, b, c = worker.privacy.run("fedq.triple", ring.triple, (message.kind, *shapes), {}, [])  # (reads nothing stored)
-    parts = [ring.split(t, len(parties)) for t in (a, b, c)]
+    pads = worker.privacy.run("fedq.triple", ring.triple, (message.kind, *shapes), {}, [])  # (reads nothing stored)
+    parts = [ring.split(t, len(parties)) for t in pads]
     worker.relay_all([
-        (_Hop(address, location, incarnation), StoreTriple(message.kind, tuple(ids), (parts[0][i], parts[1][i], parts[2][i]), reply.caller_name))
+        (_Hop(address, location, incarnation), StoreTriple(message.kind, tuple(ids), tuple(part[i] for part in parts), reply.caller_name))
         for i, (location, address, incarnation, ids) in enumerate(parties)
     ], reply)
 
@@ -1358,10 +1360,13 @@ def store_triple(worker: Worker, message: StoreTriple, reply: Reply) -> None:
     """Our shares of a Beaver triple: private (the client must never learn a pad), each usable in one product."""
     _check_holder(worker, message.holder)
     ids, shares = tuple(message.ids), tuple(message.shares)
-    if len(ids) != 3 or len(shares) != 3 or not all(isinstance(t, torch.Tensor) and t.dtype == ring.RING for t in shares):
-        raise TypeError("a triple is three int64 tensors under three ids")
-    a, b, c = shares
-    if ring.product_shape(message.kind, a.shape, b.shape) != tuple(c.shape):
+    count = _PADS_OF.get(message.kind)
+    if count is None or len(ids) != count or len(shares) != count or not all(isinstance(t, torch.Tensor) and t.dtype == ring.RING for t in shares):
+        raise TypeError("a Beaver triple is three int64 tensors under three ids (a comparison's pads five)")
+    a, b, c = shares[:3]
+    if message.kind == "compare" and len({tuple(t.shape) for t in shares}) != 1:
+        raise ValueError("a comparison's pads are shaped alike")
+    if message.kind != "compare" and ring.product_shape(message.kind, a.shape, b.shape) != tuple(c.shape):
         raise ValueError("a triple's c is shaped as a * b (or a @ b)")
     for id in ids:
         if id in worker.store:
@@ -1378,7 +1383,7 @@ def store_triple(worker: Worker, message: StoreTriple, reply: Reply) -> None:
 
 def _triple(worker: Worker, ids: tuple, kind: str, reply: Reply) -> tuple[_Triple, list[torch.Tensor]]:
     """The genuine triple stored under `ids` (the shares a crypto provider sent, not a copy), the caller's."""
-    triple = worker.triples.get(ids[0]) if isinstance(ids, tuple) and len(ids) == 3 else None
+    triple = worker.triples.get(ids[0]) if isinstance(ids, tuple) and len(ids) == _PADS_OF.get(kind) else None
     tensors = [worker.store.get(id) for id in ids] if triple is not None else []
     if triple is None or triple.ids != ids or triple.kind != kind or tensors[0] is not triple.a():
         raise PermissionError(f"no Beaver triple for {kind} is stored on {worker.id!r} under {ids}: ask a crypto provider for one")
@@ -1391,11 +1396,13 @@ def _triple(worker: Worker, ids: tuple, kind: str, reply: Reply) -> tuple[_Tripl
 def beaver_open(worker: Worker, message: BeaverOpen, reply: Reply) -> None:
     """x - a and y - b: what Beaver's protocol opens. Uniform (a, b are one-time pads the client
     never sees), so they leave; once per triple (a pad used twice would show x - x')."""
-    triple, (a, b, _) = _triple(worker, message.ids, message.kind, reply)
+    triple, (a, b, *_) = _triple(worker, message.ids, message.kind, reply)
     if triple.opened:
         raise PermissionError(f"the Beaver triple under {message.ids} on {worker.id!r} was opened already: each masks one product")
-    x, y = worker.store.get(message.x_id), worker.store.get(message.y_id)
-    for t, pad in ((x, a), (y, b)):
+    compare = message.kind == "compare"  # (one operand: x; the dealer's m stands for y)
+    x = worker.store.get(message.x_id)
+    y = x if compare else worker.store.get(message.y_id)
+    for t, pad in ((x, a), (y, b if not compare else a)):
         if not isinstance(t, torch.Tensor) or t.dtype != ring.RING or tuple(t.shape) != tuple(pad.shape):
             raise ValueError(f"a Beaver product's operands are int64 shares shaped as its triple's ({tuple(pad.shape)})")
         if worker.privacy.is_private(t):
@@ -1403,24 +1410,33 @@ def beaver_open(worker: Worker, message: BeaverOpen, reply: Reply) -> None:
             raise GetNotPermittedError(f"a share of private data on {worker.id!r} is not multiplied with a crypto provider's triple: only added")
     triple.opened = True
     # read: x and y alone (public, checked above); a and b are the pads whose one use this is
-    opened = worker.privacy.run("fedq.beaver_open", lambda x, y, a, b: (x - a, y - b), (x, y, a, b), {}, [x, y])
+    opened = worker.privacy.run("fedq.beaver_open", lambda x, y, a, b: (x - a, None if compare else y - b), (x, y, a, b), {}, [x, y])
     reply.ok(opened)
 
 
 @handles(BeaverClose)
 def beaver_close(worker: Worker, message: BeaverClose, reply: Reply) -> None:
     """Our share of x * y, c + e b + a f (+ e f): a fresh uniform sharing of the product (c's pads)."""
-    triple, (a, b, c) = _triple(worker, message.ids, message.kind, reply)
+    triple, pads = _triple(worker, message.ids, message.kind, reply)
+    a, b, c = pads[:3]
     for id in message.ids:  # spent, whatever follows: the caller's pointers to it count for nothing now
         worker.store.decref(id, reply.caller)
     if not triple.opened or triple.closed:
         raise PermissionError(f"the Beaver triple under {message.ids} on {worker.id!r} closes once, after it was opened")
-    e, f = message.e, message.f
+    e, f = message.e, (message.e if message.kind == "compare" else message.f)
     if not all(isinstance(t, torch.Tensor) and t.dtype == ring.RING for t in (e, f)) or e.shape != a.shape or f.shape != b.shape:
         raise ValueError("e and f are int64, shaped as the triple's a and b")
     if message.result_id in worker.store:
         raise DuplicateIdError(f"worker {worker.id!r} already holds an object under id {message.result_id}")
     triple.closed = True
+    if message.kind == "compare":
+        # Our share of t = m * d + w (d = e + a, c = a * m), blinded: it leaves, to be summed by the
+        # caller; and under result_id our share of sigma, to turn [t > 0] into [d >= 0].
+        _, m, c, w, sigma = pads
+        t, sigma_share = worker.privacy.run("fedq.compare_close", lambda e, m, c, w, sigma: (e * m + c + w, sigma.clone()), (e, m, c, w, sigma), {}, [])
+        worker.store.put(message.result_id, sigma_share, holder=reply.caller)
+        reply.ok(t)
+        return
     # read: nothing private (e, f are the caller's; the operands were public, BeaverOpen checked)
     z = worker.privacy.run("fedq.beaver_close", ring.beaver_close, (message.kind, e, f, a, b, c, bool(message.first)), {}, [])
     worker.store.put(message.result_id, z, holder=reply.caller)

@@ -77,6 +77,43 @@ def test_part09_fixed_precision(bob, alice, secure_worker):
     assert th.allclose(xm.mm(yn).get().float_precision(), m.mm(n), **FP)
 
 
+def test_part09_comparisons_and_max(bob, alice, secure_worker):
+    crypto_provider = secure_worker
+    x = th.tensor([25]).share(bob, alice, crypto_provider=crypto_provider)
+    y = th.tensor([5]).share(bob, alice, crypto_provider=crypto_provider)
+    assert th.equal((x > y).get(), th.tensor([1]))
+    assert th.equal((x <= y).get(), th.tensor([0]))
+    assert th.equal((x == y + 20).get(), th.tensor([1]))
+    assert th.equal((x < y).get(), th.tensor([0])) and th.equal((x >= y).get(), th.tensor([1]))
+    x = th.tensor([2, 3, 4, 1]).share(bob, alice, crypto_provider=crypto_provider)
+    assert th.equal(x.max().get(), th.tensor(4)) and th.equal(x.argmax().get(), th.tensor(2))
+    plain = th.tensor([[2, 3], [4, 1], [0, 9]])
+    x = plain.share(bob, alice, crypto_provider=crypto_provider)
+    max_values, max_ids = x.max(dim=0)
+    assert th.equal(max_values.get(), plain.max(dim=0).values) and th.equal(max_ids.get(), plain.max(dim=0).indices)
+    max_values, max_ids = x.max(dim=1)
+    assert th.equal(max_values.get(), plain.max(dim=1).values) and th.equal(max_ids.get(), plain.max(dim=1).indices)
+    a = th.tensor([0.1, 0.2, 0.3]).fix_precision().share(bob, alice, crypto_provider=crypto_provider)
+    b = th.tensor([0.1, 0.3, 0.2]).fix_precision().share(bob, alice, crypto_provider=crypto_provider)
+    assert th.equal((a > b).get().float_precision(), th.tensor([0.0, 0.0, 1.0]))
+    assert th.equal((a == b).get().float_precision(), th.tensor([1.0, 0.0, 0.0]))
+    assert th.allclose(a.max().get().float_precision(), th.tensor(0.3), **FP)
+
+
+def test_comparisons_agree_with_torch_across_the_range(bob, alice, carol, secure_worker):
+    generator = th.Generator().manual_seed(5)
+    limit = ring.MAX_COMPARED - 1
+    left = th.randint(-limit // 2, limit // 2, (300,), generator=generator)
+    right = th.randint(-limit // 2, limit // 2, (300,), generator=generator)
+    right[:40] = left[:40]  # ties
+    right[40:60] = left[40:60] + 1  # neighbours
+    x = left.share(bob, alice, carol, crypto_provider=secure_worker)
+    y = right.share(bob, alice, carol, crypto_provider=secure_worker)
+    for got, expected in (((x > y), left > right), ((x <= y), left <= right), ((x == y), left == right)):
+        assert th.equal(got.get(), expected.long())
+    assert th.equal(x.max().get(), left.max()) and th.equal(x.argmax().get(), left.argmax())
+
+
 def test_fixed_precision_on_a_pointer_is_computed_where_the_data_is(bob):
     p = th.tensor([1.5, -2.25, 3.0]).send(bob)
     fp = p.fix_precision()
