@@ -554,3 +554,13 @@ def test_a_part_behind_a_chain_is_cut_where_its_data_is(bob, alice):
     del part, federated
     gc.collect()
     assert len(alice._objects) == 0 and len(bob._objects) == 0
+
+
+def test_options_of_local_loading_processes_are_warned_about(bob, caplog):
+    """Part 06 passes torch's DataLoader options on CUDA (num_workers, pin_memory): as PySyft, the
+    loader says it does not use them, and loads as without them."""
+    federated = sy.FederatedDataset([sy.BaseDataset(torch.arange(4.0), torch.arange(4)).send(bob)])
+    with caplog.at_level("WARNING", logger="fedq.datasets"):
+        loader = sy.FederatedDataLoader(federated, batch_size=2, **{'num_workers': 1, 'pin_memory': True})
+    assert "The following options are not supported: num_workers: 1, pin_memory: True" in caplog.text
+    assert [t.get().tolist() for _, t in loader] == [[0, 1], [2, 3]]
