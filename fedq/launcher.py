@@ -25,8 +25,9 @@ from .settings import DEFAULTS, WorkerSettings, settings_from
 
 log = logging.getLogger(__name__)
 
-#: what the zygote imports once for every worker it forks (set_forkserver_preload's list)
-PRELOAD = ("fedq.worker",)
+#: what the zygote imports once for every worker it forks (set_forkserver_preload's list): the
+#: worker, and OpenDP, which a worker imports only at its first release (dp.py), ~0.3 s each
+PRELOAD = ("fedq.worker", "opendp.prelude")
 #: "0": start every worker as a fresh interpreter, never from a zygote
 ZYGOTE_ENV = "FEDQ_ZYGOTE"
 
@@ -79,10 +80,8 @@ def _the_zygote() -> zygote.Zygote | None:
         return None
     with _zygote_lock:
         if _zygote is None or not _zygote.alive():
-            # No key in its environment (each fork gets its own); one BLAS thread, or OpenBLAS
-            # starts a pool at import and the zygote could not fork safely.
+            # No key in its environment: each fork gets its own, with its request.
             env = {name: value for name, value in os.environ.items() if name not in (KEY_ENV, ADMIN_KEY_ENV)}
-            env.setdefault("OPENBLAS_NUM_THREADS", "1")
             _zygote = zygote.Zygote(PRELOAD, env)
         return _zygote
 

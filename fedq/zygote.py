@@ -56,6 +56,9 @@ class Zygote:
 
     def __init__(self, preload: tuple[str, ...], env: dict[str, str]) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # One BLAS thread, or OpenBLAS (numpy's, which torch imports) starts a pool at import and
+        # the zygote could never fork safely. A worker's own threads are torch's (`threads`).
+        env = {**env, "OPENBLAS_NUM_THREADS": "1"}
         # stdin: the zygote exits at EOF, when this process dies however it dies.
         self.process = subprocess.Popen(
             [sys.executable, "-c", _ZYGOTE_BOOT, str(theirs.fileno()), *preload], stdin=subprocess.PIPE, pass_fds=(theirs.fileno(),), env=env
@@ -264,10 +267,17 @@ def serve(control_fd: int, preload: list[str], importing: threading.Event, watch
 
     gc.disable()  # (until frozen: a collection during imports would only touch pages to be shared)
     for name in preload:
-        importlib.import_module(name)
+        try:
+            importlib.import_module(name)
+        except ImportError:  # (as multiprocessing's forkserver: a fork that needs it says so itself)
+            pass
     libc = ctypes.CDLL(None, use_errno=True)
     importing.clear()
     watcher.join()
+    for _ in range(200):  # (join returns a moment before the OS thread is gone: a fork must not see it)
+        if len(os.listdir("/proc/self/task")) == 1:
+            break
+        time.sleep(0.005)
     gc.freeze()  # every object so far is out of the collector's reach: forks do not copy its pages to scan them
     control = socket.socket(fileno=control_fd)
     wake_r, wake_w = os.pipe()

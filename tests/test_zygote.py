@@ -14,7 +14,7 @@ from pathlib import Path
 import torch as th
 
 import fedq as sy
-from fedq import launcher
+from fedq import launcher, zygote
 from helpers import gone
 
 
@@ -55,31 +55,23 @@ def test_a_worker_forked_after_the_client_opened_sockets_works_and_holds_none_of
     assert worker.process.returncode == 0
 
 
-def test_workers_die_with_their_zygote_and_with_the_client_and_the_zygote_with_the_client():
-    """In a script: kill -9 its zygote, and its worker dies with it (the client sees it dead) while
-    a worker started next comes from a new zygote and works; then kill -9 the script, and that
-    worker and that zygote are gone."""
+def test_a_worker_and_its_zygote_die_with_the_script_that_started_them_on_kill_9():
     script = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(
             """
-            import os, signal, sys, time, torch as th, fedq as sy
-            from fedq import launcher
+            import time, torch as th, fedq as sy
+            from fedq import launcher, zygote
             hook = sy.TorchHook(th)
-            first = sy.VirtualWorker(hook, id="first")
-            first.ping()
-            os.kill(launcher.zygote_pid(), signal.SIGKILL)
-            print("first", first.process.wait(10), flush=True)  # (-9: its parent-death signal)
-            second = sy.VirtualWorker(hook, id="second")
-            print("second", (th.tensor([2]).send(second) * 2).get().item(), second.pid, launcher.zygote_pid(), flush=True)
+            worker = sy.VirtualWorker(hook, id="child")
+            print((th.tensor([2]).send(worker) * 2).get().item(), worker.pid, launcher.zygote_pid(), flush=True)
             time.sleep(60)
             """
         )],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        assert script.stdout.readline().split() == ["first", str(-signal.SIGKILL)]
-        word, value, worker, zygote = script.stdout.readline().split()
-        assert (word, value) == ("second", "4")
+        value, worker, zygote = script.stdout.readline().split()
+        assert value == "4"
         script.send_signal(signal.SIGKILL)
         script.wait(10)
         assert gone(int(worker), within=10), "a worker outlived its script"
@@ -87,6 +79,35 @@ def test_workers_die_with_their_zygote_and_with_the_client_and_the_zygote_with_t
     finally:
         script.kill()
         script.wait()
+
+
+def _fork(z: zygote.Zygote, source: str, env: dict[str, str] | None = None) -> tuple[zygote.ForkedProcess, int]:
+    """`source` forked by `z`, its stdout a pipe (the read end returned) and its lifeline ours."""
+    lifeline_r, lifeline_w = os.pipe()
+    out_r, out_w = os.pipe()
+    seq = z.fork(source, ["an argument"], env or {}, (lifeline_r, out_w, 2))
+    os.close(lifeline_r), os.close(out_w)
+    return zygote.ForkedProcess(z, seq, os.fdopen(lifeline_w, "wb", buffering=0), lambda: None, ["test"]), out_r
+
+
+def test_a_fork_runs_as_python_c_would_and_dies_with_its_zygote():
+    """A zygote of our own (nothing preloaded: instant): a fork sees its argv and only the
+    environment it was sent, its exit code comes back, and when the zygote is killed its forks die
+    with it (their parent-death signal), which their handles report."""
+    z = zygote.Zygote((), {"PATH": os.environ.get("PATH", "")})
+    try:
+        shown, out = _fork(z, "import os, sys; print(sys.argv[1:], sorted(os.environ)); sys.exit(3)", {"FEDQ_KEY": "ab" * 32})
+        assert shown.wait(30) == 3
+        with os.fdopen(out) as text:
+            assert text.read().strip() == "['an argument'] ['FEDQ_KEY']"
+        sleeper, _ = _fork(z, "import time; time.sleep(60)")
+        pid = sleeper.pid
+        assert sleeper.poll() is None
+        z.process.kill()
+        assert sleeper.wait(10) == -signal.SIGKILL
+        assert gone(pid, within=10)
+    finally:
+        z.close()
 
 
 def test_a_worker_started_without_the_zygote_is_the_same_program(hook):

@@ -52,7 +52,7 @@ class Plan:
         return cls(
             quick=True, sizes_mib=(1, 64), echo_number=300, latency_number=100, latency_repeats=5,
             pipelined_ops=2_000, rpc_pipelined_calls=1000, pipelined_repeats=3, transfer_repeats=5, plan_calls=100,
-            startup_counts=(4,),  # (a fresh interpreter per worker is the slow way: few of them)
+            startup_counts=(2,),  # (a fresh interpreter per worker is the slow way: a few seconds each here)
         )
 
 
