@@ -48,6 +48,12 @@ _METADATA = {
     _T.element_size, _T.is_floating_point, _T.is_complex, _T.__len__, _T.stride, _T.is_contiguous,
     _T.__repr__, _T.__format__,
 }
+#: what a read of each bakes into the plan: calls must match the build's inputs in it
+_READS = {
+    **dict.fromkeys((_T.shape.__get__, _T.size, _T.numel, _T.nelement, _T.__len__, _T.stride, _T.is_contiguous), "shapes"),
+    **dict.fromkeys((_T.ndim.__get__, _T.dim, _T.ndimension), "ranks"),
+    **dict.fromkeys((_T.dtype.__get__, _T.element_size, _T.is_floating_point, _T.is_complex), "dtypes"),
+}
 _METAS_KEPT = 256  # input signatures whose output shapes a plan remembers
 _NEEDS_VALUE = {_T.item, _T.tolist, _T.numpy, _T.__bool__, _T.__float__, _T.__int__, _T.__index__, _T.__complex__, _T.__array__}
 
@@ -113,6 +119,8 @@ class _Trace:
         self.name = name
         self.steps: list[PlanStep] = []
         self.slots = 0
+        self.state_slots = range(0)
+        self.reads: set[str] = set()  # what of the inputs' metadata the function read (`_READS`)
 
     def placeholder(self, meta: torch.Tensor) -> Placeholder:
         self.slots += 1
@@ -122,6 +130,10 @@ class _Trace:
         leaves, spec = ops.flatten(args, kwargs)
         meta_args, meta_kwargs = ops.unflatten([leaf._meta if isinstance(leaf, Placeholder) else _meta_of(leaf) for leaf in leaves], spec)
         if func in _METADATA:
+            # (a size read from a state tensor never changes; one read from anything made of the
+            # inputs holds for their shapes at build: x.view(x.size(0), -1) bakes the batch size)
+            if func in _READS and any(isinstance(leaf, Placeholder) and leaf._slot not in self.state_slots for leaf in leaves):
+                self.reads.add(_READS[func])
             return _on_meta(func, meta_args, meta_kwargs)
         what = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
         if func in _NEEDS_VALUE:
@@ -184,6 +196,7 @@ class Plan(torch.nn.Module):
         self._function = function
         self._state_tensors = None if state is None else tuple(state)
         self._built: tuple | None = None  # (steps, inputs, state count, output slots, output structure)
+        self._reads: tuple = (frozenset(), ())  # what of its inputs' metadata the build read, and their metas then
         self._tracing = False
         self._sent: dict[str, PointerPlan] = {}
         self._metas: dict[tuple, tuple] = {}  # input metadata -> (output metas), per call signature
@@ -231,6 +244,7 @@ class Plan(torch.nn.Module):
             inputs.append(trace.placeholder(_meta_of(arg).detach().requires_grad_(arg.requires_grad)))
         state = self.state_tensors()
         placeholders = [trace.placeholder(_meta_of(t).detach().requires_grad_(t.requires_grad)) for t in state]
+        trace.state_slots = range(len(inputs), len(inputs) + len(state))
         self._tracing = True
         try:
             if self._function is not None:
@@ -245,6 +259,7 @@ class Plan(torch.nn.Module):
         if not leaves or not all(isinstance(leaf, Placeholder) and leaf._trace is trace for leaf in leaves):
             raise PlanBuildError(f"plan {self.name!r} must return the tensors it computed (or its arguments), not {type(out).__name__}")
         self._built = (tuple(trace.steps), len(inputs), len(state), tuple(leaf._slot for leaf in leaves), out_spec)
+        self._reads = (frozenset(trace.reads), tuple(p._meta for p in inputs))
         self._metas.clear()
         return self
 
@@ -279,6 +294,18 @@ class Plan(torch.nn.Module):
             sent = self._sent[location.address] = PointerPlan(self, location, state)
         return sent
 
+    def _check_reads(self, metas: list[torch.Tensor]) -> None:
+        """A call's inputs must match the build's in what the function read of them (a size,
+        a rank, a dtype): that value is baked into the steps, and would be wrong, silently."""
+        reads, built = self._reads
+        for read, of in (("shapes", lambda m: tuple(m.shape)), ("ranks", lambda m: m.dim()), ("dtypes", lambda m: m.dtype)):
+            if read in reads and [of(m) for m in metas] != [of(m) for m in built]:
+                raise PlanArgumentsError(
+                    f"plan {self.name!r} read its inputs' {read} while it was built ({', '.join(str(of(m)) for m in built)}) and "
+                    f"holds them as constants: it runs on those, not on {', '.join(str(of(m)) for m in metas)}. Build it on "
+                    "inputs like the ones you call it with, or compute without reading them (x.flatten(1), not x.view(x.size(0), -1))"
+                )
+
     def copy(self) -> "Plan":
         """PySyft's `plan.copy()`: the same plan (steps, state values), sent nowhere."""
         sent, self._sent = self._sent, {}
@@ -294,6 +321,7 @@ class Plan(torch.nn.Module):
         key = (grad_enabled, tuple((tuple(m.shape), m.dtype, m.requires_grad) for m in metas))
         cached = self._metas.get(key)
         if cached is None:
+            self._check_reads(metas[:n_inputs])
             values = [m.detach().requires_grad_(m.requires_grad) for m in metas]
             with torch.set_grad_enabled(grad_enabled):
                 for number, step in enumerate(steps):

@@ -259,7 +259,7 @@ def test_a_model_plans_buffers_are_state_too_updated_on_the_worker(devices):
     reference = Normed()
     reference.load_state_dict(net.state_dict())
     remote = net.send(device_1)
-    x = torch.randn(8, 4)
+    x = torch.randn(5, 4)  # (another batch size than the build's: BatchNorm reads only the rank)
     assert torch.allclose(remote(x.send(device_1)).get(), reference(x), atol=1e-5)
     remote.get()
     for name, value in reference.state_dict().items():
@@ -290,6 +290,21 @@ def test_plans_refuse_bad_input_before_anything_is_sent(devices, monkeypatch):
     torch.nn.Module.send(sent_model, device_1)  # (the model's own send: its weights become pointers)
     with pytest.raises(sy.PlanArgumentsError, match="get"):
         sent_model.send(device_1)
+
+    # A size read while building is a constant of the plan: a call on other sizes is refused, not wrong.
+    @sy.func2plan(args_shape=[(-1, 2, 2)])
+    def flat(x):
+        return x.view(x.size(0), -1) * 2
+
+    with pytest.raises(sy.PlanArgumentsError, match="shapes"):
+        flat.send(device_1)(torch.ones(3, 2, 2).send(device_1))
+    assert torch.equal(flat.send(device_1)(torch.ones(1, 2, 2).send(device_1)).get(), torch.full((1, 4), 2.0))
+
+    @sy.func2plan(args_shape=[(-1, 2, 2)])
+    def flat_any(x):
+        return x.flatten(1) * 2  # (no size read: any batch)
+
+    assert flat_any.send(device_1)(torch.ones(3, 2, 2).send(device_1)).get().shape == (3, 4)
 
     with pytest.raises(sy.UnsupportedOperationError, match="building plan 'strided'.*raw memory"):
         @sy.func2plan(args_shape=[(4,)])
