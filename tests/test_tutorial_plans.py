@@ -1,6 +1,7 @@
 """PySyft 0.2.9's tutorial Part 08 - Introduction to Plans, cell by cell (our transcription;
-only the import changed), on real worker processes. Then what a plan must never be: a way to run an op outside the op table, or to get
-out of private data what the same ops one by one would not.
+only the import changed), on real worker processes. Then what a plan must never be: a way to
+run an op outside the op table, past a limit, or to get out of private data what the same ops
+one by one would not.
 
 (Part 08 bis, "Introduction to Protocols", is not in v0.2.9's tutorials: it was removed
 before that tag, and sy.Protocol with it; only its translations remain.)"""
@@ -42,8 +43,9 @@ def devices(hook):
         device.shutdown()
 
 
-def count_messages(monkeypatch, client, kind):
-    """How many requests of type `kind` the client sends from now on (its own submit, spied on)."""
+def count_messages(monkeypatch, client):
+    """`sent(kind)`: how many requests of type `kind` the client sent from now on (its own
+    submit, spied on: every request still goes out)."""
     sent = []
     submit = client.submit
 
@@ -52,7 +54,7 @@ def count_messages(monkeypatch, client, kind):
         return submit(address, message, **kwargs)
 
     monkeypatch.setattr(client, "submit", spy)
-    return lambda: sent.count(kind)
+    return sent.count
 
 
 class Net(sy.Plan):  # cell 28
@@ -102,13 +104,12 @@ def test_part08_basic_example(devices, monkeypatch, capsys):
     pointer_plan = plan_double_abs.send(device_1)  # cell 20
     assert isinstance(pointer_plan, sy.PointerPlan) and device_1.id in repr(pointer_plan)
 
-    runs = count_messages(monkeypatch, device_1.client, RunPlan)
-    ops = count_messages(monkeypatch, device_1.client, RunOp)
+    sent = count_messages(monkeypatch, device_1.client)
     pointer_to_result = pointer_plan(pointer_to_data)  # cell 24
     print(pointer_to_result)
     assert isinstance(pointer_to_result, sy.PointerTensor) and pointer_to_result.location is device_1
     assert capsys.readouterr().out.startswith("[PointerTensor | me:")
-    assert (runs(), ops()) == (1, 0)  # one message for the plan, none per op
+    assert (sent(RunPlan), sent(RunOp)) == (1, 0)  # one message for the plan, none per op
     assert torch.equal(pointer_to_result.get(), torch.tensor([2.0, 4.0]))  # cell 26
     # (beyond the tutorial: a built plan called on pointers is sent where they are, once; a copy is sent nowhere)
     assert torch.equal(plan_double_abs(pointer_to_data).get(), torch.tensor([2.0, 4.0]))
@@ -275,7 +276,7 @@ def test_plans_refuse_bad_input_before_anything_is_sent(devices, monkeypatch):
     net.build(torch.tensor([1.0, 2.0]))
     remote = net.send(device_1)
     x = torch.tensor([1.0, 2.0]).send(device_1)
-    runs = count_messages(monkeypatch, device_1.client, RunPlan)
+    sent = count_messages(monkeypatch, device_1.client)
     with pytest.raises(sy.PlanArgumentsError, match="takes 1 argument"):
         remote(x, x)
     with pytest.raises(sy.PlanArgumentsError, match=r"shapes \(3,\).*torch.nn.functional.linear"):
@@ -284,7 +285,7 @@ def test_plans_refuse_bad_input_before_anything_is_sent(devices, monkeypatch):
         remote(torch.ones(2))
     with pytest.raises(sy.TensorsNotCollocatedError, match="device_2"):
         remote(torch.ones(2).send(devices[1]))
-    assert runs() == 0
+    assert sent(RunPlan) == 0
     sent_model = Net()
     sent_model.build(torch.tensor([1.0, 2.0]))
     torch.nn.Module.send(sent_model, device_1)  # (the model's own send: its weights become pointers)
