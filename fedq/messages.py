@@ -276,7 +276,8 @@ class DeleteObjects(Request):
 
 @dataclass
 class HoldsObject(Request):
-    """Reply whether an object is stored under `id` (did a move whose source died land?)."""
+    """Reply whether an object is stored under `id` (did a move whose source failed land?); if
+    it is, the asker holds a reference to it from then on (worker.holds_object)."""
 
     id: int
 
