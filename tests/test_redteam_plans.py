@@ -15,12 +15,16 @@ from pathlib import Path
 
 import pytest
 import torch as th
+import zmq
 
 import fedq as sy
 
 from helpers import succeeds
+from fedq.codec import Codec
+from fedq.errors import RequestTooLargeError
 from fedq.ids import new_id
-from fedq.messages import DeleteObjects, GetObject, PlanStep, Ref, RunPlan, Slot
+from fedq.messages import DeleteObjects, GetObject, PlanStep, Ref, RunPlan, Slot, StoreObject
+from fedq.worker import MAX_RESULTS_PER_OP
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -130,6 +134,52 @@ def test_a_plan_output_naming_the_owners_private_input_is_still_private_and_the_
     assert refused(own_dp_owner.search("#table")[0].get)
 
 
+@succeeds("search() gives the owner (a request signed with the admin key: reply.by_owner) every object carrying "
+          "the tags, a key holder's too, contrary to rule 14 (never another client's): a tensor planted with the "
+          "owner's tags is found by the owner's own script, and by its grid, as if it were the owner's data")
+def test_a_key_holder_cannot_plant_data_the_owners_search_finds(hook, device):
+    codec = Codec(hook.local_worker.key)  # a key holder's own session, not this script's (the owner's)
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(device.address)
+    try:
+        sock.send_multipart(codec.encode(1, StoreObject(new_id(), th.tensor([666.0]), ("#pub",)), device.incarnation))
+        assert sock.poll(20_000)
+        codec.decode(sock.recv_multipart())
+        found = device.search("#pub")
+        grid = sy.PrivateGridNetwork(device).search("#pub")[device.id]
+        values = [p.get().tolist() for p in found] + [p.get().tolist() for p in grid]
+    finally:
+        sock.close()
+    assert values == [list(range(6))] * 2, f"the owner's search found {values}"
+
+
+def test_no_plan_launders_private_rows_into_something_fetchable(table, dp_owner):
+    """Detached, .data, views of freed intermediates, in place into a fresh result, a gradient
+    from a dataset that refuses updates, an exact aggregate over the records: each output is
+    refused, as the same ops one by one are."""
+    w = th.zeros(4, requires_grad=True)
+
+    def weighted(x, state):
+        (weight,) = state.read()
+        return (x * weight).sum()
+
+    plans = {
+        "detach": lambda x: x.detach() * 1,
+        "data": lambda x: x.data + 0,
+        "a view of a freed intermediate": lambda x: (x * 1).view(-1)[0:4] + 0,
+        "in place into a fresh result": lambda x: (x[:, 0] * 0).add_(x[:, 1]),
+        "an exact sum over the records": lambda x: x.sum(dim=0),
+        "a one-hot mask of one cell": lambda x: (x * th.eye(64)[3:4].T).sum(),
+    }
+    for name, function in plans.items():
+        plan = sy.func2plan(args_shape=[(64, 4)])(function)
+        assert refused(plan.send(dp_owner)(table).get), name
+    sent = sy.func2plan(args_shape=[(64, 4)], state=(w,))(weighted).send(dp_owner)
+    sent(table).backward()  # w.grad: the column sums of the table
+    assert refused(sent.state[0].grad.get), "a gradient"
+
+
 # --------------------------------------------------------------------------- limits
 
 
@@ -173,6 +223,24 @@ def test_a_traced_plan_that_swaps_memory_is_counted(small_store):
     with pytest.raises(sy.StoreFullError):
         plan(kept[1]).get()
     assert sum(info.nbytes for info in small_store.describe()) <= 1 << 20
+
+
+@succeeds("a plan's steps may each make MAX_RESULTS_PER_OP tensors, 4096 steps: 268M store entries (views of one "
+          "storage, counted once by max_store_bytes) from one message of a few hundred bytes, since one PlanStep "
+          "repeated pickles once; ops one by one must name each result's id (9 bytes each)")
+def test_one_small_plan_cannot_make_more_tensors_than_one_op_may(bob):
+    """128 references to one step splitting 1024 floats into views: 131,072 tensors stored at
+    once (~1.4 s here); 4096 steps of 65,536 would take the worker about an hour."""
+    x = th.zeros(1024).send(bob)
+    step = PlanStep("Tensor.split", (Slot(0), 1), {}, 1024)
+    sent = sy.local_client().stats()["bytes_sent"]
+    try:
+        crafted(bob, (step,) * 128, [Ref(x.id_at_location)], [0], [new_id()])
+        outcome = "ran"
+    except RequestTooLargeError:
+        outcome = "refused"
+    size = sy.local_client().stats()["bytes_sent"] - sent
+    assert outcome == "refused", f"a {size}-byte plan made {128 * 1024} tensors (one op may make {MAX_RESULTS_PER_OP})"
 
 
 # --------------------------------------------------------------------------- federated datasets over private rows
