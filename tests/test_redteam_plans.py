@@ -63,9 +63,6 @@ def own_dp_owner(hook, federation):
 # --------------------------------------------------------------------------- the owner's data: changed by a key holder
 
 
-@succeeds("an op whose result is the owner's memory (view_as, type_as, to, expand_as, a plan step) that also "
-          "reads private data marks that memory private (privacy.py run marks every result's storage): the owner's "
-          "public data is then refused to everyone")
 def test_a_key_holders_plan_does_not_make_the_owners_public_data_private(device):
     public = device.search("#pub")[0]
     assert th.equal(public.get(), th.arange(6.0))  # public: anyone may fetch it
@@ -81,9 +78,6 @@ def test_a_key_holders_plan_does_not_make_the_owners_public_data_private(device)
     assert not refused(device.search("#pub")[0].get), "a key holder made the owner's public data private"
 
 
-@succeeds("an op that returns its input itself (type_as, to, contiguous) overwrites the facts privacy.py keeps of "
-          "that tensor (keyed by the tensor): the owner's dataset table, typed as a key holder's private tensor, "
-          "loses its rows and bounds, and no one can release an aggregate of it again")
 def test_a_key_holder_cannot_make_the_owners_dataset_unreleasable_for_everyone(own_dp_owner):
     table = own_dp_owner.search("#table")[0]
     assert isinstance(table.sum(dim=0).get(epsilon=0.01, bounds=(0.0, 9.0)), th.Tensor)  # a DP release works
@@ -180,6 +174,25 @@ def test_no_plan_launders_private_rows_into_something_fetchable(table, dp_owner)
     assert refused(sent.state[0].grad.get), "a gradient"
 
 
+def test_no_id_a_key_holder_names_replaces_the_owners_data(device):
+    """The owner's data's id is known to every searcher (its pointer's id_at_location): a plan's
+    result id, an op's, or a stored object's naming it is refused, and the data is as it was."""
+    public = device.search("#pub")[0]
+    owner_id = public.id_at_location
+    mine = th.ones(6).send(device)
+    client = sy.local_client()
+    for attempt in (
+        lambda: crafted(device, [PlanStep("Tensor.mul", (Slot(0), 0), {}, 1)], [Ref(mine.id_at_location)], [1], [owner_id]),
+        lambda: crafted(device, [], [Ref(mine.id_at_location)], [0, 0], [new_id(), owner_id]),  # (the first stored, then undone)
+        lambda: client.request(device.address, StoreObject(owner_id, th.full((6,), 666.0), ("#pub",))),
+    ):
+        with pytest.raises(sy.FedqError):
+            attempt()
+    assert [p.get().tolist() for p in device.search("#pub")] == [list(range(6))]
+    assert len(device._objects) == 2  # the owner's data and mine: no output of a refused plan left
+    assert mine.get().tolist() == [1.0] * 6
+
+
 # --------------------------------------------------------------------------- limits
 
 
@@ -190,9 +203,6 @@ def small_store(hook, federation):
     worker.shutdown()
 
 
-@succeeds("an in-place op sent with a result count (a crafted plan step, or a RunOp with result ids) runs, then "
-          "fails on its None result before _run_here re-measures what it wrote: x.data = big swaps x's memory "
-          "for an intermediate the plan then frees, and the store stops counting memory that x keeps alive")
 def test_a_plan_step_cannot_hide_memory_from_the_store_limit(small_store):
     """Each call hides an 800 KB intermediate of the plan's in a 4-byte tensor of ours: three
     calls hold 2.4 MB on a worker whose store may hold 1 MiB."""
