@@ -423,17 +423,28 @@ def share(value: Any, *workers: "Location", crypto_provider: "Location | None" =
 
 
 def _share_remote(pointer: Pointer, workers: Sequence["Location"], crypto_provider: Any) -> AdditiveSharingTensor:
-    pointer._check_usable()
-    if pointer.dtype != ring.RING:
-        raise TypeError("only int64 tensors are shared (the ring Z/2^64): p.fix_precision().share(...) for fractions, p.long() for integers")
-    client = pointer.location.client
-    ids = [new_id() for _ in workers]
-    # The pointers first (rule 1): a failure from here on frees whatever was stored.
-    shares = [PointerTensor._make(_meta(pointer.shape), worker, new_id(), id, is_chain=False) for worker, id in zip(workers, ids)]
-    parties = tuple((w.id, w.address, w.incarnation, id) for w, id in zip(workers, ids))
+    return share_many([pointer], workers, crypto_provider=crypto_provider)[0]
+
+
+def share_many(pointers: Sequence[Pointer], workers: Sequence["Location"], crypto_provider: Any = None) -> list[AdditiveSharingTensor]:
+    """`p.share(*workers)` for each pointer, sent at once and waited for once (a federated round
+    shares every owner's update in one round trip, not one per owner)."""
+    requests, sharings = [], []
+    for pointer in pointers:
+        pointer._check_usable()
+        if pointer.dtype != ring.RING:
+            raise TypeError("only int64 tensors are shared (the ring Z/2^64): p.fix_precision().share(...) for fractions, p.long() for integers")
+        ids = [new_id() for _ in workers]
+        # The pointers first (rule 1): a failure from here on frees whatever was stored.
+        shares = [PointerTensor._make(_meta(pointer.shape), worker, new_id(), id, is_chain=False) for worker, id in zip(workers, ids)]
+        parties = tuple((w.id, w.address, w.incarnation, id) for w, id in zip(workers, ids))
+        requests.append((pointer.location.address, ShareObject(pointer.id_at_location, parties, secrets.token_hex(16))))
+        sharings.append(AdditiveSharingTensor(shares, crypto_provider, held_remotely=True))
+    if any(p._is_chain for p in pointers):
+        pointers[0].location.client.barrier()  # (a chain's last hop must have made the object)
     # Waited for: the other holders must hold their shares before our next op there.
-    client.request(pointer.location.address, ShareObject(pointer.id_at_location, parties, secrets.token_hex(16)), after_all=pointer._is_chain)
-    return AdditiveSharingTensor(shares, crypto_provider, held_remotely=True)
+    pointers[0].location.client.request_many(requests)
+    return sharings
 
 
 def _beaver(kind: str, x: AdditiveSharingTensor, y: AdditiveSharingTensor) -> AdditiveSharingTensor:

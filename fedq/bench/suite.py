@@ -74,6 +74,9 @@ DEFINITIONS = {
     "startup": "seconds from starting N workers at once to the last one's answer to a ping, in this process: each a "
     "fresh `python -c` that imports torch (before the zygote), or forked from the zygote (its own start included: "
     "stopped before each N); PSS (smaps_rollup) per worker after they idled 0.5 s, with and without the zygote's share",
+    "secagg": "seconds per federated round (1 local step per owner) of train_with_secure_aggregation against "
+    "train_on_trusted_aggregator on the same owners and model: 2 owners of nn.Linear(4, 1), 4 owners of nn.Linear(1000, 1000) "
+    "(--quick: 100); and seconds per x * y, x.mm(y) of two-holder sharings of 1000 x 1000 int64 (--quick: 100), crypto provider included",
     "gate": "checks whose ratio is more than twice as bad as the target (for a known miss recorded in "
     "baseline.json: as its recorded ratio) in two runs in a row (the second runs only if the first "
     "failed: first_run_failed); any makes `fedq bench` exit with code 3",
@@ -126,6 +129,7 @@ def _measure(plan: Plan, log: Callable[[str], None]) -> dict[str, Any]:
     """One run of every section, one after the other."""
     from .fedq_work import measure_fedq
     from .floor import measure_floor
+    from .secagg import measure_secagg
     from .startup import measure_startup
     from .syft029 import measure_pysyft029
     from .torch_rpc import measure_torch_rpc
@@ -162,5 +166,7 @@ def _measure(plan: Plan, log: Callable[[str], None]) -> dict[str, Any]:
         sizes_mib=sizes, latency_number=plan.latency_number, latency_repeats=plan.latency_repeats,
         pipelined_ops=plan.pipelined_ops, pipelined_repeats=plan.pipelined_repeats,
         transfer_repeats=plan.transfer_repeats, move_mib=plan.move_mib, plan_calls=plan.plan_calls), log)
+    results["secagg"], durations["secagg"] = _section("fedq: secure aggregation and shared products", lambda: measure_secagg(
+        quick=plan.quick, repeats=1 if plan.quick else 3), log)
     results["meta"]["durations_s"] = durations
     return results

@@ -164,6 +164,17 @@ def evaluate(results: dict[str, Any]) -> list[Check]:
     rounds = _ms(fq, "trusted_aggregator", "round")
     add("trusted-aggregator round (2 owners)", rounds, "ms", "—", None, None)
 
+    # Secure aggregation (issue 16): each round beside the trusted-aggregator round on the same work
+    secagg = results.get("secagg") or {}
+    for key, work, bound in (("linear_2_owners", "secure-aggregation round (2 owners, linear)", None),
+                             ("large_4_owners", "secure-aggregation round (4 owners, ~1M parameters)",
+                              None if (results.get("meta") or {}).get("quick") else Bound(2.0, True))):  # (--quick: 10k parameters, shown only)
+        add(work, _ms(secagg, key, "secure"), "ms", "trusted-aggregator round, same work", _ms(secagg, key, "trusted"), bound)
+    side = _get(secagg, "products", "side")
+    for kind, name in (("mul", "x * y"), ("mm", "x.mm(y)")):
+        seconds = _get(secagg, "products", kind, "median")
+        add(f"shared {name}, {side}x{side}" if side else f"shared {name}", None if not seconds else 1 / seconds, "ops/s", "—", None, None)
+
     # Starting workers (issue 17): N at once until all answer, and PSS per idle worker
     startup = results.get("startup") or {}
     counts = sorted((_get(startup, "zygote") or {}).keys(), key=int)

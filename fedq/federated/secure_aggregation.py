@@ -19,7 +19,7 @@ import torch
 from torch import nn, optim
 
 from ..pointer import Batch
-from ..sharing import AdditiveSharingTensor, FixedPrecisionTensor
+from ..sharing import AdditiveSharingTensor, FixedPrecisionTensor, fix_precision, share_many
 from .trusted_aggregator import LOSS_BOUNDS, LOSS_EPSILON, RoundResult, _progress
 
 
@@ -72,13 +72,17 @@ def _one_round(model: nn.Module, owners: Sequence[tuple[Any, Any]], number: int,
         batch.get(loss, epsilon=LOSS_EPSILON, bounds=LOSS_BOUNDS)
     losses = {worker.id: float(loss.detach()) for worker, loss in zip(workers, batch.run())}
     with torch.no_grad():
-        for name, param in model.named_parameters():
-            total: Any = None
-            for copy in copies:
-                # (the trained copy's parameter, detached where it is: a plain tensor to encode)
-                shared = dict(copy.named_parameters())[name].detach().fix_precision().share(*workers, crypto_provider=crypto_provider)
-                total = shared.get() if total is None else total + shared.get()  # (.get(): the sharing's pointers come here)
+        names = [name for name, _ in model.named_parameters()]
+        # Every owner's every parameter, detached and encoded where it is, then shared: all at once.
+        encoded = [fix_precision(dict(copy.named_parameters())[name].detach()) for name in names for copy in copies]
+        sharings = share_many([e.child for e in encoded], workers, crypto_provider=crypto_provider)
+        for index, (name, param) in enumerate(model.named_parameters()):
+            mine = sharings[index * len(copies):(index + 1) * len(copies)]
+            total = FixedPrecisionTensor(mine[0].get())
+            for sharing in mine[1:]:
+                total = total + FixedPrecisionTensor(sharing.get())  # (.get(): the sharing's pointers come here)
             param.set_(_average(total, len(copies)).reshape(param.shape).to(param.dtype))
+        del encoded, sharings, mine, total
     del copies, optimizers, first_losses, loss  # frees everything the round left on the workers
     return RoundResult(number, losses)
 
