@@ -209,7 +209,8 @@ class Client:
         for address in addresses:
             self.peers.incarnation_of(address, timeout)
         calls = [self.submit(address, message, wait=True) for address, message in requests]
-        limit = self.timeout if timeout is None else timeout
+        # (the longest of theirs, as barrier: each may have its config's)
+        limit = max((self.peers.timeouts.get(call.address, self.timeout) for call in calls), default=self.timeout) if timeout is None else timeout
         self._waits += 1
         try:
             if not self._io.wait_until(lambda: all(call.done for call in calls), limit):

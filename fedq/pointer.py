@@ -102,13 +102,13 @@ class GradTracker:
         if self._tracked.get(pointer.id) is pointer:
             del self._tracked[pointer.id]
 
-    def leaves_at(self, address: str) -> dict[int, "Pointer"]:
-        """The usable tracked pointers to objects on `address`, by the id of their meta tensor
-        (what a meta graph's leaves are)."""
-        return {
-            id(pointer._meta): pointer for pointer in list(self._tracked.values())
-            if isinstance(pointer, Pointer) and pointer.location.address == address and pointer._ref is not None and not pointer._ref.spent
-        }
+    def leaves_at(self, address: str, ids: frozenset[int]) -> list["Pointer"]:
+        """The usable tracked pointers to the objects `ids` on `address` (every handle to each)."""
+        return [
+            pointer for pointer in list(self._tracked.values())
+            if isinstance(pointer, Pointer) and pointer.location.address == address and pointer.id_at_location in ids
+            and pointer._ref is not None and not pointer._ref.spent
+        ]
 
     def changed(self, address: str, ids_with_grad: set[int] | None) -> None:
         """A backward ran on `address`; `ids_with_grad` (None: not known) now have a .grad there."""
@@ -285,7 +285,10 @@ class Pointer:
         """A second handle to the same remote object (rule 9); it keeps the object alive too."""
         self._check_usable()
         self.location.client.submit(self.location.address, IncRef((self.id_at_location,)))
-        return PointerTensor._make(_fresh_meta(self._meta), self.location, new_id(), self.id_at_location, is_chain=self._is_chain)
+        handle = PointerTensor._make(_fresh_meta(self._meta), self.location, new_id(), self.id_at_location, is_chain=self._is_chain)
+        if hasattr(self, "_grad_from"):  # the same object: made by the same ops
+            handle._grad_from = self._grad_from
+        return handle
 
     def copy(self) -> "PointerTensor":
         """A new object at the location, with its own id (rule 9)."""
@@ -369,13 +372,14 @@ def _become_pointer(param: torch.nn.Parameter, location: "Location", id_at_locat
     param.data = torch.empty(0, dtype=param.dtype)  # the values live on the worker now
     param.__class__ = PointerParameter
     param._init_pointer(meta, location, new_id(), id_at_location, is_chain=is_chain, grad=grad)
+    param._grad_from = frozenset((id_at_location,))  # a leaf there: its own grad's only source
     return param
 
 
 def _become_local(param: PointerParameter, value: torch.Tensor) -> torch.nn.Parameter:
     param._spend("the model was fetched with .get()")
     GradTracker.of(param.location.client).forget(param)
-    for attr in ("id", "id_at_location", "location", "owner", "tags", "description", "_ref", "_meta", "_is_chain", "_grad_state"):
+    for attr in ("id", "id_at_location", "location", "owner", "tags", "description", "_ref", "_meta", "_is_chain", "_grad_state", "_grad_from"):
         param.__dict__.pop(attr, None)
     param.__class__ = torch.nn.Parameter
     param.data = value.detach()
@@ -387,11 +391,6 @@ def _fresh_meta(meta: torch.Tensor) -> torch.Tensor:
     """A leaf meta tensor of its own (in-place ops change it alone), like `meta`."""
     fresh = meta.detach()
     return fresh.requires_grad_() if meta.requires_grad else fresh
-
-
-def _own_meta(meta: torch.Tensor) -> torch.Tensor:
-    """A result's meta: its meta graph if it has one (made for it alone, `_infer`), else a fresh leaf."""
-    return meta if meta.grad_fn is not None else _fresh_meta(meta)
 
 
 def _name(func: Any) -> str:
@@ -442,8 +441,14 @@ def _run_remote(func: Any, args: tuple, kwargs: dict) -> Any:
         except Exception:
             pass
         target = args[0] if args else None
-        if isinstance(target, Pointer) and target._meta.requires_grad and target._meta.is_leaf and target._ref is not None:
-            GradTracker.of(client).track(target)  # (requires_grad_() made it a leaf whose .grad backward writes)
+        if isinstance(target, Pointer) and target._meta.requires_grad and target._ref is not None:
+            if grad_enabled and (hasattr(target, "_grad_from") or not target._meta.is_leaf):
+                # (x[i] = v: x is made from v's leaves too; a tensor that needed no grads before is no leaf)
+                made_from = pointers if hasattr(target, "_grad_from") else [p for p in pointers if p is not target]
+                target._grad_from = _grad_sources(made_from)
+            elif target._meta.is_leaf:
+                GradTracker.of(client).track(target)  # (requires_grad_() made it a leaf whose .grad backward writes)
+                target._grad_from = frozenset((target.id_at_location,))
         return None if name in ("Tensor.__setitem__",) or name.endswith(".__set__") else args[0]
 
     inferred = _infer(func, args, kwargs, leaves, spec)
@@ -454,8 +459,10 @@ def _run_remote(func: Any, args: tuple, kwargs: dict) -> Any:
             return ops.unflatten_result(results, out_spec)  # metadata only (a size, a stride): answered here
         if len(tensors) != len(results):
             raise ValueNeedsGetError(f"{name} returns Python values along with tensors; .get() the tensors first")
-        pointers = _pipelined(location, RunOp(name, wire_args, wire_kwargs, None, result_meta, grad_enabled), results, is_chain)
-        return ops.unflatten_result(pointers, out_spec)
+        made = _pipelined(location, RunOp(name, wire_args, wire_kwargs, None, result_meta, grad_enabled), results, is_chain)
+        if grad_enabled:
+            _note_grad_sources(made, pointers)
+        return ops.unflatten_result(made, out_spec)
 
     # Shapes that depend on the data (nonzero, masked_select...): the worker runs it and tells us.
     answer = client.request(location.address, RunOp(name, wire_args, wire_kwargs, None, None, grad_enabled))
@@ -464,8 +471,8 @@ def _run_remote(func: Any, args: tuple, kwargs: dict) -> Any:
         if not isinstance(remote, PointerSpec):
             return remote
         pointer = PointerTensor.from_spec(location.worker_at(remote.location, remote.address), remote, is_chain=is_chain, id=new_id())
-        if remote.requires_grad:  # a leaf here but not on the worker: a meta graph through it is cut
-            pointer._grad_leaf = False
+        if remote.requires_grad:  # made from leaves we cannot name here: a backward through it asks
+            pointer._grad_from = None
         return pointer
 
     return tree_map(to_pointer, answer)
@@ -493,14 +500,7 @@ def _infer(func: Any, args: tuple, kwargs: dict, leaves: list, spec: Any) -> tup
     """The results' meta tensors (flattened), structure and wire metadata (`RunOp.result_meta`),
     worked out on meta tensors; None when that cannot be done (the shape depends on the data).
     Running an op on meta tensors costs far more than sending it, so answers are remembered
-    by op, structure and input metadata; but a result that needs grads keeps its own meta graph
-    (not cached), from which `loss.backward()` learns which leaves get a .grad without asking."""
-    if torch.is_grad_enabled() and any(isinstance(leaf, Pointer) and leaf._meta.requires_grad for leaf in leaves):
-        try:
-            results, out_spec = ops.flatten_result(_on_meta(func, args, kwargs))
-        except Exception:
-            return None
-        return results, out_spec, _result_meta(results)
+    by op, structure and input metadata."""
     try:
         key = (func, spec, torch.is_grad_enabled(), tuple(
             (leaf._meta.shape, leaf._meta.dtype, leaf._meta.requires_grad) if isinstance(leaf, Pointer) else (type(leaf), leaf)
@@ -535,7 +535,7 @@ def _pipelined(location: "Location", op: RunOp, metas: list[torch.Tensor], is_ch
         op.result_meta = _result_meta(metas)
     # The pointers first: a Ctrl-C between the two then leaves deletes of ids never stored
     # (ignored), not stored objects that no pointer holds.
-    pointers = [PointerTensor._make(_own_meta(m), location, new_id(), id, is_chain=is_chain) for m, id in zip(metas, op.result_ids)]
+    pointers = [PointerTensor._make(_fresh_meta(m), location, new_id(), id, is_chain=is_chain) for m, id in zip(metas, op.result_ids)]
     location.client.submit(location.address, op)
     return pointers
 
@@ -567,9 +567,9 @@ def _write_grad(pointer: Pointer, value: Any) -> None:
 
 
 def _backward(pointer: Pointer, *args: Any, **kwargs: Any) -> None:
-    """`loss.backward()` on the worker, pipelined when the pointers' meta graph says which
-    leaves get a grad (`_leaves_given_grads`), so that an optimizer step that follows waits for
-    nothing, and neither does the backward; else one round trip, whose answer says so."""
+    """`loss.backward()` on the worker, pipelined when we know which leaves it gives a grad
+    (`_leaves_given_grads`), so that neither it nor an optimizer step that follows waits; else one
+    round trip, whose answer says which."""
     pointer._check_usable()
     client = pointer.location.client
     wire_args, wire_kwargs = tree_map(lambda a: Ref(a.id_at_location) if isinstance(a, Pointer) else a, ((pointer, *args), kwargs))
@@ -585,46 +585,42 @@ def _backward(pointer: Pointer, *args: Any, **kwargs: Any) -> None:
     GradTracker.of(client).changed(pointer.location.address, None if pointer._is_chain else set(with_grad or ()))
 
 
+def _grad_sources(pointers: list[Pointer]) -> frozenset[int] | None:
+    """The objects (ids on their worker) of the leaves that `pointers` were computed from, whose
+    .grad a backward through them writes; None when some were made where we cannot see."""
+    found: set[int] = set()
+    for pointer in pointers:
+        if pointer._meta.requires_grad:
+            # (a leaf names itself: sent, a parameter, requires_grad_(); a pointer made any other
+            # way than by an op here, a plan's output say, names nothing: not known)
+            sources = getattr(pointer, "_grad_from", None)
+            if sources is None:
+                return None
+            found |= sources
+    return frozenset(found)
+
+
+def _note_grad_sources(results: list[Pointer], inputs: list[Pointer]) -> None:
+    """Results that need grads remember the leaves they came from (ids only: no pointer kept alive)."""
+    needing = [r for r in results if r._meta.requires_grad]
+    if needing:
+        sources = _grad_sources(inputs)
+        for result in needing:
+            result._grad_from = sources
+
+
 def _leaves_given_grads(pointer: Pointer, args: tuple, kwargs: dict) -> list[Pointer] | None:
-    """The pointers whose objects backward from `pointer` gives a .grad, found by running that
-    backward on their meta tensors (autograd runs on meta: no data, no worker); None when the
-    meta graph cannot tell: a chain, a graph cut by an op whose shape needed the worker, a
-    leaf no pointer here tracks, or a backward that fails on meta (the worker says why)."""
-    leaves_args = [a for a in ops.flatten(args, kwargs)[0] if isinstance(a, Pointer)]
-    if pointer._is_chain or pointer._meta.grad_fn is None or any(a._is_chain or a.location.address != pointer.location.address for a in leaves_args):
+    """The pointers whose objects backward from `pointer` gives a .grad: the leaves it was computed
+    from, which each op's results remember (`_note_grad_sources`: an id set per result, no meta op,
+    no round trip). None when that is not known here: a chain (backward runs further away), an op
+    whose result the worker described (its shape needed the data), `inputs=`, or a root that
+    needs no grad (the worker says why, at once)."""
+    others = [a for a in ops.flatten(args, kwargs)[0] if isinstance(a, Pointer)]
+    address = pointer.location.address
+    if pointer._is_chain or not pointer._meta.requires_grad or kwargs.get("inputs") is not None or any(a._is_chain or a.location.address != address for a in others):
         return None
-    tracked = GradTracker.of(pointer.location.client).leaves_at(pointer.location.address)
-    found = [tracked.get(id(leaf)) for leaf in _meta_leaves(pointer._meta)]
-    if any(p is None or not getattr(p, "_grad_leaf", True) for p in found):
-        return None
-    metas = [p._meta for p in found]
-    for meta in metas:
-        meta.grad = None
-    meta_args, meta_kwargs = _metas(args, kwargs)
-    try:
-        with torch._C.DisableTorchFunctionSubclass():
-            torch.Tensor.backward(pointer._meta, *meta_args, **meta_kwargs)
-        return [p for p, meta in zip(found, metas) if meta.grad is not None]
-    except Exception:
-        return None
-    finally:
-        for meta in metas:
-            meta.grad = None  # (the meta grads were only for telling; the pointers track the real ones)
-
-
-def _meta_leaves(root: torch.Tensor) -> list[torch.Tensor]:
-    """The leaves of `root`'s meta graph: what its backward may write a .grad into."""
-    found, seen, stack = [], set(), [root.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        variable = getattr(node, "variable", None)
-        if isinstance(variable, torch.Tensor):
-            found.append(variable)
-        stack.extend(next_node for next_node, _ in node.next_functions)
-    return found
+    sources = _grad_sources([pointer])
+    return None if sources is None else GradTracker.of(pointer.location.client).leaves_at(address, sources)
 
 
 _SPECIAL = {
@@ -743,6 +739,8 @@ def send_tensor(tensor: torch.Tensor, worker: "Location") -> PointerTensor:
         meta, worker, new_id(), id_at_location, is_chain=False,
         grad=_GRAD_PRESENT if tensor.is_leaf and tensor.grad is not None else None, tags=tags, description=description,
     )
+    if tensor.requires_grad:
+        pointer._grad_from = frozenset((id_at_location,))  # stored as a leaf
     _store(tensor, worker, id_at_location, tags, description)
     return pointer
 

@@ -85,7 +85,7 @@ def test_a_training_step_costs_a_constant_number_of_round_trips(hook, bob):
         loss.backward()
         opt.step()
         waits.append(client.stats()["waits"] - before)
-    assert waits == [0, 0, 0], waits  # all pipelined: the meta graph says which grads backward makes
+    assert waits == [0, 0, 0], waits  # all pipelined: each result remembers the leaves it came from
     model.get()
 
 

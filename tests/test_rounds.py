@@ -1,7 +1,8 @@
 """Federated rounds that wait once (issue 17): a trusted-aggregator round over N owners waits
 the same number of times for 8 owners as for 2, and still gives plain torch's FedAvg; the
-pipelined backward behind it (its grads worked out on the pointers' meta graph) still fails
-where the worker fails, naming it, and falls back to asking when the meta graph cannot tell."""
+pipelined backward behind it (each result remembers the leaves it came from, so the client
+knows which get a .grad) still fails where the worker fails, naming it, and falls back to asking
+when that is not known here."""
 
 from __future__ import annotations
 
@@ -80,7 +81,7 @@ def test_a_pipelined_backward_that_fails_on_the_worker_raises_at_the_next_wait_n
     loss = (w * 2).sum()
     bob.clear_objects()  # (a key holder's clear: frees our references there; our pointers do not know)
     waits = hook.local_worker.stats()["waits"]
-    loss.backward()  # the meta graph says w gets a grad: nothing waits
+    loss.backward()  # loss remembers it came from w: nothing waits
     assert hook.local_worker.stats()["waits"] == waits
     with pytest.raises(sy.ObjectNotFoundError) as raised:
         hook.local_worker.sync()
@@ -91,7 +92,7 @@ def test_backward_through_an_op_whose_shape_needed_the_worker_asks_and_gets_the_
     local = th.tensor([1.0, -2.0, 3.0, -4.0], requires_grad=True)
     w = local.detach().requires_grad_().send(bob)
     unused = th.ones(2, requires_grad=True).send(bob)
-    picked = w[w > 0]  # a mask: its shape comes from the worker, so the meta graph stops there
+    picked = w[w > 0]  # a mask: the worker describes the result, whose sources we do not know
     loss = (picked * picked).sum()
     waits = hook.local_worker.stats()["waits"]
     loss.backward()
