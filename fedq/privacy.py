@@ -248,9 +248,14 @@ class Privacy:
 
     # ------------------------------------------------------------------ running ops
 
-    def run(self, op: str, func: Callable, args: tuple, kwargs: dict, read: Iterable[Any] | None = None) -> Any:
+    def run(
+        self, op: str, func: Callable, args: tuple, kwargs: dict, read: Iterable[Any] | None = None,
+        public_memory: Callable[[torch.Tensor], bool] | None = None,
+    ) -> Any:
         """Run op `op` (wire name) as `func(*args, **kwargs)`, under the rule of this module.
-        `read`: the stored objects among the arguments (None: every tensor in them)."""
+        `read`: the stored objects among the arguments (None: every tensor in them).
+        `public_memory`: memory nobody but its owner writes (the data owner's): a result that is
+        a view of it, public and unwritten, holds the owner's public values, not what else the op read."""
         if not self._storages:
             return func(*args, **kwargs)
         if read is None:
@@ -288,6 +293,11 @@ class Privacy:
         for tensor in written.values():
             self._written(tensor)
         for tensor in [*results, *written.values()]:
+            if id(tensor) not in written and (
+                any(tensor is t for t in read)  # an input handed back as it is (type_as, contiguous): what is known of it holds
+                or (public_memory is not None and not self.is_private(tensor) and public_memory(tensor))
+            ):  # (a view's geometry cannot depend on private values: _meta_result refuses such shapes)
+                continue
             derived = _derive(op, args, kwargs, tensor, inputs, self) if tensor is target or any(tensor is r for r in results) else None
             self.mark(tensor, Facts(sources, history, self.stamp(tensor), *(derived or (None, None, None))))
         if root is not None:

@@ -723,7 +723,7 @@ def _run_here(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: 
         args, kwargs = _gradient_not_owner_memory(worker, args, kwargs)
     with torch.set_grad_enabled(message.grad_enabled):
         # (what private data it read, it wrote: privacy.py decides, from what the op touched)
-        out = worker.privacy.run(message.op, func, args, kwargs, targets.values())
+        out = worker.privacy.run(message.op, func, args, kwargs, targets.values(), public_memory=worker.is_owner_memory if worker.owner_storages else None)
     if worker.aggregates:  # (what a share of private data aggregates follows the op: aggregates.py)
         worker.aggregates.derive(
             message.op, args, kwargs, targets.values(), ops.flatten_result(out)[0], message.result_ids == (), worker.privacy.is_private
@@ -736,6 +736,8 @@ def _run_here(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: 
         worker.store.remeasure([l.id for l in leaves if isinstance(l, Ref)] + (with_grad or []))
         reply.ok(with_grad)
         return
+    if ops.may_write(message.op, kwargs):  # (sent with result ids, an in-place op still wrote: counted before anything can fail)
+        worker.store.remeasure([l.id for l in leaves if isinstance(l, Ref)])
     results, out_spec = ops.flatten_result(out)
     _refuse_too_many_results(worker, message.op, len(results))  # (the ids were ours to pick: counted now)
     for result in results:
@@ -890,6 +892,9 @@ def run_plan(worker: Worker, message: RunPlan, reply: Reply) -> None:
         if not isinstance(step, PlanStep) or type(step.results) is not int or not 0 <= step.results <= MAX_RESULTS_PER_OP:
             raise ProtocolError("a plan's steps are PlanSteps, each making 0 (in place) to a bounded number of tensors")
         ops.resolve(step.op, allow_code=worker.codec.allow_code)
+    tensors = sum(step.results for step in steps)
+    if tensors > MAX_RESULTS_PER_OP:  # (one PlanStep repeated pickles once: a small message could fill the store with entries)
+        raise RequestTooLargeError(f"a plan's steps make {tensors} tensors on {worker.id!r}: a plan makes at most {MAX_RESULTS_PER_OP}, as one op does")
     for arg in args:
         if not isinstance(arg, Ref):
             raise ProtocolError("a plan's arguments are Refs to objects held by the worker it runs on")
@@ -1249,6 +1254,10 @@ def share_object(worker: Worker, message: ShareObject, reply: Reply) -> None:
         )
     if private and worker.aggregates.terms(secret) is not None:
         raise GetNotPermittedError(f"object {message.id} on {worker.id!r} is a share already: it is not shared again")
+    if private and not any(address == worker.address for _, address, _, _ in parties):
+        # We keep one share ourselves, released only under our owner's policy: without it the other
+        # holders, whoever runs them, cannot reconstruct.
+        raise GetNotPermittedError(f"worker {worker.id!r} shares its owner's private data only among parties that include itself")
     # (privacy.py marks every share of private data private, like any op's results)
     shares = worker.privacy.run("fedq.share", lambda t: tuple(ring.split(t, len(parties))), (secret,), {}, [secret])
     me = holder_key(worker.name_on_wire)

@@ -235,9 +235,6 @@ def test_a_traced_plan_that_swaps_memory_is_counted(small_store):
     assert sum(info.nbytes for info in small_store.describe()) <= 1 << 20
 
 
-@succeeds("a plan's steps may each make MAX_RESULTS_PER_OP tensors, 4096 steps: 268M store entries (views of one "
-          "storage, counted once by max_store_bytes) from one message of a few hundred bytes, since one PlanStep "
-          "repeated pickles once; ops one by one must name each result's id (9 bytes each)")
 def test_one_small_plan_cannot_make_more_tensors_than_one_op_may(bob):
     """128 references to one step splitting 1024 floats into views: 131,072 tensors stored at
     once (~1.4 s here); 4096 steps of 65,536 would take the worker about an hour."""
