@@ -10,7 +10,7 @@ unreleasable, memory hidden from its limit) each get a worker of their own, stop
 
 from __future__ import annotations
 
-import gc
+import runpy
 from pathlib import Path
 
 import pytest
@@ -27,6 +27,7 @@ from fedq.messages import DeleteObjects, GetObject, PlanStep, Ref, RunPlan, Slot
 from fedq.worker import MAX_RESULTS_PER_OP
 
 ROOT = Path(__file__).resolve().parent.parent
+SECRET = runpy.run_path(str(ROOT / "tests" / "data" / "dp_owner.py"))["SECRET"]  # the dp_owner's private table
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -146,6 +147,26 @@ def test_a_key_holder_cannot_plant_data_the_owners_search_finds(hook, device):
     finally:
         sock.close()
     assert values == [list(range(6))] * 2, f"the owner's search found {values}"
+
+
+@succeeds("a plan step's constants are one object across steps (one message, one unpickling; pickle keeps "
+          "identity), and privacy.run reads only the stored targets (worker._run_here passes targets.values()): "
+          "step 1 copy_()s the private table into a constant (the constant is marked, but never read as private), "
+          "step 2 adds that constant to a public slot, and the sum is public: the whole table, exactly")
+def test_a_plan_constant_written_with_private_data_does_not_carry_it_out(table, dp_owner):
+    mine = th.zeros(64, 4).send(dp_owner)  # public, ours
+    carrier = th.zeros(64, 4)  # a constant of the plan, in both steps: the same tensor on the worker
+    steps = [
+        PlanStep("Tensor.copy_", (carrier, Slot(0)), {}, 0),  # the table into the constant, in place
+        PlanStep("Tensor.add", (Slot(1), carrier), {}, 1),  # public + "constant": read as public
+    ]
+    out = new_id()
+    crafted(dp_owner, steps, [Ref(table.id_at_location), Ref(mine.id_at_location)], [2], [out])
+    try:
+        fetched = sy.local_client().request(dp_owner.address, GetObject(out))
+    except sy.GetNotPermittedError:
+        return
+    assert not th.equal(fetched, SECRET), "a plan carried the owner's private table out through a constant"
 
 
 def test_no_plan_launders_private_rows_into_something_fetchable(table, dp_owner):
