@@ -464,11 +464,17 @@ def bench(
     quick: bool = typer.Option(False, "--quick", help="A reduced set in well under a minute (no 256 MiB, fewer repeats)."),
     json_path: Path = typer.Option(Path("bench-results.json"), "--json", help="Where to write every raw figure."),
     record_baseline: bool = typer.Option(False, "--record-baseline", help="Record today's misses (more than 2x off target) as what CI holds them to."),
+    fl: bool = typer.Option(False, "--fl", help="FedAvg rounds instead (issue 17's workloads A-D), against Flower when flwr[simulation] is installed."),
 ) -> None:
     """Measure fedq against raw pyzmq and torch.distributed.rpc on the same work; exit 3 when a figure is more
     than 2x off its target, or a known miss more than 2x worse than its recorded ratio."""
-    from .bench import run_bench
+    from .bench import run_bench, run_fl_bench
 
+    if fl:
+        fl_json = Path("bench-fl-results.json") if json_path == Path("bench-results.json") else json_path
+        results = run_fl_bench(quick=quick, json_path=fl_json, log=lambda line: typer.echo(line, err=True))
+        typer.echo(f"raw figures: {fl_json}", err=True)
+        raise typer.Exit(results["gate"]["exit_code"])
     results = run_bench(quick=quick, json_path=json_path, log=lambda line: typer.echo(line, err=True), record_baseline=record_baseline)
     typer.echo(f"raw figures: {json_path}", err=True)
     raise typer.Exit(results["gate"]["exit_code"])

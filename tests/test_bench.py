@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -49,3 +50,23 @@ def test_quick_bench_measures_every_work_item_and_writes_the_json(tmp_path):
     assert "Traceback" not in done.stderr, done.stderr
     assert "work" in done.stdout and "target" in done.stdout  # the table was printed
     assert verdict == 0, "a regression: " + "; ".join(results["gate"]["failed"])
+
+
+def test_quick_fl_bench_runs_fedavg_rounds_that_wait_alike_and_match_plain_torch(tmp_path):
+    """`fedq bench --fl --quick` (issue 17): its FedAvg workloads on fedq, Flower skipped (not asked for here)."""
+    path = tmp_path / "fl.json"
+    env = {**os.environ, "FEDQ_FLWR_PYTHON": str(tmp_path / "no-flower")}  # (a machine with flwr would run it: minutes)
+    done = subprocess.run(
+        [sys.executable, "-m", "fedq", "bench", "--fl", "--quick", "--json", str(path)], capture_output=True, text=True, timeout=150, env=env,
+    )
+    assert path.exists(), f"no JSON written (exit {done.returncode}):\n{done.stderr}"
+    results = json.loads(path.read_text())
+    assert results["flower"] is None and "Flower: not installed" in done.stdout
+    names = [w["name"] for w in results["plan"]]
+    for name in names:
+        figures = results["fedq"][name]
+        assert "error" not in figures, figures["error"]
+        assert figures["round_s"] > 0 and figures["startup_s"] > 0 and figures["pss_bytes"] > 0
+        assert figures["max_diff_from_torch"] <= 1e-5
+    assert len({results["fedq"][name]["waits"] for name in names}) == 1  # as many waits for 8 owners as for 2
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr

@@ -20,6 +20,8 @@ def _figure(value: float | None, unit: str) -> str:
         return f"{value:,.0f} ops/s"
     if unit == "ms":
         return f"{value:.3f} ms"
+    if unit == "Δ":  # a difference of weights: tiny, or zero
+        return f"{value:.1e}"
     return f"{value:.2f} {unit}" if unit == "GiB/s" else f"{value:,.1f} {unit}"
 
 
@@ -31,7 +33,7 @@ def _status(check: dict[str, Any]) -> str:
 
 def table(results: dict[str, Any]) -> Table:
     meta = results["meta"]
-    title = f"fedq bench{' --quick' if meta['quick'] else ''}: medians over repeats, {meta['cpus']} cores, load {meta['loadavg_start'][0]:.2f}"
+    title = f"fedq bench{' --fl' if meta.get('fl') else ''}{' --quick' if meta['quick'] else ''}: medians over repeats, {meta['cpus']} cores, load {meta['loadavg_start'][0]:.2f}"
     view = Table(title=title, title_justify="left")
     for column, justify in (("work", "left"), ("fedq", "right"), ("peer, same work", "left"), ("peer", "right"),
                             ("ratio", "right"), ("target", "right"), ("met?", "left")):
