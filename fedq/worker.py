@@ -1254,10 +1254,6 @@ def share_object(worker: Worker, message: ShareObject, reply: Reply) -> None:
         )
     if private and worker.aggregates.terms(secret) is not None:
         raise GetNotPermittedError(f"object {message.id} on {worker.id!r} is a share already: it is not shared again")
-    if private and not any(address == worker.address for _, address, _, _ in parties):
-        # We keep one share ourselves, released only under our owner's policy: without it the other
-        # holders, whoever runs them, cannot reconstruct.
-        raise GetNotPermittedError(f"worker {worker.id!r} shares its owner's private data only among parties that include itself")
     # (privacy.py marks every share of private data private, like any op's results)
     shares = worker.privacy.run("fedq.share", lambda t: tuple(ring.split(t, len(parties))), (secret,), {}, [secret])
     me = holder_key(worker.name_on_wire)
