@@ -155,18 +155,23 @@ def test_a_key_holder_cannot_plant_data_the_owners_search_finds(hook, device):
           "step 2 adds that constant to a public slot, and the sum is public: the whole table, exactly")
 def test_a_plan_constant_written_with_private_data_does_not_carry_it_out(table, dp_owner):
     mine = th.zeros(64, 4).send(dp_owner)  # public, ours
-    carrier = th.zeros(64, 4)  # a constant of the plan, in both steps: the same tensor on the worker
-    steps = [
-        PlanStep("Tensor.copy_", (carrier, Slot(0)), {}, 0),  # the table into the constant, in place
-        PlanStep("Tensor.add", (Slot(1), carrier), {}, 1),  # public + "constant": read as public
-    ]
-    out = new_id()
-    crafted(dp_owner, steps, [Ref(table.id_at_location), Ref(mine.id_at_location)], [2], [out])
-    try:
-        fetched = sy.local_client().request(dp_owner.address, GetObject(out))
-    except sy.GetNotPermittedError:
-        return
-    assert not th.equal(fetched, SECRET), "a plan carried the owner's private table out through a constant"
+    leaked = []
+    for write in ("copy_", "out="):
+        carrier = th.zeros(64, 4)  # a constant of the plan, in both steps: the same tensor on the worker
+        steps = [
+            PlanStep("Tensor.copy_", (carrier, Slot(0)), {}, 0) if write == "copy_"  # the table into the constant
+            else PlanStep("torch.add", (Slot(0), 0), {"out": carrier}, 1),
+            PlanStep("Tensor.add", (Slot(1), carrier), {}, 1),  # public + "constant": read as public
+        ]
+        out = new_id()
+        crafted(dp_owner, steps, [Ref(table.id_at_location), Ref(mine.id_at_location)], [3 if write == "out=" else 2], [out])  # (out=: step 1 makes slot 2)
+        try:
+            fetched = sy.local_client().request(dp_owner.address, GetObject(out))
+        except sy.GetNotPermittedError:
+            continue
+        if th.equal(fetched, SECRET):
+            leaked.append(write)
+    assert not leaked, f"a plan carried the owner's private table out through a constant written by {leaked}"
 
 
 def test_no_plan_launders_private_rows_into_something_fetchable(table, dp_owner):
