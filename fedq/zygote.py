@@ -61,7 +61,8 @@ class Zygote:
         env = {**env, "OPENBLAS_NUM_THREADS": "1"}
         # stdin: the zygote exits at EOF, when this process dies however it dies.
         self.process = subprocess.Popen(
-            [sys.executable, "-c", _ZYGOTE_BOOT, str(theirs.fileno()), *preload], stdin=subprocess.PIPE, pass_fds=(theirs.fileno(),), env=env
+            [sys.executable, "-c", _ZYGOTE_BOOT, str(theirs.fileno()), __file__, *preload], stdin=subprocess.PIPE,
+            pass_fds=(theirs.fileno(),), env=env,
         )
         theirs.close()
         self.owner = os.getpid()
@@ -384,9 +385,10 @@ def _child(request: dict[str, Any], fds: list[int], parent: int, libc: Any, ours
             os._exit(code)
 
 
-# The zygote's command line: argv[1] is the control socket's fd, the rest the modules to preload.
-# Its first lines exit it if the client dies while it imports (fedq imports torch: seconds); the
-# thread is stopped and joined before the first fork, so no fork ever sees it.
+# The zygote's command line: argv[1] is the control socket's fd, argv[2] this file (run as it is,
+# not as part of the fedq package, which imports torch), the rest the modules to preload. Its
+# first lines exit it if the client dies while it imports (torch: seconds); the thread is stopped
+# and joined before the first fork, so no fork ever sees it.
 _ZYGOTE_BOOT = """\
 import os, select, signal, sys, threading
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # (a Ctrl-C at the terminal is for the client and its workers)
@@ -398,6 +400,9 @@ def watch():
             os._exit(0)
 watcher = threading.Thread(target=watch, name="fedq-zygote-watch", daemon=True)
 watcher.start()
-from fedq.zygote import serve
-serve(int(sys.argv[1]), sys.argv[2:], importing, watcher)
+import importlib.util
+spec = importlib.util.spec_from_file_location("fedq_zygote", sys.argv[2])
+zygote = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(zygote)
+zygote.serve(int(sys.argv[1]), sys.argv[3:], importing, watcher)
 """
