@@ -910,7 +910,10 @@ def run_plan(worker: Worker, message: RunPlan, reply: Reply) -> None:
     try:
         for step in steps:
             leaves, spec = ops.flatten(step.args, step.kwargs)
-            leaves = [_slot_ref(slots, leaf) for leaf in leaves]
+            # (a constant is one object in every step that names it, since the message is unpickled
+            # once: each step gets its own copy, as a RunOp of its own would, so that no step can
+            # write private data into a constant that a later step reads as public)
+            leaves = [_fresh_constant(_slot_ref(slots, leaf)) for leaf in leaves]
             targets = {leaf.id: worker.store.get(leaf.id) for leaf in leaves if isinstance(leaf, Ref)}
             ids = tuple(new_id() for _ in range(step.results))
             made.extend(ids)
@@ -931,6 +934,12 @@ def run_plan(worker: Worker, message: RunPlan, reply: Reply) -> None:
         for id in made:
             worker.store.remove_if_present(id)
     reply.ok()
+
+
+def _fresh_constant(leaf: Any) -> Any:
+    if isinstance(leaf, torch.Tensor):
+        return leaf.detach().clone().requires_grad_(leaf.requires_grad)
+    return leaf
 
 
 def _slot_ref(slots: list[int], leaf: Any) -> Any:

@@ -149,10 +149,6 @@ def test_a_key_holder_cannot_plant_data_the_owners_search_finds(hook, device):
     assert values == [list(range(6))] * 2, f"the owner's search found {values}"
 
 
-@succeeds("a plan step's constants are one object across steps (one message, one unpickling; pickle keeps "
-          "identity), and privacy.run reads only the stored targets (worker._run_here passes targets.values()): "
-          "step 1 copy_()s the private table into a constant (the constant is marked, but never read as private), "
-          "step 2 adds that constant to a public slot, and the sum is public: the whole table, exactly")
 def test_a_plan_constant_written_with_private_data_does_not_carry_it_out(table, dp_owner):
     mine = th.zeros(64, 4).send(dp_owner)  # public, ours
     leaked = []
