@@ -21,6 +21,7 @@ Linux only (pidfds, PR_SET_PDEATHSIG); elsewhere the launcher starts `python -c`
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -95,24 +96,32 @@ class Zygote:
         stderr; its number (`pid_of` tells its pid once the zygote answers). Does not wait."""
         request = json.dumps({"source": source, "argv": argv, "env": env}).encode()
         with self._lock:
+            while True:  # (never blocked in a send: a zygote blocked on its answers to us would never read)
+                try:
+                    socket.send_fds(self._sock, [request], list(fds), socket.MSG_DONTWAIT)
+                    break
+                except BlockingIOError:
+                    select.select([self._sock], [self._sock], [], 1.0)
+                    self._read(0.0)
+                except OSError as error:
+                    if error.errno != errno.EMSGSIZE:  # (one request too large: the zygote is fine)
+                        self.gone = True
+                    raise ZygoteGone(f"the zygote cannot take it: {error}") from None
             self._seq += 1
-            try:
-                socket.send_fds(self._sock, [request], list(fds))
-            except OSError as error:
-                self.gone = True
-                raise ZygoteGone(f"the zygote is gone: {error}") from None
             return self._seq
 
     def pid_of(self, seq: int, timeout: float = START_TIMEOUT) -> tuple[int, int]:
         """Fork `seq`'s (pid, pidfd), waiting up to `timeout` for the zygote's answer."""
         deadline = time.monotonic() + timeout
-        with self._lock:
-            while seq not in self._forked:
+        while True:
+            with self._lock:  # (in slices: other threads poll their workers meanwhile)
+                if seq in self._forked:
+                    break
                 left = deadline - time.monotonic()
                 if self.gone or left <= 0:
                     self._forked[seq] = "the zygote is gone" if self.gone else f"the zygote did not answer within {timeout:g}s"
                     break
-                self._read(left)
+                self._read(min(left, 0.05))
         answer = self._forked[seq]
         if isinstance(answer, str):
             raise ZygoteGone(answer)
