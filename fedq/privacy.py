@@ -254,8 +254,8 @@ class Privacy:
     ) -> Any:
         """Run op `op` (wire name) as `func(*args, **kwargs)`, under the rule of this module.
         `read`: the stored objects among the arguments (None: every tensor in them).
-        `public_memory`: memory nobody but its owner writes (the data owner's): a result that is
-        a view of it, public and unwritten, holds the owner's public values, not what else the op read."""
+        `public_memory`: memory that only its owner changes (the data owner's): a result that is it,
+        or a view of it, while public, is refused rather than made private for everyone."""
         if not self._storages:
             return func(*args, **kwargs)
         if read is None:
@@ -290,14 +290,18 @@ class Privacy:
         written = {id(t): t for t, version in versions if t._version != version}
         written.update((id(t), t) for t in ops.written(op, args, kwargs) if isinstance(t, torch.Tensor) and op != "Tensor.grad.__set__")
         target = args[0] if op in ops.INPLACE and args and isinstance(args[0], torch.Tensor) else None
+        if public_memory is not None:
+            for tensor in results:
+                if id(tensor) not in written and not self.is_private(tensor) and public_memory(tensor):
+                    raise PermissionError(
+                        f"{op} would hand back the data owner's public data (or a view of it) as computed from private "
+                        "data: its memory would be private from then on, for everyone. Work on a copy: x.clone()"
+                    )
         for tensor in written.values():
             self._written(tensor)
         for tensor in [*results, *written.values()]:
-            if id(tensor) not in written and (
-                any(tensor is t for t in read)  # an input handed back as it is (type_as, contiguous): what is known of it holds
-                or (public_memory is not None and not self.is_private(tensor) and public_memory(tensor))
-            ):  # (a view's geometry cannot depend on private values: _meta_result refuses such shapes)
-                continue
+            if id(tensor) not in written and any(tensor is t for t in private):
+                continue  # a private input handed back as it is (type_as, contiguous): what is known of it holds
             derived = _derive(op, args, kwargs, tensor, inputs, self) if tensor is target or any(tensor is r for r in results) else None
             self.mark(tensor, Facts(sources, history, self.stamp(tensor), *(derived or (None, None, None))))
         if root is not None:
