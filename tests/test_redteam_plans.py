@@ -305,3 +305,19 @@ def test_a_batch_cut_with_a_crafted_index_is_no_release_of_one_row(dp_owner):
         assert refused(lambda: cut().sum().get(epsilon=1.0, bounds=(0.0, 1.0)))
     shuffled, _ = next(iter(sy.FederatedDataLoader(sy.FederatedDataset([sy.BaseDataset(coins, coins)]), batch_size=100, shuffle=True)))
     assert refused(lambda: shuffled.sum().get(epsilon=1.0, bounds=(0.0, 1.0)))
+
+
+# --------------------------------------------------------------------------- workers forked from one zygote
+
+
+@succeeds("a fork copies torch's generator exactly and zygote.py never reseeds it: every worker a script (or fedq up) "
+          "forks draws the same torch random numbers, so a key holder's draws on one worker are another client's "
+          "dropout masks and random tensors on every other (and workers' 'independent' randomness is one stream)")
+def test_workers_forked_from_one_zygote_draw_their_own_random_numbers(hook, federation):
+    workers = [sy.VirtualWorker(hook, id=f"redteam_plans_rng_{i}") for i in range(2)]
+    try:
+        draws = [th.rand_like(th.zeros(8).send(w)).get() for w in workers]
+    finally:
+        for worker in workers:
+            worker.shutdown()
+    assert not th.equal(draws[0], draws[1]), "two workers drew the same random numbers"
