@@ -666,9 +666,9 @@ def state_follows_parameters(optimizer: torch.optim.Optimizer, args: tuple, kwar
 
 # ---- many workers, one wait
 class Batch:
-    """Gets and moves of pointers on many workers, sent together and waited for once
+    """Sends, gets and moves of pointers on many workers, sent together and waited for once
     (`Client.calls_many`): a federated round's releases and moves cost one wait, not one per
-    owner. Each does what `Pointer.get` and `model.move(w)` do; `run()` sends them all, and
+    owner. Each does what `model.send(w)`, `Pointer.get` and `model.move(w)` do; `run()` sends them all, and
     applies every answer that came before raising the first error, if any (what moved is
     relocated, what was fetched is spent)."""
 
@@ -685,6 +685,29 @@ class Batch:
             return pointer._received(value)
 
         self._add(pointer, GetObject(pointer.id_at_location, epsilon, bounds), True, received)
+        return self
+
+    def send(self, module: torch.nn.Module, worker: "Location") -> "Batch":
+        """`module.send(worker)` (rule 13); the parameters large enough to go zero-copy, which a
+        send waits for (until the worker has the bytes, the caller must not change them), are
+        awaited in `run()`, all together, not one wait each. A model with none is sent at once,
+        without waiting; one with some sends all of its parameters in `run()` (the small ones ride
+        along: sent first, they would only be waited for by `run()`'s barrier)."""
+        params = list(module.parameters())
+        for param in params:
+            if isinstance(param, Pointer):
+                raise ValueError(f"this model is already on {param.location.id!r}; .get() or .move() it")
+        awaited = any(p.element_size() * p.numel() >= INBAND_LIMIT for p in params)
+        for param in params:
+            value, id_at_location = param.detach().requires_grad_(param.requires_grad), new_id()
+            _become_pointer(param, worker, id_at_location)  # (the pointer first: a Ctrl-C from here on frees the object)
+            message = StoreObject(id_at_location, value, (), None)
+            if awaited:
+                self._add(param, message, False, lambda _: None)
+            else:
+                worker.client.submit(worker.address, message)
+        for owner, name, buffer in _buffers(module):
+            owner._buffers[name] = send_tensor(buffer, worker)
         return self
 
     def move(self, module: torch.nn.Module, worker: "Location") -> "Batch":
@@ -772,16 +795,9 @@ def describe_tensor(tensor: torch.Tensor, description: str) -> torch.Tensor:
 
 
 def send_module(module: torch.nn.Module, worker: "Location") -> torch.nn.Module:
-    """Rule 13: send every parameter and buffer; the parameters become pointers *in place*."""
-    for param in module.parameters():
-        if isinstance(param, Pointer):
-            raise ValueError(f"this model is already on {param.location.id!r}; .get() or .move() it")
-    for param in module.parameters():
-        value, id_at_location = param.detach().requires_grad_(param.requires_grad), new_id()
-        _become_pointer(param, worker, id_at_location)
-        _store(value, worker, id_at_location)
-    for owner, name, buffer in _buffers(module):
-        owner._buffers[name] = send_tensor(buffer, worker)
+    """Rule 13: send every parameter and buffer; the parameters become pointers *in place*
+    (large ones all awaited at once: `Batch.send`)."""
+    Batch().send(module, worker).run()
     return module
 
 

@@ -76,6 +76,21 @@ def test_a_round_waits_as_often_for_eight_owners_as_for_two_and_gives_fedavg(hoo
     assert secure_worker._objects == {}  # nothing of the rounds is left on the aggregator
 
 
+def test_a_round_of_a_model_too_large_to_go_in_band_waits_as_often_for_four_owners_as_for_two(hook, eight_owners, secure_worker):
+    """Parameters past the in-band limit go zero-copy, and a send waits until they arrived: the
+    round's sends of every owner's copy are awaited together (pointer.Batch.send)."""
+    waits = {}
+    for count in (2, 4):
+        owners = [(th.randn(4, 200).send(w), th.randn(4, 100).send(w)) for w in eight_owners[:count]]
+        model = nn.Linear(200, 100)  # an 80 KB weight: zero-copy
+        train_on_trusted_aggregator(model, owners, secure_worker, rounds=1, local_steps=1, lr=0.1)
+        hook.local_worker.sync()
+        before = hook.local_worker.stats()["waits"]
+        train_on_trusted_aggregator(model, owners, secure_worker, rounds=1, local_steps=1, lr=0.1)
+        waits[count] = hook.local_worker.stats()["waits"] - before
+    assert waits[2] == waits[4] <= 4, waits  # the sends, the releases and moves, the averages
+
+
 def test_a_pipelined_backward_that_fails_on_the_worker_raises_at_the_next_wait_naming_it(hook, bob):
     w = th.ones(3, requires_grad=True).send(bob)
     loss = (w * 2).sum()

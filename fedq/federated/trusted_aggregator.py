@@ -97,7 +97,11 @@ def _one_round(
 ) -> RoundResult:
     """One round: train a copy where each owner's data is, move the copies to the aggregator,
     average there, and bring back only the average."""
-    copies = [model.copy().send(data.location) for data, _ in owners]
+    copies = [model.copy() for _ in owners]
+    sending = Batch()  # (a large model's parameters: every owner's awaited together, not one wait each)
+    for copy, (data, _) in zip(copies, owners):
+        sending.send(copy, data.location)
+    sending.run()
     optimizers = [optim.SGD(params=copy.parameters(), lr=lr) for copy in copies]
     last_losses: list[Any] = [None] * len(owners)
     for step in range(local_steps):
