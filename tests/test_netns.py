@@ -147,7 +147,7 @@ def hosts(tmp_path_factory: pytest.TempPathFactory):
         }
         # Started with the workers (it waits for them): the imports overlap.
         client = spaces.run(
-            "client", bundles["client"], keys_here, [sys.executable, "-c", CLIENT, str(config), spaces.ns["bob"]],
+            "client", bundles["client"], keys_here, [sys.executable, "-c", CLIENT, str(config), spaces.ns["bob"], str(TIMEOUT)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         plaintext = spaces.run(
@@ -163,13 +163,13 @@ def hosts(tmp_path_factory: pytest.TempPathFactory):
 
 CLIENT = textwrap.dedent(
     """
-    import json, subprocess, sys, time
+    import json, shutil, subprocess, sys, time
     import torch as th, zmq, zmq.auth, fedq as sy
     from fedq import messages as msg
     from fedq.codec import Codec
     from fedq.config import load_config
 
-    config, bob_ns = sys.argv[1], sys.argv[2]
+    config, bob_ns, TIMEOUT = sys.argv[1], sys.argv[2], float(sys.argv[3])
     hook = sy.TorchHook(th)
     out = {}
     deadline = time.monotonic() + 90
@@ -198,6 +198,19 @@ CLIENT = textwrap.dedent(
     client.sync()
     time.sleep(0.2)
     out["freed"] = [len(w._objects) for w in (bob, alice)]
+
+    # 8 MiB over a 30 Mbit/s link (~2.2 s for one message): a connection carrying a message that
+    # long is not taken for dead (libzmq's heartbeat timeout would have: transport.py).
+    if shutil.which("tc"):
+        shape = ["tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "30mbit", "burst", "32kbit", "latency", "400ms"]
+        subprocess.run(shape, check=True)
+        client.peers.timeouts[bob.address] = 30.0  # (this one call may take longer than the config's 3 s)
+        started = time.monotonic()
+        slow = th.randn(2 * 1024 * 1024)
+        out["slow link"] = th.equal(slow.send(bob).get(), slow)
+        out["slow link seconds"] = time.monotonic() - started
+        client.peers.timeouts[bob.address] = float(TIMEOUT)
+        subprocess.run(["tc", "qdisc", "del", "dev", "eth0", "root"], check=True)
 
     # A 16 MiB move: bob to secure_worker, never through us.
     z = th.randn(4 * 1024 * 1024).send(bob)
@@ -263,6 +276,8 @@ def test_the_lesson_a_move_and_a_cut_link_across_hosts(hosts):
     assert out["bob holds x"] == [1, 2, 3, 4, 5]
     assert out["peeled"] == "bob" and out["x"] == [1, 2, 3, 4, 5] and out["y"] == [2, 4, 6, 8, 10]
     assert out["freed"] == [0, 0]  # the chain's delete went host to host
+    if "slow link" in out:  # (where tc is)
+        assert out["slow link"] is True and out["slow link seconds"] > 2, out
     assert out["moved to"] == "secure_worker" and out["moved shape"] == [4 * 1024 * 1024]
     assert out["move through the client"] < 4096  # 16 MiB moved; a few hundred bytes of it here
     assert out["stranger answered"] is False
