@@ -1263,8 +1263,15 @@ def share_object(worker: Worker, message: ShareObject, reply: Reply) -> None:
         )
     if private and worker.aggregates.terms(secret) is not None:
         raise GetNotPermittedError(f"object {message.id} on {worker.id!r} is a share already: it is not shared again")
-    # (privacy.py marks every share of private data private, like any op's results)
-    shares = worker.privacy.run("fedq.share", lambda t: tuple(ring.split(t, len(parties))), (secret,), {}, [secret])
+    if private and not any(address == worker.address for _, address, _, _ in parties):
+        # We keep one share ourselves, released only under our owner's policy: without it the other
+        # holders, whoever runs them, cannot reconstruct.
+        raise GetNotPermittedError(f"worker {worker.id!r} shares its owner's private data only among parties that include itself")
+    # (privacy.py marks every share of private data private, like any op's results; the count is an
+    # argument: its meta check remembers results by the op's arguments, a closure's would be stale)
+    shares = worker.privacy.run("fedq.share", lambda t, n: tuple(ring.split(t, n)), (secret, len(parties)), {}, [secret])
+    if len(shares) != len(parties):
+        raise ProtocolError(f"worker {worker.id!r} split object {message.id} into {len(shares)} shares for {len(parties)} parties")
     me = holder_key(worker.name_on_wire)
     sends = []
     for (location, address, incarnation, share_id), share in zip(parties, shares):
