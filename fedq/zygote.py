@@ -367,6 +367,7 @@ def _child(request: dict[str, Any], fds: list[int], parent: int, libc: Any, ours
                 os.close(fd)
         os.environ.clear()
         os.environ.update(request["env"])
+        _reseed()
         sys.argv = ["-c", *request["argv"]]
         import gc
 
@@ -392,6 +393,21 @@ def _child(request: dict[str, Any], fds: list[int], parent: int, libc: Any, ours
             sys.stderr.flush()
         finally:
             os._exit(code)
+
+
+def _reseed() -> None:
+    """Give the fork generators of its own: a fork copies the zygote's, so every worker would draw
+    the same torch (and numpy, random) numbers, and one key holder's draws on one worker would be
+    another client's dropout masks on the next."""
+    import random
+
+    random.seed()  # (from os.urandom)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed(int.from_bytes(os.urandom(4), "little"))
 
 
 # The zygote's command line: argv[1] is the control socket's fd, argv[2] this file (run as it is,

@@ -310,9 +310,7 @@ def test_a_batch_cut_with_a_crafted_index_is_no_release_of_one_row(dp_owner):
 # --------------------------------------------------------------------------- workers forked from one zygote
 
 
-@succeeds("a fork copies torch's generator exactly and zygote.py never reseeds it: every worker a script (or fedq up) "
-          "forks draws the same torch random numbers, so a key holder's draws on one worker are another client's "
-          "dropout masks and random tensors on every other (and workers' 'independent' randomness is one stream)")
+# (was an attack that succeeded: a fork copied torch's generator, so every worker of one zygote drew one stream)
 def test_workers_forked_from_one_zygote_draw_their_own_random_numbers(hook, federation):
     workers = [sy.VirtualWorker(hook, id=f"redteam_plans_rng_{i}") for i in range(2)]
     try:
