@@ -1072,8 +1072,9 @@ def search(worker: Worker, message: Search, reply: Reply) -> None:
     wanted = set(message.tags)
     found = []
     for id, entry in worker.store.items():
-        # The owner's data, and the caller's own objects: never another client's.
-        mine = reply.by_owner or entry.pinned or reply.caller in entry.holders
+        # The owner's data, and the caller's own objects: never another client's, not even for the
+        # owner (a key holder's tensor planted with the owner's tags would pass for its data).
+        mine = entry.pinned or reply.caller in entry.holders
         if mine and wanted <= entry.tags and isinstance(entry.obj, torch.Tensor):
             entry.add(reply.caller)
             found.append(worker.pointer_to(id, entry.obj, entry.tags, entry.description))
