@@ -172,8 +172,10 @@ class FederatedDataset:
 
     def get_dataset(self, worker: Any) -> BaseDataset:
         """Bring the part on `worker` back here and drop it from this federated dataset."""
-        dataset = self.datasets.pop(getattr(worker, "id", worker))
-        return dataset.get()
+        id = getattr(worker, "id", worker)
+        dataset = self.datasets[id].get()  # (first: a refused get leaves the part here)
+        del self.datasets[id]
+        return dataset
 
     def __repr__(self) -> str:
         return f"FederatedDataset\n    Distributed across: {', '.join(self.workers)}\n    Number of datapoints: {len(self)}\n"

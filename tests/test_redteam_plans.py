@@ -288,6 +288,7 @@ def test_the_loader_brings_no_private_row_here_shuffled_or_not(dp_owner, bob):
         dataset.get()
     with pytest.raises(sy.GetNotPermittedError):
         federated.get_dataset("dp_owner_test_redteam_plans")
+    assert federated.workers == ["dp_owner_test_redteam_plans"]  # a refused get leaves the part where it was
 
 
 def test_a_batch_cut_with_a_crafted_index_is_no_release_of_one_row(dp_owner):
