@@ -20,7 +20,9 @@ import time
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from fedq.cli import app
 from fedq.codec import new_key
 from fedq.keys import write_key_file
 from helpers import gone
@@ -126,8 +128,8 @@ def hosts(tmp_path_factory: pytest.TempPathFactory):
         + f'[workers.bob]\naddress = "tcp://{HOSTS["bob"]}:{PORT}"\nbind = "tcp://0.0.0.0:{PORT}"\n'
         + "".join(f'[workers.{n}]\naddress = "tcp://{HOSTS[n]}:{PORT}"\n' for n in ("alice", "secure_worker"))
     )
-    made = subprocess.run([sys.executable, "-m", "fedq", "keygen", "--curve", "--config", str(config)], capture_output=True, text=True)
-    assert made.returncode == 0, made.stderr
+    made = CliRunner().invoke(app, ["keygen", "--curve", "--config", str(config)])  # (in this process: no torch to import)
+    assert made.exit_code == 0, made.output
     # Per-host bundles: a host's own secret key and everyone's public keys, nothing else.
     bundles = {}
     for host in HOSTS:
