@@ -377,7 +377,7 @@ class Renew(Request):
 class ShareObject(Request):
     """Split the int64 tensor under `id` into additive shares, one per party (location, address,
     incarnation, the share's id there); keep ours (a party at our own address), send each other
-    straight to its worker (`StoreShare`), held by the caller. Answered once every party stored
+    straight to its worker (`StoreShare`, as a seed it expands), held by the caller. Answered once every party stored
     its share. `token`: this sharing's name, what the holders' aggregation policy counts."""
 
     id: int
@@ -399,6 +399,8 @@ class StoreShare(Request):
     private: bool = False
     k: int = 2
     origin_address: str = ""
+    seed: bytes = b""  # instead of `share`: the receiver expands it (ring.expand), shaped `shape`
+    shape: tuple[int, ...] = ()
 
 
 @dataclass

@@ -2,8 +2,9 @@
 and fixed-precision encoding into it. Pure tensor math, used by the client (sharing.py) and
 by the workers (worker.py's sharing handlers): no I/O, no fedq imports.
 
-Randomness comes from the operating system's CSPRNG (`os.urandom`), never from torch's global
-generator: that one is process-wide state another client's ops could read or reseed.
+Randomness comes from the operating system's CSPRNG (`os.urandom`), or AES-CTR under a seed
+drawn from it (`expand`), never from torch's global generator: that one is process-wide state
+another client's ops could read or reseed.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import os
 from typing import Sequence
 
 import torch
+from cryptography.hazmat.primitives.ciphers import Cipher
+from cryptography.hazmat.primitives.ciphers.algorithms import AES
+from cryptography.hazmat.primitives.ciphers.modes import CTR
 
 RING = torch.int64
 BASE, PRECISION = 10, 3  # PySyft 0.2's defaults: x is stored as round(x * 10**3)
@@ -25,6 +29,38 @@ def random_ring(shape: Sequence[int] | torch.Size) -> torch.Tensor:
     if count == 0:
         return torch.zeros(tuple(shape), dtype=RING)
     return torch.frombuffer(bytearray(os.urandom(8 * count)), dtype=RING).reshape(tuple(shape))
+
+
+SEED_BYTES = 32
+
+
+def expand(seed: bytes, shape: Sequence[int] | torch.Size) -> torch.Tensor:
+    """A uniform ring tensor from a 32-byte seed: AES-256-CTR's keystream under the seed (a
+    CSPRNG: indistinguishable from os.urandom's without the seed). A holder sends another its
+    share as a seed, 32 bytes instead of 8 per element; the receiver expands it."""
+    if not isinstance(seed, bytes) or len(seed) != SEED_BYTES:
+        raise ValueError(f"a share's seed is {SEED_BYTES} bytes")
+    count = 1
+    for size in shape:
+        count *= int(size)
+    if count == 0:
+        return torch.zeros(tuple(shape), dtype=RING)
+    out = torch.empty(count + 2, dtype=RING)  # (update_into wants a block's slack)
+    # The keystream written straight into the tensor (no copies); the key is used once: a zero nonce.
+    Cipher(AES(seed), CTR(bytes(16))).encryptor().update_into(bytes(8 * count), memoryview(out.numpy()).cast("B"))
+    return out[:count].reshape(tuple(shape))
+
+
+def split_seeded(secret: torch.Tensor, seeds: Sequence[bytes]) -> torch.Tensor:
+    """The share that, with the expanded `seeds`, sums to `secret` (what the splitter keeps)."""
+    if secret.dtype != RING:
+        raise TypeError(f"shares are {RING} (the ring Z/2^64); got {secret.dtype}: fix_precision() a float tensor first")
+    if secret.is_meta:
+        return torch.empty_like(secret)
+    own = secret.clone()
+    for seed in seeds:
+        own -= expand(seed, secret.shape)
+    return own
 
 
 def split(secret: torch.Tensor, parts: int) -> list[torch.Tensor]:

@@ -1268,21 +1268,25 @@ def share_object(worker: Worker, message: ShareObject, reply: Reply) -> None:
         # We keep one share ourselves, released only under our owner's policy: without it the other
         # holders, whoever runs them, cannot reconstruct.
         raise GetNotPermittedError(f"worker {worker.id!r} shares its owner's private data only among parties that include itself")
-    # (privacy.py marks every share of private data private, like any op's results; the count is an
-    # argument: its meta check remembers results by the op's arguments, a closure's would be stale)
-    shares = worker.privacy.run("fedq.share", lambda t, n: tuple(ring.split(t, n)), (secret, len(parties)), {}, [secret])
-    if len(shares) != len(parties):
-        raise ProtocolError(f"worker {worker.id!r} split object {message.id} into {len(shares)} shares for {len(parties)} parties")
+    # Each other party's share is a seed it expands (ring.expand: 32 bytes sent, not 8 per element);
+    # the remainder, secret - the seeds' shares, is ours, or the last party's if we are none.
+    ours = next((i for i, party in enumerate(parties) if party[1] == worker.address), None)
+    remainder_at = ours if ours is not None else len(parties) - 1
+    seeds = tuple(os.urandom(ring.SEED_BYTES) if i != remainder_at else b"" for i in range(len(parties)))
+    # (privacy.py marks the remainder private when the secret is, like any op's result)
+    remainder = worker.privacy.run("fedq.share", lambda t, seeds: ring.split_seeded(t, [s for s in seeds if s]), (secret, seeds), {}, [secret])
     me = holder_key(worker.name_on_wire)
     sends = []
-    for (location, address, incarnation, share_id), share in zip(parties, shares):
+    for i, (location, address, incarnation, share_id) in enumerate(parties):
         if address == worker.address:
-            worker.store.put(share_id, share, holder=reply.caller)
+            worker.store.put(share_id, remainder, holder=reply.caller)
             if private:
-                worker.aggregates.add(share, token, me, worker.id, worker.aggregates.k)
+                worker.aggregates.add(remainder, token, me, worker.id, worker.aggregates.k)
             continue
         worker._shares_sent[(token, share_id)] = incarnation.hex()  # what ConfirmShare will be asked
-        sends.append((_Hop(address, location, incarnation), StoreShare(share_id, share, reply.caller_name, token, private, worker.aggregates.k, worker.address)))
+        share, seed = (remainder, b"") if i == remainder_at else (None, seeds[i])
+        sends.append((_Hop(address, location, incarnation), StoreShare(
+            share_id, share, reply.caller_name, token, private, worker.aggregates.k, worker.address, seed, tuple(secret.shape))))
     if not sends:
         reply.ok()
         return
@@ -1307,6 +1311,11 @@ def store_share(worker: Worker, message: StoreShare, reply: Reply) -> None:
     worker, asked where it listens, confirms it sent it: the origin is the worker, never a
     claim (a client's own session is no owner's)."""
     share, token = message.share, _check_token(message.token)
+    if message.seed:  # (a seed: what ring.expand makes of it, shaped as said, within what a message may carry)
+        shape = message.shape
+        if not isinstance(shape, tuple) or not all(type(d) is int and d >= 0 for d in shape) or 8 * math.prod(shape) > worker.settings.max_message_bytes:
+            raise RequestTooLargeError(f"a seeded share is shaped by non-negative ints, at most {worker.settings.max_message_bytes} bytes")
+        share = ring.expand(message.seed, shape)
     if not isinstance(share, torch.Tensor) or share.dtype != ring.RING:
         raise TypeError("a share is an int64 tensor")
     check_kept_sizes(share)

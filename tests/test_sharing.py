@@ -141,6 +141,12 @@ def test_shares_are_uniform_and_unrelated(bob, alice):
     for bit in range(4):  # each low bit of a share is balanced: 1000 draws, 5 sigma = 0.08
         assert abs(((mine >> bit) & 1).double().mean().item() - 0.5) < 0.08
     assert abs((mine < 0).double().mean().item() - 0.5) < 0.08  # and the top one (the sign)
+    # A holder's sharing sends the others seeds they expand (AES-CTR): those shares too.
+    remote = th.tensor([7] * 1000).send(bob).share(bob, alice).get()
+    seeded = remote.child["alice"].copy().get()
+    for bit in (0, 1, 2, 63):
+        assert abs(((seeded >> bit) & 1).double().mean().item() - 0.5) < 0.08
+    assert th.equal(remote.get(), th.tensor([7] * 1000))
     many = th.stack([ring.split(th.zeros(1, dtype=th.int64), 2)[0] for _ in range(400)])
     assert abs((many & 1).double().mean().item() - 0.5) < 0.13
     assert th.equal(first.get(), th.tensor([7] * 1000))
