@@ -3,7 +3,7 @@
 
 Never imported by fedq: only this script imports flwr. The models, shards and local steps are
 flworkloads.py's (imported by path, torch only), so the weights can be held against fedq's.
-Per workload: seconds from run_simulation to the first round being configured (start-up), each
+Per workload: seconds from run_simulation to the end of the first round less one timed round (start-up), each
 round from configure_fit to the end of aggregate_fit, the PSS of this process and every process
 under it (Ray's) after the last round, and the final weights' difference from plain torch's FedAvg.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -76,13 +77,13 @@ def run(workload: flworkloads.Workload) -> dict:
 
     class Timed(FedAvg):
         def configure_fit(self, server_round, parameters, client_manager):  # noqa: ANN001, ANN201
-            marks.setdefault("first", time.perf_counter())
             marks["round_start"] = time.perf_counter()
             return super().configure_fit(server_round, parameters, client_manager)
 
         def aggregate_fit(self, server_round, results, failures):  # noqa: ANN001, ANN201
             aggregated = super().aggregate_fit(server_round, results, failures)
             marks["rounds"].append(time.perf_counter() - marks["round_start"])
+            marks.setdefault("first_end", time.perf_counter())
             if failures:
                 marks["error"] = f"{len(failures)} clients failed: {failures[0]!r}"
             if aggregated[0] is not None:
@@ -108,12 +109,12 @@ def run(workload: flworkloads.Workload) -> dict:
     )
     if marks["weights"] is None or len(marks["rounds"]) != workload.rounds + 1:
         return {"error": marks.get("error") or f"Flower ran {len(marks['rounds'])} of {workload.rounds + 1} rounds"}
-    timed = marks["rounds"][1:]  # (the first round warms up, as fedq's does)
+    timed = marks["rounds"][1:]  # (the first round warms up, as fedq's does: Ray starts in it)
     reference = flworkloads.fedavg(workload, workload.rounds + 1)
     weights = [torch.from_numpy(np.asarray(w)) for w in marks["weights"]]
     return {
-        "startup_s": marks["first"] - began,
-        "round_s": sorted(timed)[len(timed) // 2],
+        "startup_s": marks["first_end"] - began - statistics.median(timed),
+        "round_s": statistics.median(timed),
         "round_samples": timed,
         "pss_bytes": marks["pss"],
         "max_diff_from_torch": flworkloads.max_difference(weights, reference),
