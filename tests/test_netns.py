@@ -2,7 +2,8 @@
 of its own, the client in a fourth, joined by veth pairs to a bridge in a fifth; only tcp between
 them, CURVE on, each host holding its own secret key and the others' public keys (its own
 bundle, mounted where the one config says the keys are). Over it: the lesson, a move with no
-payload through the client, a stranger's key refused, and a link cut mid-op (an error naming
+payload through the client, the trusted-aggregator round on the owners' data, a stranger's key
+refused, and a link cut mid-op (an error naming
 the worker within the timeout), then back (calls work again within seconds: the transport
 notices the dead connection and dials again). Needs root and `ip`; skipped, saying why, elsewhere.
 Every namespace (and with it every veth) and process is removed in the fixture's finaliser."""
@@ -30,6 +31,7 @@ from helpers import gone
 HOSTS = {"bob": "10.77.0.1", "alice": "10.77.0.2", "secure_worker": "10.77.0.3", "client": "10.77.0.4"}
 PORT = 5601
 TIMEOUT = 3  # the config's: every call and relay
+HOUSING = Path(__file__).resolve().parent.parent / "workers" / "housing.py"  # bob's and alice's data owners' script
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -125,8 +127,9 @@ def hosts(tmp_path_factory: pytest.TempPathFactory):
     config.write_text(
         f'[federation]\ntimeout = {TIMEOUT}\nkey_file = "{tmp / "federation.key"}"\ncurve = true\ncurve_dir = "{keys_here}"\n'
         # bob listens on every interface of his host, and is known by its address
-        + f'[workers.bob]\naddress = "tcp://{HOSTS["bob"]}:{PORT}"\nbind = "tcp://0.0.0.0:{PORT}"\n'
-        + "".join(f'[workers.{n}]\naddress = "tcp://{HOSTS[n]}:{PORT}"\n' for n in ("alice", "secure_worker"))
+        + f'[workers.bob]\naddress = "tcp://{HOSTS["bob"]}:{PORT}"\nbind = "tcp://0.0.0.0:{PORT}"\ndata = "{HOUSING}"\n'
+        + f'[workers.alice]\naddress = "tcp://{HOSTS["alice"]}:{PORT}"\ndata = "{HOUSING}"\n'
+        + f'[workers.secure_worker]\naddress = "tcp://{HOSTS["secure_worker"]}:{PORT}"\n'
     )
     made = CliRunner().invoke(app, ["keygen", "--curve", "--config", str(config)])  # (in this process: no torch to import)
     assert made.exit_code == 0, made.output
@@ -170,6 +173,8 @@ CLIENT = textwrap.dedent(
     from fedq import messages as msg
     from fedq.codec import Codec
     from fedq.config import load_config
+    from fedq.federated import find_owner_data, train_on_trusted_aggregator
+    from torch import nn
 
     config, bob_ns, TIMEOUT = sys.argv[1], sys.argv[2], float(sys.argv[3])
     hook = sy.TorchHook(th)
@@ -213,6 +218,20 @@ CLIENT = textwrap.dedent(
         out["slow link seconds"] = time.monotonic() - started
         client.peers.timeouts[bob.address] = float(TIMEOUT)
         subprocess.run(["tc", "qdisc", "del", "dev", "eth0", "root"], check=True)
+
+    # The trusted-aggregator round: each owner's copy trains where its data is, both move
+    # straight to secure_worker, which averages them.
+    owners = find_owner_data([bob, alice])
+    th.manual_seed(0)
+    model = nn.Linear(owners[0][0].shape[1], 1)
+    before_round = model.weight.detach().clone()
+    for w in (bob, alice, secure_worker):  # (a worker's first DP release loads OpenDP: longer than 3 s on a busy machine)
+        client.peers.timeouts[w.address] = 60.0
+    rounds = train_on_trusted_aggregator(model, owners, secure_worker, rounds=1, local_steps=2, lr=0.1)
+    for w in (bob, alice, secure_worker):
+        client.peers.timeouts[w.address] = TIMEOUT
+    out["round losses"] = sorted(rounds[0].losses)
+    out["model trained"] = bool(th.isfinite(model.weight).all()) and not th.equal(model.weight.detach(), before_round)
 
     # A 16 MiB move: bob to secure_worker, never through us.
     z = th.randn(4 * 1024 * 1024).send(bob)
@@ -260,7 +279,7 @@ CLIENT = textwrap.dedent(
                 break
     out["back after"] = time.monotonic() - back
     out["after the cut"] = (th.tensor([2.0]).send(bob).send(alice) * 3).get().get().tolist()  # relays host to host again
-    del w, doubled, keep, z
+    del w, doubled, keep, z, owners  # (the owners' data itself stays: it is theirs)
     client.sync()
     time.sleep(0.2)
     out["left"] = [len(w._objects) for w in (bob, alice, secure_worker)]
@@ -280,6 +299,7 @@ def test_the_lesson_a_move_and_a_cut_link_across_hosts(hosts):
     assert out["freed"] == [0, 0]  # the chain's delete went host to host
     if "slow link" in out:  # (where tc is)
         assert out["slow link"] is True and out["slow link seconds"] > 2, out
+    assert out["round losses"] == ["alice", "bob"] and out["model trained"] is True
     assert out["moved to"] == "secure_worker" and out["moved shape"] == [4 * 1024 * 1024]
     assert out["move through the client"] < 4096  # 16 MiB moved; a few hundred bytes of it here
     assert out["stranger answered"] is False
