@@ -297,6 +297,13 @@ def test_attack_gathering_one_owners_shares_is_refused(owners, secure_worker):
     # Adding a public value, or scaling, keeps it one owner's.
     with pytest.raises(sy.AggregateTooSmallError):
         (bobs * 2 + th.ones(1, 4, dtype=th.int64)).get()
+    # A product or a comparison would open x - a to the client: with a crypto provider the client
+    # runs (a pad it knows), that is x. The holders refuse to open shares of private data.
+    with_provider = w_bob.fix_precision().share(sa_bob, sa_alice, crypto_provider=secure_worker).get()
+    with pytest.raises(sy.GetNotPermittedError, match="not multiplied"):
+        with_provider * with_provider
+    with pytest.raises(sy.GetNotPermittedError, match="not multiplied"):
+        with_provider > 0
 
 
 def test_attack_a_client_posing_as_an_owner_is_refused(hook, owners, secure_worker):
@@ -370,3 +377,13 @@ def test_secure_round_over_owners_that_refuse_updates_in_the_clear(owners, secur
     sy.local_client().sync()
     assert [len(w._objects) for w in (sa_bob, sa_alice)] == [2, 2]
     empty(secure_worker)
+
+
+def test_fedq_demo_secure_runs_against_real_processes():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "fedq", "demo", "--secure"], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "round 10:" in done.stdout and "AggregateTooSmallError" in done.stdout
+    assert "Out[6]: [2, 2]" in done.stdout  # only each owner's data is left
