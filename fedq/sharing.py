@@ -334,15 +334,22 @@ class AdditiveSharingTensor:
         return self._like([share.squeeze(dim) for share in self.shares])
 
     def truncate(self, divisor: int) -> "AdditiveSharingTensor":
-        """value // divisor, each holder alone: SecureML's local truncation (two holders; off by
-        at most one unit, wrong with probability ~|value| / 2^63)."""
-        if len(self.shares) != 2:
-            raise UnsupportedOperationError(
-                f"dividing a sharing of {len(self.shares)} holders (fixed-precision products, / n) is done for two holders; "
-                "for more, reconstruct first (.get()) or share among two"
-            )
-        first, second = self.shares
-        return self._like([first // divisor, -((-second) // divisor)])
+        """value // divisor: SecureML's local truncation, each of two holders alone (off by at most
+        one unit, wrong with probability ~|value| / 2^63). With more holders, the second one first
+        gathers the others' shares (moved worker to worker) into one, the two truncate, and the
+        second splits its result among them again: for that moment the second holder holds
+        value - (the first's share), so the first two together could reconstruct it (n - 1
+        colluding holders are needed otherwise). Shares of private data do not move: refused."""
+        if len(self.shares) < 2:
+            raise UnsupportedOperationError("truncating a sharing takes at least two holders")
+        first, second, *others = self.shares
+        for share in others:
+            second = second + share.copy().move(second.location)
+        truncated = [first // divisor, -((-second) // divisor)]
+        if not others:
+            return self._like(truncated)
+        spread = share_many([truncated[1]], [share.location for share in self.shares[1:]], crypto_provider=self.crypto_provider)[0]
+        return self._like([truncated[0], *spread.shares])
 
     # ---- comparisons and max: `_nonnegative` (a sharing of 0 or 1; values are integers)
     def __gt__(self, other: Any) -> "AdditiveSharingTensor":

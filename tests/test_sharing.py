@@ -77,6 +77,18 @@ def test_part09_fixed_precision(bob, alice, secure_worker):
     assert th.allclose(xm.mm(yn).get().float_precision(), m.mm(n), **FP)
 
 
+def test_fixed_precision_products_among_three_holders(bob, alice, carol, secure_worker):
+    a, b = th.tensor([0.1, 0.2, -0.3, 1.5]), th.tensor([0.5, -0.25, 0.125, -2.0])
+    x = a.fix_precision().share(bob, alice, carol, crypto_provider=secure_worker)
+    y = b.fix_precision().share(bob, alice, carol, crypto_provider=secure_worker)
+    product = x * y
+    assert [share.location.id for share in product.child.shares] == ["bob", "alice", "carol"]
+    assert th.allclose(product.get().float_precision(), a * b, **FP)
+    assert th.allclose(((x + y) / 2).get().float_precision(), (a + b) / 2, **FP)
+    del x, y, product
+    empty(bob, alice, carol, secure_worker)
+
+
 def test_part09_comparisons_and_max(bob, alice, secure_worker):
     crypto_provider = secure_worker
     x = th.tensor([25]).share(bob, alice, crypto_provider=crypto_provider)
