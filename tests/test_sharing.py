@@ -32,6 +32,39 @@ def empty(*workers) -> None:
 # --------------------------------------------------------------------------- Part 09
 
 
+def test_part09_by_hand():
+    """The tutorial's first cells: additive sharing and fixed precision written out in Python."""
+    import random
+
+    Q = 1234567891011
+
+    def encrypt(x):
+        share_a = random.randint(-Q, Q)
+        share_b = random.randint(-Q, Q)
+        share_c = (x - share_a - share_b) % Q
+        return (share_a, share_b, share_c)
+
+    def decrypt(*shares):
+        return sum(shares) % Q
+
+    def add(x, y):
+        return tuple((a + b) % Q for a, b in zip(x, y))
+
+    assert decrypt(*encrypt(25)) == 25
+    assert decrypt(*add(encrypt(5), encrypt(10))) == 15
+
+    BASE, PRECISION = 10, 4
+
+    def encode(x_dec):
+        return int(x_dec * (BASE**PRECISION)) % Q
+
+    def decode(x_fp):
+        return (x_fp if x_fp <= Q / 2 else x_fp - Q) / BASE**PRECISION
+
+    assert encode(0.5) == 5000 and decode(5000) == 0.5
+    assert decode((encode(0.5) + encode(0.25)) % Q) == 0.75
+
+
 def test_part09_integers(bob, alice, carol, secure_worker):
     bill, crypto_provider = carol, secure_worker
     x = th.tensor([25]).share(bob, alice, bill)
