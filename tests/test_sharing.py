@@ -284,6 +284,13 @@ def test_part10_encrypted_gradient_aggregation(hook, bob, alice, secure_worker):
                 p.copy_((a + b) / 2)
     for p, q in zip(model.parameters(), reference.parameters()):
         assert th.allclose(p.detach(), q.detach(), atol=2e-3)
+    # The issue's spelling: each owner's trained weights, still on its worker, shared from there.
+    averaged = model.weight.detach().clone()
+    bobs_w = bobs_model.weight.data.fix_precision().share(bob, alice, crypto_provider=james)
+    alices_w = alices_model.weight.data.fix_precision().share(bob, alice, crypto_provider=james)
+    with th.no_grad():
+        model.weight.data.set_(((alices_w + bobs_w) / 2).get().float_precision())
+    assert th.allclose(model.weight.detach(), averaged, **FP)
 
 
 # --------------------------------------------------------------------------- the owners' k
