@@ -65,14 +65,17 @@ def start_and_answer(client: Any, count: int, fork: bool) -> dict[str, Any]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def measure_startup(counts: tuple[int, ...]) -> dict[str, Any]:
-    """Each count, each way, in this process: {way: {count: figures}}."""
+def measure_startup(counts: tuple[int, ...], *, quick: bool = False) -> dict[str, Any]:
+    """Each count, each way, in this process: {way: {count: figures}}. `quick` (CI's smoke run):
+    the zygote only, warm (not stopped first), since each cold start imports torch again."""
     client = local_client()
-    results: dict[str, Any] = {"cores": launcher.machine_cores(), "loadavg": os.getloadavg()}
+    results: dict[str, Any] = {"cores": launcher.machine_cores(), "loadavg": os.getloadavg(), "zygote_cold": not quick}
     for way, fork in WAYS.items():
+        if quick and not fork:
+            continue
         results[way] = {}
         for count in counts:
-            if fork:
+            if fork and not quick:
                 launcher.stop_zygote()  # (each count's figure includes the zygote's start)
             results[way][str(count)] = start_and_answer(client, count, fork)
     return results

@@ -52,7 +52,7 @@ class Plan:
         return cls(
             quick=True, sizes_mib=(1, 64), echo_number=300, latency_number=100, latency_repeats=5,
             pipelined_ops=2_000, rpc_pipelined_calls=1000, pipelined_repeats=3, transfer_repeats=5, plan_calls=100,
-            startup_counts=(2,),  # (a fresh interpreter per worker is the slow way: a few seconds each here)
+            startup_counts=(4,),  # (from a warm zygote only: a cold one, or python -c, imports torch again)
         )
 
 
@@ -73,7 +73,8 @@ DEFINITIONS = {
     "against the same 10 ops pipelined one by one (ten RunOps) `calls` times then one sync(), on the same worker in the same run",
     "startup": "seconds from starting N workers at once to the last one's answer to a ping, in this process: each a "
     "fresh `python -c` that imports torch (before the zygote), or forked from the zygote (its own start included: "
-    "stopped before each N); PSS (smaps_rollup) per worker after they idled 0.5 s, with and without the zygote's share",
+    "stopped before each N; --quick: the zygote only, warm); PSS (smaps_rollup) per worker after they idled 0.5 s, "
+    "with and without the zygote's share",
     "secagg": "seconds per federated round (1 local step per owner) of train_with_secure_aggregation against "
     "train_on_trusted_aggregator on the same owners and model: 2 owners of nn.Linear(4, 1), 4 owners of nn.Linear(1000, 1000) "
     "(--quick: 100); and seconds per x * y, x.mm(y) of two-holder sharings of 1000 x 1000 int64 (--quick: 100), crypto provider included",
@@ -161,7 +162,7 @@ def _measure(plan: Plan, log: Callable[[str], None]) -> dict[str, Any]:
     results["pysyft029"], durations["pysyft029"] = _section("peer: PySyft 0.2.9 (if installed)", lambda: measure_pysyft029(
         number=plan.latency_number, repeats=plan.latency_repeats, ops=plan.pipelined_ops), log)
     results["startup"], durations["startup"] = _section(
-        f"startup: {'/'.join(map(str, plan.startup_counts))} workers, python -c and zygote", lambda: measure_startup(plan.startup_counts), log)
+        f"startup: {'/'.join(map(str, plan.startup_counts))} workers, python -c and zygote", lambda: measure_startup(plan.startup_counts, quick=plan.quick), log)
     results["fedq"], durations["fedq"] = _section("fedq", lambda: measure_fedq(
         sizes_mib=sizes, latency_number=plan.latency_number, latency_repeats=plan.latency_repeats,
         pipelined_ops=plan.pipelined_ops, pipelined_repeats=plan.pipelined_repeats,
