@@ -36,7 +36,7 @@ from .errors import (
     rebuild_remote_error,
 )
 from .keys import key_from_environment
-from .messages import NO_INCARNATION, Failure, Ping, Renew, references_in, wire_name
+from .messages import NO_INCARNATION, Failure, Leave, Ping, Renew, references_in, wire_name
 from .peers import Peers
 from .refs import RefUpdates
 from .settings import DEFAULTS
@@ -417,10 +417,13 @@ class Client:
         if self._closed:
             return
         try:
-            if any(a not in self.peers.children for a in self.peers.names):
-                # Workers we did not start outlive us: give queued deletes a moment to reach them.
+            outliving = [a for a in self.peers.names if a not in self.peers.children]
+            if outliving:
+                # Workers we did not start outlive us: give queued deletes a moment to reach them,
+                # then say we are gone, so what we still point at is freed now, not a lease later.
                 try:
                     self.barrier(timeout=min(timeout, 1.0), deletes=True)
+                    self.request_many([(address, Leave()) for address in outliving], timeout=min(timeout, 1.0))
                 except FedqError:
                     pass
         finally:

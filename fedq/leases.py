@@ -74,6 +74,12 @@ class Leases:
             self.names.pop(holder, None)
         return gone - self._never
 
+    def leave(self, holder: str) -> None:
+        """`holder` said it is gone: its lease ends now (its references are the caller's to drop)."""
+        self._fold(time.monotonic())
+        self._last_heard.pop(holder, None)
+        self.names.pop(holder, None)
+
     def status(self, holder: str, now: float) -> tuple[float, float] | None:
         """(seconds since `holder` was last heard, seconds until its lease lapses); None if it never lapses."""
         if holder in self._never:

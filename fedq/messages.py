@@ -364,6 +364,12 @@ class AddOwnerData(Request):
 
 
 @dataclass
+class Leave(Request):
+    """The sender is closing: drop every reference it holds here now, as its lease's lapse would
+    later (a script that exits frees its objects at once, not a lease after)."""
+
+
+@dataclass
 class Renew(Request):
     """A heartbeat: the sender still holds its references here (any message says so; an idle
     holder sends this). Reply with the lease in seconds: how long the worker keeps a silent

@@ -77,6 +77,7 @@ from .messages import (
     PointerSpec,
     Ref,
     RemoteGet,
+    Leave,
     Renew,
     RequestRelease,
     RunOp,
@@ -419,10 +420,10 @@ class Worker:
         self.flush()
 
     # ---- leases (leases.py): ours at the peers we hold pointers at, and our holders' here
-    def _forget(self, holders: set[str]) -> None:
-        """`holders` went silent for a whole lease: drop their references; what that frees is gone."""
+    def _forget(self, holders: set[str], why: str = "their lease lapsed") -> None:
+        """`holders` went silent for a whole lease (or left): drop their references; what that frees is gone."""
         freed = self.store.forget_holders(holders)
-        (log.info if freed else log.debug)("worker %s: the lease of %s lapsed; %d objects freed", self.id, ", ".join(sorted(holders)), len(freed))
+        (log.info if freed else log.debug)("worker %s: %s %s; %d objects freed", self.id, ", ".join(sorted(holders)), why, len(freed))
         self.delete_at_next_hops(freed_pointers(freed))
 
     def _renew_leases(self, now: float) -> None:
@@ -1183,6 +1184,14 @@ def ping(worker: Worker, message: Ping, reply: Reply) -> None:
 def renew(worker: Worker, message: Renew, reply: Reply) -> None:
     """A heartbeat (its lease was renewed on arrival, as for every message): say how long a lease is."""
     reply.ok(worker.leases.seconds)
+
+
+@handles(Leave)
+def leave(worker: Worker, message: Leave, reply: Reply) -> None:
+    """A client closing: what only it held is freed now (a lease's lapse, early); no one else's."""
+    worker.leases.leave(reply.caller)
+    worker._forget({reply.caller}, why="left")
+    reply.ok()
 
 
 @handles(AddOwnerData)

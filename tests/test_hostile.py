@@ -240,6 +240,30 @@ def test_two_clients_on_the_same_workers_do_not_disturb_each_other(bob, alice, c
 SOAK_OPS = int(os.environ.get("FEDQ_SOAK_OPS", "30000"))
 
 
+EXITING_CLIENT = textwrap.dedent(
+    """
+    import sys, torch as th, fedq as sy
+    hook = sy.TorchHook(th)
+    bob, alice = (sy.connect(hook, n, address=a) for n, a in zip(sys.argv[1].split(","), sys.argv[2].split(",")))
+    kept = [th.ones(4).send(bob), th.ones(4).send(bob).send(alice), th.ones(4).send(bob) + 1]
+    print(len(bob._objects), len(alice._objects))  # (and exits, still pointing at all of them)
+    """
+)
+
+
+def test_a_client_that_exits_holding_pointers_frees_them_at_once_not_a_lease_later(bob, alice):
+    env = {**os.environ, "FEDQ_KEY": sy.local_client().key.hex()}
+    done = subprocess.run([sys.executable, "-c", EXITING_CLIENT, "bob,alice", f"{bob.address},{alice.address}"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["2", "1"]  # what it holds: two tensors on bob (the chain's end there is alice's), a pointer on alice
+    assert bob.ping().lease_seconds > 30  # (the session's lease is long: only the client's goodbye frees them this soon)
+    deadline = time.monotonic() + 10
+    while (bob._objects or alice._objects) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert (bob._objects, alice._objects) == ({}, {})
+
+
 def test_soak_operations_from_two_clients_leave_nothing_and_memory_flat(hook, bob, alice, carol):
     workers = [bob, alice, carol]
     clients = [_other_client(workers, rounds=SOAK_OPS // 11 // 2 + 1, wait=True) for _ in range(2)]  # importing torch meanwhile
