@@ -25,7 +25,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-from .errors import DuplicateIdError, ObjectNotFoundError, RequestTooLargeError, StoreFullError
+from .errors import DuplicateIdError, ObjectNotFoundError, ProtocolError, RequestTooLargeError, StoreFullError
 from .messages import PointerSpec
 
 
@@ -130,6 +130,8 @@ class ObjectStore:
         tags: frozenset[str] = frozenset(),
         description: str | None = None,
     ) -> None:
+        if type(id) is not int:  # (every way in: a crafted RunOp's result ids, a StoreObject, a plan's outputs)
+            raise ProtocolError(f"object ids are ints (rule 1), not {type(id).__name__}")
         if id in self._entries:
             raise DuplicateIdError(f"worker {self.worker_id!r} already holds an object with id {id}")
         if tags or description is not None or type(obj) is PointerSpec:  # (an op's results have neither: no cost)

@@ -292,3 +292,16 @@ def test_a_worker_of_a_federation_relays_only_to_its_federations_workers(hook):
         raw.close()
         process.terminate()
         assert process.wait(10) == 0
+
+
+def test_objects_are_stored_under_int_ids_only(bob):
+    """A crafted RunOp or StoreObject naming a string, a float or a bool as the id is refused, and
+    stores nothing (a plan's result ids were checked; a RunOp's were not: 'id' was stored)."""
+    client = sy.local_client()
+    mine = th.ones(2).send(bob)
+    before = set(bob._objects)
+    for bad in ("id", 1.0, True, (1,)):
+        for message in (msg.RunOp("torch.add", (msg.Ref(mine.id_at_location), 1), {}, (bad,)), msg.StoreObject(bad, th.zeros(1))):
+            with pytest.raises(sy.FedqError, match="ids are ints"):
+                client.request(bob.address, message)
+    assert set(bob._objects) == before
