@@ -1,0 +1,80 @@
+"""Red-team round on issue 16 (fixed precision, additive sharing, owner-enforced secure
+aggregation: fedq/sharing.py, fedq/ring.py, fedq/aggregates.py and the sharing handlers in
+fedq/worker.py). A key holder (the data scientist: no admin key, not the data owner) with the
+public API and crafted messages, against real worker processes. Every test asserts the SAFE
+outcome; an attack that succeeds today is marked `succeeds(why)` (strict xfail, AssertionError
+only) until it is closed. The owners are tests/data/secagg_owner.py's (updates refused, k = 2)."""
+
+from __future__ import annotations
+
+import gc
+import secrets
+from pathlib import Path
+
+import pytest
+import torch as th
+from torch import nn, optim
+
+import fedq as sy
+from fedq import ring
+from fedq.ids import new_id
+from fedq.messages import BeaverClose, BeaverOpen, ConfirmShare, MakeTriples, ShareObject, StoreShare, StoreTriple
+
+from helpers import owner_reads, succeeds
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+@pytest.fixture(scope="module")
+def owners(hook, federation):
+    """Three data owners of this module's own whose updates leave only in an aggregate of >= 2 owners."""
+    made = [sy.VirtualWorker(hook, id=f"rts_{name}", data=ROOT / "tests" / "data" / "secagg_owner.py") for name in ("bob", "alice", "carol")]
+    yield made
+    for worker in made:
+        worker.shutdown()
+
+
+def _update(owner) -> sy.PointerTensor:
+    """One SGD step of a linear model on the owner's private data: a private (1, 4) weight."""
+    data, target = owner.search("#data")[0], owner.search("#target")[0]
+    th.manual_seed(1)
+    model = nn.Linear(4, 1).send(owner)
+    opt = optim.SGD(model.parameters(), lr=0.01)
+    opt.zero_grad()
+    ((model(data) - target) ** 2).mean().backward()
+    opt.step()
+    return model.weight
+
+
+def _secret(owner, pointer) -> th.Tensor:
+    """What the owner holds, fixed precision (read with its admin key: the test's check only)."""
+    return ring.encode(owner_reads(owner, pointer.copy()))
+
+
+def _shared(owner, holders):
+    w = _update(owner)
+    return w, w.fix_precision().share(*holders).get()  # (.get(): the client's sharing of pointers)
+
+
+# --------------------------------------------------------------------------- one owner's value, exactly
+
+
+# Aggregates tracks a term's coefficient as a float, but the holders compute in Z/2^64: a
+# multiple of 2^64 is zero there and a huge float here. alice's update times 2^62, four times
+# over, is 0 on the ring with coefficient 2^64; bob's the same plus bob once is bob's value with
+# coefficient 2^64 + 1, which isclose() calls equal. The "aggregate of two owners" is bob's update.
+@succeeds("coefficients are floats, the ring wraps: bob * (2^64 + 1) + alice * 2^64 releases bob exactly")
+def test_ring_wraparound_coefficients_do_not_single_one_owner_out(owners):
+    sa_bob, sa_alice, _ = owners
+    w_bob, bobs = _shared(sa_bob, (sa_bob, sa_alice))
+    _, alices = _shared(sa_alice, (sa_bob, sa_alice))
+    big = 2**62
+    zero_alice = alices * big + alices * big + alices * big + alices * big  # 2^64 * alice: 0 on the ring
+    only_bob = bobs * big + bobs * big + bobs * big + bobs * big + bobs  # 2^64 * bob + bob: bob
+    try:
+        released = (only_bob + zero_alice).get()
+    except sy.AggregateTooSmallError:
+        return
+    assert not th.equal(released.child, _secret(sa_bob, w_bob)), "bob's private update, exactly"
