@@ -402,9 +402,17 @@ def _metas(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     return ops.unflatten([a._meta if isinstance(a, Pointer) else a for a in leaves], spec)
 
 
+def _on_cpu(device: Any) -> bool:
+    return isinstance(device, (str, torch.device)) and torch.device(device).type == "cpu"
+
+
 def _on_meta(func: Any, args: tuple, kwargs: dict) -> Any:
     """Run `func` on the pointers' meta tensors: metadata, and results' shapes, without data."""
     meta_args, meta_kwargs = _metas(args, kwargs)
+    if func is torch.Tensor.to:  # workers compute on the CPU: `x.to(device)` (Part 06) is a dtype change at most
+        meta_args = tuple("meta" if _on_cpu(a) else a for a in meta_args)
+        if _on_cpu(meta_kwargs.get("device")):
+            meta_kwargs = {**meta_kwargs, "device": "meta"}
     with torch._C.DisableTorchFunctionSubclass():
         return func(*meta_args, **meta_kwargs)
 
@@ -436,10 +444,7 @@ def _run_remote(func: Any, args: tuple, kwargs: dict) -> Any:
 
     if ops.is_inplace(name):  # rule 4: no new object; the pointer stays the handle
         client.submit(location.address, RunOp(name, wire_args, wire_kwargs, (), None, grad_enabled))
-        try:  # keep our metadata in step (unsqueeze_, requires_grad_, data = ...)
-            _on_meta(func, args, kwargs)
-        except Exception:
-            pass
+        _in_place_on_meta(func, args, kwargs, leaves, spec)  # keep our metadata in step (unsqueeze_, requires_grad_, data = ...)
         target = args[0] if args else None
         if isinstance(target, Pointer) and target._meta.requires_grad and target._ref is not None:
             if grad_enabled and (hasattr(target, "_grad_from") or not target._meta.is_leaf):
@@ -521,6 +526,39 @@ def _infer(func: Any, args: tuple, kwargs: dict, leaves: list, spec: Any) -> tup
                 _META_CACHE.clear()
             _META_CACHE[key] = cached
     return None if cached is _NOT_INFERRED else cached
+
+
+_IN_PLACE_KEEPS: set = set()  # in-place ops, by op and input metadata, that leave the metadata as it was
+
+
+def _in_place_on_meta(func: Any, args: tuple, kwargs: dict, leaves: list, spec: Any) -> None:
+    """Run an in-place op on the meta tensors, so that our metadata follows the worker's. That
+    costs ~1 ms (torch's Python reference kernels), most often for nothing (an optimizer's
+    `add_`): an op that left the metadata as it was is remembered by op and input metadata
+    (what decides its effect on them) and not run again."""
+    try:
+        key = (func, spec, torch.is_grad_enabled(), tuple(
+            _meta_state(leaf._meta) if isinstance(leaf, Pointer) else (type(leaf), leaf) for leaf in leaves
+        ))
+        hash(key)
+    except TypeError:  # an unhashable argument (a slice): run it each time
+        key = None
+    if key is not None and key in _IN_PLACE_KEEPS:
+        return
+    target = args[0]._meta if args and isinstance(args[0], Pointer) else None
+    before = None if target is None else _meta_state(target)
+    try:
+        _on_meta(func, args, kwargs)
+    except Exception:
+        return
+    if key is not None and target is not None and _meta_state(target) == before:
+        if len(_IN_PLACE_KEEPS) >= _META_CACHE_SIZE:
+            _IN_PLACE_KEEPS.clear()
+        _IN_PLACE_KEEPS.add(key)
+
+
+def _meta_state(meta: torch.Tensor) -> tuple:
+    return (tuple(meta.shape), meta.dtype, meta.requires_grad, meta.is_leaf, meta.stride())
 
 
 def _result_meta(metas: list) -> tuple:

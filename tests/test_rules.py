@@ -91,6 +91,18 @@ def test_rule4_results_have_shape_and_dtype_without_asking(bob):
     assert z.shape == (3, 5) and z.dtype == th.float64
 
 
+def test_rule4_moving_to_the_cpu_is_known_without_asking(bob):
+    """Part 06's `data.to(device)` on every batch: workers compute on the CPU, so it is at most a
+    dtype change, worked out here like any op (it waited for the worker's answer each time)."""
+    x = th.ones(2, 3).send(bob)
+    client = sy.local_client()
+    waits = client.stats()["waits"]
+    same, wider, named = x.to(th.device("cpu")), x.to("cpu", th.float64), x.to(device="cpu")
+    assert (same.shape, wider.dtype, named.dtype) == ((2, 3), th.float64, th.float32)
+    assert client.stats()["waits"] == waits
+    assert th.equal(wider.get(), th.ones(2, 3, dtype=th.float64)) and th.equal(same.get(), th.ones(2, 3))
+
+
 def test_rule4_inplace_ops_create_no_new_object(bob):
     x = th.tensor([1.0, 2.0]).send(bob)
     x.add_(1)
