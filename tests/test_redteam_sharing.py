@@ -78,3 +78,43 @@ def test_ring_wraparound_coefficients_do_not_single_one_owner_out(owners):
     except sy.AggregateTooSmallError:
         return
     assert not th.equal(released.child, _secret(sa_bob, w_bob)), "bob's private update, exactly"
+
+
+def _each(t, j: int):
+    """Element j of a (1, 4) sharing in every one of its four places (a shape op: coefficient 1)."""
+    return t[:, [j, j, j, j]]
+
+
+# Terms are per tensor, not per element: indexing keeps a term's coefficient 1 whatever it
+# picks, so bob's elements can each be paired with one and the same element of alice's: the
+# release is b_i + a_0 for every i, and its differences are bob's b_i - b_0, exactly (bob's
+# update up to one number: the README promises only the elementwise sum b + a).
+@succeeds("terms are per tensor: bob + alice[:, [0, 0, 0, 0]] releases b_i + a_0, so bob's b_i - b_j exactly")
+def test_pairing_elements_does_not_show_one_owners_differences(owners):
+    sa_bob, sa_alice, _ = owners
+    w_bob, bobs = _shared(sa_bob, (sa_bob, sa_alice))
+    _, alices = _shared(sa_alice, (sa_bob, sa_alice))
+    try:
+        released = (bobs.child + _each(alices.child, 0)).get()
+    except sy.AggregateTooSmallError:
+        return
+    b = _secret(sa_bob, w_bob)
+    assert not th.equal(released - released[:, :1], b - b[:, :1]), "bob's differences b_i - b_0, exactly"
+
+
+# A sum keeps coefficient 1 (aggregates._KEEP), though it weighs each element it sums once:
+# alice's sum, spread over four places, less each of her four elements spread, is 0 on every
+# holder with coefficient 1 - 4 = -3. Plus bob's update times -3: "an equal-weight sum of two
+# owners" (both -3) whose value is -3 * bob's update.
+@succeeds("sum() keeps coefficient 1 though it adds n elements: -3 * bob + (sum(alice) - each alice) releases -3 * bob")
+def test_a_sum_does_not_cancel_an_owner_out(owners):
+    sa_bob, sa_alice, _ = owners
+    w_bob, bobs = _shared(sa_bob, (sa_bob, sa_alice))
+    _, alices = _shared(sa_alice, (sa_bob, sa_alice))
+    a = alices.child
+    zero = a.sum(1, keepdim=True)[:, [0, 0, 0, 0]] - _each(a, 0) - _each(a, 1) - _each(a, 2) - _each(a, 3)
+    try:
+        released = (bobs.child * -3 + zero).get()
+    except sy.AggregateTooSmallError:
+        return
+    assert not th.equal(released, -3 * _secret(sa_bob, w_bob)), "-3 times bob's private update, exactly"
