@@ -122,28 +122,34 @@ def worker(
 @app.command()
 def up(
     config: Path = ConfigOption,
+    host: Optional[str] = typer.Option(None, "--host", help="Start the workers whose `host` is this (default: those whose address is this machine's)."),
     threads: Optional[int] = typer.Option(None, min=1, help=_setting_help("threads")),
     verbose: bool = typer.Option(False, "--verbose", "-v", help=_setting_help("verbose")),
 ) -> None:
-    """Start every worker of a config; Ctrl-C (or SIGTERM) stops them all."""
+    """Start this host's workers of a config (every worker, on one machine); Ctrl-C (or SIGTERM) stops them all."""
     from .peers import stop_processes
     from .launcher import start_worker_process
 
     try:
         federation = load_config(config)
+        here = federation.workers_here(host)
         key, admin_key = federation.key(), federation.admin_key()
-        for w in federation.workers.values():
+        for w in here.values():
             w.check_data(federation.path)
     except FedqError as error:
         _fail(error)
     processes = {
         id: start_worker_process(
-            id, w.address, key=key, admin_key=admin_key, together=len(federation.workers),
+            id, w.address, key=key, admin_key=admin_key, together=len(here),
             settings=settings_from({"verbose": verbose or None, "threads": threads}, base=w.settings),
         )  # fmt: skip
-        for id, w in federation.workers.items()
+        for id, w in here.items()
     }
-    typer.echo(f"started {', '.join(f'{id} (pid {p.pid})' for id, p in processes.items())}; Ctrl-C stops them")
+    elsewhere = sorted(set(federation.workers) - set(here))
+    typer.echo(
+        f"started {', '.join(f'{id} (pid {p.pid})' for id, p in processes.items())}; Ctrl-C stops them"
+        + (f" (on other hosts: {', '.join(elsewhere)})" if elsewhere else "")
+    )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         while all(p.poll() is None for p in processes.values()):
@@ -259,8 +265,8 @@ def status(
     except FedqError as error:
         _fail(error)
     table = Table(title=f"{config}: {len(federation.workers)} workers")
-    for column in ("worker", "state", "pid", "objects", "bytes", "lease", "threads", "round trip"):
-        table.add_column(column, justify="left" if column in ("worker", "state") else "right", no_wrap=True)
+    for column in ("worker", "host", "state", "pid", "objects", "bytes", "lease", "threads", "round trip"):
+        table.add_column(column, justify="left" if column in ("worker", "host", "state") else "right", no_wrap=True)
     table.add_column("address / problem", overflow="fold")
     down = 0
     for name, settings in federation.workers.items():
@@ -271,11 +277,11 @@ def status(
             round_trip = f"{1000 * (time.perf_counter() - start):.2f} ms"
         except WorkerUnreachableError:
             down += 1
-            table.add_row(name, "[red]down[/red]", "", "", "", "", "", "", f"no answer within {timeout:g}s at {settings.address}")
+            table.add_row(name, settings.host_name, "[red]down[/red]", "", "", "", "", "", "", f"no answer within {timeout:g}s at {settings.address}")
             continue
         except FedqError as error:
             down += 1
-            table.add_row(name, "[red]down[/red]", "", "", "", "", "", "", str(error).splitlines()[0])
+            table.add_row(name, settings.host_name, "[red]down[/red]", "", "", "", "", "", "", str(error).splitlines()[0])
             continue
         try:
             rows = handle.describe(timeout=timeout)
@@ -284,7 +290,7 @@ def status(
             objects, held = str(alive.objects), "?"
         lease = f"{alive.lease_seconds:g}s" if alive.lease_seconds is not None else "?"
         threads = str(alive.threads) if alive.threads is not None else "?"
-        table.add_row(name, "[green]alive[/green]", str(alive.pid), objects, held, lease, threads, round_trip, settings.address)
+        table.add_row(name, settings.host_name, "[green]alive[/green]", str(alive.pid), objects, held, lease, threads, round_trip, settings.address)
     Console().print(table)
     if down:
         typer.echo(f"{down} of {len(federation.workers)} workers down", err=True)
