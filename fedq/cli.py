@@ -408,13 +408,18 @@ def keygen(
     config: Path = ConfigOption,
     print_key: bool = typer.Option(False, "--print", help="Print a new key (hex, for FEDQ_KEY) instead of writing the config's key file."),
     curve: bool = typer.Option(False, "--curve", help="Make CURVE key pairs (one per worker, one for clients) in the config's curve_dir instead."),
+    bundles: Optional[Path] = typer.Option(
+        None, "--bundles", help="With --curve: write them as one folder per host (its workers' secret keys, every public key, the signing key) and one for clients, to copy."
+    ),
 ) -> None:
     """Make a new federation signing key: every worker and script of the federation must share it."""
     from .keys import write_key_file
     from .codec import new_key
 
+    if bundles is not None and not curve:
+        _fail(ConfigError("--bundles are of CURVE keys: give --curve too"))
     if curve:
-        _make_curve_keys(config)
+        _make_curve_keys(config, bundles)
         return
     key = new_key()
     if print_key:
@@ -432,7 +437,7 @@ def keygen(
     )
 
 
-def _make_curve_keys(config: Path) -> None:
+def _make_curve_keys(config: Path, bundles: Optional[Path] = None) -> None:
     import os
 
     import zmq.auth
@@ -444,12 +449,77 @@ def _make_curve_keys(config: Path) -> None:
     directory = federation.curve_dir or config.resolve().parent / f"{config.stem}-curve"
     if federation.curve_dir is None:
         _fail(ConfigError(f"{config} does not turn CURVE on: add `curve = true` to [federation]"))
+    if bundles is not None:
+        try:
+            _write_bundles(federation, bundles)
+        except FedqError as error:
+            _fail(error)
+        return
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     for name in [*federation.workers, "client"]:
         public, secret = zmq.auth.create_certificates(str(directory), name)
         os.chmod(secret, 0o600)
     typer.echo(f"wrote CURVE key pairs for {', '.join(federation.workers)} and client to {directory}; "
                "copy each host its own .key_secret and every .key")
+
+
+BUNDLE_NOTE = """fedq key bundle for {who}. Copy it to that host, then there:
+  {curve}/  ->  {curve_dir}   (the config's curve_dir; mode 700, the .key_secret files 600)
+  {key}  ->  {key_file}   (the config's key_file, mode 600)
+It holds {holds}.
+It must not hold another host's .key_secret, nor any worker's admin key: each worker host makes
+its own at its first `fedq up` ({admin_key_file}), and only its owner keeps it.
+"""
+
+
+def _write_bundles(federation: Any, directory: Path) -> None:
+    """One folder per host (`host`, else the address's host): its workers' secret CURVE keys, every
+    public key (its ZAP handler accepts them), the signing key; and `client/`, what a client host
+    holds: the client key pair, every public key, the signing key. Owners run the CLI with their
+    workers' own key pairs (`FederationConfig.curve_identity`): no client secret on a worker host."""
+    import os
+    import shutil
+    import tempfile
+
+    import zmq.auth
+
+    from .keys import read_key_file, write_key_file
+
+    hosts = federation.hosts()
+    if "client" in hosts:
+        raise ConfigError(f"{federation.path}: a host is called 'client', the clients' bundle's name: rename it (`host = ...`)")
+    if directory.exists() and any(directory.iterdir()):
+        raise ConfigError(f"{directory} is not empty: bundles are written only to a new or empty directory (old keys would mix in)")
+    signing = read_key_file(federation.key_file, create=True)  # (made here, as `fedq keygen` does, if there is none)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with tempfile.TemporaryDirectory(dir=directory) as made:  # every pair once, then each copied where it belongs
+        for name in [*federation.workers, "client"]:
+            zmq.auth.create_certificates(made, name)
+        for who, owns in [*hosts.items(), ("client", ["client"])]:
+            (directory / who).mkdir(mode=0o700)
+            curve = directory / who / "curve"
+            curve.mkdir(mode=0o700)
+            for name in [*federation.workers, "client"]:
+                shutil.copyfile(Path(made) / f"{name}.key", curve / f"{name}.key")
+            for name in owns:
+                secret = curve / f"{name}.key_secret"
+                secret.touch(mode=0o600)
+                shutil.copyfile(Path(made) / f"{name}.key_secret", secret)
+                os.chmod(secret, 0o600)
+            write_key_file(directory / who / federation.key_file.name, signing)
+            holds = (
+                "the client key pair and every worker's public key: a client of every worker"
+                if who == "client"
+                else f"the secret keys of {', '.join(owns)} and every public key: that host's workers, and its owner's CLI (as them)"
+            )
+            (directory / who / "README.txt").write_text(BUNDLE_NOTE.format(
+                who=who if who == "client" else f"host {who!r}", curve="curve", curve_dir=federation.curve_dir, key=federation.key_file.name,
+                key_file=federation.key_file, holds=holds, admin_key_file=federation.admin_key_file,
+            ))  # fmt: skip
+    typer.echo(
+        f"wrote key bundles to {directory}: {', '.join(h + '/ (' + ', '.join(ids) + ')' for h, ids in hosts.items())} and client/; "
+        "copy each to its host (README.txt in each says where)"
+    )
 
 
 @app.command()

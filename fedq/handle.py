@@ -275,7 +275,7 @@ def connect(
         if TIMEOUT_ENV not in os.environ:  # the config's timeout is for calls too (the environment's wins)
             client.peers.timeouts[address] = federation.settings_of(id).timeout
         if federation.curve_dir is not None:
-            client.use_curve(CurveKeys.load(federation.curve_dir, "client", federation.peers()))
+            client.use_curve(CurveKeys.load(federation.curve_dir, federation.curve_identity(), federation.peers()))
     handle = Workers.of(client).at(id, address)
     if id and id != handle.id:  # (met before under another name: this one, from now on)
         handle.id = id
