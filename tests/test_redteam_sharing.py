@@ -17,6 +17,7 @@ from torch import nn, optim
 
 import fedq as sy
 from fedq import ring
+from fedq.errors import RequestTooLargeError
 from fedq.ids import new_id
 from fedq.messages import BeaverClose, BeaverOpen, ConfirmShare, MakeTriples, ShareObject, StoreShare, StoreTriple
 
@@ -118,3 +119,39 @@ def test_a_sum_does_not_cancel_an_owner_out(owners):
     except sy.AggregateTooSmallError:
         return
     assert not th.equal(released, -3 * _secret(sa_bob, w_bob)), "-3 times bob's private update, exactly"
+
+
+# --------------------------------------------------------------------------- memory and CPU
+
+
+# A seed is 32 bytes; StoreShare expands it to any shape of up to max_message_bytes (1 GiB) of
+# int64: a crafted message of ~200 bytes from a client (private=False needs no confirmation)
+# makes the worker hold what a 1 GiB message would have carried, as often as it is sent.
+@succeeds("a client's seeded StoreShare of ~200 bytes is expanded and stored at up to 1 GiB each")
+def test_a_clients_seeded_share_is_not_expanded_without_bound(hook, bob):
+    client = hook.local_worker
+    elements = 1 << 21  # 16 MiB here; the check allows 2^27 (1 GiB) per message
+    crafted = StoreShare(new_id(), None, client.holder_name, secrets.token_hex(16), False, 2, "", b"\x00" * ring.SEED_BYTES, (elements,))
+    try:
+        client.request(bob.address, crafted)
+    except (sy.FedqError, TypeError, PermissionError, ValueError):
+        return
+    held = sum(t.numel() * t.element_size() for t in bob._objects.values() if isinstance(t, th.Tensor))
+    assert held < 1 << 20, f"bob holds {held} bytes from one message carrying a 32-byte seed"
+
+
+# MakeTriples bounds each operand's and the product's elements (2^27), not the work: a matmul
+# triple of (m, k) @ (k, n) costs m * k * n multiply-adds on the crypto provider. (2^13, 2^14) @
+# (2^14, 2^13) passes the same checks: 2^40 int64 multiply-adds (over half an hour of a core)
+# from one ~300-byte message, and 64 parties multiply its memory (3 GiB of pads) by 64. Shown
+# here at 2^28 multiply-adds (~1 s), already more than the element cap.
+@succeeds("MakeTriples caps elements, not work: a matmul triple's m * k * n multiply-adds are unbounded (2^40 passes)")
+def test_a_matmul_triple_is_bounded_in_work(hook, bob, secure_worker):
+    client = hook.local_worker
+    ids = (new_id(), new_id(), new_id())
+    crafted = MakeTriples("matmul", (128, 1 << 14), (1 << 14, 128), ((bob.id, bob.address, bob.incarnation, ids),))
+    try:
+        client.request(secure_worker.address, crafted)
+    except RequestTooLargeError:
+        return
+    raise AssertionError("the crypto provider made a 2^28 multiply-add triple for one small message")
