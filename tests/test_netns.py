@@ -1,11 +1,13 @@
 """A federation across hosts, as hosts: bob, alice and secure_worker each in a network namespace
 of its own, the client in a fourth, joined by veth pairs to a bridge in a fifth; only tcp between
 them, CURVE on, each host holding its own secret key and the others' public keys (its own
-bundle, mounted where the one config says the keys are). Over it: the lesson, a move with no
+bundle, as `fedq keygen --curve --bundles` wrote it, mounted where the one config says the keys
+are), each host's workers started by `fedq up --host NAME` from that one config. Over it: the lesson, a move with no
 payload through the client, the trusted-aggregator round on the owners' data, a stranger's key
 refused, and a link cut mid-op (an error naming
 the worker within the timeout), then back (calls work again within seconds: the transport
-notices the dead connection and dials again). Needs root and `ip`; skipped, saying why, elsewhere.
+notices the dead connection and dials again); then `fedq status` from the client's host and the
+owner's `fedq stop` from secure_worker's, each with only its bundle. Needs root and `ip`; skipped, saying why, elsewhere.
 Every namespace (and with it every veth) and process is removed in the fixture's finaliser."""
 
 from __future__ import annotations
@@ -123,31 +125,27 @@ def hosts(tmp_path_factory: pytest.TempPathFactory):
     write_key_file(tmp / "federation.key", new_key())
     keys_here = tmp / "keys"  # where the config says the CURVE keys are: each host mounts its own bundle there
     keys_here.mkdir(mode=0o700)
+    placed = {name: f'host = "{name}"\n' for name in HOSTS}
     config = tmp / "hosts.toml"
     config.write_text(
         f'[federation]\ntimeout = {TIMEOUT}\nkey_file = "{tmp / "federation.key"}"\ncurve = true\ncurve_dir = "{keys_here}"\n'
         # bob listens on every interface of his host, and is known by its address
-        + f'[workers.bob]\naddress = "tcp://{HOSTS["bob"]}:{PORT}"\nbind = "tcp://0.0.0.0:{PORT}"\ndata = "{HOUSING}"\n'
-        + f'[workers.alice]\naddress = "tcp://{HOSTS["alice"]}:{PORT}"\ndata = "{HOUSING}"\n'
-        + f'[workers.secure_worker]\naddress = "tcp://{HOSTS["secure_worker"]}:{PORT}"\n'
+        + f'[workers.bob]\naddress = "tcp://{HOSTS["bob"]}:{PORT}"\nbind = "tcp://0.0.0.0:{PORT}"\ndata = "{HOUSING}"\n{placed["bob"]}'
+        + f'[workers.alice]\naddress = "tcp://{HOSTS["alice"]}:{PORT}"\ndata = "{HOUSING}"\n{placed["alice"]}'
+        + f'[workers.secure_worker]\naddress = "tcp://{HOSTS["secure_worker"]}:{PORT}"\n{placed["secure_worker"]}'
     )
-    made = CliRunner().invoke(app, ["keygen", "--curve", "--config", str(config)])  # (in this process: no torch to import)
+    # Per-host bundles, as keygen writes them: a host's own secret key and everyone's public keys, nothing else.
+    made = CliRunner().invoke(app, ["keygen", "--curve", "--bundles", str(tmp / "bundles"), "--config", str(config)])  # (in this process: no torch to import)
     assert made.exit_code == 0, made.output
-    # Per-host bundles: a host's own secret key and everyone's public keys, nothing else.
-    bundles = {}
-    for host in HOSTS:
-        bundle = bundles[host] = tmp / f"bundle-{host}"
-        bundle.mkdir(mode=0o700)
-        shutil.copy2(keys_here / f"{host}.key_secret", bundle)
-        for other in HOSTS:
-            shutil.copy2(keys_here / f"{other}.key", bundle)
-        (keys_here / f"{host}.key_secret").unlink()
-    assert not list(keys_here.glob("*_secret"))
+    bundles = {host: tmp / "bundles" / host / "curve" for host in HOSTS}
+    for host, bundle in bundles.items():
+        assert {p.name for p in bundle.glob("*.key_secret")} == {f"{host}.key_secret"}
+    assert not list(keys_here.iterdir())  # (nothing here but what each host mounts)
     spaces = Namespaces()
     try:
         spaces.build()
         workers = {
-            name: spaces.run(name, bundles[name], keys_here, [sys.executable, "-m", "fedq", "worker", name, "--config", str(config)])
+            name: spaces.run(name, bundles[name], keys_here, [sys.executable, "-m", "fedq", "up", "--host", name, "--config", str(config)])
             for name in ("bob", "alice", "secure_worker")
         }
         # Started with the workers (it waits for them): the imports overlap.
@@ -160,7 +158,7 @@ def hosts(tmp_path_factory: pytest.TempPathFactory):
             [sys.executable, "-m", "fedq", "worker", "open", "--address", f"tcp://{HOSTS['alice']}:5700", "--config", "/nonexistent.toml", "--insecure-plaintext"],
             stderr=subprocess.PIPE, text=True, env={**os.environ, "FEDQ_KEY": new_key().hex()},
         )
-        yield {"spaces": spaces, "workers": workers, "client": client, "plaintext": plaintext}
+        yield {"spaces": spaces, "workers": workers, "client": client, "plaintext": plaintext, "bundles": bundles, "keys_here": keys_here, "config": config}
     finally:
         survivors = spaces.close()
         assert not survivors, f"left behind: {survivors}"
@@ -321,3 +319,26 @@ def test_plaintext_off_loopback_starts_only_when_told_and_says_so(hosts):
         line = told.stderr.readline()
     assert "INSECURE" in line and "without CURVE" in line, line
     assert told.poll() is None  # serving
+
+
+def test_status_from_the_clients_host_and_the_owners_stop_from_its_own(hosts):
+    """After the lesson: `fedq status` on the client's host lists every worker alive; secure_worker's
+    owner stops it from its host, whose bundle holds no client key; the others stay up."""
+    hosts["client"].wait(180)  # (the lesson's client: done first)
+    spaces, config, keys_here = hosts["spaces"], str(hosts["config"]), hosts["keys_here"]
+
+    def fedq(host: str, *args: str) -> subprocess.CompletedProcess:
+        process = spaces.run(host, hosts["bundles"][host], keys_here, [sys.executable, "-m", "fedq", *args, "--config", config],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})  # fmt: skip
+        stdout, stderr = process.communicate(timeout=90)
+        return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+    status = fedq("client", "status", "--timeout", "10")
+    assert status.returncode == 0, (status.stdout, status.stderr)
+    for name in ("bob", "alice", "secure_worker"):
+        assert any(line.split()[1:2] == [name] and "alive" in line for line in status.stdout.splitlines()), status.stdout
+    stopped = fedq("secure_worker", "stop", "secure_worker", "--timeout", "10")
+    assert stopped.returncode == 0 and "secure_worker: stopped" in stopped.stdout, stopped.stderr
+    up = hosts["workers"]["secure_worker"]
+    up.wait(30)  # its `fedq up` sees its only worker gone and exits
+    assert all(hosts["workers"][name].poll() is None for name in ("bob", "alice"))
