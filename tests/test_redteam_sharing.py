@@ -155,3 +155,86 @@ def test_a_matmul_triple_is_bounded_in_work(hook, bob, secure_worker):
     except RequestTooLargeError:
         return
     raise AssertionError("the crypto provider made a 2^28 multiply-add triple for one small message")
+
+
+# --------------------------------------------------------------------------- others' state
+
+
+# StoreShare (private) from a client, naming as origin an owner worker the holder never met:
+# the holder asks it to confirm, sealed to the *client's* session (the sender), and worker.ask
+# records that as the owner's incarnation at that address. The confirmation fails; the record
+# stays: the owner's own shares to that holder are refused from then on ("not from the worker at").
+@succeeds("a crafted private StoreShare poisons the holder's record of the origin's incarnation: the real owner's shares are refused")
+def test_a_crafted_store_share_does_not_poison_the_holders_peer_record(hook, owners):
+    sa_bob, _, sa_carol = owners  # (nothing here shared between these two before)
+    client = hook.local_worker
+    crafted = StoreShare(new_id(), th.zeros(1, 4, dtype=th.int64), client.holder_name, secrets.token_hex(16), True, 1, sa_carol.address)
+    with pytest.raises(Exception):
+        client.request(sa_bob.address, crafted, timeout=20)
+    w_carol = _update(sa_carol)
+    try:
+        carols = w_carol.fix_precision().share(sa_carol, sa_bob).get()
+    except (PermissionError, sy.FedqError) as error:
+        raise AssertionError(f"carol's genuine sharing to bob is refused: {error}") from None
+    assert carols.child.shares[0].location.id == sa_carol.id
+
+
+# --------------------------------------------------------------------------- attacks that fail
+
+
+def test_a_clients_own_triple_does_not_open_a_private_share(hook, owners):
+    """A crafted StoreTriple (pads the client knows: zeros) on both holders, then BeaverOpen of a
+    share of bob's private data: x - 0 would be bob's share. Refused: private shares are not opened."""
+    sa_bob, sa_alice, _ = owners
+    _, bobs = _shared(sa_bob, (sa_bob, sa_alice))
+    client = hook.local_worker
+    shares = bobs.child.shares
+    for share in shares:
+        ids = (new_id(), new_id(), new_id())
+        zeros = tuple(th.zeros(1, 4, dtype=th.int64) for _ in range(3))
+        try:
+            client.request(share.location.address, StoreTriple("mul", ids, zeros, client.holder_name))
+        except (PermissionError, sy.FedqError):
+            continue  # (refusing a client's triple is safe too)
+        with pytest.raises(sy.GetNotPermittedError, match="not multiplied"):
+            client.request(share.location.address, BeaverOpen("mul", share.id_at_location, share.id_at_location, ids))
+
+
+def test_a_share_of_private_data_does_not_move_to_the_other_holder(owners):
+    """alice's share of bob's update, moved (or copied) to bob: bob would hold both."""
+    sa_bob, sa_alice, _ = owners
+    _, bobs = _shared(sa_bob, (sa_bob, sa_alice))
+    at_alice = bobs.child.shares[1]
+    with pytest.raises((sy.GetNotPermittedError, PermissionError)):
+        at_alice.copy().move(sa_bob)
+    with pytest.raises((sy.GetNotPermittedError, PermissionError)):
+        at_alice.move(sa_bob)
+
+
+def test_a_dp_release_of_a_share_is_refused(owners):
+    """GetObject with epsilon on a share of private data: a noisy share (of a uniform value) at best."""
+    sa_bob, sa_alice, _ = owners
+    _, bobs = _shared(sa_bob, (sa_bob, sa_alice))
+    for share in bobs.child.shares:
+        with pytest.raises(sy.FedqError):
+            share.sum().get(epsilon=1.0, bounds=(-1e18, 1e18))
+
+
+def test_a_public_constant_or_a_zero_sum_is_not_a_second_owner(owners):
+    sa_bob, sa_alice, _ = owners
+    _, bobs = _shared(sa_bob, (sa_bob, sa_alice))
+    _, alices = _shared(sa_alice, (sa_bob, sa_alice))
+    b, a = bobs.child, alices.child
+    for attempt in (lambda: b + th.zeros(1, 4, dtype=th.int64), lambda: b + (a - a), lambda: b + a * 0, lambda: b * 1000 + a):
+        with pytest.raises(sy.AggregateTooSmallError):
+            attempt().get()
+
+
+def test_a_three_holder_truncation_of_private_shares_is_refused(owners, secure_worker):
+    """truncate() among three gathers two holders' shares on one: refused for private data."""
+    sa_bob, sa_alice, sa_carol = owners
+    w = _update(sa_bob)
+    # (carol is one of the holders: bob's worker meets hers here, after the poisoning test)
+    three = w.fix_precision().share(sa_bob, sa_alice, sa_carol, crypto_provider=secure_worker).get()
+    with pytest.raises((sy.GetNotPermittedError, PermissionError, sy.AggregateTooSmallError)):
+        (three * 0.5).child.get()
