@@ -19,7 +19,7 @@ import fedq as sy
 from fedq import ring
 from fedq.errors import RequestTooLargeError
 from fedq.ids import new_id
-from fedq.messages import BeaverClose, BeaverOpen, ConfirmShare, MakeTriples, ShareObject, StoreShare, StoreTriple
+from fedq.messages import BeaverOpen, MakeTriples, Ref, RunOp, StoreShare, StoreTriple
 
 from helpers import owner_reads, succeeds
 
@@ -119,6 +119,28 @@ def test_a_sum_does_not_cancel_an_owner_out(owners):
     except sy.AggregateTooSmallError:
         return
     assert not th.equal(released, -3 * _secret(sa_bob, w_bob)), "-3 times bob's private update, exactly"
+
+
+
+# An in-place op sent with result ids (RunOp says in place only by result_ids == (); the worker
+# believes it): aggregates.derive is told "not in place", _linear knows no `sub_`, and the
+# result *is* the target, whose terms are left as they were. bob + alice, less alice in place on
+# each holder, still reads "bob and alice, coefficient 1": it releases bob's update exactly.
+@succeeds("an in-place op sent with result ids keeps the target's terms: (b + a).sub_(a) releases b exactly")
+def test_an_in_place_op_sent_with_result_ids_drops_the_terms(hook, owners):
+    sa_bob, sa_alice, _ = owners
+    w_bob, bobs = _shared(sa_bob, (sa_bob, sa_alice))
+    _, alices = _shared(sa_alice, (sa_bob, sa_alice))
+    total = bobs.child + alices.child
+    client = hook.local_worker
+    client.sync()
+    for s, a in zip(total.shares, alices.child.shares):
+        client.request(s.location.address, RunOp("Tensor.sub_", (Ref(s.id_at_location), Ref(a.id_at_location)), {}, (new_id(),)))
+    try:
+        released = total.get()
+    except sy.AggregateTooSmallError:
+        return
+    assert not th.equal(released, _secret(sa_bob, w_bob)), "bob's private update, exactly"
 
 
 # --------------------------------------------------------------------------- memory and CPU
