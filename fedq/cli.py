@@ -123,6 +123,8 @@ def worker(
 def up(
     config: Path = ConfigOption,
     host: Optional[str] = typer.Option(None, "--host", help="Start the workers whose `host` is this (default: those whose address is this machine's)."),
+    on: Optional[str] = typer.Option(None, "--on", help="`ray`: place every worker of the config as a Ray actor instead (the fedq[ray] extra)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --on ray: an existing Ray cluster's address (default: a local instance, started and stopped here)."),
     threads: Optional[int] = typer.Option(None, min=1, help=_setting_help("threads")),
     verbose: bool = typer.Option(False, "--verbose", "-v", help=_setting_help("verbose")),
 ) -> None:
@@ -130,6 +132,9 @@ def up(
     from .peers import stop_processes
     from .launcher import start_worker_process
 
+    if on is not None:
+        _up_on(on, config, host, ray_address)
+        return
     try:
         federation = load_config(config)
         here = federation.workers_here(host)
@@ -161,6 +166,32 @@ def up(
         code = 0
     finally:
         stop_processes(list(processes.values()), timeout=5.0)
+    raise typer.Exit(code)
+
+
+def _up_on(on: str, config: Path, host: Optional[str], ray_address: Optional[str]) -> None:
+    """`fedq up --on ray`: every worker of the config a Ray actor, until Ctrl-C, SIGTERM or one exits."""
+    from .ray_placement import up_on_ray
+
+    try:
+        if on != "ray":
+            raise ConfigError(f"--on {on}: the only placement engine is ray")
+        if host is not None:
+            raise ConfigError("--host and --on ray: Ray places every worker of the config itself")
+        placed = up_on_ray(config, address=ray_address)
+    except FedqError as error:
+        _fail(error)
+    typer.echo(f"placed {', '.join(placed.actors)} on Ray; Ctrl-C stops them")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    code = 1
+    try:
+        while not (dead := placed.exited(timeout=0.5)):
+            pass
+        typer.echo(f"worker {', '.join(dead)} exited; stopping the others", err=True)
+    except (KeyboardInterrupt, SystemExit):
+        code = 0
+    finally:
+        placed.stop()
     raise typer.Exit(code)
 
 
