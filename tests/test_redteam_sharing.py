@@ -18,7 +18,7 @@ import fedq as sy
 from fedq import ring
 from fedq.errors import RequestTooLargeError
 from fedq.ids import new_id
-from fedq.messages import BeaverOpen, MakeTriples, Ref, RunOp, StoreShare, StoreTriple
+from fedq.messages import BeaverOpen, MakeTriples, Ref, RunOp, ShareObject, StoreShare, StoreTriple
 
 from helpers import owner_reads, succeeds
 
@@ -178,29 +178,6 @@ def test_a_matmul_triple_is_bounded_in_work(hook, bob, secure_worker):
     raise AssertionError("the crypto provider made a 2^28 multiply-add triple for one small message")
 
 
-# --------------------------------------------------------------------------- others' state
-
-
-# StoreShare (private) from a client, naming as origin an owner worker the holder never met:
-# the holder asks it to confirm, sealed to the *client's* session (the sender), and worker.ask
-# records that as the owner's incarnation at that address. The confirmation fails; the record
-# stays: the owner's own shares to that holder are refused from then on ("not from the worker at").
-@succeeds("a crafted private StoreShare poisons the holder's record of the origin's incarnation: the real owner's shares are refused")
-def test_a_crafted_store_share_does_not_poison_the_holders_peer_record(hook, owners):
-    sa_bob, _, sa_carol = owners  # (nothing here shared between these two before)
-    client = hook.local_worker
-    crafted = StoreShare(new_id(), th.zeros(1, 4, dtype=th.int64), client.holder_name, secrets.token_hex(16), True, 1, sa_carol.address)
-    with pytest.raises(Exception):  # (its confirmation never comes: not waited for)
-        client.request(sa_bob.address, crafted, timeout=2)
-    sa_bob.search("#nothing-here")  # (a later request to bob: the crafted one was handled)
-    w_carol = _update(sa_carol)
-    try:
-        carols = w_carol.fix_precision().share(sa_carol, sa_bob).get()
-    except (PermissionError, sy.FedqError) as error:
-        raise AssertionError(f"carol's genuine sharing to bob is refused: {error}") from None
-    assert carols.child.shares[0].location.id == sa_carol.id
-
-
 # --------------------------------------------------------------------------- attacks that fail
 
 
@@ -252,11 +229,58 @@ def test_a_public_constant_or_a_zero_sum_is_not_a_second_owner(owners):
             attempt().get()
 
 
+# --------------------------------------------------------------------------- others' state
+# (last in the file: each leaves a holder unable to take one owner's shares for the module's rest)
+
+
+# StoreShare (private) from a client, naming as origin an owner worker the holder never met:
+# the holder asks it to confirm, sealed to the *client's* session (the sender), and worker.ask
+# records that as the owner's incarnation at that address. The confirmation fails; the record
+# stays: the owner's own shares to that holder are refused from then on ("not from the worker at").
+@succeeds("a crafted private StoreShare poisons the holder's record of the origin's incarnation: the real owner's shares are refused")
+def test_a_crafted_store_share_does_not_poison_the_holders_peer_record(hook, owners):
+    sa_bob, _, sa_carol = owners  # (nothing here shared between these two before)
+    client = hook.local_worker
+    crafted = StoreShare(new_id(), th.zeros(1, 4, dtype=th.int64), client.holder_name, secrets.token_hex(16), True, 1, sa_carol.address)
+    with pytest.raises(Exception):  # (its confirmation never comes: not waited for)
+        client.request(sa_bob.address, crafted, timeout=2)
+    sa_bob.search("#nothing-here")  # (a later request to bob: the crafted one was handled)
+    w_carol = _update(sa_carol)
+    try:
+        carols = w_carol.fix_precision().share(sa_carol, sa_bob).get()
+    except (PermissionError, sy.FedqError) as error:
+        raise AssertionError(f"carol's genuine sharing to bob is refused: {error}") from None
+    assert carols.child.shares[0].location.id == sa_carol.id
+
+
+
+# The same record, overwritten where the two had met already: worker.ask stores whatever
+# incarnation a party names (`_peer_incarnations[address] = to`), and ShareObject's parties (and
+# MakeTriples') are the client's to name. A ShareObject of a public tensor on bob naming alice
+# under a made-up incarnation makes bob take that for alice's; her genuine shares are refused.
+@succeeds("ShareObject's parties name any incarnation: the holder records it as that peer's, and the real peer's shares are refused")
+def test_a_clients_party_list_does_not_overwrite_a_known_peer(hook, owners):
+    sa_bob, sa_alice, _ = owners
+    _shared(sa_alice, (sa_alice, sa_bob))  # (they have met: bob knows alice's incarnation)
+    client = hook.local_worker
+    public = th.zeros(1, 4, dtype=th.int64).send(sa_bob)
+    made_up = secrets.token_bytes(len(sa_alice.incarnation))
+    parties = ((sa_bob.id, sa_bob.address, sa_bob.incarnation, new_id()), (sa_alice.id, sa_alice.address, made_up, new_id()))
+    with pytest.raises(Exception):  # (sealed to no one alice is: never answered; not waited for)
+        client.request(sa_bob.address, ShareObject(public.id_at_location, parties, secrets.token_hex(16)), timeout=2)
+    sa_bob.search("#nothing-here")  # (a later request to bob: the crafted one was handled)
+    try:
+        _shared(sa_alice, (sa_alice, sa_bob))
+    except (PermissionError, sy.FedqError) as error:
+        raise AssertionError(f"alice's genuine sharing to bob is refused: {str(error)[:200]}") from None
+
+
+# (an attack that fails, last: after the poisoning tests)
 def test_a_three_holder_truncation_of_private_shares_is_refused(owners, secure_worker):
     """truncate() among three gathers two holders' shares on one: refused for private data."""
     sa_bob, sa_alice, sa_carol = owners
     w = _update(sa_bob)
-    # (carol is one of the holders: bob's worker meets hers here, after the poisoning test)
+    # (after the poisoning tests: bob meets carol here; its asks set its records right again)
     three = w.fix_precision().share(sa_bob, sa_alice, sa_carol, crypto_provider=secure_worker).get()
     with pytest.raises(sy.GetNotPermittedError, match="cannot be moved"):
         (three * 0.5).child.get()
