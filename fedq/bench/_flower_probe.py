@@ -20,36 +20,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 import flworkloads  # noqa: E402  (torch only: not through the fedq package)
+import procmem  # noqa: E402  (/proc only)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(parent, []).append(int(entry.name))
-    found, stack = [], [root]
-    while stack:
-        pid = stack.pop()
-        found.append(pid)
-        stack.extend(children.get(pid, []))
-    return found
-
-
-def _pss(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
 
 
 def run(workload: flworkloads.Workload) -> dict:
@@ -89,7 +65,7 @@ def run(workload: flworkloads.Workload) -> dict:
             if aggregated[0] is not None:
                 marks["weights"] = parameters_to_ndarrays(aggregated[0])
             if server_round == workload.rounds + 1:
-                marks["pss"] = sum(_pss(pid) for pid in _descendants(os.getpid()))
+                marks["pss"] = procmem.tree_pss() or 0
             return aggregated
 
     start = [p.detach().numpy() for p in flworkloads.model(workload).parameters()]

@@ -16,7 +16,6 @@ import platform
 import statistics
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -27,6 +26,7 @@ from fedq.federated import train_on_trusted_aggregator
 from .fedq_work import Fleet
 from .flower import FLWR_PYTHON_ENV, measure_flower
 from .flworkloads import LR, Workload, fedavg, max_difference, model, shard, workloads
+from .procmem import tree_pss
 from .targets import Bound, Check, _check
 
 #: both FedAvgs must reach plain torch's weights this closely
@@ -44,34 +44,6 @@ DEFINITIONS = {
 }
 
 
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(parent, []).append(int(entry.name))
-    found, stack = [], [root]
-    while stack:
-        pid = stack.pop()
-        found.append(pid)
-        stack.extend(children.get(pid, []))
-    return found
-
-
-def tree_pss(root: int | None = None) -> int | None:
-    """PSS of `root` (this process) and every process under it; None where /proc does not say."""
-    total, seen = 0, False
-    for pid in _descendants(os.getpid() if root is None else root):
-        try:
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total, seen = total + int(line.split()[1]) * 1024, True
-        except (OSError, ValueError, IndexError):
-            continue
-    return total if seen else None
 
 
 def measure_workload(hook: sy.TorchHook, workload: Workload) -> dict[str, Any]:

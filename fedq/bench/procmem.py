@@ -61,3 +61,27 @@ def cpu_seconds(pid: int | str = "self") -> float | None:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
+
+
+def descendants(root: int) -> list[int]:
+    """`root` and every process under it (by /proc/PID/stat's parent field)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, stack = [], [root]
+    while stack:
+        pid = stack.pop()
+        found.append(pid)
+        stack.extend(children.get(pid, []))
+    return found
+
+
+def tree_pss(root: int | None = None) -> int | None:
+    """PSS of `root` (this process) and every process under it; None where /proc does not say."""
+    known = [pss for pss in map(pss_bytes, descendants(os.getpid() if root is None else root)) if pss is not None]
+    return sum(known) if known else None
