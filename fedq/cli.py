@@ -123,7 +123,8 @@ def worker(
 def up(
     config: Path = ConfigOption,
     host: Optional[str] = typer.Option(None, "--host", help="Start the workers whose `host` is this (default: those whose address is this machine's)."),
-    on: Optional[str] = typer.Option(None, "--on", help="`ray`: place every worker of the config as a Ray actor instead (the fedq[ray] extra)."),
+    # (\\[: rich would take a bare [ray] for markup and drop it)
+    on: Optional[str] = typer.Option(None, "--on", help="`ray`: place every worker of the config as a Ray actor instead (the fedq\\[ray] extra)."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --on ray: an existing Ray cluster's address (default: a local instance, started and stopped here)."),
     threads: Optional[int] = typer.Option(None, min=1, help=_setting_help("threads")),
     verbose: bool = typer.Option(False, "--verbose", "-v", help=_setting_help("verbose")),
