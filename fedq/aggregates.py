@@ -1,29 +1,36 @@
 """Secure aggregation the data owners enforce: which owners' private data a share on this
 worker aggregates, and whether it may leave for reconstruction. Worker-side and pure (no I/O).
 
-A share of an owner's private data carries its *origin*: a term (the sharing's token, the
-owner worker's signed session and name, the owner's `k`, a coefficient). Ops that are linear
-in one share keep its terms (scaled by a public scalar: `x * 3`, `-x`, `x // 2`; unchanged by
-reshapes, slices and sums), and `share + share` / `share - share` of one shape merges them.
-Anything else (a Beaver product, `cat`, a mix with other private data, in-place writes) drops
-them: the result is private and never leaves. A holder releases a share for reconstruction
-(`.get()`) only when it is a sum, all of its terms with one coefficient, of at least `k`
-distinct owners (each term's owner's k, the largest), none of whose sharings was released
-before on this worker: so what one reconstruction shows is c * (v_1 + ... + v_k), never one
-owner's value, and the same sharing is not released in two aggregates (which subtracted would
-show one owner's value). What it does not stop: aggregates over different sets of owners,
-each released once (x+y, x+z, y+z), compose; repeated rounds need DP noise on the updates.
+A share of an owner's private data carries its *origin*: terms (each: the sharing's token, the
+owner worker's signed session and name, the owner's `k`, a coefficient, an exact integer mod
+2^64 as the holders compute). An origin is kept *exactly* only through whole-tensor, same-shape,
+elementwise ops linear on the ring: `-x`, `x * n` (a public Python int), `x + y` / `x - y` of
+two shares of one shape (their terms merged), `x + p` of a public value that broadcasts into x's
+shape (the same owners, the same weights). Any other op on ONE such share and public values
+(indexing, sums, `//`, views of dtype, a float scalar) makes a *function of that share*: it keeps
+the terms for the release check, but never merges again (`b + a[:, [0, 0, 0, 0]]` would pair
+elements, `sum` weighs elements n times). An op mixing two shares otherwise, or a share with other
+private data, or any write into a share (in place, `out=`, decided from the op, never from the
+client's result ids), or a result aliasing a share's storage, leaves a *tombstone*: private, never
+released. A holder releases a share for reconstruction (`.get()`) only when its terms are of at
+least `k` distinct owners (each term's owner's k, the largest) with nonzero coefficients all
+equal mod 2^64, none of whose sharings was released before on this worker: so what one
+reconstruction shows is a function of c * (v_1 + ... + v_k) and the holders' uniform shares of
+it, never one owner's value, and the same sharing is not released in two aggregates (which
+subtracted would show one owner's value). What it does not stop: aggregates over different sets
+of owners, each released once (x+y, x+z, y+z), compose; repeated rounds need DP noise on the
+updates; an owner's worker shares whatever private tensor it is asked to (its own data only).
 """
 
 from __future__ import annotations
 
-import math
 import weakref
 from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
 import torch
 
+from . import ops
 from .errors import AggregateTooSmallError
 
 DEFAULT_K = 2  # an owner's default: its data leaves only summed with at least one other owner's
@@ -37,21 +44,19 @@ class Term:
     owner: str  # the owner worker's signed session (hex): what a holder counts as one owner
     name: str  # its id, for messages
     k: int  # the owner's policy: at least this many distinct owners in a released aggregate
-    coef: float = 1.0
+    coef: int = 1  # exact, in [0, 2^64): the holders compute mod 2^64, so a float would miss a wrap
 
 
-# single-tensor ops that are linear in it with coefficient 1 (shape and selection ops, sums)
-_KEEP = frozenset(
-    f"{prefix}.{name}" for prefix in ("torch", "Tensor") for name in (
-        "reshape view flatten squeeze unsqueeze t transpose permute clone detach contiguous sum "
-        "narrow select __getitem__ view_as reshape_as".split())
-)
+MODULUS = 2**64  # the ring the holders compute in (ring.RING, int64 wrapping)
+
+# the ops that keep an origin exactly (whole tensor, elementwise, linear on the ring)
 _NEG = frozenset({"Tensor.__neg__", "Tensor.neg", "torch.neg", "Tensor.negative", "torch.negative"})
 _MUL = frozenset({"Tensor.__mul__", "Tensor.__rmul__", "Tensor.mul", "torch.mul", "Tensor.multiply", "torch.multiply"})
-_FLOORDIV = frozenset({"Tensor.__floordiv__", "Tensor.floor_divide", "torch.floor_divide"})
 _ADD = frozenset({"Tensor.__add__", "Tensor.__radd__", "Tensor.add", "torch.add"})
 _SUB = frozenset({"Tensor.__sub__", "Tensor.sub", "torch.sub", "Tensor.subtract", "torch.subtract"})
 _RSUB = frozenset({"Tensor.__rsub__"})
+
+_TOMBSTONE: dict[str, Term] = {}  # the terms of a share whose origin is lost: never released
 
 
 class Aggregates:
@@ -59,7 +64,8 @@ class Aggregates:
 
     def __init__(self, k: int = DEFAULT_K) -> None:
         self.k = k  # this worker's data owner's policy (DataOwner.secure_aggregation)
-        self._terms: dict[int, tuple[Any, dict[str, Term]]] = {}  # id(tensor) -> (weak ref, token -> term)
+        # id(tensor) -> (weak ref, token -> term, whether it is a function of a share: never merged again)
+        self._terms: dict[int, tuple[Any, dict[str, Term], bool]] = {}
         self._spent: dict[str, None] = {}  # tokens released here, oldest first
 
     def __bool__(self) -> bool:
@@ -70,14 +76,19 @@ class Aggregates:
         self._set(tensor, {token: Term(owner, name, max(1, int(k)))})
 
     def terms(self, obj: Any) -> dict[str, Term] | None:
+        """The terms of a share (empty: a tombstone), or None (not a share of private data)."""
+        known = self._known(obj)
+        return known[0] if known is not None else None
+
+    def _known(self, obj: Any) -> tuple[dict[str, Term], bool] | None:
         if not self._terms or not isinstance(obj, torch.Tensor):
             return None
         known = self._terms.get(id(obj))
-        return known[1] if known is not None and known[0]() is obj else None
+        return (known[1], known[2]) if known is not None and known[0]() is obj else None
 
-    def _set(self, tensor: torch.Tensor, terms: dict[str, Term]) -> None:
+    def _set(self, tensor: torch.Tensor, terms: dict[str, Term], derived: bool = False) -> None:
         key = id(tensor)
-        self._terms[key] = (weakref.ref(tensor, lambda _, key=key: self._terms.pop(key, None)), terms)
+        self._terms[key] = (weakref.ref(tensor, lambda _, key=key: self._terms.pop(key, None)), terms, derived)
 
     def drop(self, tensor: Any) -> None:
         if isinstance(tensor, torch.Tensor):
@@ -86,48 +97,68 @@ class Aggregates:
     # ------------------------------------------------------------------ ops
 
     def derive(self, op: str, args: tuple, kwargs: dict, read: Iterable[Any], results: list, in_place: bool, is_private: Any) -> None:
-        """After `op` ran (privacy.py marked what it wrote): the terms of its results. `read`:
-        the stored objects among its arguments; `is_private(t)`: privacy's verdict on `t`."""
+        """After `op` ran (privacy.py marked what it wrote): the origins of its results. `read`:
+        the stored objects among its arguments; `in_place`: the client said so (believed only
+        towards caution); `is_private(t)`: privacy's verdict on `t`."""
         read = [t for t in read if isinstance(t, torch.Tensor)]
-        with_terms = [(t, self.terms(t)) for t in read]
-        if not any(terms for _, terms in with_terms):
+        carrying = [t for t in read if self._known(t) is not None]
+        if not carrying:
             return
-        if in_place:  # the target changed in place: what it aggregated is no longer known
-            for t, terms in with_terms:
-                if terms:
-                    self.drop(t)
+        outs = [r for r in results if isinstance(r, torch.Tensor)]
+        # What the op wrote, from the op itself (its name, out=, inplace=) and the client's word
+        # either way; and what now aliases a share's memory (a view, `detach`, the target returned):
+        # a write through it would change the share under its terms. Both lose the origin.
+        written = [t for t in ops.written(op, args, kwargs, in_place=in_place) if isinstance(t, torch.Tensor)]
+        touched = [t for t in carrying if any(_overlaps(t, w) for w in written) or any(_overlaps(t, r) for r in outs)]
+        if written or touched:
+            for t in touched:
+                self._set(t, _TOMBSTONE)
+            for r in outs:
+                self._set(r, _TOMBSTONE)
             return
-        derived = None
-        others_private = any(is_private(t) and not terms for t, terms in with_terms)
-        if not others_private and len(results) == 1 and isinstance(results[0], torch.Tensor):
-            derived = _linear(op, args, kwargs, self.terms)
-        for result in results:
-            if isinstance(result, torch.Tensor):
-                if derived and result is not args[0]:
-                    self._set(result, derived)
-                elif result is not args[0]:
-                    self.drop(result)
+        origin = self._origin_of(op, args, kwargs, read, carrying, outs, is_private)
+        for r in outs:
+            self._set(r, *origin)
+
+    def _origin_of(self, op: str, args: tuple, kwargs: dict, read: list, carrying: list, outs: list, is_private: Any) -> tuple[dict[str, Term], bool]:
+        if any(is_private(t) and self._known(t) is None for t in read):
+            return _TOMBSTONE, False  # (a mix with other private data: what it weighs is not known)
+        if len(outs) == 1:
+            exact = _exact(op, args, kwargs, outs[0], self._known)
+            if exact is not None:
+                return exact, False
+        distinct = {id(t): t for t in carrying}
+        if len(distinct) == 1:  # a function of one share (and public values): terms kept, never merged
+            terms, _ = self._known(carrying[0])
+            return terms, True
+        return _TOMBSTONE, False
 
     # ------------------------------------------------------------------ releases
 
     def release(self, tensor: torch.Tensor, worker_id: str, id: int) -> None:
         """Let this share of an aggregate leave, or say why not (AggregateTooSmallError)."""
         terms = self.terms(tensor) or {}
-        live = {token: term for token, term in terms.items() if abs(term.coef) > 1e-12}
+        live = {token: term for token, term in terms.items() if term.coef % MODULUS}  # (a multiple of 2^64 is 0 there)
         owners = {term.owner: term.name for term in live.values()}
         needed = max((term.k for term in live.values()), default=DEFAULT_K)
         where = f"object {id} on {worker_id!r}"
+        if not terms:
+            raise AggregateTooSmallError(
+                f"{where} is computed from shares of private data by ops that lose what it aggregates (only -x, x * n, "
+                "and + or - of shares of one shape keep it; any other op on a share gives a value released alone or "
+                "not at all, and writing into a share loses it): it is never released"
+            )
         if len(owners) < needed:
             names = ", ".join(sorted(owners.values())) or "no owner"
             raise AggregateTooSmallError(
                 f"{where} is a share of an aggregate of {len(owners)} data owner(s) ({names}); their policy releases a "
                 f"share for reconstruction only in a sum of at least {needed} owners' data: add other owners' shares first"
             )
-        coefs = [term.coef for term in live.values()]
-        if any(not math.isclose(c, coefs[0], rel_tol=1e-9) for c in coefs):
+        coefs = [term.coef % MODULUS for term in live.values()]
+        if any(c != coefs[0] for c in coefs):
             raise AggregateTooSmallError(
-                f"{where} weighs its owners' data unequally ({', '.join(f'{c:g}' for c in coefs)}): only a sum (or an "
-                "average) of the owners' values is released, never a combination that singles one out"
+                f"{where} weighs its owners' data unequally ({', '.join(str(_signed(c)) for c in coefs)}, mod 2^64): only a "
+                "sum (or an average) of the owners' values is released, never a combination that singles one out"
             )
         spent = [token for token in live if token in self._spent]
         if spent:
@@ -142,45 +173,70 @@ class Aggregates:
         self.drop(tensor)
 
 
-def _linear(op: str, args: tuple, kwargs: dict, terms_of: Any) -> dict[str, Term] | None:
-    """The terms of a linear op's result, or None (not one this module follows)."""
-    tensors = [a for a in args if isinstance(a, torch.Tensor)]
-    if any(isinstance(v, torch.Tensor) for v in kwargs.values()):
+def _exact(op: str, args: tuple, kwargs: dict, out: torch.Tensor, known: Any) -> dict[str, Term] | None:
+    """The terms of `out` if `op` is linear on the ring, whole-tensor and elementwise in the
+    shares it reads (their terms scaled by exact integers), or None."""
+    if kwargs or not args or not isinstance(args[0], torch.Tensor):
+        return None  # (alpha=, out=, dim=...: not followed)
+    first = args[0]
+    own = known(first)
+    if own is not None and (own[1] or not own[0]):
+        own = False  # a function of a share, or a tombstone: never merged
+    if len(args) == 1:
+        return _scaled(own[0], -1) if op in _NEG and own else None
+    if len(args) != 2:
         return None
-    first = args[0] if args else None
-    if not isinstance(first, torch.Tensor):
+    second = args[1]
+    if op in _MUL and own and _is_int(second) and _same(out, first):
+        return _scaled(own[0], second)
+    if op not in _ADD | _SUB | _RSUB:
         return None
-    own = terms_of(first)
-    if op in _KEEP and len(tensors) == 1 and own:
-        return dict(own)
-    if op in _NEG and len(tensors) == 1 and own:
-        return _scaled(own, -1.0)
-    scalar = args[1] if len(args) > 1 and isinstance(args[1], (int, float)) and not isinstance(args[1], bool) else None
-    if op in _MUL and len(tensors) == 1 and own and scalar is not None:
-        return _scaled(own, float(scalar))
-    if op in _FLOORDIV and len(tensors) == 1 and own and scalar:
-        return _scaled(own, 1.0 / float(scalar))
-    if op in _ADD | _SUB | _RSUB and len(args) >= 2 and not kwargs.get("alpha", 1) != 1:
-        second = args[1]
-        theirs = terms_of(second) if isinstance(second, torch.Tensor) else None
-        sign_first, sign_second = (-1.0, 1.0) if op in _RSUB else (1.0, -1.0) if op in _SUB else (1.0, 1.0)
-        if own and theirs:
-            if tuple(first.shape) != tuple(second.shape):
-                return None  # (broadcast: one owner's elements would be summed with different partners)
-            return _merged(_scaled(own, sign_first), _scaled(theirs, sign_second))
-        if own and not isinstance(second, torch.Tensor) or own and theirs is None:
-            return _scaled(own, sign_first)  # plus a public value: the same owners, the same weights
-        if theirs and not own:
-            return _scaled(theirs, sign_second)
+    theirs = known(second) if isinstance(second, torch.Tensor) else None
+    if theirs is not None and (theirs[1] or not theirs[0]):
+        return None
+    sign_first, sign_second = (-1, 1) if op in _RSUB else (1, -1) if op in _SUB else (1, 1)
+    if own and theirs:
+        # (one shape, no broadcast: each owner's element i is summed with the others' element i only)
+        return _merged(_scaled(own[0], sign_first), _scaled(theirs[0], sign_second)) if _same(out, first) and _same(out, second) else None
+    if own is False:
+        return None
+    public = _is_int(second) or isinstance(second, torch.Tensor) and theirs is None
+    if own and public and _same(out, first):
+        return _scaled(own[0], sign_first)  # plus a public value: the same owners, the same weights
+    if theirs and own is None and _same(out, second):
+        return _scaled(theirs[0], sign_second)
     return None
 
 
-def _scaled(terms: dict[str, Term], by: float) -> dict[str, Term]:
-    return {token: replace(term, coef=term.coef * by) for token, term in terms.items()}
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _same(out: torch.Tensor, share: Any) -> bool:
+    """`out` is elementwise in `share`: the same shape and dtype (no broadcast of the share, no cast)."""
+    return isinstance(share, torch.Tensor) and out.shape == share.shape and out.dtype == share.dtype == torch.int64
+
+
+def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether the two may share memory (one storage): conservatively yes when it cannot be told."""
+    if a is b:
+        return True
+    try:
+        return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+    except Exception:
+        return True
+
+
+def _signed(c: int) -> int:
+    return c - MODULUS if c >= MODULUS // 2 else c
+
+
+def _scaled(terms: dict[str, Term], by: int) -> dict[str, Term]:
+    return {token: replace(term, coef=term.coef * by % MODULUS) for token, term in terms.items()}
 
 
 def _merged(a: dict[str, Term], b: dict[str, Term]) -> dict[str, Term]:
     merged = dict(a)
     for token, term in b.items():
-        merged[token] = replace(term, coef=merged[token].coef + term.coef) if token in merged else term
+        merged[token] = replace(term, coef=(merged[token].coef + term.coef) % MODULUS) if token in merged else term
     return merged

@@ -71,6 +71,12 @@ class WorkerSettings:
         "whatever its state (requests.py)", shown="86400 (a day)",
     )  # fmt: skip
     max_requests: int = _setting(16, "requests one client may have pending on a worker at once")
+    # A triple's m * k * n is CPU from one small message; its pads, split among the parties, are memory.
+    max_triple_work: int = _setting(
+        1 << 26, "multiply-adds one Beaver triple may cost its crypto provider (m * k * n for a matmul, elements for a "
+        "product or comparison); past it MakeTriples is refused (RequestTooLargeError), as are pads whose bytes times "
+        "the parties pass max_message_bytes", shown="2^26",
+    )  # fmt: skip
     data: str | None = _setting(None, "a data owner's script (see workers/) the worker runs before serving, to load its data")
     curve_dir: str | None = _setting(
         None, "a directory of CURVE keys: the worker's socket is encrypted and accepts only the public keys there",

@@ -1387,12 +1387,29 @@ def make_triples(worker: Worker, message: MakeTriples, reply: Reply) -> None:
     c_shape = ring.product_shape(message.kind, *shapes)
     if math.prod(c_shape) > MAX_TRIPLE_ELEMENTS:
         raise RequestTooLargeError(f"a triple's product has at most {MAX_TRIPLE_ELEMENTS} elements")
+    _check_triple_cost(worker, message.kind, shapes, c_shape, len(parties))
     pads = worker.privacy.run("fedq.triple", ring.triple, (message.kind, *shapes), {}, [])  # (reads nothing stored)
     parts = [ring.split(t, len(parties)) for t in pads]
     worker.relay_all([
         (_Hop(address, location, incarnation), StoreTriple(message.kind, tuple(ids), tuple(part[i] for part in parts), reply.caller_name))
         for i, (location, address, incarnation, ids) in enumerate(parties)
     ], reply)
+
+
+def _check_triple_cost(worker: Worker, kind: str, shapes: list, c_shape: tuple, parties: int) -> None:
+    """Elements are not cost: a matmul's pads take m * k * n multiply-adds to make, and every
+    party is sent its own split of all of them (worker.settings.max_triple_work, max_message_bytes)."""
+    work = math.prod(c_shape) * (shapes[0][-1] if kind == "matmul" and shapes[0] else 1)
+    limit = worker.settings.max_triple_work
+    if work > limit:
+        raise RequestTooLargeError(f"a Beaver triple of {work} multiply-adds is over worker {worker.id!r}'s max_triple_work of {limit}")
+    elements = math.prod(shapes[0]) * _PADS_OF[kind] if kind == "compare" else math.prod(shapes[0]) + math.prod(shapes[1]) + math.prod(c_shape)
+    dealt = 8 * elements * parties
+    if dealt > worker.settings.max_message_bytes:
+        raise RequestTooLargeError(
+            f"a Beaver triple whose pads for {parties} parties are {dealt} bytes is over worker {worker.id!r}'s max_message_bytes "
+            f"of {worker.settings.max_message_bytes}"
+        )
 
 
 @handles(StoreTriple)
