@@ -64,8 +64,9 @@ class Aggregates:
 
     def __init__(self, k: int = DEFAULT_K) -> None:
         self.k = k  # this worker's data owner's policy (DataOwner.secure_aggregation)
-        # id(tensor) -> (weak ref, token -> term, whether it is a function of a share: never merged again)
-        self._terms: dict[int, tuple[Any, dict[str, Term], bool]] = {}
+        # id(tensor) -> (weak ref, token -> term, whether it is a function of a share: never merged
+        # again, its version counter then: an in-place write since, through any alias, bumps it)
+        self._terms: dict[int, tuple[Any, dict[str, Term], bool, int]] = {}
         self._spent: dict[str, None] = {}  # tokens released here, oldest first
 
     def __bool__(self) -> bool:
@@ -84,11 +85,13 @@ class Aggregates:
         if not self._terms or not isinstance(obj, torch.Tensor):
             return None
         known = self._terms.get(id(obj))
-        return (known[1], known[2]) if known is not None and known[0]() is obj else None
+        if known is None or known[0]() is not obj:
+            return None
+        return (known[1], known[2]) if _version(obj) == known[3] else (_TOMBSTONE, False)  # (written since)
 
     def _set(self, tensor: torch.Tensor, terms: dict[str, Term], derived: bool = False) -> None:
         key = id(tensor)
-        self._terms[key] = (weakref.ref(tensor, lambda _, key=key: self._terms.pop(key, None)), terms, derived)
+        self._terms[key] = (weakref.ref(tensor, lambda _, key=key: self._terms.pop(key, None)), terms, derived, _version(tensor))
 
     def drop(self, tensor: Any) -> None:
         if isinstance(tensor, torch.Tensor):
@@ -225,6 +228,14 @@ def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
         return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
     except Exception:
         return True
+
+
+def _version(t: torch.Tensor) -> int:
+    """torch's count of in-place writes into `t` (shared with its views; -1 where it keeps none)."""
+    try:
+        return t._version
+    except Exception:  # (an inference-mode tensor keeps no count: derive's checks alone hold for it)
+        return -1
 
 
 def _signed(c: int) -> int:
