@@ -66,11 +66,13 @@ def test_fedq_up_divides_the_cores_and_takes_the_config_and_the_option(tmp_path:
             sy.connect(None, name, config=config).ping(timeout=60)
         result = runner.invoke(app, ["status", "--config", str(config)])
         assert result.exit_code == 0, result.output
+        lines = result.output.splitlines()
+        header = [c.strip() for c in next(line for line in lines if "threads" in line and "worker" in line).split("┃")]
         shown = {}
-        for line in result.output.splitlines():
+        for line in lines:
             cells = [c.strip() for c in line.split("│")]
-            if len(cells) > 8 and cells[1] in tables:
-                shown[cells[1]] = cells[7]  # (worker, state, pid, objects, bytes, lease, threads)
+            if len(cells) == len(header) and cells[1] in tables:
+                shown[cells[1]] = cells[header.index("threads")]
         assert shown == {"one": "1", "two": "2", "budget": str(thread_budget(3)), "opted": "3"}, result.output
     finally:
         stop(opted)
