@@ -39,6 +39,7 @@ from .errors import (
     ProtocolError,
     RequestNotNeededError,
     RequestTooLargeError,
+    StoreFullError,
     TensorsNotCollocatedError,
     ValueNeedsGetError,
     WorkerUnreachableError,
@@ -280,7 +281,7 @@ class Worker:
             key, admin_key=admin_key, session=incarnation, allow_code=settings.allow_code, max_message_bytes=settings.max_message_bytes
         )
         self.incarnation = self.codec.session
-        self._peer_incarnations: dict[str, bytes] = {}  # address -> a next hop's, as the pointers to it say
+        self._peer_incarnations: dict[str, bytes] = {}  # address -> a next hop's, as its last answer said (_on_peer_reply)
         self.store = ObjectStore(id, max_bytes=settings.max_store_bytes)
         self.privacy = Privacy()  # private memory, what is known of it, the datasets' budgets
         self.aggregates = Aggregates()  # which owners each share of private data aggregates (aggregates.py)
@@ -395,7 +396,12 @@ class Worker:
         def dropped(error: Exception) -> None:
             log.warning("worker %s dropped a reply from %s: %s", self.id, address, error)
 
-        for seq, answer in answers_in(self.codec.decode_each(frames), self.id, dropped):
+        origin, replies = self.codec.receive(frames)
+        if origin is not None and not origin.hello and address in self.loop.peers.by_address:
+            # Who answers over our socket to `address`, signed and sealed to us, is the worker
+            # there: the one source of our record of its incarnation (never a client's word).
+            self._peer_incarnations[address] = origin.session
+        for seq, answer in answers_in(replies, self.id, dropped):
             try:
                 answered = self._relays.answer(seq, answer)
             except Exception:  # (a relay's callback failed: its caller is not answered, the worker serves on)
@@ -439,8 +445,8 @@ class Worker:
     def hold_at(self, pointer: PointerSpec) -> None:
         """We store `pointer`: its reference at the next hop is ours, a lease we renew there."""
         self.connect(pointer.address)  # (an address zmq refuses fails the request storing it)
-        if pointer.incarnation != NO_INCARNATION:
-            self._peer_incarnations[pointer.address] = pointer.incarnation
+        if pointer.incarnation != NO_INCARNATION:  # (a client's word: a first guess only, until the peer answers)
+            self._peer_incarnations.setdefault(pointer.address, pointer.incarnation)
 
     def is_owner_memory(self, value: Any) -> bool:
         """Does `value` share memory with the data owner's objects (read-only to clients)?"""
@@ -509,8 +515,8 @@ class Worker:
                     f"worker {self.id!r} does not know which incarnation of {hop.location!r} at {hop.address} to address "
                     "(the pointer names none): send the object there again from a client that has met that worker"
                 )
-        else:
-            self._peer_incarnations[hop.address] = to
+        # (`to` is only what the message is sealed to: a hop's incarnation may be a client's word, so
+        # it is not recorded; the peer's own answer is, in _on_peer_reply)
         self.connect(hop.address)  # connect now: an address zmq refuses fails this request
         seq = next(self._seq)
         self._relays_out.add(hop.address, self.codec.pack(seq, message, to))  # sent by `flush`
@@ -1318,51 +1324,76 @@ def share_object(worker: Worker, message: ShareObject, reply: Reply) -> None:
 def store_share(worker: Worker, message: StoreShare, reply: Reply) -> None:
     """Another worker's share for us. A share of its owner's private data is kept only once that
     worker, asked where it listens, confirms it sent it: the origin is the worker, never a
-    claim (a client's own session is no owner's)."""
+    claim (a client's own session is no owner's). So is a seeded share, private or not: a seed
+    is 32 bytes that expand to what a message of its size would bring (its bytes count against
+    max_message_bytes and the store's room), and only a worker's own sharing sends one."""
     share, token = message.share, _check_token(message.token)
     if message.seed:  # (a seed: what ring.expand makes of it, shaped as said, within what a message may carry)
         shape = message.shape
         if not isinstance(shape, tuple) or not all(type(d) is int and d >= 0 for d in shape) or 8 * math.prod(shape) > worker.settings.max_message_bytes:
             raise RequestTooLargeError(f"a seeded share is shaped by non-negative ints, at most {worker.settings.max_message_bytes} bytes")
-        share = ring.expand(message.seed, shape)
-    if not isinstance(share, torch.Tensor) or share.dtype != ring.RING:
+        if not isinstance(message.seed, bytes) or len(message.seed) != ring.SEED_BYTES:
+            raise ValueError(f"a share's seed is {ring.SEED_BYTES} bytes")
+        _check_room(worker, 8 * math.prod(shape))
+    elif not isinstance(share, torch.Tensor) or share.dtype != ring.RING:
         raise TypeError("a share is an int64 tensor")
-    check_kept_sizes(share)
+    else:
+        check_kept_sizes(share)
     _check_holder(worker, message.holder)
     if message.id in worker.store:
         raise DuplicateIdError(f"worker {worker.id!r} already holds an object under id {message.id}")
 
-    def keep() -> None:
-        worker.store.put(message.id, share, holder=holder_key(message.holder))
+    def keep() -> torch.Tensor:
+        # (a seed is expanded only now: once its sender was confirmed, and if the store still has room)
+        kept = ring.expand(message.seed, message.shape) if message.seed else share
+        check_kept_sizes(kept)
+        worker.store.put(message.id, kept, holder=holder_key(message.holder))
         worker.leases.introduce(message.holder)
+        return kept
 
-    if not message.private:
+    if not message.private and not message.seed:
         keep()
         reply.ok()
         return
+    if not isinstance(message.origin_address, str) or not message.origin_address or len(message.origin_address) > MAX_ADDRESS_CHARS:
+        raise PermissionError(f"a share from {reply.caller_name.rpartition('#')[0]!r} names no worker it comes from")
     sender = bytes.fromhex(reply.caller)  # a worker signs with its incarnation
-    known = worker._peer_incarnations.get(message.origin_address)
-    if not isinstance(message.origin_address, str) or (known is not None and known != sender):
-        raise PermissionError(f"a share of private data sent by {reply.caller_name.rpartition('#')[0]!r} is not from the worker at {str(message.origin_address)[:200]}")
     name = reply.caller_name.rpartition("#")[0]
+    what = "a share of private data" if message.private else "a seeded share"
+    known = worker._peer_incarnations.get(message.origin_address)  # (from that worker's own answers only)
+    if known is not None and known != sender:
+        raise PermissionError(f"{what} sent by {name!r} is not from the worker at {message.origin_address[:200]}")
 
     def confirmed(answer: Ok | Failure) -> None:
         if isinstance(answer, Failure):
             reply.fail(PermissionError(
-                f"worker {worker.id!r} refused a share of private data: its sender is not the worker at "
+                f"worker {worker.id!r} refused {what}: its sender is not the worker at "
                 f"{message.origin_address[:200]} that it claims to come from ({answer.message})"
             ))
             return
         try:
-            keep()
+            kept = keep()
         except Exception as error:
             reply.fail(error)
             return
-        worker.privacy.mark(share, Facts(frozenset({UNRELEASED}), (f"{_RECEIVED}{name}'s private data (sharing {token})",), worker.privacy.stamp(share)))
-        worker.aggregates.add(share, token, reply.caller, name, message.k)
+        if not message.private:
+            reply.ok()
+            return
+        worker.privacy.mark(kept, Facts(frozenset({UNRELEASED}), (f"{_RECEIVED}{name}'s private data (sharing {token})",), worker.privacy.stamp(kept)))
+        worker.aggregates.add(kept, token, reply.caller, name, message.k)
         reply.ok()
 
     worker.ask(_Hop(message.origin_address, name, sender), ConfirmShare(token, message.id), confirmed)
+
+
+def _check_room(worker: Worker, nbytes: int) -> None:
+    """Refuse, before making it, what would take the store past max_store_bytes."""
+    store = worker.store
+    if store.max_bytes is not None and store.nbytes + nbytes > store.max_bytes:
+        raise StoreFullError(
+            f"worker {worker.id!r} holds {store.nbytes} bytes: {nbytes} more would pass its limit of {store.max_bytes}: "
+            "free (delete or .get()) what it holds, or ask its owner for a higher max_store_bytes"
+        )
 
 
 @handles(ConfirmShare)
