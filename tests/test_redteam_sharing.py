@@ -171,6 +171,9 @@ def test_a_write_through_an_alias_or_out_drops_the_terms(hook, owners, spelling)
 # client names there. alice's update times 0, fixed and shared from alice's worker, is a fresh
 # sharing "alice, coefficient 1" of zeros: bob + it releases bob's update exactly (so would
 # alice's update indexed [:, [0, 0, 0, 0]], pairing elements). Open: found while closing 1-4.
+# Not the holders' algebra to close: the client's own training can make alice's "update" a value
+# it knows (lr=0: the public model), so the remedy is on the owner's side (noise on what it
+# shares, or the owner refusing to share what is not its own training's result).
 @succeeds("an owner's worker shares any function of its private data: (alice's update * 0), shared, is a second owner of weight 1")
 def test_an_owner_sharing_a_function_of_its_data_is_not_a_second_owner(owners):
     sa_bob, sa_alice, _ = owners
