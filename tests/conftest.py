@@ -85,6 +85,17 @@ def dp_owner(hook, federation, request):
     worker.shutdown()
 
 
+@pytest.fixture(scope="module")
+def secagg_owners(hook, federation, request):
+    """Three data owners of the test module's own (tests/data/secagg_owner.py) whose updates leave
+    only in an aggregate of at least 2 owners."""
+    prefix = "secagg_" + request.module.__name__.rpartition(".")[2].removeprefix("test_") + "_"
+    made = [sy.VirtualWorker(hook, id=prefix + name, data=ROOT / "tests" / "data" / "secagg_owner.py") for name in ("bob", "alice", "carol")]
+    yield made
+    for worker in made:
+        worker.shutdown()
+
+
 @pytest.fixture
 def table(dp_owner):
     """The dp_owner's private (64, 4) table."""

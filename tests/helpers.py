@@ -61,6 +61,21 @@ def owner_reads(worker, pointer):
     return pointer.get()
 
 
+def trained_update(owner):
+    """One SGD step of a linear model on a secagg owner's private data: a private (1, 4) weight."""
+    import torch as th
+    from torch import nn, optim
+
+    data, target = owner.search("#data")[0], owner.search("#target")[0]
+    th.manual_seed(1)
+    model = nn.Linear(4, 1).send(owner)
+    opt = optim.SGD(model.parameters(), lr=0.01)
+    opt.zero_grad()
+    ((model(data) - target) ** 2).mean().backward()
+    opt.step()
+    return model.weight
+
+
 def succeeds(why: str):
     """Marks a red-team attack that succeeds today (its test asserts the safe outcome): strict,
     so the test fails once the hole is closed and the mark must go; an AssertionError only."""

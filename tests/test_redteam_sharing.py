@@ -8,11 +8,9 @@ only) until it is closed. The owners are tests/data/secagg_owner.py's (updates r
 from __future__ import annotations
 
 import secrets
-from pathlib import Path
 
 import pytest
 import torch as th
-from torch import nn, optim
 
 import fedq as sy
 from fedq import ring
@@ -20,32 +18,15 @@ from fedq.errors import RequestTooLargeError
 from fedq.ids import new_id
 from fedq.messages import BeaverOpen, MakeTriples, Ref, RunOp, ShareObject, StoreShare, StoreTriple
 
-from helpers import owner_reads, succeeds
+from helpers import owner_reads, succeeds, trained_update
 
-ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 
 @pytest.fixture(scope="module")
-def owners(hook, federation):
-    """Three data owners of this module's own whose updates leave only in an aggregate of >= 2 owners."""
-    made = [sy.VirtualWorker(hook, id=f"rts_{name}", data=ROOT / "tests" / "data" / "secagg_owner.py") for name in ("bob", "alice", "carol")]
-    yield made
-    for worker in made:
-        worker.shutdown()
-
-
-def _update(owner) -> sy.PointerTensor:
-    """One SGD step of a linear model on the owner's private data: a private (1, 4) weight."""
-    data, target = owner.search("#data")[0], owner.search("#target")[0]
-    th.manual_seed(1)
-    model = nn.Linear(4, 1).send(owner)
-    opt = optim.SGD(model.parameters(), lr=0.01)
-    opt.zero_grad()
-    ((model(data) - target) ** 2).mean().backward()
-    opt.step()
-    return model.weight
+def owners(secagg_owners):
+    return secagg_owners
 
 
 def _secret(owner, pointer) -> th.Tensor:
@@ -54,7 +35,7 @@ def _secret(owner, pointer) -> th.Tensor:
 
 
 def _shared(owner, holders):
-    w = _update(owner)
+    w = trained_update(owner)
     return w, w.fix_precision().share(*holders).get()  # (.get(): the client's sharing of pointers)
 
 
@@ -117,7 +98,6 @@ def test_a_sum_does_not_cancel_an_owner_out(owners):
     assert not th.equal(released, -3 * _secret(sa_bob, w_bob)), "-3 times bob's private update, exactly"
 
 
-
 # An in-place op sent with result ids (RunOp says in place only by result_ids == (); the worker
 # believes it): aggregates.derive is told "not in place", _linear knows no `sub_`, and the
 # result *is* the target, whose terms are left as they were. bob + alice, less alice in place on
@@ -178,7 +158,7 @@ def test_a_write_through_an_alias_or_out_drops_the_terms(hook, owners, spelling)
 def test_an_owner_sharing_a_function_of_its_data_is_not_a_second_owner(owners):
     sa_bob, sa_alice, _ = owners
     w_bob, bobs = _shared(sa_bob, (sa_bob, sa_alice))
-    zero = (_update(sa_alice) * 0).fix_precision().share(sa_bob, sa_alice).get()
+    zero = (trained_update(sa_alice) * 0).fix_precision().share(sa_bob, sa_alice).get()
     try:
         released = (bobs + zero).get()
     except sy.AggregateTooSmallError:
@@ -305,13 +285,12 @@ def test_a_crafted_store_share_does_not_poison_the_holders_peer_record(hook, own
     with pytest.raises(Exception):  # (its confirmation never comes: not waited for)
         client.request(sa_bob.address, crafted, timeout=2)
     sa_bob.search("#nothing-here")  # (a later request to bob: the crafted one was handled)
-    w_carol = _update(sa_carol)
+    w_carol = trained_update(sa_carol)
     try:
         carols = w_carol.fix_precision().share(sa_carol, sa_bob).get()
     except (PermissionError, sy.FedqError) as error:
         raise AssertionError(f"carol's genuine sharing to bob is refused: {error}") from None
     assert carols.child.shares[0].location.id == sa_carol.id
-
 
 
 # The same record, overwritten where the two had met already: worker.ask stores whatever
@@ -338,7 +317,7 @@ def test_a_clients_party_list_does_not_overwrite_a_known_peer(hook, owners):
 def test_a_three_holder_truncation_of_private_shares_is_refused(owners, secure_worker):
     """truncate() among three gathers two holders' shares on one: refused for private data."""
     sa_bob, sa_alice, sa_carol = owners
-    w = _update(sa_bob)
+    w = trained_update(sa_bob)
     # (after the poisoning tests: bob meets carol here; its asks set its records right again)
     three = w.fix_precision().share(sa_bob, sa_alice, sa_carol, crypto_provider=secure_worker).get()
     with pytest.raises(sy.GetNotPermittedError, match="cannot be moved"):

@@ -17,6 +17,7 @@ from fedq import ring
 from fedq.ids import new_id
 from fedq.messages import StoreShare
 from fedq.sharing import AdditiveSharingTensor, FixedPrecisionTensor
+from helpers import trained_update
 
 ROOT = Path(__file__).resolve().parent.parent
 FP = dict(atol=1.001e-3, rtol=0)  # one unit of the last fixed-precision digit
@@ -297,29 +298,13 @@ def test_part10_encrypted_gradient_aggregation(hook, bob, alice, secure_worker):
 
 
 @pytest.fixture(scope="module")
-def owners(hook, federation):
-    """Three data owners whose updates may leave only in an aggregate of at least 2 owners."""
-    made = [sy.VirtualWorker(hook, id=f"sa_{name}", data=ROOT / "tests" / "data" / "secagg_owner.py") for name in ("bob", "alice", "carol")]
-    yield made
-    for worker in made:
-        worker.shutdown()
-
-
-def _trained_weight(owner) -> sy.PointerTensor:
-    """One SGD step of a linear model on the owner's private data: its weight is private."""
-    data, target = owner.search("#data")[0], owner.search("#target")[0]
-    th.manual_seed(1)
-    model = nn.Linear(4, 1).send(owner)
-    opt = optim.SGD(model.parameters(), lr=0.01)
-    opt.zero_grad()
-    ((model(data) - target) ** 2).mean().backward()
-    opt.step()
-    return model.weight
+def owners(secagg_owners):
+    return secagg_owners
 
 
 def test_a_private_update_leaves_only_in_an_aggregate_of_two_owners(owners, secure_worker):
     sa_bob, sa_alice, _ = owners
-    w_bob, w_alice = _trained_weight(sa_bob), _trained_weight(sa_alice)
+    w_bob, w_alice = trained_update(sa_bob), trained_update(sa_alice)
     with pytest.raises(sy.GetNotPermittedError):
         w_bob.copy().get()  # updates="refuse": not in the clear
     bobs = w_bob.fix_precision().share(sa_bob, sa_alice, crypto_provider=secure_worker)
@@ -335,7 +320,7 @@ def test_a_private_update_leaves_only_in_an_aggregate_of_two_owners(owners, secu
 
 def test_attack_gathering_one_owners_shares_is_refused(owners, secure_worker):
     sa_bob, sa_alice, _ = owners
-    w_bob = _trained_weight(sa_bob)
+    w_bob = trained_update(sa_bob)
     bobs = w_bob.fix_precision().share(sa_bob, sa_alice, crypto_provider=secure_worker).get()
     # Through the public API: the sharing, then each holder's share on its own.
     with pytest.raises(sy.AggregateTooSmallError, match="1 data owner"):
@@ -362,17 +347,17 @@ def test_attack_a_client_posing_as_an_owner_is_refused(hook, owners, secure_work
     """A crafted StoreShare: a "share of private data" from the client itself, named as from
     alice's worker, to make bob's share look like part of a two-owner sum."""
     sa_bob, sa_alice, _ = owners
-    w_bob, w_alice = _trained_weight(sa_bob), _trained_weight(sa_alice)
+    w_bob, w_alice = trained_update(sa_bob), trained_update(sa_alice)
     # (a genuine sharing first: bob's worker knows alice's from it)
     honest = ((w_bob.fix_precision().share(sa_bob, sa_alice) + w_alice.fix_precision().share(sa_bob, sa_alice)) / 2).get()
     assert honest.shape == (1, 4)
-    bobs = _trained_weight(sa_bob).fix_precision().share(sa_bob, sa_alice).get()
+    bobs = trained_update(sa_bob).fix_precision().share(sa_bob, sa_alice).get()
     client = hook.local_worker
     crafted = StoreShare(new_id(), th.zeros(1, 4, dtype=th.int64), client.holder_name, secrets.token_hex(16), True, 1, sa_alice.address)
     with pytest.raises(PermissionError, match="not from the worker|refused a share"):
         client.request(sa_bob.address, crafted)
     # Unequal weights single one owner out: refused too.
-    alices = _trained_weight(sa_alice).fix_precision().share(sa_bob, sa_alice).get()
+    alices = trained_update(sa_alice).fix_precision().share(sa_bob, sa_alice).get()
     with pytest.raises(sy.AggregateTooSmallError, match="unequally"):
         (bobs * 1000 + alices).get()
 
@@ -381,11 +366,11 @@ def test_a_sharing_is_released_in_one_aggregate_only(owners):
     sa_bob, sa_alice, sa_carol = owners
     from helpers import owner_reads
 
-    w_b, w_a = _trained_weight(sa_bob), _trained_weight(sa_alice)
+    w_b, w_a = trained_update(sa_bob), trained_update(sa_alice)
     # (an earlier test shared same-shaped data among two: the split's shape check must not remember that)
     b = w_b.fix_precision().share(sa_bob, sa_alice, sa_carol).get()
     a = w_a.fix_precision().share(sa_bob, sa_alice, sa_carol).get()
-    c = _trained_weight(sa_carol).fix_precision().share(sa_bob, sa_alice, sa_carol).get()
+    c = trained_update(sa_carol).fix_precision().share(sa_bob, sa_alice, sa_carol).get()
     assert th.allclose((b + a).get().float_precision(), owner_reads(sa_bob, w_b) + owner_reads(sa_alice, w_a), atol=2.001e-3)
     with pytest.raises(sy.AggregateTooSmallError, match="another aggregate"):
         (b + c).get()  # (b + c) - (b + a) would show c - a
