@@ -33,7 +33,9 @@ import torch
 from . import ops
 from .errors import AggregateTooSmallError
 
-DEFAULT_K = 2  # an owner's default: its data leaves only summed with at least one other owner's
+# An owner's default: its private data is never shared (an aggregate can be made to carry one owner
+# alone: README, "Not stopped"); DataOwner.secure_aggregation(k=) opts in, k defaulting to 2.
+DEFAULT_K: int | None = None
 MAX_SPENT = 1_000_000  # sharings remembered as released (a token is 16 bytes of hex)
 
 
@@ -62,7 +64,7 @@ _TOMBSTONE: dict[str, Term] = {}  # the terms of a share whose origin is lost: n
 class Aggregates:
     """The terms of the shares this worker holds, and the sharings it released already."""
 
-    def __init__(self, k: int = DEFAULT_K) -> None:
+    def __init__(self, k: int | None = DEFAULT_K) -> None:
         self.k = k  # this worker's data owner's policy (DataOwner.secure_aggregation)
         # id(tensor) -> (weak ref, token -> term, whether it is a function of a share: never merged
         # again, its version counter then: an in-place write since, through any alias, bumps it)
@@ -143,7 +145,7 @@ class Aggregates:
         terms = self.terms(tensor) or {}
         live = {token: term for token, term in terms.items() if term.coef % MODULUS}  # (a multiple of 2^64 is 0 there)
         owners = {term.owner: term.name for term in live.values()}
-        needed = max((term.k for term in live.values()), default=DEFAULT_K)
+        needed = max((term.k for term in live.values() if term.k is not None), default=2)
         where = f"object {id} on {worker_id!r}"
         if not terms:
             raise AggregateTooSmallError(

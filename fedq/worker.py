@@ -1273,6 +1273,11 @@ def share_object(worker: Worker, message: ShareObject, reply: Reply) -> None:
     if not isinstance(secret, torch.Tensor) or secret.dtype != ring.RING:
         raise TypeError(f"shares are of int64 tensors (the ring Z/2^64): .fix_precision() a float tensor first, not {getattr(secret, 'dtype', type(secret).__name__)}")
     private = worker.privacy.is_private(secret)
+    if private and worker.aggregates.k is None:
+        raise GetNotPermittedError(
+            f"object {message.id} on {worker.id!r} is private, and its data owner has not opted into secure aggregation "
+            "(DataOwner.secure_aggregation(k=...) in its script): its private data is never shared"
+        )
     if private and any(line.startswith((_RECEIVED, _PADS)) for line in worker.privacy.history(secret)):
         raise GetNotPermittedError(
             f"object {message.id} on {worker.id!r} is computed from shares of other owners' data: only an owner's own data is shared from its worker"

@@ -424,3 +424,12 @@ def test_fedq_demo_secure_runs_against_real_processes():
     assert done.returncode == 0, done.stderr[-3000:]
     assert "round 10:" in done.stdout and "AggregateTooSmallError" in done.stdout
     assert "Out[6]: [2, 2]" in done.stdout  # only each owner's data is left
+
+
+def test_an_owner_that_did_not_opt_in_never_shares_its_private_data(dp_owner, table, bob):
+    """Secure aggregation is the owner's choice (DataOwner.secure_aggregation): an aggregate can be
+    made to carry one owner alone (its partner's update times 0: README, 'Not stopped'), so an
+    owner that did not opt in has its private data shared by no one, its table least of all."""
+    with pytest.raises(sy.GetNotPermittedError, match="not opted into secure aggregation"):
+        table.fix_precision().share(dp_owner, bob).get()
+    assert [o for o in bob._objects.values()] == []
