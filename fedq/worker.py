@@ -703,7 +703,7 @@ def _check_holder(worker: Worker, holder: str) -> None:
 @handles(RunOp)
 def run_op(worker: Worker, message: RunOp, reply: Reply) -> None:
     if message.result_ids is not None:
-        _refuse_too_many_results(worker, message.op, len(message.result_ids))
+        _check_result_ids(worker, message.op, message.result_ids)
     leaves, spec = ops.flatten(message.args, message.kwargs)
     targets = {leaf.id: worker.store.get(leaf.id) for leaf in leaves if isinstance(leaf, Ref)}
     pointers = [obj for obj in targets.values() if isinstance(obj, PointerSpec)]
@@ -765,6 +765,14 @@ def _run_here(worker: Worker, message: RunOp, leaves: list, spec: Any, targets: 
     for id, result in zip(message.result_ids, results):
         worker.store.put(id, result, holder=reply.caller)
     reply.ok()
+
+
+def _check_result_ids(worker: Worker, op: str, ids: Any) -> None:
+    """The ids a caller named for what `op` makes, checked before it runs (the store refuses a
+    non-int id too, but only once the op has run and maybe stored the results before it)."""
+    _refuse_too_many_results(worker, op, len(ids))
+    if not all(type(id) is int for id in ids):
+        raise ProtocolError(f"{op}: object ids are ints, chosen by the caller (rule 1)")
 
 
 def _refuse_too_many_results(worker: Worker, op: str, count: int) -> None:
@@ -892,9 +900,7 @@ def run_plan(worker: Worker, message: RunPlan, reply: Reply) -> None:
     steps, args = tuple(message.steps), tuple(message.args)
     if len(steps) > MAX_PLAN_STEPS:
         raise RequestTooLargeError(f"a plan of {len(steps)} steps: a worker runs plans of at most {MAX_PLAN_STEPS}")
-    _refuse_too_many_results(worker, "a plan", len(message.result_ids))  # (its outputs: stored ones)
-    if not all(type(id) is int for id in message.result_ids):
-        raise ProtocolError("a plan's result ids are ints, chosen by the caller (rule 1)")
+    _check_result_ids(worker, "a plan", message.result_ids)  # (its outputs: stored ones)
     for step in steps:  # every op refused before any runs
         if not isinstance(step, PlanStep) or type(step.results) is not int or not 0 <= step.results <= MAX_RESULTS_PER_OP:
             raise ProtocolError("a plan's steps are PlanSteps, each making 0 (in place) to a bounded number of tensors")
