@@ -36,6 +36,7 @@ from .errors import AggregateTooSmallError
 # An owner's default: its private data is never shared (an aggregate can be made to carry one owner
 # alone: README, "Not stopped"); DataOwner.secure_aggregation(k=) opts in, k defaulting to 2.
 DEFAULT_K: int | None = None
+OPT_IN_K = 2  # what secure_aggregation() asks when the owner names no k: one other owner at least
 MAX_SPENT = 1_000_000  # sharings remembered as released (a token is 16 bytes of hex)
 
 
@@ -145,7 +146,7 @@ class Aggregates:
         terms = self.terms(tensor) or {}
         live = {token: term for token, term in terms.items() if term.coef % MODULUS}  # (a multiple of 2^64 is 0 there)
         owners = {term.owner: term.name for term in live.values()}
-        needed = max((term.k for term in live.values() if term.k is not None), default=2)
+        needed = max((term.k for term in live.values() if term.k is not None), default=OPT_IN_K)
         where = f"object {id} on {worker_id!r}"
         if not terms:
             raise AggregateTooSmallError(

@@ -27,7 +27,7 @@ import torch
 from torch.utils._pytree import tree_map
 
 from . import __version__, ops, ring
-from .aggregates import Aggregates
+from .aggregates import OPT_IN_K, Aggregates
 from .calls import InFlight, answers_in
 from .codec import Codec, Origin
 from .errors import (
@@ -625,7 +625,7 @@ class DataOwner:
         self.count += 1
         return id
 
-    def secure_aggregation(self, k: int = 2) -> None:
+    def secure_aggregation(self, k: int = OPT_IN_K) -> None:
         """This owner's policy for shares of its private data, enforced by every worker holding
         one (aggregates.py): a share leaves for reconstruction only in a sum of at least `k`
         distinct owners' data (default 2)."""
