@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Iterable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
 
 import torch
 from torch.utils._pytree import tree_map
@@ -506,14 +506,7 @@ def _infer(func: Any, args: tuple, kwargs: dict, leaves: list, spec: Any) -> tup
     worked out on meta tensors; None when that cannot be done (the shape depends on the data).
     Running an op on meta tensors costs far more than sending it, so answers are remembered
     by op, structure and input metadata."""
-    try:
-        key = (func, spec, torch.is_grad_enabled(), tuple(
-            (leaf._meta.shape, leaf._meta.dtype, leaf._meta.requires_grad) if isinstance(leaf, Pointer) else (type(leaf), leaf)
-            for leaf in leaves
-        ))
-        hash(key)
-    except TypeError:  # an unhashable argument (a list, a slice): work it out each time
-        key = None
+    key = _op_key(func, spec, leaves, lambda meta: (meta.shape, meta.dtype, meta.requires_grad))
     cached = _META_CACHE.get(key, None) if key is not None else None
     if cached is None:
         try:
@@ -536,13 +529,7 @@ def _in_place_on_meta(func: Any, args: tuple, kwargs: dict, leaves: list, spec: 
     costs ~1 ms (torch's Python reference kernels), most often for nothing (an optimizer's
     `add_`): an op that left the metadata as it was is remembered by op and input metadata
     (what decides its effect on them) and not run again."""
-    try:
-        key = (func, spec, torch.is_grad_enabled(), tuple(
-            _meta_state(leaf._meta) if isinstance(leaf, Pointer) else (type(leaf), leaf) for leaf in leaves
-        ))
-        hash(key)
-    except TypeError:  # an unhashable argument (a slice): run it each time
-        key = None
+    key = _op_key(func, spec, leaves, _meta_state)
     if key is not None and key in _IN_PLACE_KEEPS:
         return
     target = args[0]._meta if args and isinstance(args[0], Pointer) else None
@@ -555,6 +542,20 @@ def _in_place_on_meta(func: Any, args: tuple, kwargs: dict, leaves: list, spec: 
         if len(_IN_PLACE_KEEPS) >= _META_CACHE_SIZE:
             _IN_PLACE_KEEPS.clear()
         _IN_PLACE_KEEPS.add(key)
+
+
+def _op_key(func: Any, spec: Any, leaves: list, describe: Callable[[torch.Tensor], tuple]) -> tuple | None:
+    """What an op's effect on metadata depends on, as a cache key: the op, the arguments'
+    structure, grad mode, and each pointer's metadata (`describe`d) or each other value; None
+    for an unhashable argument (a list, a slice): then it is worked out each time."""
+    key = (func, spec, torch.is_grad_enabled(), tuple(
+        describe(leaf._meta) if isinstance(leaf, Pointer) else (type(leaf), leaf) for leaf in leaves
+    ))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 def _meta_state(meta: torch.Tensor) -> tuple:
