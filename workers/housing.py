@@ -26,13 +26,19 @@ def shard(worker_id: str, rows: int = ROWS_PER_SHARD) -> tuple[torch.Tensor, tor
 
 
 def setup(owner) -> None:
+    # Model updates trained on the houses may leave: the trusted-aggregator round averages them
+    # on another worker.
+    load_houses(owner, updates="allow")
+
+
+def load_houses(owner, *, updates: str) -> None:
+    """This worker's shard as the dataset "houses", its updates' policy `updates`."""
     features, prices = shard(owner.id)
     # One record per house: a row of features and its price. The rows never leave this worker;
     # aggregates over them leave with differential privacy, within a budget of ε = 100 in all
     # (generous: the demo releases each owner's training loss every round; a real owner with
-    # real data would grant ~1). Model updates trained on the houses may leave: the
-    # trusted-aggregator round averages them on another worker.
-    houses = owner.dataset("houses", epsilon=100.0, updates="allow")
+    # real data would grant ~1).
+    houses = owner.dataset("houses", epsilon=100.0, updates=updates)
     owner.add(features, tags=("#housing", "#data"), description=f"{owner.id}'s houses: {', '.join(FEATURES)}",
               dataset=houses, bounds=(-5.0, 5.0))
     owner.add(prices, tags=("#housing", "#target"), description=f"{owner.id}'s sale prices", dataset=houses, bounds=(-30.0, 30.0))

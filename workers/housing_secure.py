@@ -9,13 +9,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from housing import FEATURES, shard  # noqa: E402
+from housing import load_houses  # noqa: E402
 
 
 def setup(owner) -> None:
-    features, prices = shard(owner.id)
-    houses = owner.dataset("houses", epsilon=100.0, updates="refuse")
-    owner.add(features, tags=("#housing", "#data"), description=f"{owner.id}'s houses: {', '.join(FEATURES)}",
-              dataset=houses, bounds=(-5.0, 5.0))
-    owner.add(prices, tags=("#housing", "#target"), description=f"{owner.id}'s sale prices", dataset=houses, bounds=(-30.0, 30.0))
+    load_houses(owner, updates="refuse")
     owner.secure_aggregation(k=2)
