@@ -61,6 +61,17 @@ def owner_reads(worker, pointer):
     return pointer.get()
 
 
+def refused(leak) -> bool:
+    """Whether `leak()` is refused as a release (GetNotPermittedError, NotReleasableError among them)."""
+    import fedq as sy
+
+    try:
+        leak()
+    except sy.GetNotPermittedError:
+        return True
+    return False
+
+
 def trained_update(owner):
     """One SGD step of a linear model on a secagg owner's private data: a private (1, 4) weight."""
     import torch as th

@@ -18,6 +18,8 @@ import fedq as sy
 from fedq.ids import new_id
 from fedq.messages import Ref, RunOp
 
+from helpers import refused
+
 ROOT = Path(__file__).resolve().parent.parent
 _script = runpy.run_path(str(ROOT / "tests" / "data" / "dp_owner.py"))
 COINS, SECRET = _script["COINS"], _script["SECRET"]
@@ -27,14 +29,6 @@ COINS, SECRET = _script["COINS"], _script["SECRET"]
 def houses(data_owners):
     owner = data_owners[0]
     return owner, owner.search("#housing", "#data")[0], owner.search("#housing", "#target")[0]
-
-
-def refused(leak) -> bool:
-    try:
-        leak()
-    except sy.GetNotPermittedError:
-        return True
-    return False
 
 
 # --------------------------------------------------------------------------- class 1: taint by what an op wrote

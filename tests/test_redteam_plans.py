@@ -19,7 +19,7 @@ import zmq
 
 import fedq as sy
 
-from helpers import succeeds
+from helpers import refused, succeeds
 from fedq.codec import Codec
 from fedq.errors import RequestTooLargeError
 from fedq.ids import new_id
@@ -35,14 +35,6 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 def crafted(worker, steps, args=(), outputs=(), result_ids=()):
     """A RunPlan as the client sends one, but made by hand."""
     return sy.local_client().request(worker.address, RunPlan(tuple(steps), tuple(args), tuple(outputs), tuple(result_ids)))
-
-
-def refused(fetch) -> bool:
-    try:
-        fetch()
-    except (sy.GetNotPermittedError, sy.NotReleasableError):
-        return True
-    return False
 
 
 @pytest.fixture

@@ -21,6 +21,8 @@ from fedq.errors import RequestTooLargeError
 from fedq.ids import new_id
 from fedq.messages import PlanStep, Ref, RunOp, RunPlan, Slot
 
+from helpers import refused
+
 
 @pytest.fixture(scope="module")
 def devices(hook):
@@ -416,14 +418,6 @@ def test_a_plan_is_held_to_the_store_limit_by_what_its_steps_make(hook):
 
 
 # --------------------------------------------------------------------------- privacy: a plan releases nothing its ops would not
-
-def refused(leak) -> bool:
-    try:
-        leak()
-    except sy.GetNotPermittedError:
-        return True
-    return False
-
 
 def test_a_plan_on_private_data_releases_nothing_its_ops_one_by_one_would_not(data_owners):
     owner = data_owners[0]
