@@ -9,6 +9,7 @@ import pytest
 import torch as th
 
 import fedq as sy
+from fedq.handle import Workers
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -83,6 +84,18 @@ def dp_owner(hook, federation, request):
     worker = sy.VirtualWorker(hook, id="dp_owner_" + request.module.__name__.rpartition(".")[2], data=ROOT / "tests" / "data" / "dp_owner.py")
     yield worker
     worker.shutdown()
+
+
+@pytest.fixture
+def sandbox_workers(federation, hook):
+    """sy.create_sandbox's four workers of its own are stopped after the test (its bob and alice
+    are the session's, and stay)."""
+    yield
+    spawned = Workers.of(hook.local_worker).spawned
+    for name in ("theo", "jason", "andy", "jon"):
+        worker = spawned.get(name)
+        if worker is not None and worker.alive():
+            worker.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -388,20 +388,6 @@ print('alice:',alice._objects)""")
 
 # --------------------------------------------------------------------------- Part 05
 
-SANDBOX_ONLY = ("theo", "jason", "andy", "jon")  # (bob and alice are the session's)
-
-
-@pytest.fixture
-def sandbox_workers(federation, hook):
-    yield
-    from fedq.handle import Workers
-
-    for name in SANDBOX_ONLY:
-        worker = Workers.of(hook.local_worker).spawned.get(name)
-        if worker is not None and worker.alive():
-            worker.shutdown()
-
-
 def test_part_05_welcome_to_the_sandbox(bob, alice, sandbox_workers):
     nb = Notebook()
     nb.run("""

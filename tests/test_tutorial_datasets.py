@@ -292,21 +292,6 @@ def federated_train_loader_source():
 
 # --------------------------------------------------------------------------- Part 07
 
-SANDBOX_ONLY = ("theo", "jason", "andy", "jon")  # (the sandbox's bob and alice are the session's)
-
-
-@pytest.fixture
-def sandbox_workers(federation, hook):
-    """The sandbox's four workers of its own are stopped after the test (bob and alice stay)."""
-    yield
-    from fedq.handle import Workers
-
-    for name in SANDBOX_ONLY:
-        worker = Workers.of(hook.local_worker).spawned.get(name)
-        if worker is not None and worker.alive():
-            worker.shutdown()
-
-
 @pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")  # (the tutorial's float(loss))
 def test_part07_federated_learning_with_federated_dataset(hook, bob, alice, sandbox_workers, capsys):
     epochs = 5  # (the tutorial's parameter cell: 50)
