@@ -41,6 +41,17 @@ MAX_SPENT = 1_000_000  # sharings remembered as released (a token is 16 bytes of
 
 
 @dataclass(frozen=True, slots=True)
+class Noise:
+    """An owner's noise on what its worker shares of its private data (privacy.noised_for_sharing):
+    each sharing a release of ε = `epsilon` from the datasets it comes from, its L1 norm clipped
+    to `clip` first. Without it the owner approves *exact* aggregates of k owners, which holds only
+    while the data scientist's training gives each owner's update weight (README, "Not stopped")."""
+
+    epsilon: float
+    clip: float
+
+
+@dataclass(frozen=True, slots=True)
 class Term:
     """One owner's sharing inside a share: `coef` times that owner's shared value."""
 
@@ -67,6 +78,7 @@ class Aggregates:
 
     def __init__(self, k: int | None = DEFAULT_K) -> None:
         self.k = k  # this worker's data owner's policy (DataOwner.secure_aggregation)
+        self.noise: Noise | None = None  # and the noise it puts on each sharing of its data (None: exact)
         # id(tensor) -> (weak ref, token -> term, whether it is a function of a share: never merged
         # again, its version counter then: an in-place write since, through any alias, bumps it)
         self._terms: dict[int, tuple[Any, dict[str, Term], bool, int]] = {}

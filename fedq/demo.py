@@ -63,7 +63,9 @@ import fedq as sy
 from fedq.federated import find_owner_data, train_with_secure_aggregation
 hook = sy.TorchHook(th)""",
     """\
-# Each owner refuses model updates in the clear: they leave only inside a sum of >= 2 owners'.
+# Each owner refuses model updates in the clear: they leave only inside a sum of >= 2 owners'
+# (exact sums: each script approves them with secure_aggregation(k=2, exact=True); an owner
+# naming epsilon= and clip= instead has its worker noise every update it shares).
 bob = sy.VirtualWorker(hook, id="bob", data="workers/housing_secure.py")
 alice = sy.VirtualWorker(hook, id="alice", data="workers/housing_secure.py")
 owners = find_owner_data([bob, alice])

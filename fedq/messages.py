@@ -384,11 +384,13 @@ class ShareObject(Request):
     """Split the int64 tensor under `id` into additive shares, one per party (location, address,
     incarnation, the share's id there); keep ours (a party at our own address), send each other
     straight to its worker (`StoreShare`, as a seed it expands), held by the caller. Answered once every party stored
-    its share. `token`: this sharing's name, what the holders' aggregation policy counts."""
+    its share. `token`: this sharing's name, what the holders' aggregation policy counts. `scale`: what one unit
+    of the value is worth (fixed precision's base ** precision), for an owner's noise (its clip is in units of 1)."""
 
     id: int
     parties: tuple[tuple[str, str, bytes, int], ...]
     token: str
+    scale: int = 1
 
 
 @dataclass

@@ -353,6 +353,39 @@ class Privacy:
             released = released / summed
         return released.to(tensor.dtype if tensor.is_floating_point() else torch.float64).reshape(tensor.shape)
 
+    def noised_for_sharing(self, encoded: torch.Tensor, scale: int, epsilon: float, clip: float, client: str) -> torch.Tensor:
+        """What a data owner's worker shares of private int64 `encoded` (fixed precision at `scale`)
+        when its owner asked for noise (DataOwner.secure_aggregation(epsilon=, clip=)): the value,
+        its L1 norm clipped to `clip`, with OpenDP's Laplace noise for sensitivity 2 * clip (any two
+        of the owner's datasets give values at most that far apart), re-encoded; `epsilon` charged to
+        every dataset it comes from. The whole tensor is one release of the owner's whole data, so
+        it protects every record even when the other "owners" of an aggregate add nothing. `scale`
+        is the client's word: a wrong one scales the clip and the noise alike (the same ε), so it
+        costs the client accuracy, never the owner privacy."""
+        facts = self.facts(encoded)
+        sources = facts.sources
+        named = sorted(d.name for d in sources if d is not UNRELEASED)
+        if UNRELEASED in sources or not named:
+            raise NotReleasableError(
+                "this private tensor comes from private data outside any dataset (or its memory was written while private "
+                "data was read): no budget pays for its noise, so it is not shared"
+            )
+        for name in named:
+            self.ledger.check(name, float(epsilon))
+        value = encoded.detach().to(torch.float64) / scale
+        norm = float(value.abs().sum())
+        if norm > clip:
+            value = value * (clip / norm)
+        noisy, spent = dp.laplace(value.reshape(-1).tolist(), 2.0 * clip, float(epsilon))
+        for name in named:
+            self.ledger.charge(name, spent, client)
+        # (post-processing: rounding, and keeping within int64 where a wrong scale would overflow)
+        limit = float(2**62)
+        shared = (torch.tensor(noisy, dtype=torch.float64) * scale).round().clamp(-limit, limit).to(encoded.dtype).reshape(encoded.shape)
+        # still private (a share of it is released only under the owner's k), as what it came from
+        self.mark(shared, Facts(sources, (*facts.history, f"fedq.noise(epsilon={epsilon:g}, clip={clip:g})"), self.stamp(shared)))
+        return shared
+
 
 def refuse_if_private(privacy: Privacy, obj: Any, id: int, worker_id: str, what: str) -> None:
     if privacy.holds_private(obj):

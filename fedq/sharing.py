@@ -177,7 +177,7 @@ class FixedPrecisionTensor:
         return self._wrap(self.child.send(worker))
 
     def share(self, *workers: "Location", crypto_provider: "Location | None" = None, **_: Any) -> "FixedPrecisionTensor":
-        return self._wrap(share(self.child, *workers, crypto_provider=crypto_provider))
+        return self._wrap(share(self.child, *workers, crypto_provider=crypto_provider, scale=self.scale))
 
     def copy(self) -> "FixedPrecisionTensor":
         return self._wrap(self.child.copy() if hasattr(self.child, "copy") else self.child.clone())
@@ -410,9 +410,10 @@ class AdditiveSharingTensor:
     fix_prec = fix_precision
 
 
-def share(value: Any, *workers: "Location", crypto_provider: "Location | None" = None, **_: Any) -> AdditiveSharingTensor:
+def share(value: Any, *workers: "Location", crypto_provider: "Location | None" = None, scale: int = 1, **_: Any) -> AdditiveSharingTensor:
     """PySyft's `t.share(bob, alice, crypto_provider=james)`: a local tensor is split here (os.urandom)
-    and each share sent to its holder; a pointer's holder splits it and sends the shares on."""
+    and each share sent to its holder; a pointer's holder splits it and sends the shares on.
+    `scale`: what one unit of the value is worth (a fixed-precision tensor's), for an owner's noise."""
     if len(workers) < 1:
         raise ValueError("share(...) names the workers that hold the shares: t.share(bob, alice)")
     if len({w.address for w in workers}) != len(workers):
@@ -420,7 +421,7 @@ def share(value: Any, *workers: "Location", crypto_provider: "Location | None" =
     if crypto_provider is not None and any(w.address == crypto_provider.address for w in workers):
         raise ValueError("the crypto provider holds no share: it would know the pads of its own triples")
     if isinstance(value, Pointer):
-        return _share_remote(value, workers, crypto_provider)
+        return share_many([value], workers, crypto_provider=crypto_provider, scale=scale)[0]
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"share() takes a tensor, not {type(value).__name__}")
     if value.is_floating_point():
@@ -429,13 +430,9 @@ def share(value: Any, *workers: "Location", crypto_provider: "Location | None" =
     return AdditiveSharingTensor([part.send(worker) for part, worker in zip(parts, workers)], crypto_provider)
 
 
-def _share_remote(pointer: Pointer, workers: Sequence["Location"], crypto_provider: Any) -> AdditiveSharingTensor:
-    return share_many([pointer], workers, crypto_provider=crypto_provider)[0]
-
-
-def share_many(pointers: Sequence[Pointer], workers: Sequence["Location"], crypto_provider: Any = None) -> list[AdditiveSharingTensor]:
+def share_many(pointers: Sequence[Pointer], workers: Sequence["Location"], crypto_provider: Any = None, scale: int = 1) -> list[AdditiveSharingTensor]:
     """`p.share(*workers)` for each pointer, sent at once and waited for once (a federated round
-    shares every owner's update in one round trip, not one per owner)."""
+    shares every owner's update in one round trip, not one per owner). `scale` as share()'s."""
     requests, sharings = [], []
     for pointer in pointers:
         pointer._check_usable()
@@ -445,7 +442,7 @@ def share_many(pointers: Sequence[Pointer], workers: Sequence["Location"], crypt
         # The pointers first (rule 1): a failure from here on frees whatever was stored.
         shares = [PointerTensor._make(_meta(pointer.shape), worker, new_id(), id, is_chain=False) for worker, id in zip(workers, ids)]
         parties = tuple((w.id, w.address, w.incarnation, id) for w, id in zip(workers, ids))
-        requests.append((pointer.location.address, ShareObject(pointer.id_at_location, parties, secrets.token_hex(16))))
+        requests.append((pointer.location.address, ShareObject(pointer.id_at_location, parties, secrets.token_hex(16), scale)))
         sharings.append(AdditiveSharingTensor(shares, crypto_provider, held_remotely=True))
     if any(p._is_chain for p in pointers):
         pointers[0].location.client.barrier()  # (a chain's last hop must have made the object)

@@ -27,7 +27,7 @@ import torch
 from torch.utils._pytree import tree_map
 
 from . import __version__, ops, ring
-from .aggregates import OPT_IN_K, Aggregates
+from .aggregates import OPT_IN_K, Aggregates, Noise
 from .calls import InFlight, answers_in
 from .codec import Codec, Origin
 from .errors import (
@@ -625,13 +625,31 @@ class DataOwner:
         self.count += 1
         return id
 
-    def secure_aggregation(self, k: int = OPT_IN_K) -> None:
+    def secure_aggregation(self, k: int = OPT_IN_K, *, epsilon: float | None = None, clip: float | None = None, exact: bool = False) -> None:
         """This owner's policy for shares of its private data, enforced by every worker holding
         one (aggregates.py): a share leaves for reconstruction only in a sum of at least `k`
-        distinct owners' data (default 2)."""
+        distinct owners' data (default 2). And one of: `epsilon=` and `clip=`, each sharing of
+        its data noised first (its L1 norm clipped to `clip`, OpenDP's Laplace noise, ε charged to
+        its datasets: privacy.noised_for_sharing), which protects it even in an aggregate whose
+        other owners add nothing; or `exact=True`, the owner's approval of exact sums of k owners'
+        updates, which trusts the data scientist's training to give every owner's update weight
+        (a client can make another owner's update add nothing: README, "Not stopped")."""
         if int(k) < 1:
             raise ValueError("k counts data owners: at least 1")
+        if exact == (epsilon is not None or clip is not None):
+            raise ValueError(
+                "secure_aggregation() needs the owner's choice: epsilon= and clip= (each shared update noised, "
+                "charged to the datasets' budgets), or exact=True (exact sums of k owners, trusting the training)"
+            )
+        noise = None
+        if not exact:
+            if epsilon is None or clip is None:
+                raise ValueError("noise on shared updates needs both epsilon= (per sharing) and clip= (the L1 norm an update is clipped to)")
+            if not (math.isfinite(epsilon) and epsilon > 0 and math.isfinite(clip) and clip > 0):
+                raise ValueError(f"epsilon and clip are positive finite numbers, not {epsilon!r} and {clip!r}")
+            noise = Noise(float(epsilon), float(clip))
         self.worker.aggregates.k = int(k)
+        self.worker.aggregates.noise = noise
 
     def dataset(self, name: str, *, epsilon: float = 0.0, updates: str = "refuse") -> Dataset:
         """Declare a private dataset: one record (the unit of privacy) per row of its tensors;
@@ -1294,6 +1312,12 @@ def share_object(worker: Worker, message: ShareObject, reply: Reply) -> None:
         # We keep one share ourselves, released only under our owner's policy: without it the other
         # holders, whoever runs them, cannot reconstruct.
         raise GetNotPermittedError(f"worker {worker.id!r} shares its owner's private data only among parties that include itself")
+    if private and worker.aggregates.noise is not None:
+        scale = message.scale
+        if type(scale) is not int or not 1 <= scale <= 2**62:
+            raise ProtocolError("a sharing's scale is an int from 1 to 2^62 (fixed precision's base ** precision)")
+        noise = worker.aggregates.noise
+        secret = worker.privacy.noised_for_sharing(secret, scale, noise.epsilon, noise.clip, reply.caller_name)
     # Each other party's share is a seed it expands (ring.expand: 32 bytes sent, not 8 per element);
     # the remainder, secret - the seeds' shares, is ours, or the last party's if we are none.
     ours = next((i for i, party in enumerate(parties) if party[1] == worker.address), None)

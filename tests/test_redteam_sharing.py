@@ -8,6 +8,8 @@ only) until it is closed. The owners are tests/data/secagg_owner.py's (updates r
 from __future__ import annotations
 
 import secrets
+import sys
+from pathlib import Path
 
 import pytest
 import torch as th
@@ -18,7 +20,13 @@ from fedq.errors import RequestTooLargeError
 from fedq.ids import new_id
 from fedq.messages import BeaverOpen, MakeTriples, Ref, RunOp, ShareObject, StoreShare, StoreTriple
 
+from fedq.sharing import FixedPrecisionTensor, share_many
+
 from helpers import owner_reads, succeeds, trained_update
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests" / "data"))
+from secagg_dp_owner import BUDGET, CLIP, EPSILON  # noqa: E402
 
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -152,9 +160,10 @@ def test_a_write_through_an_alias_or_out_drops_the_terms(hook, owners, spelling)
 # sharing "alice, coefficient 1" of zeros: bob + it releases bob's update exactly (so would
 # alice's update indexed [:, [0, 0, 0, 0]], pairing elements). Open: found while closing 1-4.
 # Not the holders' algebra to close: the client's own training can make alice's "update" a value
-# it knows (lr=0: the public model), so the remedy is on the owner's side (noise on what it
-# shares, or the owner refusing to share what is not its own training's result).
-@succeeds("an owner's worker shares any function of its private data: (alice's update * 0), shared, is a second owner of weight 1")
+# it knows (lr=0: the public model), so the remedy is on the owner's side: noise on what it
+# shares (secagg_dp_owner.py, the tests below). These owners chose exact=True instead, approving
+# exact sums on trust in the training: for them it stays open, and the README says so.
+@succeeds("an owner approving exact aggregates (exact=True) trusts the training: (alice's update * 0), shared, is a second owner of weight 1")
 def test_an_owner_sharing_a_function_of_its_data_is_not_a_second_owner(owners):
     sa_bob, sa_alice, _ = owners
     w_bob, bobs = _shared(sa_bob, (sa_bob, sa_alice))
@@ -164,6 +173,76 @@ def test_an_owner_sharing_a_function_of_its_data_is_not_a_second_owner(owners):
     except sy.AggregateTooSmallError:
         return
     assert not th.equal(released.child, _secret(sa_bob, w_bob)), "bob's private update, exactly"
+
+
+@pytest.fixture(scope="module")
+def noising_owners(hook, federation):
+    """Two owners whose workers noise each sharing of their data (tests/data/secagg_dp_owner.py)."""
+    made = [sy.VirtualWorker(hook, id=f"secagg_dp_{name}", data=ROOT / "tests" / "data" / "secagg_dp_owner.py") for name in ("bob", "alice")]
+    yield made
+    for worker in made:
+        worker.shutdown()
+
+
+NOISE_SCALE = 2 * CLIP / EPSILON  # Laplace's, per element, in the update's units
+
+
+def _far_from(released, exact) -> float:
+    return float((released.double() - exact.double()).abs().mean())
+
+
+# The same attack on owners that noise what they share: bob's update comes back clipped and with
+# Laplace noise of scale 2 per element, so what the client holds is a DP release of bob's data,
+# whatever alice's share adds. (A mean error below NOISE_SCALE / 20 over 4 elements: p ~ 1e-4.)
+def test_noising_owners_are_not_singled_out_by_a_second_owner_adding_nothing(noising_owners):
+    dp_bob, dp_alice = noising_owners
+    w_bob = trained_update(dp_bob)
+    exact = owner_reads(dp_bob, w_bob.copy())
+    bobs = w_bob.fix_precision().share(dp_bob, dp_alice).get()
+    zero = (trained_update(dp_alice) * 0).fix_precision().share(dp_bob, dp_alice).get()
+    released = (bobs + zero).get().float_precision()
+    assert _far_from(released, exact) > NOISE_SCALE / 20, "bob's update, nearly exactly, from an aggregate alice adds nothing to"
+
+
+# The scale a sharing names is the client's word. A wrong one scales the clip and the noise alike:
+# at scale 1 (the value is 1000 times its units) the clip bites 1000 times harder, at 2^62 the noise
+# swamps it; either way the client gets less, never bob's update.
+@pytest.mark.parametrize("scale", [1, 2**62])
+def test_a_sharing_that_lies_about_its_scale_gets_no_more_than_noise(noising_owners, scale):
+    dp_bob, dp_alice = noising_owners
+    w_bob = trained_update(dp_bob)
+    exact = owner_reads(dp_bob, w_bob.copy())
+    encoded = w_bob.fix_precision()
+    bobs = share_many([encoded.child], [dp_bob, dp_alice], scale=scale)[0]
+    zero = share_many([(trained_update(dp_alice) * 0).fix_precision().child], [dp_bob, dp_alice], scale=scale)[0]
+    released = FixedPrecisionTensor((bobs + zero).get()).float_precision()
+    assert _far_from(released, exact) > min(0.05, float(exact.abs().mean()) / 2), "bob's update through a lie about the scale"
+
+
+@pytest.mark.parametrize("scale", [0, -1000, 2**63, 1.5, True])
+def test_a_sharing_with_a_scale_that_is_no_positive_int_is_refused(noising_owners, scale):
+    dp_bob, dp_alice = noising_owners
+    encoded = trained_update(dp_bob).fix_precision()
+    with pytest.raises(sy.ProtocolError):
+        share_many([encoded.child], [dp_bob, dp_alice], scale=scale)
+
+
+# Sharing one update again and again to average the noise away: each sharing is a release of ε
+# from bob's budget (6; the tests above spent some: this one runs last), so the worker refuses once it is spent, and the mean of what it let out
+# is still noisy (scale 2 / sqrt(n) per element).
+def test_averaging_repeated_sharings_away_is_stopped_by_the_owners_budget(noising_owners):
+    dp_bob, dp_alice = noising_owners
+    w_bob = trained_update(dp_bob)
+    exact = owner_reads(dp_bob, w_bob.copy())
+    releases = []
+    with pytest.raises(sy.PrivacyBudgetExceededError):
+        for _ in range(int(BUDGET / EPSILON) + 1):
+            bobs = w_bob.fix_precision().share(dp_bob, dp_alice).get()
+            zero = (trained_update(dp_alice) * 0).fix_precision().share(dp_bob, dp_alice).get()
+            releases.append((bobs + zero).get().float_precision())
+    assert len(releases) <= BUDGET / EPSILON
+    if releases:
+        assert _far_from(th.stack(releases).mean(0), exact) > NOISE_SCALE / 20 / len(releases) ** 0.5
 
 
 # --------------------------------------------------------------------------- memory and CPU

@@ -7,8 +7,10 @@ splits its own update and sends the other shares straight to the other owners), 
 are summed on each holder, and only the sum is reconstructed here and divided by the number of
 owners. Nobody, this client included, sees one owner's update; owners whose data refuses model
 updates in the clear (`updates="refuse"`) enforce it themselves: each holder releases its share
-of the sum only if it aggregates at least k owners (aggregates.py). Nothing of a round is left
-on any worker afterwards.
+of the sum only if it aggregates at least k owners (aggregates.py). An owner that asked for noise
+(`secure_aggregation(epsilon=, clip=)`) has its worker clip and noise each parameter it shares,
+charging ε per parameter tensor per round: the average is then noisy too. Nothing of a round is
+left on any worker afterwards.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ def _one_round(model: nn.Module, owners: Sequence[tuple[Any, Any]], number: int,
         names = [name for name, _ in model.named_parameters()]
         # Every owner's every parameter, detached and encoded where it is, then shared: all at once.
         encoded = [fix_precision(dict(copy.named_parameters())[name].detach()) for name in names for copy in copies]
-        sharings = share_many([e.child for e in encoded], workers, crypto_provider=crypto_provider)
+        sharings = share_many([e.child for e in encoded], workers, crypto_provider=crypto_provider, scale=encoded[0].scale)
         for index, (name, param) in enumerate(model.named_parameters()):
             mine = sharings[index * len(copies):(index + 1) * len(copies)]
             total = FixedPrecisionTensor(mine[0].get())
