@@ -147,6 +147,41 @@ def test_a_sharing_past_max_message_bytes_is_refused_before_it_is_noised(limited
 # --------------------------------------------------------------------------- around the noise
 
 
+TWO_DATASETS = f"""
+import sys
+sys.path.insert(0, {str(ROOT / "workers")!r})
+import housing
+
+
+def setup(owner):
+    features, prices = housing.shard(owner.id, rows=16)
+    houses = owner.dataset("houses", epsilon={BUDGET!r}, updates="refuse")
+    thin = owner.dataset("thin", epsilon={EPSILON / 2!r}, updates="refuse")
+    owner.add(features, tags=("#housing", "#data"), dataset=houses, bounds=(-5.0, 5.0))
+    owner.add(prices, tags=("#housing", "#target"), dataset=thin, bounds=(-30.0, 30.0))
+    owner.secure_aggregation(k=2, epsilon={EPSILON!r}, clip={CLIP!r})
+"""
+
+
+# An update trained on two datasets (features in "houses", prices in "thin", whose budget is
+# half a sharing's ε) is a release from both: the thin one cannot pay, so the sharing is
+# refused, and "houses" is not charged for it (every budget checked before any is charged).
+def test_an_update_from_two_datasets_is_paid_by_both(hook, noisy, tmp_path):
+    script = tmp_path / "two_datasets_owner.py"
+    script.write_text(TWO_DATASETS)
+    owner = sy.VirtualWorker(hook, id="rt_noise_two", data=script)
+    try:
+        _, dp_alice = noisy
+        encoded = trained_update(owner).fix_precision()
+        before = _spent(owner)
+        with pytest.raises(sy.PrivacyBudgetExceededError, match="thin"):
+            share_many([encoded.child], [owner, dp_alice], scale=encoded.scale)
+        assert _spent(owner) == before, "houses charged for a sharing the other dataset could not pay for"
+    finally:
+        owner.shutdown()
+
+
+
 # A public tensor (the client's zeros, sent to bob) into which bob's private update is copied:
 # its memory now holds private data, so the sharing is noised and charged like the update's.
 def test_a_public_tensor_written_with_private_data_is_noised(hook, noisy):
@@ -165,7 +200,7 @@ def test_a_public_tensor_written_with_private_data_is_noised(hook, noisy):
 
 
 # The private update (or what is computed from it) cannot be shared from where the noise is not:
-# moved to alice (refused), a pointer to it on alice (shared where the data is), a share of it
+# moved to alice or fetched by her (refused), a pointer to it on alice (shared where the data is), a share of it
 # shared again (a share already), or mixed with private data outside any dataset (no budget pays
 # for its noise: refused before anything is charged).
 def test_the_update_is_shared_only_from_its_owners_worker_and_only_noised(hook, noisy):
@@ -175,6 +210,8 @@ def test_the_update_is_shared_only_from_its_owners_worker_and_only_noised(hook, 
         encoded.child.copy().move(dp_alice)
     with pytest.raises(sy.FedqError, match="share it where the data is"):
         share_many([encoded.child.copy().send(dp_alice)], [dp_bob, dp_alice], scale=encoded.scale)
+    with pytest.raises(sy.GetNotPermittedError):  # (alice fetching it, to share it there)
+        encoded.child.copy().send(dp_alice).remote_get()
     before = _spent(dp_bob)
     tagged = th.ones(1, 4, dtype=th.int64).tag("#private").send(dp_bob)
     with pytest.raises(sy.NotReleasableError):
