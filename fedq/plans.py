@@ -156,7 +156,7 @@ class _Trace:
             out = _on_meta(ops.TABLE[name], meta_args, meta_kwargs)
         except Exception as error:
             raise PlanBuildError(f"building plan {self.name!r}: {name} fails on the arguments' shapes: {error}") from error
-        if ops.is_inplace(name):
+        if ops.is_inplace(name) or name == "Tensor.backward":  # (backward writes the leaves' .grad, and makes nothing)
             self.steps.append(PlanStep(name, wire_args, wire_kwargs, 0))
             return None if name == "Tensor.__setitem__" or name.endswith(".__set__") else args[0]
         results, out_spec = ops.flatten_result(out)

@@ -17,6 +17,7 @@ import torch
 from torch import nn, optim
 
 from ..pointer import Batch
+from .local_plans import local_sgd_plans
 
 
 #: each owner's loss leaves with differential privacy (privacy.py): its per-house squared error
@@ -102,10 +103,19 @@ def _one_round(
     for copy, (data, _) in zip(copies, owners):
         sending.send(copy, data.location)
     sending.run()
-    optimizers = [optim.SGD(params=copy.parameters(), lr=lr) for copy in copies]
     last_losses: list[Any] = [None] * len(owners)
+    # Each owner's local steps as plans where the model traces (local_plans.py): one RunPlan per
+    # owner and round, its steps run on the worker as the ops below would be; the rest op by op.
+    plans = [local_sgd_plans(model, data, target, local_steps, lr, batch_size) for data, target in owners]
+    for part in range(max((len(p) for p in plans if p), default=0)):  # (every owner's first part, then the next: in parallel)
+        for i, (copy, (data, target)) in enumerate(zip(copies, owners)):
+            if plans[i] and part < len(plans[i]):
+                last_losses[i] = plans[i][part].send(data.location)(data, target, *copy.parameters())
+    optimizers = [optim.SGD(params=copy.parameters(), lr=lr) for copy in copies]
     for step in range(local_steps):
         for i, (copy, optimizer, (data, target)) in enumerate(zip(copies, optimizers, owners)):
+            if plans[i]:
+                continue
             if batch_size is not None:  # (slices of the pointers: cut where the data is)
                 start = step * batch_size % data.shape[0]
                 data, target = data[start:start + batch_size], target[start:start + batch_size]
