@@ -418,9 +418,9 @@ def test_secure_round_over_owners_that_refuse_updates_in_the_clear(owners, secur
 
 def test_secure_rounds_over_owners_that_noise_their_updates_spend_their_budgets(hook, federation):
     """Owners that noise what they share (secagg_dp_owner.py: ε = 1 a sharing, budget 6): each
-    round releases a noisy loss (LOSS_EPSILON = 1) and shares two tensors per owner (weight, bias),
-    so two rounds run, noisy, and the third is refused by the owners' workers; nothing is left on
-    them either way."""
+    round releases a noisy loss (LOSS_EPSILON = 1) and shares each owner's update once (weight and
+    bias, one flat tensor), so three rounds run, noisy, and the fourth is refused by the owners'
+    workers; nothing is left on them either way."""
     from fedq.federated import find_owner_data, train_with_secure_aggregation
 
     made = [sy.VirtualWorker(hook, id=f"noisy_{name}", data=ROOT / "tests" / "data" / "secagg_dp_owner.py") for name in ("bob", "alice")]
@@ -429,7 +429,7 @@ def test_secure_rounds_over_owners_that_noise_their_updates_spend_their_budgets(
         th.manual_seed(5)
         model = nn.Linear(4, 1)
         before = [p.detach().clone() for p in model.parameters()]
-        train_with_secure_aggregation(model, pairs, rounds=2, local_steps=1, lr=0.05, progress=False)
+        train_with_secure_aggregation(model, pairs, rounds=3, local_steps=1, lr=0.05, progress=False)
         assert all(th.isfinite(p).all() for p in model.parameters())
         assert sum(float((p.detach() - b).abs().sum()) for p, b in zip(model.parameters(), before)) > 0.05  # (noise of scale ~1.4)
         with pytest.raises(sy.PrivacyBudgetExceededError, match="houses"):

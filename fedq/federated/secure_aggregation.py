@@ -8,8 +8,8 @@ are summed on each holder, and only the sum is reconstructed here and divided by
 owners. Nobody, this client included, sees one owner's update; owners whose data refuses model
 updates in the clear (`updates="refuse"`) enforce it themselves: each holder releases its share
 of the sum only if it aggregates at least k owners (aggregates.py). An owner that asked for noise
-(`secure_aggregation(epsilon=, clip=)`) has its worker clip and noise each parameter it shares,
-charging ε per parameter tensor per round: the average is then noisy too. Nothing of a round is
+(`secure_aggregation(epsilon=, clip=)`) has its worker clip and noise the update it shares (all
+parameters as one flat tensor), charging ε once a round: the average is then noisy too. Nothing of a round is
 left on any worker afterwards.
 """
 
@@ -74,17 +74,19 @@ def _one_round(model: nn.Module, owners: Sequence[tuple[Any, Any]], number: int,
         batch.get(loss, epsilon=LOSS_EPSILON, bounds=LOSS_BOUNDS)
     losses = {worker.id: float(loss.detach()) for worker, loss in zip(workers, batch.run())}
     with torch.no_grad():
-        names = [name for name, _ in model.named_parameters()]
-        # Every owner's every parameter, detached and encoded where it is, then shared: all at once.
-        encoded = [fix_precision(dict(copy.named_parameters())[name].detach()) for name in names for copy in copies]
+        # Each owner's update as one flat tensor, made and encoded where it is, then shared: all at
+        # once, one sharing per owner (an owner that noises its updates clips the whole update and
+        # pays one ε a round, as DP-FedAvg clips a client's update, not each layer apart).
+        params = list(model.parameters())
+        encoded = [fix_precision(torch.cat([p.detach().reshape(-1) for p in copy.parameters()])) for copy in copies]
         sharings = share_many([e.child for e in encoded], workers, crypto_provider=crypto_provider, scale=encoded[0].scale)
-        for index, (name, param) in enumerate(model.named_parameters()):
-            mine = sharings[index * len(copies):(index + 1) * len(copies)]
-            total = FixedPrecisionTensor(mine[0].get())
-            for sharing in mine[1:]:
-                total = total + FixedPrecisionTensor(sharing.get())  # (.get(): the sharing's pointers come here)
-            param.set_(_average(total, len(copies)).reshape(param.shape).to(param.dtype))
-        del encoded, sharings, mine, total
+        total = FixedPrecisionTensor(sharings[0].get())
+        for sharing in sharings[1:]:
+            total = total + FixedPrecisionTensor(sharing.get())  # (.get(): the sharing's pointers come here)
+        average = _average(total, len(copies))
+        for param, part in zip(params, average.split([p.numel() for p in params])):
+            param.set_(part.reshape(param.shape).to(param.dtype).clone())
+        del encoded, sharings, total
     del copies, optimizers, first_losses, loss  # frees everything the round left on the workers
     return RoundResult(number, losses)
 
