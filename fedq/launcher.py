@@ -30,6 +30,12 @@ log = logging.getLogger(__name__)
 PRELOAD = ("fedq.worker", "opendp.prelude")
 #: "0": start every worker as a fresh interpreter, never from a zygote
 ZYGOTE_ENV = "FEDQ_ZYGOTE"
+#: what a worker's environment has unless ours says otherwise. OpenMP's threads (torch's intra-op)
+#: spin after every parallel op by default, waiting for the next: a worker idles between messages,
+#: and on a shared machine the spinning took the cores its peers and the client needed (issue 17's
+#: workload B: the first of 9 workers, given 2 threads, burned 5-8x the CPU of each other one).
+#: Read when OpenMP loads: in the zygote (its forks inherit it) and in a fresh interpreter.
+WORKER_ENV_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def machine_cores() -> int:
@@ -81,7 +87,7 @@ def _the_zygote() -> zygote.Zygote | None:
     with _zygote_lock:
         if _zygote is None or not _zygote.alive():
             # No key in its environment: each fork gets its own, with its request.
-            env = {name: value for name, value in os.environ.items() if name not in (KEY_ENV, ADMIN_KEY_ENV)}
+            env = {**WORKER_ENV_DEFAULTS, **{name: value for name, value in os.environ.items() if name not in (KEY_ENV, ADMIN_KEY_ENV)}}
             _zygote = zygote.Zygote(PRELOAD, env)
         return _zygote
 
@@ -119,7 +125,7 @@ def start_worker_process(
     boot: dict[str, Any] = {"id": id, "address": address, "settings": settings.to_dict()}
     if incarnation is not None:  # (no secret: every stamp to the worker carries it)
         boot["incarnation"] = incarnation.hex()
-    argv, env = [json.dumps(boot)], environment_with_key(key, admin_key)
+    argv, env = [json.dumps(boot)], {**WORKER_ENV_DEFAULTS, **environment_with_key(key, admin_key)}
 
     def fresh_interpreter() -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-c", _BOOT, *argv], stdin=subprocess.PIPE, env=env)

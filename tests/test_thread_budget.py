@@ -36,6 +36,19 @@ def test_a_virtual_worker_runs_torch_on_the_threads_it_was_given(hook):
         worker.shutdown()
 
 
+def test_a_workers_openmp_threads_sleep_between_ops(hook):
+    """OpenMP's threads spin after each parallel op by default: a worker idles between messages,
+    and the spinning took the cores of its peers (issue 17's workload B). Read when OpenMP loads:
+    the zygote's environment, which every fork inherits, or a fresh interpreter's (where the
+    user's own OMP_WAIT_POLICY, if any, wins: launcher.WORKER_ENV_DEFAULTS)."""
+    worker = sy.VirtualWorker(hook, id="passive_threads", threads=2)
+    try:
+        worker.ping()
+        assert b"OMP_WAIT_POLICY=PASSIVE" in Path(f"/proc/{worker.pid}/environ").read_bytes().split(b"\0")
+    finally:
+        worker.shutdown()
+
+
 def test_threads_is_a_whole_number_of_at_least_one(hook):
     with pytest.raises(sy.ConfigError):
         sy.VirtualWorker(hook, id="bad_threads", threads="many")
