@@ -39,21 +39,22 @@ def _opendp():
 _NO_SLACK = 1e-9  # relative: an ε computed back by OpenDP's map may differ from the one asked in the last bits
 
 
-def laplace(values: Sequence[float], sensitivity: float, epsilon: float) -> tuple[list[float], float]:
+def laplace(values: Sequence[float] | Sequence[int], sensitivity: float, epsilon: float, *, integers: bool = False) -> tuple[list, float]:
     """`values` with OpenDP's Laplace noise for an L1 `sensitivity`, at privacy loss `epsilon`:
-    the noisy values and the ε the mechanism's privacy map says it costs."""
+    the noisy values and the ε the mechanism's privacy map says it costs. `integers`: int64
+    values get the discrete Laplace (exact in integers, and ~2x faster than floats' sampler)."""
     if not (isinstance(epsilon, (int, float)) and math.isfinite(epsilon) and epsilon > 0):
         raise ValueError(f"epsilon must be a positive finite number, not {epsilon!r}")
     if not (math.isfinite(sensitivity) and sensitivity >= 0):
         raise ValueError(f"a release's sensitivity must be finite (its bounds are): {sensitivity!r}")
     scale = sensitivity / epsilon if sensitivity > 0 else 0.0
     dp = _opendp()
-    domain = dp.vector_domain(dp.atom_domain(T=float, nan=False))
-    mechanism = dp.m.make_laplace(domain, dp.l1_distance(T=float), scale=scale)
-    spent = float(mechanism.map(float(sensitivity)))
+    kind, atom = ("i64", dp.atom_domain(T="i64")) if integers else (float, dp.atom_domain(T=float, nan=False))
+    mechanism = dp.m.make_laplace(dp.vector_domain(atom), dp.l1_distance(T=kind), scale=scale)
+    spent = float(mechanism.map(int(math.ceil(sensitivity)) if integers else float(sensitivity)))
     if spent > epsilon * (1 + _NO_SLACK):
         raise ValueError(f"OpenDP's map puts this release at ε = {spent}, above the {epsilon} asked")
-    return list(mechanism([float(v) for v in values])), min(spent, float(epsilon))
+    return list(mechanism([int(v) for v in values] if integers else [float(v) for v in values])), min(spent, float(epsilon))
 
 
 @dataclass

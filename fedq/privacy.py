@@ -356,12 +356,13 @@ class Privacy:
     def noised_for_sharing(self, encoded: torch.Tensor, scale: int, epsilon: float, clip: float, client: str) -> torch.Tensor:
         """What a data owner's worker shares of private int64 `encoded` (fixed precision at `scale`)
         when its owner asked for noise (DataOwner.secure_aggregation(epsilon=, clip=)): the value,
-        its L1 norm clipped to `clip`, with OpenDP's Laplace noise for sensitivity 2 * clip (any two
-        of the owner's datasets give values at most that far apart), re-encoded; `epsilon` charged to
-        every dataset it comes from. The whole tensor is one release of the owner's whole data, so
-        it protects every record even when the other "owners" of an aggregate add nothing. `scale`
-        is the client's word: a wrong one scales the clip and the noise alike (the same ε), so it
-        costs the client accuracy, never the owner privacy."""
+        its L1 norm clipped to `clip` (clip * scale in the ring's units), with OpenDP's discrete
+        Laplace noise for sensitivity 2 * clip * scale (any two of the owner's datasets give values
+        at most that far apart); `epsilon` charged to every dataset it comes from, before any share
+        leaves. The whole tensor is one release of the owner's whole data, so it protects every
+        record even when the other "owners" of an aggregate add nothing. `scale` is the client's
+        word: a wrong one scales the clip and the noise alike (the same ε), so it costs the client
+        accuracy, never the owner privacy."""
         facts = self.facts(encoded)
         sources = facts.sources
         named = sorted(d.name for d in sources if d is not UNRELEASED)
@@ -372,16 +373,15 @@ class Privacy:
             )
         for name in named:
             self.ledger.check(name, float(epsilon))
-        value = encoded.detach().to(torch.float64) / scale
-        norm = float(value.abs().sum())
-        if norm > clip:
-            value = value * (clip / norm)
-        noisy, spent = dp.laplace(value.reshape(-1).tolist(), 2.0 * clip, float(epsilon))
+        bound = min(2**61, max(1, math.floor(clip * scale)))  # the clip in the ring's units (2 * 2^61 fits int64)
+        value = encoded.detach().reshape(-1)
+        norm = float(value.to(torch.float64).abs().sum())
+        if norm > bound:  # (toward zero, a hair inside: the clipped norm never passes the bound)
+            value = (value.to(torch.float64) * (bound / norm * (1 - 1e-12))).trunc().to(torch.int64)
+        noisy, spent = dp.laplace(value.tolist(), 2.0 * bound, float(epsilon), integers=True)
         for name in named:
             self.ledger.charge(name, spent, client)
-        # (post-processing: rounding, and keeping within int64 where a wrong scale would overflow)
-        limit = float(2**62)
-        shared = (torch.tensor(noisy, dtype=torch.float64) * scale).round().clamp(-limit, limit).to(encoded.dtype).reshape(encoded.shape)
+        shared = torch.tensor(noisy, dtype=torch.int64).reshape(encoded.shape)  # (OpenDP saturates at int64's ends)
         # still private (a share of it is released only under the owner's k), as what it came from
         self.mark(shared, Facts(sources, (*facts.history, f"fedq.noise(epsilon={epsilon:g}, clip={clip:g})"), self.stamp(shared)))
         return shared

@@ -77,6 +77,12 @@ class WorkerSettings:
         "product or comparison); past it MakeTriples is refused (RequestTooLargeError), as are pads whose bytes times "
         "the parties pass max_message_bytes", shown="2^26",
     )  # fmt: skip
+    # OpenDP's exact sampler takes ~12 µs an element here, on the worker's one loop thread.
+    max_noised_elements: int = _setting(
+        1 << 21, "elements one sharing of a noising owner's data may hold (each gets OpenDP's exact Laplace noise, "
+        "~12 µs apiece: 2^21 is ~25 s of the worker's time); past it ShareObject is refused (RequestTooLargeError)",
+        shown="2^21",
+    )  # fmt: skip
     data: str | None = _setting(None, "a data owner's script (see workers/) the worker runs before serving, to load its data")
     curve_dir: str | None = _setting(
         None, "a directory of CURVE keys: the worker's socket is encrypted and accepts only the public keys there",

@@ -1316,6 +1316,15 @@ def share_object(worker: Worker, message: ShareObject, reply: Reply) -> None:
         scale = message.scale
         if type(scale) is not int or not 1 <= scale <= 2**62:
             raise ProtocolError("a sharing's scale is an int from 1 to 2^62 (fixed precision's base ** precision)")
+        # What the shares will cost is refused before the noise (its CPU) and its ε are spent on it.
+        if secret.numel() > worker.settings.max_noised_elements:
+            raise RequestTooLargeError(
+                f"object {message.id} on {worker.id!r} has {secret.numel()} elements: its owner noises at most "
+                f"{worker.settings.max_noised_elements} in one sharing (max_noised_elements)"
+            )
+        if 8 * secret.numel() > worker.settings.max_message_bytes:
+            raise RequestTooLargeError(f"a share of {8 * secret.numel()} bytes is over max_message_bytes ({worker.settings.max_message_bytes})")
+        _check_room(worker, 8 * secret.numel())
         noise = worker.aggregates.noise
         secret = worker.privacy.noised_for_sharing(secret, scale, noise.epsilon, noise.clip, reply.caller_name)
     # Each other party's share is a seed it expands (ring.expand: 32 bytes sent, not 8 per element);

@@ -55,10 +55,12 @@ def noisy(hook):
 
 @pytest.fixture(scope="module")
 def limited(hook):
-    """Noising owners with limits: one with a small store, two whose messages are small."""
+    """Noising owners with limits: one with a small store, two whose messages are small, one that
+    noises at most 1024 elements a sharing."""
     made = [_start(hook, "bob_store", max_store_bytes=SMALL_STORE),
             _start(hook, "bob_msg", max_message_bytes=SMALL_MESSAGE),
-            _start(hook, "alice_msg", max_message_bytes=SMALL_MESSAGE)]
+            _start(hook, "alice_msg", max_message_bytes=SMALL_MESSAGE),
+            _start(hook, "bob_noise", max_noised_elements=1024)]
     yield made
     for worker in made:
         worker.shutdown()
@@ -89,21 +91,26 @@ def _release_with_a_zero(bobs, dp_bob, dp_alice):
 
 # The owner's worker noises and charges its budget first, then sends the other parties their
 # shares: when another party refuses its share (here: an id it holds already, a crafted
-# ShareObject), the sharing fails, nothing was released, and ε is gone from bob's budget anyway.
-# A client (or any slow or full party) drains an owner's budget at no privacy loss and no value.
-@succeeds("a sharing another party refuses (DuplicateIdError on alice) is charged ε on bob: budget spent, nothing released")
-def test_a_sharing_another_party_refuses_costs_the_owner_no_budget(hook, noisy):
+# ShareObject), the sharing fails and ε is gone from bob's budget anyway. That is the design, not
+# the hole it looks like: charging only once every party confirmed would let a party that kept
+# its share and answered "refused" (a key holder's own worker) take noisy values for free, and
+# what a client burns this way any key holder can spend by sharing for real (a budget is the
+# dataset's, whoever asks: dp.py). What must hold: the refused sharing lets nothing out, and
+# charges exactly once.
+def test_a_sharing_another_party_refuses_is_charged_once_and_releases_nothing(hook, noisy):
     dp_bob, dp_alice = noisy
     encoded = trained_update(dp_bob).fix_precision()
     taken = th.zeros(1, dtype=th.int64).send(dp_alice)
     client = hook.local_worker
     client.sync()
     before = _spent(dp_bob)
-    parties = ((dp_bob.id, dp_bob.address, dp_bob.incarnation, new_id()),
+    ours = new_id()
+    parties = ((dp_bob.id, dp_bob.address, dp_bob.incarnation, ours),
                (dp_alice.id, dp_alice.address, dp_alice.incarnation, taken.id_at_location))
     with pytest.raises(DuplicateIdError):
         client.request(dp_bob.address, ShareObject(encoded.child.id_at_location, parties, secrets.token_hex(16), encoded.scale))
-    assert _spent(dp_bob) == before, f"ε {_spent(dp_bob) - before:g} spent on a sharing that was refused"
+    assert _spent(dp_bob) == pytest.approx(before + EPSILON), "a refused sharing is charged once, before its shares leave"
+    assert th.equal(taken.get(), th.zeros(1, dtype=th.int64))  # alice's object is as it was: no share of bob's in it
 
 
 # --------------------------------------------------------------------------- memory and CPU
@@ -112,11 +119,10 @@ def test_a_sharing_another_party_refuses_costs_the_owner_no_budget(hook, noisy):
 # An expanded view of bob's (1, 4) update is 32 bytes in the store whatever its shape: the
 # noise materialises it (float64 copies, then a Python list of every element for OpenDP, whose
 # sampler takes ~33 us an element here: ~4 s for these 2^17, about an hour for 2^27), and only
-# then is the share put into the store and refused (StoreFullError), ε charged. The store's cap
-# bounds what the worker keeps, not what this path makes or how long it runs.
-@succeeds("a 32-byte expanded view is noised element by element (seconds of OpenDP, ε charged) before the store refuses its 1 MiB share")
+# then was the share put into the store and refused (StoreFullError), ε charged. Now the sizes
+# are checked first (and max_noised_elements bounds the noise's CPU, as the next test shows).
 def test_a_sharing_past_the_store_is_refused_before_it_is_noised(limited):
-    dp_bob, _, _ = limited
+    dp_bob = limited[0]
     encoded = trained_update(dp_bob).fix_precision()
     view = encoded.child.expand(1 << 15, 4)  # 2^17 elements, 1 MiB made, 4 times the store
     before = _spent(dp_bob)
@@ -124,15 +130,14 @@ def test_a_sharing_past_the_store_is_refused_before_it_is_noised(limited):
     with pytest.raises((sy.StoreFullError, RequestTooLargeError)):
         share_many([view], [dp_bob], scale=encoded.scale)
     took = time.monotonic() - started
+    # (uncharged: refused before the noise, which its charge follows at once; no timing asserted)
     assert _spent(dp_bob) == before, f"ε {_spent(dp_bob) - before:g} spent on a sharing refused for room (after {took:.1f} s)"
-    assert took < 2.0, f"the worker worked {took:.1f} s on a sharing it refused"
 
 
-# The same without a store cap: the seeded share the other party is sent is refused there when
-# its elements pass max_message_bytes, but only after bob noised all of them (and charged ε).
-@succeeds("bob noises (and charges for) a sharing whose seeded share every party refuses as past max_message_bytes")
+# The same without a store cap: the seeded share the other party is sent was refused there when
+# its elements passed max_message_bytes, but only after bob noised all of them (and charged ε).
 def test_a_sharing_past_max_message_bytes_is_refused_before_it_is_noised(limited):
-    _, dp_bob, dp_alice = limited
+    dp_bob, dp_alice = limited[1:3]
     encoded = trained_update(dp_bob).fix_precision()
     view = encoded.child.expand(1 << 15, 4)  # 2^17 elements: 1 MiB, twice what a message may carry
     before = _spent(dp_bob)
@@ -141,7 +146,20 @@ def test_a_sharing_past_max_message_bytes_is_refused_before_it_is_noised(limited
         share_many([view], [dp_bob, dp_alice], scale=encoded.scale)
     took = time.monotonic() - started
     assert _spent(dp_bob) == before, f"ε {_spent(dp_bob) - before:g} spent on a sharing refused as too large (after {took:.1f} s)"
-    assert took < 2.0, f"the worker worked {took:.1f} s on a sharing it refused"
+
+
+# The noise's CPU is the owner's limit, not the client's choice: OpenDP's exact sampler takes
+# ~12 us an element on the worker's one loop thread, so a sharing of more than
+# max_noised_elements is refused before any of it is noised, and charges nothing.
+def test_a_sharing_past_max_noised_elements_is_refused_uncharged(limited):
+    dp_bob = limited[3]
+    encoded = trained_update(dp_bob).fix_precision()
+    before = _spent(dp_bob)
+    with pytest.raises(RequestTooLargeError, match="max_noised_elements"):
+        share_many([encoded.child.expand(512, 4)], [dp_bob], scale=encoded.scale)  # 2048 elements
+    assert _spent(dp_bob) == before
+    share_many([encoded.child.expand(256, 4)], [dp_bob], scale=encoded.scale)  # 1024: noised, charged
+    assert _spent(dp_bob) == pytest.approx(before + EPSILON)
 
 
 # --------------------------------------------------------------------------- around the noise
@@ -244,7 +262,7 @@ def test_each_sharing_is_noised_afresh(noisy):
 # of them is noised and let out than the budget pays for. (Runs last: it spends bob's budget;
 # bob_store's, whose budget the tests above leave mostly unspent.)
 def test_sharings_sent_at_once_spend_no_more_than_the_budget(hook, limited):
-    dp_bob, _, dp_alice = limited
+    dp_bob, _, dp_alice = limited[:3]
     encoded = trained_update(dp_bob).fix_precision()
     client = hook.local_worker
     client.sync()
