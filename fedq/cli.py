@@ -470,9 +470,7 @@ def keygen(
 
 
 def _make_curve_keys(config: Path, bundles: Optional[Path] = None) -> None:
-    import os
-
-    import zmq.auth
+    from .keys import write_curve_pairs
 
     try:
         federation = load_config(config)
@@ -487,10 +485,7 @@ def _make_curve_keys(config: Path, bundles: Optional[Path] = None) -> None:
         except FedqError as error:
             _fail(error)
         return
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for name in [*federation.workers, "client"]:
-        public, secret = zmq.auth.create_certificates(str(directory), name)
-        os.chmod(secret, 0o600)
+    write_curve_pairs(directory, [*federation.workers, "client"])
     typer.echo(f"wrote CURVE key pairs for {', '.join(federation.workers)} and client to {directory}; "
                "copy each host its own .key_secret and every .key")
 

@@ -91,3 +91,14 @@ def write_key_file(path: Path, key: bytes, *, replace: bool = True) -> None:
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
+
+
+def write_curve_pairs(directory: Path, names: list[str]) -> None:
+    """A CURVE key pair for each of `names` in `directory` (mode 700), as `fedq keygen --curve`
+    writes them: `NAME.key` (public) and `NAME.key_secret` (mode 600)."""
+    import zmq.auth
+
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for name in names:
+        _, secret = zmq.auth.create_certificates(str(directory), name)
+        os.chmod(secret, 0o600)

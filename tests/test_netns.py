@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -25,10 +23,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from fedq.bench.hosts import Namespaces, why_not
 from fedq.cli import app
 from fedq.codec import new_key
 from fedq.keys import write_key_file
-from helpers import gone
 
 HOSTS = {"bob": "10.77.0.1", "alice": "10.77.0.2", "secure_worker": "10.77.0.3", "client": "10.77.0.4"}
 PORT = 5601
@@ -36,89 +34,9 @@ TIMEOUT = 3  # the config's: every call and relay
 HOUSING = Path(__file__).resolve().parent.parent / "workers" / "housing.py"  # bob's and alice's data owners' script
 
 
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
-
-
-def _why_not() -> str | None:
-    if sys.platform != "linux":
-        return "network namespaces are Linux's"
-    if os.geteuid() != 0:
-        return "making network namespaces needs root"
-    if shutil.which("ip") is None:
-        return "no `ip` (iproute2) on this machine"
-    probe = f"fqprobe{os.getpid()}"
-    made = _ip("netns", "add", probe, check=False)
-    if made.returncode != 0:
-        return f"`ip netns add` failed here: {made.stderr.strip()}"
-    _ip("netns", "del", probe, check=False)
-    return None
-
-
-class Namespaces:
-    """The test's namespaces, veths and processes; `close()` removes every one, whatever failed."""
-
-    def __init__(self) -> None:
-        tag = f"{os.getpid() % 100000}"
-        self.ns = {name: f"fq{tag}{name[:2]}" for name in HOSTS}
-        self.switch = f"fq{tag}sw"
-        self.processes: list[subprocess.Popen] = []
-        self.made: list[str] = []
-
-    def build(self) -> None:
-        _ip("netns", "add", self.switch)
-        self.made.append(self.switch)
-        _ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
-        _ip("-n", self.switch, "link", "set", "br0", "up")
-        for i, (name, address) in enumerate(HOSTS.items()):
-            ns = self.ns[name]
-            _ip("netns", "add", ns)
-            self.made.append(ns)
-            _ip("-n", ns, "link", "set", "lo", "up")
-            # One end in the host's namespace (eth0), the other on the switch's bridge.
-            _ip("-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", f"port{i}", "netns", self.switch)
-            _ip("-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
-            _ip("-n", ns, "link", "set", "eth0", "up")
-            _ip("-n", self.switch, "link", "set", f"port{i}", "master", "br0")
-            _ip("-n", self.switch, "link", "set", f"port{i}", "up")
-
-    def run(self, host: str, bundle: Path, mount_at: Path, argv: list[str], **popen: object) -> subprocess.Popen:
-        """`argv` inside `host`'s namespace, seeing only its own key bundle at `mount_at` (a
-        bind mount in the mount namespace `ip netns exec` makes for it)."""
-        script = f'mount --bind "{bundle}" "{mount_at}" && exec "$@"'
-        process = subprocess.Popen(["ip", "netns", "exec", self.ns[host], "sh", "-c", script, "sh", *argv], **popen)  # type: ignore[arg-type]
-        self.processes.append(process)
-        return process
-
-    def link(self, host: str, up: bool) -> None:
-        _ip("-n", self.ns[host], "link", "set", "eth0", "up" if up else "down")
-
-    def close(self) -> list[str]:
-        """Stop every process, delete every namespace; what survived (should be nothing)."""
-        for process in self.processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        for ns in self.made:
-            pids = _ip("netns", "pids", ns, check=False).stdout.split()
-            for pid in pids:  # (anything a process there left behind)
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            _ip("netns", "del", ns, check=False)  # (its veths go with it)
-        listed = _ip("netns", "list", check=False).stdout
-        return [ns for ns in self.made if ns in listed.split()] + [str(p.pid) for p in self.processes if not gone(p.pid, 5)]
-
-
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory: pytest.TempPathFactory):
-    why = _why_not()
+    why = why_not()
     if why is not None:
         pytest.skip(f"no network namespaces: {why}")
     tmp = tmp_path_factory.mktemp("netns")
@@ -141,22 +59,22 @@ def hosts(tmp_path_factory: pytest.TempPathFactory):
     for host, bundle in bundles.items():
         assert {p.name for p in bundle.glob("*.key_secret")} == {f"{host}.key_secret"}
     assert not list(keys_here.iterdir())  # (nothing here but what each host mounts)
-    spaces = Namespaces()
+    spaces = Namespaces(HOSTS)
     try:
         spaces.build()
         workers = {
-            name: spaces.run(name, bundles[name], keys_here, [sys.executable, "-m", "fedq", "up", "--host", name, "--config", str(config)])
+            name: spaces.run(name, [sys.executable, "-m", "fedq", "up", "--host", name, "--config", str(config)], bundles[name], keys_here)
             for name in ("bob", "alice", "secure_worker")
         }
         # Started with the workers (it waits for them): the imports overlap.
         client = spaces.run(
-            "client", bundles["client"], keys_here, [sys.executable, "-c", CLIENT, str(config), spaces.ns["bob"], str(TIMEOUT)],
+            "client", [sys.executable, "-c", CLIENT, str(config), spaces.ns["bob"], str(TIMEOUT)], bundles["client"], keys_here,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         plaintext = spaces.run(
-            "alice", bundles["alice"], keys_here,
+            "alice",
             [sys.executable, "-m", "fedq", "worker", "open", "--address", f"tcp://{HOSTS['alice']}:5700", "--config", "/nonexistent.toml", "--insecure-plaintext"],
-            stderr=subprocess.PIPE, text=True, env={**os.environ, "FEDQ_KEY": new_key().hex()},
+            bundles["alice"], keys_here, stderr=subprocess.PIPE, text=True, env={**os.environ, "FEDQ_KEY": new_key().hex()},
         )
         yield {"spaces": spaces, "workers": workers, "client": client, "plaintext": plaintext, "bundles": bundles, "keys_here": keys_here, "config": config}
     finally:
@@ -328,7 +246,7 @@ def test_status_from_the_clients_host_and_the_owners_stop_from_its_own(hosts):
     spaces, config, keys_here = hosts["spaces"], str(hosts["config"]), hosts["keys_here"]
 
     def fedq(host: str, *args: str) -> subprocess.CompletedProcess:
-        process = spaces.run(host, hosts["bundles"][host], keys_here, [sys.executable, "-m", "fedq", *args, "--config", config],
+        process = spaces.run(host, [sys.executable, "-m", "fedq", *args, "--config", config], hosts["bundles"][host], keys_here,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})  # fmt: skip
         stdout, stderr = process.communicate(timeout=90)
         return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)

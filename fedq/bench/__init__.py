@@ -7,6 +7,8 @@
     fl.py          --fl: issue 17's FedAvg workloads as fedq rounds (flworkloads.py: models, shards,
                    plain torch's FedAvg), Flower beside them when installed (flower.py, _flower_probe.py)
     startup.py     starting N workers, python -c and from the zygote: time until all answer, PSS each
+    hosts.py       network namespaces as hosts (tests/test_netns.py's too): (x + x).get() and 64 MiB across two,
+                   tcp + CURVE, beside loopback with and without CURVE (_hosts_probe.py: the client there)
     targets.py     the issue's targets and the checks of figures against them
     report.py      the rich table and the JSON file
     suite.py       the plan (full or --quick) and the order sections run in

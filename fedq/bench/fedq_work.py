@@ -164,10 +164,11 @@ def measure_transfer(fleet: Fleet, worker: sy.VirtualWorker, size_mib: int, *, r
     """send then get of one tensor, with the peak RSS of the worker (fresh, so its idle RSS is
     known) and of this process over exactly these repeats."""
     tensor = tensor_of(size_mib)
-    worker.ping()
-    worker_idle = rss_bytes(worker.pid)
+    answer = worker.ping()
+    pid = worker.pid if worker.pid is not None else answer.pid  # (one we only connected to: its own word; same machine)
+    worker_idle = rss_bytes(pid)
     # The peaks are reset, not read since process start: the start-up (importing torch) is not this work.
-    peak_reset = reset_peak(worker.pid) and reset_peak()
+    peak_reset = reset_peak(pid) and reset_peak()
     client_before = rss_bytes()
     bytes_before = _client_bytes(fleet.client)
     number = calls_per_sample(size_mib)
@@ -187,14 +188,14 @@ def measure_transfer(fleet: Fleet, worker: sy.VirtualWorker, size_mib: int, *, r
         if i:
             sends.append(send_s / number)
             gets.append(get_s / number)
-    worker_peak, client_peak = peak_bytes(worker.pid), peak_bytes()
+    worker_peak, client_peak = peak_bytes(pid), peak_bytes()
     return {
         "payload_bytes": tensor.nbytes,
         "send": summarize(sends, number).to_json(),
         "get": summarize(gets, number).to_json(),
         "roundtrip": summarize([s + g for s, g in zip(sends, gets, strict=True)], number).to_json(),
         "peak_reset": peak_reset,  # False: the peaks below count from process start
-        "worker_pid": worker.pid,
+        "worker_pid": pid,
         "worker_idle_rss": worker_idle,
         "worker_peak_rss": worker_peak,
         "client_rss_before": client_before,  # the source tensor is already in it

@@ -65,10 +65,15 @@ def summary(results: dict[str, Any]) -> list[str]:
     lines.append(f"gate: more than {results['gate']['factor']:g}× off target in two runs: {'; '.join(failed)}" if failed else "gate: ok (nothing more than 2× off target)")
     if noise:
         lines.append(f"      (off in the first run only, taken for noise: {'; '.join(noise)})")
-    for section in ("floor", "torch_rpc", "pysyft029", "fedq"):
+    for section in ("floor", "torch_rpc", "pysyft029", "fedq", "hosts"):
         data = results.get(section)
         if isinstance(data, dict) and "error" in data:
             lines.append(f"{section} failed: {data['error'].strip().splitlines()[-1]}")
+    hosts = results.get("hosts")
+    if isinstance(hosts, dict) and hosts.get("status") == "skipped":
+        lines.append(f"across hosts: skipped ({hosts['reason']})")
+    if isinstance(hosts, dict) and hosts.get("left_behind"):
+        lines.append(f"across hosts: left behind (should be nothing): {', '.join(hosts['left_behind'])}")
     if results.get("pysyft029") is None:
         lines.append("PySyft 0.2.9: not installed at /tmp/syft029 (skipped)")
     transfers = (results.get("fedq") or {}).get("transfer") or {}

@@ -37,6 +37,8 @@ class Plan:
     move_mib: int = 64
     startup_counts: tuple[int, ...] = (8, 32)  # workers started at once, each way (issue 17)
     plan_calls: int = 500  # calls of a 10-op plan per burst, and bursts of the same 10 ops (--quick: 100)
+    hosts: bool = True  # the hosts section (issue 18: network namespaces; tens of seconds: not in --quick)
+    hosts_mib: int = 64
 
     @classmethod
     def full(cls) -> "Plan":
@@ -53,6 +55,7 @@ class Plan:
             quick=True, sizes_mib=(1, 64), echo_number=300, latency_number=100, latency_repeats=5,
             pipelined_ops=2_000, rpc_pipelined_calls=1000, pipelined_repeats=3, transfer_repeats=5, plan_calls=100,
             startup_counts=(4,),  # (from a warm zygote only: a cold one, or python -c, imports torch again)
+            hosts=False,
         )
 
 
@@ -78,6 +81,10 @@ DEFINITIONS = {
     "secagg": "seconds per federated round (1 local step per owner) of train_with_secure_aggregation against "
     "train_on_trusted_aggregator on the same owners and model: 2 owners of nn.Linear(4, 1), 4 owners of nn.Linear(1000, 1000) "
     "(--quick: 100); and seconds per x * y, x.mm(y) of two-holder sharings of 1000 x 1000 int64 (--quick: 100), crypto provider included",
+    "hosts": "the lesson's (x + x).get() (seconds per call) and a send + get of hosts_mib MiB (as tensor_roundtrip) from a "
+    "client in one network namespace to a worker in another, joined by veths and a bridge (tcp + CURVE: namespaces), beside "
+    "the same to a worker on the client's loopback with CURVE (loopback_curve) and without it (loopback, from the bench's own "
+    "process); needs root and ip: else skipped, with the reason",
     "gate": "checks whose ratio is more than twice as bad as the target (for a known miss recorded in "
     "baseline.json: as its recorded ratio) in two runs in a row (the second runs only if the first "
     "failed: first_run_failed); any makes `fedq bench` exit with code 3",
@@ -130,6 +137,7 @@ def _measure(plan: Plan, log: Callable[[str], None]) -> dict[str, Any]:
     """One run of every section, one after the other."""
     from .fedq_work import measure_fedq
     from .floor import measure_floor
+    from .hosts import measure_hosts
     from .secagg import measure_secagg
     from .startup import measure_startup
     from .syft029 import measure_pysyft029
@@ -169,5 +177,8 @@ def _measure(plan: Plan, log: Callable[[str], None]) -> dict[str, Any]:
         transfer_repeats=plan.transfer_repeats, move_mib=plan.move_mib, plan_calls=plan.plan_calls), log)
     results["secagg"], durations["secagg"] = _section("fedq: secure aggregation and shared products", lambda: measure_secagg(
         quick=plan.quick, repeats=1 if plan.quick else 3), log)
+    if plan.hosts:
+        results["hosts"], durations["hosts"] = _section("fedq across hosts: network namespaces, tcp + CURVE", lambda: measure_hosts(
+            number=plan.latency_number, repeats=plan.latency_repeats, transfer_repeats=plan.transfer_repeats, size_mib=plan.hosts_mib), log)
     results["meta"]["durations_s"] = durations
     return results

@@ -164,6 +164,24 @@ def evaluate(results: dict[str, Any]) -> list[Check]:
     rounds = _ms(fq, "trusted_aggregator", "round")
     add("trusted-aggregator round (2 owners)", rounds, "ms", "—", None, None)
 
+    # Across hosts (issue 18): network namespaces, tcp + CURVE, beside loopback with and without CURVE (full runs only)
+    if "hosts" in results:
+        hosts = results["hosts"] or {}
+        # A section that could not run says why in the peer column (never a gate failure: n/a).
+        why = hosts.get("reason") or hosts.get("error")
+        mib = _get(results, "plan", "hosts_mib") or 64
+        work = {"latency": "(x + x).get(), across namespaces, tcp + CURVE", "transfer": f"send + get {mib} MiB, across namespaces, tcp + CURVE"}
+        if why:
+            for name in work.values():
+                add(name, None, "ms" if name.startswith("(x") else "GiB/s", f"skipped: {why}" if hosts.get("reason") else f"failed: {why}", None, None)
+        else:
+            latency = {path: _ms(hosts, path, "latency") for path in ("namespaces", "loopback_curve", "loopback")}
+            gibs = {path: _gibs(results, "hosts", str(mib), path, "transfer", "roundtrip") for path in ("namespaces", "loopback_curve", "loopback")}
+            for path, peer in (("loopback_curve", "the same, loopback tcp + CURVE"), ("loopback", "the same, loopback tcp, no CURVE")):
+                add(work["latency"], latency["namespaces"], "ms", peer, latency[path], None)
+            for path, peer in (("loopback_curve", "the same, loopback tcp + CURVE"), ("loopback", "the same, loopback tcp, no CURVE")):
+                add(work["transfer"], gibs["namespaces"], "GiB/s", peer, gibs[path], None)
+
     # Secure aggregation (issue 16): each round beside the trusted-aggregator round on the same work
     secagg = results.get("secagg") or {}
     for key, work, bound in (("linear_2_owners", "secure-aggregation round (2 owners, linear)", None),
