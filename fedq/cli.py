@@ -126,6 +126,11 @@ def up(
     # (\\[: rich would take a bare [ray] for markup and drop it)
     on: Optional[str] = typer.Option(None, "--on", help="`ray`: place every worker of the config as a Ray actor instead (the fedq\\[ray] extra)."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --on ray: an existing Ray cluster's address (default: a local instance, started and stopped here)."),
+    owners: Optional[int] = typer.Option(None, "--owners", min=1, help="With --on ray: N generated data owners (owner0..) and an aggregator instead of a config's workers."),
+    write_config: Path = typer.Option(Path("ray-owners.toml"), "--write-config", help="With --owners: where their config (what clients join by) is written, its keys beside it."),
+    owner_data: Optional[Path] = typer.Option(None, "--owner-data", help="With --owners: each owner's data script (default: workers/housing.py, a synthetic shard each)."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="With --owners: the generated config's timeout (default: the setting's)."),
+    num_cpus: Optional[float] = typer.Option(None, "--num-cpus", min=0.01, help="With --on ray: CPUs Ray reserves for each worker (default: 1; --owners: the cluster's shared among them, at most 1)."),
     threads: Optional[int] = typer.Option(None, min=1, help=_setting_help("threads")),
     verbose: bool = typer.Option(False, "--verbose", "-v", help=_setting_help("verbose")),
 ) -> None:
@@ -134,8 +139,13 @@ def up(
     from .launcher import start_worker_process
 
     if on is not None:
-        _up_on(on, config, host, ray_address)
+        generated = {"owners": owners, "write_config": write_config, "owner_data": owner_data, "timeout": timeout} if owners is not None else None
+        if generated is not None and config != DEFAULT_CONFIG:
+            _fail(ConfigError("--owners generates the config (--write-config says where): give no --config"))
+        _up_on(on, config, host, ray_address, generated, num_cpus)
         return
+    if owners is not None or owner_data is not None or timeout is not None or num_cpus is not None:
+        _fail(ConfigError("--owners, --owner-data, --timeout and --num-cpus are for --on ray (a config says its workers and timeout)"))
     try:
         federation = load_config(config)
         here = federation.workers_here(host)
@@ -170,8 +180,10 @@ def up(
     raise typer.Exit(code)
 
 
-def _up_on(on: str, config: Path, host: Optional[str], ray_address: Optional[str]) -> None:
-    """`fedq up --on ray`: every worker of the config a Ray actor, until Ctrl-C, SIGTERM or one exits."""
+def _up_on(
+    on: str, config: Path, host: Optional[str], ray_address: Optional[str], generated: Optional[dict[str, Any]] = None, num_cpus: Optional[float] = None
+) -> None:
+    """`fedq up --on ray`: every worker of the config (or `generated` owners) a Ray actor, until Ctrl-C, SIGTERM or one exits."""
     from .ray_placement import up_on_ray
 
     try:
@@ -179,10 +191,15 @@ def _up_on(on: str, config: Path, host: Optional[str], ray_address: Optional[str
             raise ConfigError(f"--on {on}: the only placement engine is ray")
         if host is not None:
             raise ConfigError("--host and --on ray: Ray places every worker of the config itself")
-        placed = up_on_ray(config, address=ray_address)
+        if generated is None:
+            placed = up_on_ray(config, address=ray_address, num_cpus=num_cpus)
+        else:
+            options = {k: v for k, v in generated.items() if v is not None}
+            placed = up_on_ray(address=ray_address, num_cpus=num_cpus, **options)
     except FedqError as error:
         _fail(error)
-    typer.echo(f"placed {', '.join(placed.actors)} on Ray; Ctrl-C stops them")
+    joined = f"; clients join by {placed.config} (sy.connect(hook, NAME, config=...))" if generated is not None else ""
+    typer.echo(f"placed {', '.join(placed.actors)} on Ray{joined}; Ctrl-C stops them")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     code = 1
     try:

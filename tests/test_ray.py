@@ -1,10 +1,13 @@
-"""`fedq up --on ray` (issue 18): a config's workers placed as Ray actors on a local Ray instance
-the command starts, found by clients exactly as from the config; a worker killed (as its node
-dying would) fails calls within the config's timeout and stops the federation, Ray included: no
-process of it survives, even when the test fails. Skipped where Ray is not installed."""
+"""`fedq up --on ray` (issue 18): a config's workers, or N generated data owners and an aggregator,
+placed as Ray actors on a local Ray instance the command starts, found by clients exactly as from
+a config (the generated one: the file it writes); a worker killed (as its node dying would) fails
+calls within the config's timeout and stops the federation, Ray included: no process of it
+survives, even when the test fails. Each test starts its Ray instance once: one by the config's
+workers, one of the generated owners. Skipped where Ray is not installed."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -12,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -20,7 +24,7 @@ import torch as th
 
 import fedq as sy
 from fedq.keys import write_key_file
-from helpers import free_port
+from helpers import free_port, gone
 
 pytest.importorskip("ray", reason="Ray is not installed (pip install 'fedq[ray]')")
 
@@ -92,6 +96,124 @@ def test_workers_placed_on_ray_serve_the_config_and_a_killed_one_stops_them_all(
                 up.wait(30)
             except subprocess.TimeoutExpired:
                 up.kill()
+        for pid in _ray_processes(tmp):  # (whatever failed: nothing of it is left)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+OWNERS = 3
+ROUND_CLIENT = textwrap.dedent(
+    """
+    import json, os, signal, sys, time
+    import torch as th, fedq as sy
+    from fedq.federated import find_owner_data, train_on_trusted_aggregator
+    from torch import nn
+
+    config, n, TIMEOUT = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    began = time.monotonic()
+    hook = sy.TorchHook(th)
+    seconds = {}  # since the imports
+    deadline = time.monotonic() + 150
+    while not os.path.exists(config):  # written once Ray has placed every actor
+        assert time.monotonic() < deadline, "no config written"
+        time.sleep(0.2)
+    seconds["config written"] = time.monotonic() - began
+    names = [f"owner{i}" for i in range(n)] + ["aggregator"]
+    handles = {name: sy.connect(hook, name, config=config) for name in names}
+    client = hook.local_worker
+    for w in handles.values():
+        while True:  # the actors may still be importing torch
+            try:
+                w.ping(timeout=2)
+                break
+            except sy.WorkerUnreachableError:
+                assert time.monotonic() < deadline, f"{w.id} did not come up"
+    seconds["all answering"] = time.monotonic() - began
+    out = {"seconds": seconds, "addresses": {name: w.address for name, w in handles.items()}, "pids": {name: w.ping().pid for name, w in handles.items()}}
+
+    # The trusted-aggregator round over the generated owners, through the public API.
+    owners = find_owner_data([handles[f"owner{i}"] for i in range(n)])
+    out["shard shapes"] = [list(x.shape) for x, _ in owners]
+    th.manual_seed(0)
+    model = nn.Linear(owners[0][0].shape[1], 1)
+    before = model.weight.detach().clone()
+    for w in handles.values():  # (a worker's first DP release loads OpenDP: longer than 3 s on a busy machine)
+        client.peers.timeouts[w.address] = 60.0
+    rounds = train_on_trusted_aggregator(model, owners, handles["aggregator"], rounds=1, local_steps=1, lr=0.1, progress=False)
+    for w in handles.values():
+        client.peers.timeouts[w.address] = TIMEOUT
+    out["round losses"] = sorted(rounds[0].losses)
+    out["model trained"] = bool(th.isfinite(model.weight).all()) and not th.equal(model.weight.detach(), before)
+    seconds["round done"] = time.monotonic() - began
+    del owners
+
+    # One owner's worker process killed, as its node dying would: a call to it fails within the timeout, naming it.
+    victim = f"owner{n - 1}"
+    os.kill(out["pids"][victim], signal.SIGKILL)
+    started = time.monotonic()
+    try:
+        handles[victim].ping()
+        out["killed"] = "answered"
+    except sy.WorkerUnreachableError as error:
+        out["killed"] = str(error).splitlines()[0]
+    out["killed after"] = time.monotonic() - started
+    print(json.dumps(out), flush=True)
+    """
+)
+
+
+def test_generated_owners_on_ray_serve_a_round_and_a_killed_one_fails_within_the_timeout():
+    """`fedq up --on ray --owners 3`: owner0..owner2 (each its housing shard) and an aggregator,
+    each bound at its node's address, found by the config the command writes (CURVE on, keys
+    beside it); a client in another process joins by that file and runs a trusted-aggregator
+    round; one owner's process SIGKILLed fails calls within the config's timeout, naming it, and
+    the command stops the rest and Ray: no process of it survives, even when the test fails."""
+    tmp = tempfile.mkdtemp(prefix="fqrayo", dir="/tmp")  # (short: Ray's sockets live under it)
+    config = Path(tmp) / "owners.toml"
+    log = (Path(tmp) / "up.log").open("w")  # (a file: Ray's worker logs in a pipe nobody reads could stall it)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "fedq", "up", "--on", "ray", "--owners", str(OWNERS), "--write-config", str(config), "--timeout", str(TIMEOUT)],
+        stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ, "RAY_TMPDIR": tmp},
+    )  # fmt: skip
+    # Started at once: the client's imports overlap Ray's start; it waits for the config.
+    client = subprocess.Popen(
+        [sys.executable, "-c", ROUND_CLIENT, str(config), str(OWNERS), str(TIMEOUT)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        stdout, stderr = client.communicate(timeout=240)
+        assert client.returncode == 0, (stderr, Path(tmp, "up.log").read_text())
+        assert "placed owner0, owner1, owner2, aggregator on Ray; clients join by" in up.stdout.readline()
+        out = json.loads(stdout.strip().splitlines()[-1])
+        print(out)  # (the timings, in the report of a failing run)
+        names = [f"owner{i}" for i in range(OWNERS)]
+        addresses = out["addresses"]
+        assert all(a.startswith("tcp://") for a in addresses.values()) and len(set(addresses.values())) == OWNERS + 1
+        assert len(set(out["pids"].values())) == OWNERS + 1  # a process each
+        assert out["shard shapes"] == [[64, 4]] * OWNERS  # each owner's synthetic houses
+        assert out["round losses"] == names and out["model trained"] is True
+        victim = f"owner{OWNERS - 1}"
+        assert f"'{victim}'" in out["killed"] and f"within {TIMEOUT}s" in out["killed"], out["killed"]
+        assert out["killed after"] < TIMEOUT + 2
+        assert up.wait(60) == 1  # it notices, and stops the other owners, the aggregator and Ray
+        assert f"worker {victim} exited; stopping the others" in Path(tmp, "up.log").read_text()
+        survivors = [pid for name, pid in out["pids"].items() if name != victim and not gone(pid, 20)]
+        assert survivors == []
+        deadline = time.monotonic() + 20
+        while _ray_processes(tmp) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _ray_processes(tmp) == []
+    finally:
+        for process in (client, up):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+        log.close()
         for pid in _ray_processes(tmp):  # (whatever failed: nothing of it is left)
             try:
                 os.kill(pid, signal.SIGKILL)
