@@ -47,7 +47,7 @@ def _fedavg(model: nn.Module, shards: list, *, local_steps: int, lr: float, batc
 
 def _same(model: nn.Module, reference: nn.Module) -> None:
     for (name, p), q in zip(model.named_parameters(), reference.parameters()):
-        assert th.allclose(p.detach(), q.detach(), atol=1e-6), (name, p, q)
+        assert th.equal(p.detach(), q.detach()), (name, p, q)  # (the same kernels on the same values: to the bit)
 
 
 @pytest.fixture
@@ -63,7 +63,7 @@ def test_a_round_of_batches_is_one_plan_per_owner_and_gives_plain_torchs_fedavg(
     data, target = owners[0]
     plans = local_sgd_plans(model, data, target, 4, 0.1, 3)  # (the last batch of 10 rows wraps: 9:12 is one row)
     assert plans is not None and len(plans) == 1
-    assert plans[0].actions.count("Tensor.backward") == 4 and "Tensor.add_" in plans[0].actions
+    assert plans[0].actions.count("Tensor.backward") == 4 and plans[0].actions.count("torch._foreach_add_") == 4
     for _ in range(2):  # the second round runs the plan traced for the first
         train_on_trusted_aggregator(model, owners, secure_worker, rounds=1, local_steps=4, lr=0.1, batch_size=3, progress=False)
         _fedavg(reference, _shards(2), local_steps=4, lr=0.1, batch_size=3)
@@ -76,7 +76,7 @@ def test_a_round_of_batches_is_one_plan_per_owner_and_gives_plain_torchs_fedavg(
 def test_long_local_training_is_cut_into_plans_called_in_turn(hook, owners, secure_worker, monkeypatch):
     from fedq.federated import local_plans
 
-    monkeypatch.setattr(local_plans, "MAX_STEPS_PER_PLAN", 60)  # (a step of this MLP is ~25 ops: 2 a plan)
+    monkeypatch.setattr(local_plans, "MAX_STEPS_PER_PLAN", 45)  # (a one-step plan of this MLP is 22 ops: 2 steps a plan)
     model, reference = _mlp(), _mlp()
     plans = local_sgd_plans(model, *owners[0], 5, 0.1, 4)
     assert plans is not None and [p.actions.count("Tensor.backward") for p in plans] == [2, 2, 1]
