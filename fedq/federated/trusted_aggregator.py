@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from copy import deepcopy
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
@@ -98,7 +99,7 @@ def _one_round(
 ) -> RoundResult:
     """One round: train a copy where each owner's data is, move the copies to the aggregator,
     average there, and bring back only the average."""
-    copies = [model.copy() for _ in owners]
+    copies = [_sharing_copy(model) for _ in owners]
     sending = Batch()  # (a large model's parameters: every owner's awaited together, not one wait each)
     for copy, (data, _) in zip(copies, owners):
         sending.send(copy, data.location)
@@ -145,6 +146,15 @@ def _one_round(
             param.set_(value)
     del copies, optimizers, last_losses, averages  # frees everything the round left on the workers
     return RoundResult(number, losses)
+
+
+def _sharing_copy(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose parameters share its memory, for a send that reads them before
+    anything writes them (a send waits for what goes zero-copy; the rest is pickled at once).
+    `model.copy()` cloned every parameter once per owner: with torch's two threads in this process
+    on a loaded machine, 8 clones of workload B's MLP took 70-180 ms of a round."""
+    memo = {id(p): nn.Parameter(p.detach(), requires_grad=p.requires_grad) for p in model.parameters()}
+    return deepcopy(model, memo)
 
 
 def plot_losses(results: Sequence[RoundResult], path: str) -> str:
