@@ -199,7 +199,7 @@ def _up_on(
     except FedqError as error:
         _fail(error)
     joined = f"; clients join by {placed.config} (sy.connect(hook, NAME, config=...))" if generated is not None else ""
-    typer.echo(f"placed {', '.join(placed.actors)} on Ray{joined}; Ctrl-C stops them")
+    typer.echo(f"placed {', '.join(placed.actors)} on Ray at {placed.ray_address}{joined}; Ctrl-C stops them")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     code = 1
     try:

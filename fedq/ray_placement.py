@@ -76,6 +76,7 @@ class RayFederation:
     served: dict[str, Any]  # id -> the ObjectRef that resolves when that worker exits
     started_ray: bool
     config: Path  # what clients join by (for generated owners: the config written for them)
+    ray_address: str  # the cluster's (more can be placed on it: `fedq up --on ray --ray-address A`)
     stopped: bool = field(default=False)
 
     def exited(self, timeout: float = 0.0) -> list[str]:
@@ -158,7 +159,7 @@ def up_on_ray(
         raise
     path = Path(config).resolve()
     served = {id: actor.serve.remote(id, str(path), max(1, int(num_cpus))) for id, actor in actors.items()}
-    return RayFederation(ray, actors, served, started, path)
+    return RayFederation(ray, actors, served, started, path, ray.get_runtime_context().gcs_address)
 
 
 def write_owners_config(path: str | Path, addresses: dict[str, str], *, owner_data: Path, timeout: float | None = None) -> Path:

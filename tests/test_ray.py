@@ -1,14 +1,16 @@
-"""`fedq up --on ray` (issue 18): a config's workers, or N generated data owners and an aggregator,
-placed as Ray actors on a local Ray instance the command starts, found by clients exactly as from
-a config (the generated one: the file it writes); a worker killed (as its node dying would) fails
-calls within the config's timeout and stops the federation, Ray included: no process of it
-survives, even when the test fails. Each test starts its Ray instance once: one by the config's
-workers, one of the generated owners. Skipped where Ray is not installed."""
+"""`fedq up --on ray` (issue 18): N generated data owners and an aggregator, or a config's workers,
+placed as Ray actors, found by clients exactly as from a config (the generated one: the file the
+command writes); a worker killed (as its node dying would) fails calls within the config's timeout
+and stops its federation. Ray starts once for the module: the owners' command starts a local
+instance (and stops it with them: no process of it survives, even when a test fails), and the
+config's workers are placed on it by its address. Skipped where Ray is not installed."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import select
 import shutil
 import signal
 import socket
@@ -29,6 +31,7 @@ from helpers import free_port, gone
 pytest.importorskip("ray", reason="Ray is not installed (pip install 'fedq[ray]')")
 
 TIMEOUT = 3
+OWNERS = 3  # generated data owners, and an aggregator
 
 
 def _ray_processes(tmp: str) -> list[int]:
@@ -46,8 +49,57 @@ def _ray_processes(tmp: str) -> list[int]:
     return found
 
 
-def test_workers_placed_on_ray_serve_the_config_and_a_killed_one_stops_them_all(hook):
+def _ray_environment(tmp: str) -> dict[str, str]:
+    """Ray under `tmp`, with token authentication said outright: a new local instance turns it on
+    by itself, but a driver given the instance's address must be told (Ray >= 2.5x; older ones ignore it)."""
+    return {**os.environ, "RAY_TMPDIR": tmp, "RAY_AUTH_MODE": "token"}
+
+
+def _kill_all(tmp: str) -> None:
+    for pid in _ray_processes(tmp):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    """The module's one local Ray instance: `fedq up --on ray --owners 3` starts it, placing the
+    generated owners (a quarter CPU each: the config's workers join the same two cores), whose
+    test runs last and ends it; the config's workers are placed on it by its address. Nothing of
+    it survives the module, even when a test fails."""
     tmp = tempfile.mkdtemp(prefix="fqray", dir="/tmp")  # (short: Ray's sockets live under it)
+    config = Path(tmp) / "owners.toml"
+    log = Path(tmp) / "up.log"  # (a file: Ray's worker logs in a pipe nobody reads could stall it)
+    with log.open("w") as stderr:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "fedq", "up", "--on", "ray", "--owners", str(OWNERS), "--num-cpus", "0.25",
+             "--write-config", str(config), "--timeout", str(TIMEOUT)],
+            stdout=subprocess.PIPE, stderr=stderr, text=True, env=_ray_environment(tmp),
+        )  # fmt: skip
+    try:
+        ready, _, _ = select.select([up.stdout], [], [], 150)
+        placed = up.stdout.readline() if ready else ""
+        found = re.search(r" on Ray at (\S+); clients join by ", placed)
+        assert found, (placed, log.read_text())
+        yield {"tmp": tmp, "up": up, "config": config, "log": log, "placed": placed, "address": found.group(1)}
+    finally:
+        if up.poll() is None:
+            up.send_signal(signal.SIGTERM)
+            try:
+                up.wait(30)
+            except subprocess.TimeoutExpired:
+                up.kill()
+        _kill_all(tmp)  # (whatever failed: nothing of it is left)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_workers_placed_on_ray_serve_the_config_and_a_killed_one_stops_them_all(hook, ray_instance):
+    """A config's workers placed on a running cluster (`--ray-address`): the cluster is not
+    theirs, so it stays when they stop; a Ray instance the command starts itself goes with it
+    (the owners' test, last)."""
+    tmp = ray_instance["tmp"]
     ports = {"r1": free_port(), "r2": free_port()}
     write_key_file(Path(tmp) / "session.key", sy.local_client().key)  # (this process joins as a client)
     config = Path(tmp) / "ray.toml"
@@ -56,8 +108,8 @@ def test_workers_placed_on_ray_serve_the_config_and_a_killed_one_stops_them_all(
         + "".join(f'[workers.{n}]\naddress = "tcp://127.0.0.1:{p}"\n' for n, p in ports.items())
     )
     up = subprocess.Popen(
-        [sys.executable, "-m", "fedq", "up", "--on", "ray", "--config", str(config)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "RAY_TMPDIR": tmp},
+        [sys.executable, "-m", "fedq", "up", "--on", "ray", "--config", str(config), "--ray-address", ray_instance["address"], "--num-cpus", "0.5"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_ray_environment(tmp),
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 150
@@ -76,19 +128,18 @@ def test_workers_placed_on_ray_serve_the_config_and_a_killed_one_stops_them_all(
         del x
         hook.local_worker.sync()
         assert (r1.ping().objects, r2.ping().objects) == (0, 0)
+        r1_pid = r1.ping().pid
         os.kill(r2.ping().pid, signal.SIGKILL)  # (as if its node died)
         started = time.monotonic()
         with pytest.raises(sy.WorkerUnreachableError, match="'r2'"):
             r2.ping()
         assert time.monotonic() - started < TIMEOUT + 2
-        out, err = up.communicate(timeout=60)  # it notices, and stops r1 and Ray
+        out, err = up.communicate(timeout=60)  # it notices, and stops r1
         assert up.returncode == 1 and "worker r2 exited; stopping the others" in err, (out, err)
-        deadline = time.monotonic() + 20
-        while _ray_processes(tmp) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert _ray_processes(tmp) == []
+        assert gone(r1_pid, 20)
         with pytest.raises(sy.WorkerUnreachableError):
             r1.ping(timeout=1)
+        assert ray_instance["up"].poll() is None and _ray_processes(tmp)  # the cluster it joined is not its own to stop
     finally:
         if up.poll() is None:
             up.send_signal(signal.SIGTERM)
@@ -96,15 +147,8 @@ def test_workers_placed_on_ray_serve_the_config_and_a_killed_one_stops_them_all(
                 up.wait(30)
             except subprocess.TimeoutExpired:
                 up.kill()
-        for pid in _ray_processes(tmp):  # (whatever failed: nothing of it is left)
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
-OWNERS = 3
 ROUND_CLIENT = textwrap.dedent(
     """
     import json, os, signal, sys, time
@@ -165,27 +209,21 @@ ROUND_CLIENT = textwrap.dedent(
 )
 
 
-def test_generated_owners_on_ray_serve_a_round_and_a_killed_one_fails_within_the_timeout():
-    """`fedq up --on ray --owners 3`: owner0..owner2 (each its housing shard) and an aggregator,
-    each bound at its node's address, found by the config the command writes (CURVE on, keys
-    beside it); a client in another process joins by that file and runs a trusted-aggregator
-    round; one owner's process SIGKILLed fails calls within the config's timeout, naming it, and
-    the command stops the rest and Ray: no process of it survives, even when the test fails."""
-    tmp = tempfile.mkdtemp(prefix="fqrayo", dir="/tmp")  # (short: Ray's sockets live under it)
-    config = Path(tmp) / "owners.toml"
-    log = (Path(tmp) / "up.log").open("w")  # (a file: Ray's worker logs in a pipe nobody reads could stall it)
-    up = subprocess.Popen(
-        [sys.executable, "-m", "fedq", "up", "--on", "ray", "--owners", str(OWNERS), "--write-config", str(config), "--timeout", str(TIMEOUT)],
-        stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ, "RAY_TMPDIR": tmp},
-    )  # fmt: skip
-    # Started at once: the client's imports overlap Ray's start; it waits for the config.
+def test_generated_owners_on_ray_serve_a_round_and_a_killed_one_fails_within_the_timeout(ray_instance):
+    """`fedq up --on ray --owners 3` (the module's instance): owner0..owner2 (each its housing
+    shard) and an aggregator, each bound at its node's address, found by the config the command
+    wrote (CURVE on, keys beside it); a client in another process joins by that file and runs a
+    trusted-aggregator round; one owner's process SIGKILLed fails calls within the config's
+    timeout, naming it, and the command stops the rest and the Ray instance it started: no
+    process of it survives."""
+    tmp, up, config = ray_instance["tmp"], ray_instance["up"], ray_instance["config"]
+    assert ray_instance["placed"].startswith("placed owner0, owner1, owner2, aggregator on Ray at ")
     client = subprocess.Popen(
         [sys.executable, "-c", ROUND_CLIENT, str(config), str(OWNERS), str(TIMEOUT)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         stdout, stderr = client.communicate(timeout=240)
-        assert client.returncode == 0, (stderr, Path(tmp, "up.log").read_text())
-        assert "placed owner0, owner1, owner2, aggregator on Ray; clients join by" in up.stdout.readline()
+        assert client.returncode == 0, (stderr, ray_instance["log"].read_text())
         out = json.loads(stdout.strip().splitlines()[-1])
         print(out)  # (the timings, in the report of a failing run)
         names = [f"owner{i}" for i in range(OWNERS)]
@@ -198,7 +236,7 @@ def test_generated_owners_on_ray_serve_a_round_and_a_killed_one_fails_within_the
         assert f"'{victim}'" in out["killed"] and f"within {TIMEOUT}s" in out["killed"], out["killed"]
         assert out["killed after"] < TIMEOUT + 2
         assert up.wait(60) == 1  # it notices, and stops the other owners, the aggregator and Ray
-        assert f"worker {victim} exited; stopping the others" in Path(tmp, "up.log").read_text()
+        assert f"worker {victim} exited; stopping the others" in ray_instance["log"].read_text()
         survivors = [pid for name, pid in out["pids"].items() if name != victim and not gone(pid, 20)]
         assert survivors == []
         deadline = time.monotonic() + 20
@@ -206,17 +244,6 @@ def test_generated_owners_on_ray_serve_a_round_and_a_killed_one_fails_within_the
             time.sleep(0.2)
         assert _ray_processes(tmp) == []
     finally:
-        for process in (client, up):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-        log.close()
-        for pid in _ray_processes(tmp):  # (whatever failed: nothing of it is left)
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        shutil.rmtree(tmp, ignore_errors=True)
+        if client.poll() is None:
+            client.kill()
+            client.wait()
