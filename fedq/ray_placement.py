@@ -120,7 +120,7 @@ def up_on_ray(
     On a cluster of several nodes that file's directory must be one every node reads (each
     worker reads the config and its keys from its own node's disk, never through Ray)."""
     if (config is None) == (owners is None):
-        raise ConfigError("place either a config's workers or N generated owners (owners=N), not both")
+        raise ConfigError("place a config's workers or N generated owners (owners=N): one of the two")
     if owners is not None and owners < 1:
         raise ConfigError(f"owners={owners}: at least one data owner")
     if owners is not None and not Path(owner_data).exists():

@@ -7,10 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch as th
 from typer.testing import CliRunner
 
 from fedq.cli import app
+from fedq.errors import ConfigError
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,3 +77,18 @@ def test_demo_aggregator_mode_trains_on_the_owners_shards():
     assert done.returncode == 0, done.stderr
     assert "round 10:" in done.stdout and "bob loss" in done.stdout and "alice loss" in done.stdout
     assert done.stdout.rstrip().endswith("[2, 2, 0]")  # only each owner's data is left
+
+
+def test_generated_owners_are_asked_for_only_with_ray_and_without_a_config(tmp_path):
+    """`fedq up --owners N` (issue 18) places generated owners on Ray and writes their config: refused,
+    saying why, without `--on ray`, beside a `--config`, for no owners or a missing data script; all before Ray starts."""
+    from fedq.ray_placement import up_on_ray
+
+    alone = runner.invoke(app, ["up", "--owners", "3"])
+    assert alone.exit_code == 1 and "are for --on ray" in alone.output, alone.output
+    both = runner.invoke(app, ["up", "--on", "ray", "--owners", "3", "--config", str(tmp_path / "fed.toml")])
+    assert both.exit_code == 1 and "give no --config" in both.output, both.output
+    for wrong, said in (({}, "one of the two"), ({"config": tmp_path / "fed.toml", "owners": 2}, "one of the two"), ({"owners": 0}, "at least one"), ({"owners": 2, "owner_data": tmp_path / "none.py"}, "does not exist")):
+        with pytest.raises(ConfigError, match=said):
+            up_on_ray(**wrong)
+    assert not list(tmp_path.iterdir())  # (no config written)
