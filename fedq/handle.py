@@ -9,6 +9,7 @@ returns the same kind of handle for a worker someone else started.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import tempfile
@@ -23,7 +24,7 @@ from .codec import INBAND_LIMIT, new_incarnation, new_key
 from .config import load_config
 from .errors import ConfigError
 from .ids import new_id
-from .launcher import start_worker_process
+from .launcher import running_workers, start_worker_process, thread_budget
 from .messages import (
     AddOwnerData,
     ClearObjects,
@@ -37,6 +38,7 @@ from .messages import (
     PointerSpec,
     RequestInfo,
     Search,
+    SetThreads,
     Shutdown,
     WorkerStatus,
 )
@@ -139,6 +141,10 @@ class VirtualWorker:
             },
             base=given,
         )
+        self._budgeted = given.threads is None  # (the default: the cores divided among this script's workers)
+        if self._budgeted:
+            given = dataclasses.replace(given, threads=thread_budget(running_workers() + 1))
+        self.threads: int = given.threads
         self.process: subprocess.Popen | None = start_worker_process(
             id, self.address, key=self.client.key, settings=given, incarnation=incarnation, admin_key=admin_key
         )
@@ -148,8 +154,20 @@ class VirtualWorker:
         self.client.peers.lease_at(self.address, given.lease_seconds)
         # Not waited for: the first read waits, so several workers start in parallel.
         self.client.submit(self.address, Ping())
+        if self._budgeted:
+            self._share_the_cores()
         if tensors:
             self.load_data(tensors)
+
+    def _share_the_cores(self) -> None:
+        """The cores divided again now that this worker runs too: this script's earlier workers on
+        the default budget are lowered to this one's (pipelined). A first worker alone got every
+        core; beside 8 more on 2 cores its threads took turns with theirs and, on a loaded machine,
+        each parallel op waited for a thread that was not scheduled (issue 17's workload B)."""
+        for other in list(self.workers.spawned.values()):
+            if other is not self and getattr(other, "_budgeted", False) and other.threads > self.threads and other.alive():
+                self.client.submit(other.address, SetThreads(self.threads))
+                other.threads = self.threads
 
     def load_data(self, tensors: "tuple[torch.Tensor, ...] | list[torch.Tensor]") -> None:
         """PySyft's `worker.load_data([x1, x2])`: keep `tensors` (with their `.tag()`s) as this

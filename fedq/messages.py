@@ -351,6 +351,16 @@ class Shutdown(Request):
 
 
 @dataclass
+class SetThreads(Request):
+    """The owner's: run torch's intra-op work on `threads` threads from now on (launcher.py: the
+    machine's cores divided among more workers than when this one started)."""
+
+    owner_action = True
+
+    threads: int
+
+
+@dataclass
 class AddOwnerData(Request):
     """The data owner's: keep `tensors` as its own data, each with its tags (PySyft's
     `VirtualWorker(hook, id=..., data=(x1, x2))`): pinned, found by search, public, and

@@ -102,7 +102,8 @@ class WorkerSettings:
     # default on 2 cores burned 10x the CPU of one thread each (issue 17).
     threads: int | None = _setting(
         None, "torch's intra-op and inter-op threads in the worker; None: this machine's cores divided among the "
-        "workers started with it (a script's running workers, `fedq up`'s, a config's), at least 1",
+        "workers started with it (a script's running workers, `fedq up`'s, a config's), at least 1; a script's "
+        "earlier workers are lowered to it as more start",
     )  # fmt: skip
     verbose: bool = _setting(False, "log every message handled")
     quiet: bool = _setting(False, "log only warnings and errors")

@@ -84,6 +84,7 @@ from .messages import (
     RunOp,
     RunPlan,
     Search,
+    SetThreads,
     Shutdown,
     Slot,
     StoreObject,
@@ -244,6 +245,8 @@ MAX_HOPS = 16
 MAX_RESULTS_PER_OP = 65_536
 #: steps one plan may have (each runs as an op: RunPlan is one message, not one unbounded loop)
 MAX_PLAN_STEPS = 4096
+#: torch threads a SetThreads may ask for
+MAX_THREADS = 1024
 
 
 def freed_pointers(freed: list[Any]) -> list[PointerSpec]:
@@ -1249,6 +1252,16 @@ def shutdown(worker: Worker, message: Shutdown, reply: Reply) -> None:
         )
     reply.ok()
     worker.loop.stop()
+
+
+@handles(SetThreads)
+def set_threads(worker: Worker, message: SetThreads, reply: Reply) -> None:
+    if not reply.by_owner:
+        raise PermissionError(f"only the data owner sets worker {worker.id!r}'s threads: sign with its admin key")
+    if type(message.threads) is not int or not 1 <= message.threads <= MAX_THREADS:
+        raise ProtocolError(f"threads is a whole number from 1 to {MAX_THREADS}")
+    torch.set_num_threads(message.threads)  # (inter-op threads are fixed once torch has used them)
+    reply.ok()
 
 
 # ---- secret sharing: shares and Beaver triples move worker to worker (ring.py, aggregates.py)

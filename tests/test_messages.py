@@ -41,6 +41,7 @@ def test_owner_actions_are_the_listings_searches_and_decisions_and_nothing_else(
     assert owner == {
         "ClearObjects", "Shutdown", "ListObjects", "DescribeObjects", "CountObjects", "Search", "ListRequests", "DecideRequest",
         "AddOwnerData",  # (VirtualWorker(data=(t1, t2)): the owner's own data; refused unsigned, test_conveniences.py)
+        "SetThreads",  # (a script's first worker lowered to the budget of the next; refused unsigned, test_thread_budget.py)
     }
 
 

@@ -3,18 +3,22 @@ keyword, config, `--threads` or the default budget, and shown by `fedq status`."
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch as th
+import zmq
 from typer.testing import CliRunner
 
 import fedq as sy
 from fedq.cli import app
 from fedq.keys import write_key_file
 from fedq.launcher import machine_cores, thread_budget
+from fedq.codec import Codec
+from fedq.messages import Failure, SetThreads
 from helpers import free_port, stop
 
 runner = CliRunner(env={"COLUMNS": "200"})
@@ -47,6 +51,46 @@ def test_a_workers_openmp_threads_sleep_between_ops(hook):
         assert b"OMP_WAIT_POLICY=PASSIVE" in Path(f"/proc/{worker.pid}/environ").read_bytes().split(b"\0")
     finally:
         worker.shutdown()
+
+
+_FIRST_WORKER_LOWERED = """
+import json, torch, fedq as sy
+hook = sy.TorchHook(torch)
+first = sy.VirtualWorker(hook, id="first")
+alone = first.ping().threads
+others = [sy.VirtualWorker(hook, id=f"next{i}") for i in range(2)]
+pinned = sy.VirtualWorker(hook, id="pinned", threads=2)
+print(json.dumps([alone, first.ping().threads, [w.ping().threads for w in others], pinned.ping().threads]))
+"""
+
+
+def test_a_scripts_first_worker_is_lowered_to_the_budget_as_more_start(tmp_path):
+    """Started alone, a script's first worker gets every core; once three run, each has its share
+    (the earlier ones told by SetThreads, the owner's), and a worker given `threads` keeps them."""
+    script = tmp_path / "first.py"
+    script.write_text(_FIRST_WORKER_LOWERED)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    alone, lowered, others, pinned = json.loads(done.stdout.strip().splitlines()[-1])
+    assert alone == machine_cores() and lowered == thread_budget(3) and others == [thread_budget(2), thread_budget(3)], done.stdout
+    assert pinned == 2
+
+
+def test_only_the_owner_sets_a_workers_threads(hook, bob):
+    """The attack: a key holder (the federation key, not bob's admin key) crafts SetThreads to
+    make bob run on 1024 threads, each spinning on the cores the other workers need: refused."""
+    codec = Codec(hook.local_worker.key)
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(bob.address)
+    try:
+        sock.send_multipart(codec.encode(1, SetThreads(1024), bob.incarnation))
+        assert sock.poll(20_000)
+        _, answer = codec.decode(sock.recv_multipart())
+    finally:
+        sock.close()
+    assert isinstance(answer, Failure) and answer.type_name == "PermissionError" and "data owner" in answer.message
+    assert bob.ping().threads == bob.threads
 
 
 def test_threads_is_a_whole_number_of_at_least_one(hook):
