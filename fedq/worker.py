@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import resource  # (imported here, in the zygote, not in each forked worker's start)
 import runpy
 import signal
 import sys
@@ -1702,8 +1703,6 @@ def use_threads(threads: int | None) -> None:
 def cap_memory(max_bytes: int) -> None:
     """Cap what this process may map for data (settings.WorkerSettings.max_memory_bytes): past it an
     allocation fails here instead of the host running out. Set once torch and zmq are loaded."""
-    import resource
-
     _, hard = resource.getrlimit(resource.RLIMIT_DATA)
     if hard != resource.RLIM_INFINITY and max_bytes > hard:
         raise ConfigError(f"max_memory_bytes = {max_bytes} is over this user's hard limit of {hard} (ulimit -d): ask for less")
