@@ -106,7 +106,7 @@ def up_on_ray(
     timeout: float | None = None,
     address: str | None = None,
     num_cpus: float | None = None,
-    place_timeout: float = 120.0,
+    place_timeout: float = 300.0,
 ) -> RayFederation:
     """Start every worker of `config` as a Ray actor on the cluster at `address` (None: a local
     instance, started here and stopped with the federation); each reserves `num_cpus` (and runs

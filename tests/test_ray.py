@@ -79,7 +79,7 @@ def ray_instance():
             stdout=subprocess.PIPE, stderr=stderr, text=True, env=_ray_environment(tmp),
         )  # fmt: skip
     try:
-        ready, _, _ = select.select([up.stdout], [], [], 150)
+        ready, _, _ = select.select([up.stdout], [], [], 330)  # (past up_on_ray's 300 s: its own error, if any, shows)
         placed = up.stdout.readline() if ready else ""
         found = re.search(r" on Ray at (\S+); clients join by ", placed)
         assert found, (placed, log.read_text())
