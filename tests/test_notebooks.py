@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import nbformat
+import torch as th
 from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell
 
@@ -97,3 +98,49 @@ def test_trusted_aggregator_notebook():
     numbers = [float(n) for n in re.findall(r"-?\d+\.\d+", weights)]
     assert len(numbers) == 5 and all(abs(a - b) < 0.1 for a, b in zip(numbers, [3, -1, -2, -0.5, 2])), weights
     assert out[sources.index(AGGREGATOR[5])].strip() == "[2, 2, 0]"  # only each owner's data is left
+
+
+def test_secret_sharing_notebook():
+    """PySyft 0.2.9's Parts 09 and 10 (only the import changed, adaptations said in the notebook),
+    then the one-call secure round over owners that enforce it: the values a user reads."""
+    cells, pids = _execute("secret_sharing.ipynb")
+    _assert_allgone(pids)
+
+    def out(first_line: str) -> str:
+        (text,) = [_text(cell) for cell in cells if cell.source.startswith(first_line)]
+        return text.strip()
+
+    assert out("decrypt(a, b, c)") == "25" and out("decrypt(*add(x,y))") == "30"  # by hand
+    assert out("encrypted_x.get()") == "tensor([25])"
+    assert out("list(bob._tensors.values())") == "[]"  # .get() took the shares back
+    shares = []
+    for owner in ("Bob", "Alice", "Bill"):
+        # an int64 (torch names any other dtype), random-looking: |share| < 2^32 has odds 2^-31
+        match = re.fullmatch(r"tensor\(\[(-?\d+)\]\)", out(f"# {owner}'s share"))
+        assert match, out(f"# {owner}'s share")
+        shares.append(int(match.group(1)))
+    assert all(2**32 < abs(share) < 2**63 for share in shares) and len(set(shares)) == 3, shares
+    assert sum(shares) % 2**64 == 25  # what was shown are the shares themselves
+    assert out("(bobs_share + alices_share + bills_share)") == "tensor([25])"
+    assert out("z = x + y") == "tensor([30])" and out("z = x - y") == "tensor([20])"
+    assert out("# multiplication") == "tensor([125])"
+    assert out("# matrix multiplication") == repr(th.tensor([[1, 2], [3, 4]]).mm(th.tensor([[2, 0], [0, 2]])))
+    assert [out(f"z = {comparison}") for comparison in ("x > y", "x <= y", "x == y\n", "x == y + 20")] == ["tensor([1])", "tensor([0])", "tensor([0])", "tensor([1])"]
+    assert out("x = torch.tensor([2, 3, 4, 1])") == "tensor(4)"
+    assert out("x = torch.tensor([[2, 3], [4, 1]])") == "tensor([4, 3])"
+
+    # Part 10: both sections train; one owner's shared parameter is pointers only; the encrypted
+    # average equals the average in the clear to fixed precision
+    assert "Train Epoch: 3" in out("t = time.time()\n\nfor epoch in range(1,")
+    assert re.search(r"Average loss: \d+\.\d+", out("test()"))
+    secure = out("t = time.time()\n\nfor epoch in range(args.epochs)")
+    assert "Epoch 3" in secure and re.search(r"Test set: Average loss: \d+\.\d+", secure)
+    assert re.fullmatch(r"FixedPrecisionTensor>\[AdditiveSharingTensor\]\n\t-> \[PointerTensor \| me:\d+ -> bob:\d+\]\n\t-> \[PointerTensor \| me:\d+ -> alice:\d+\]", out("spdz_params[0]"))
+    assert float(out("# (ours) the average in the clear")) <= 1.001e-3
+
+    # the one-call round over owners refusing updates in the clear
+    assert "round  6:" in out("torch.manual_seed(0)")
+    numbers = [float(n) for n in re.findall(r"-?\d+\.\d+", out("model.weight.data, model.bias.data"))]
+    assert len(numbers) == 5 and all(abs(a - b) < 0.1 for a, b in zip(numbers, [3, -1, -2, -0.5, 2])), numbers
+    assert out('w = owner_bob.search("#housing", "#data")[0]').startswith("AggregateTooSmallError")
+    assert out("hook.local_worker.sync()") == "[2, 2]"  # only each owner's data is left
