@@ -23,7 +23,6 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..errors import FedqError
 from ..plans import Plan
 from ..pointer import Pointer
 
@@ -102,11 +101,13 @@ def _trace(model: nn.Module, data: Any, target: Any, local_steps: int, lr: float
     ]
     plans: list[Plan] = []
     try:
-        per_step = len(_built(model, names, starts[:1], batch_size, lr, examples).steps)
-        chunk = max(1, MAX_STEPS_PER_PLAN // per_step)
+        first_step = _built(model, names, starts[:1], batch_size, lr, examples)
+        if local_steps == 1:
+            return [first_step]
+        chunk = max(1, MAX_STEPS_PER_PLAN // len(first_step.steps))
         for first in range(0, local_steps, chunk):
             plans.append(_built(model, names, starts[first:first + chunk], batch_size, lr, examples))
-    except (FedqError, NotImplementedError, RuntimeError):  # (an op the plan cannot record, or meta tensors refuse)
+    except Exception:  # (an op the plan cannot record, meta tensors refuse, a forward that needs values: op by op)
         return None
     return plans
 
