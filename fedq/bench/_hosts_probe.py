@@ -13,7 +13,7 @@ import torch
 
 import fedq as sy
 from fedq.bench.fedq_work import Fleet
-from fedq.bench.hosts import measure_worker
+from fedq.bench.hosts import measure_paths
 
 
 def main(config: str, plan: list[int]) -> dict[str, object]:
@@ -31,10 +31,8 @@ def main(config: str, plan: list[int]) -> dict[str, object]:
                 if time.monotonic() > deadline:
                     raise
     try:
-        return {
-            path: measure_worker(fleet, workers[name], number=number, repeats=repeats, transfer_repeats=transfer_repeats, size_mib=size_mib)
-            for path, name in (("namespaces", "far"), ("loopback_curve", "near"))
-        }
+        paths = {"namespaces": workers["far"], "loopback_curve": workers["near"]}
+        return measure_paths(fleet, paths, number=number, repeats=repeats, transfer_repeats=transfer_repeats, size_mib=size_mib)
     finally:
         fleet.close()
 

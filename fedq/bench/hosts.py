@@ -146,20 +146,31 @@ def _federation(directory: Path, port: int) -> Path:
     return config
 
 
-def measure_worker(fleet: Any, worker: Any, *, number: int, repeats: int, transfer_repeats: int, size_mib: int) -> dict[str, Any]:
-    """The lesson's `(x + x).get()` and a send + get of `size_mib` MiB on `worker`: the same work on every path."""
+def measure_paths(fleet: Any, workers: dict[str, Any], *, number: int, repeats: int, transfer_repeats: int, size_mib: int) -> dict[str, Any]:
+    """The lesson's `(x + x).get()` and a send + get of `size_mib` MiB on each of `workers` ({path:
+    worker}): the same work on every path. The latency samples are taken in turn, one path's then
+    the next's, so that what other processes do to this machine falls on every path alike."""
     import torch
 
     from .fedq_work import measure_transfer
     from .payload import small_tensor
-    from .timing import per_call
+    from .timing import per_call, summarize
 
     t = small_tensor()
-    x = t.send(worker)
-    if not torch.equal((x + x).get(), t + t):
-        raise RuntimeError(f"fedq computed x + x wrong on {worker.id}")
-    latency = per_call(lambda: (x + x).get(), number=number, repeats=repeats, warmup=number).to_json()
-    return {"latency": latency, "transfer": measure_transfer(fleet, worker, size_mib, repeats=transfer_repeats)}
+    xs = {path: t.send(worker) for path, worker in workers.items()}
+    for path, x in xs.items():
+        if not torch.equal((x + x).get(), t + t):
+            raise RuntimeError(f"fedq computed x + x wrong on {workers[path].id}")
+        for _ in range(number):  # (warm-up: first-use costs, as per_call's)
+            (x + x).get()
+    samples: dict[str, list[float]] = {path: [] for path in xs}
+    for _ in range(repeats):
+        for path, x in xs.items():
+            samples[path].append(per_call(lambda x=x: (x + x).get(), number=number, repeats=1).median)
+    return {
+        path: {"latency": summarize(samples[path], number).to_json(), "transfer": measure_transfer(fleet, worker, size_mib, repeats=transfer_repeats)}
+        for path, worker in workers.items()
+    }
 
 
 def _plaintext(number: int, repeats: int, transfer_repeats: int, size_mib: int) -> dict[str, Any]:
@@ -174,7 +185,7 @@ def _plaintext(number: int, repeats: int, transfer_repeats: int, size_mib: int) 
     try:
         worker = fleet.tcp("hosts-plain")
         worker.ping(timeout=120)
-        return measure_worker(fleet, worker, number=number, repeats=repeats, transfer_repeats=transfer_repeats, size_mib=size_mib)
+        return measure_paths(fleet, {"loopback": worker}, number=number, repeats=repeats, transfer_repeats=transfer_repeats, size_mib=size_mib)["loopback"]
     finally:
         fleet.close()
 
