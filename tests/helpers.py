@@ -6,27 +6,11 @@ import os
 import signal
 import socket
 import subprocess
-import time
 
 import pytest
 import zmq
 
-
-def gone(pid: int, within: float) -> bool:
-    """Whether process `pid` ends within `within` seconds (reaping it if it is our child)."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        try:
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return True
-        except ChildProcessError:
-            pass
-        time.sleep(0.05)
-    return False
+from fedq.bench.procmem import gone  # noqa: F401  (the tests' too)
 
 
 def free_port() -> int:

@@ -26,7 +26,7 @@ import torch as th
 
 import fedq as sy
 from fedq.keys import write_key_file
-from helpers import free_port, gone
+from helpers import free_port, gone, stop
 
 pytest.importorskip("ray", reason="Ray is not installed (pip install 'fedq[ray]')")
 
@@ -86,11 +86,7 @@ def ray_instance():
         yield {"tmp": tmp, "up": up, "config": config, "log": log, "placed": placed, "address": found.group(1)}
     finally:
         if up.poll() is None:
-            up.send_signal(signal.SIGTERM)
-            try:
-                up.wait(30)
-            except subprocess.TimeoutExpired:
-                up.kill()
+            stop(up, timeout=30)
         _kill_all(tmp)  # (whatever failed: nothing of it is left)
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -142,11 +138,7 @@ def test_workers_placed_on_ray_serve_the_config_and_a_killed_one_stops_them_all(
         assert ray_instance["up"].poll() is None and _ray_processes(tmp)  # the cluster it joined is not its own to stop
     finally:
         if up.poll() is None:
-            up.send_signal(signal.SIGTERM)
-            try:
-                up.wait(30)
-            except subprocess.TimeoutExpired:
-                up.kill()
+            stop(up, timeout=30)
 
 
 ROUND_CLIENT = textwrap.dedent(

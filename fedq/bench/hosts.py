@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .procmem import gone
+
 #: the bench's two hosts (the addresses live only inside its own namespaces)
 BENCH_HOSTS = {"worker": "10.78.0.1", "client": "10.78.0.2"}
 PORT = 5601  # (each namespace has ports of its own)
@@ -46,23 +48,6 @@ def why_not() -> str | None:
         return f"`ip netns add` failed here: {made.stderr.strip()}"
     _ip("netns", "del", probe, check=False)
     return None
-
-
-def _gone(pid: int, within: float) -> bool:
-    """Whether process `pid` ends within `within` seconds (reaping it if it is our child)."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        try:
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return True
-        except ChildProcessError:
-            pass
-        time.sleep(0.05)
-    return False
 
 
 class Namespaces:
@@ -125,7 +110,7 @@ class Namespaces:
                     pass
             _ip("netns", "del", ns, check=False)  # (its veths go with it)
         listed = _ip("netns", "list", check=False).stdout.split()
-        return [ns for ns in self.made if ns in listed] + [str(p.pid) for p in self.processes if not _gone(p.pid, 5)]
+        return [ns for ns in self.made if ns in listed] + [str(p.pid) for p in self.processes if not gone(p.pid, 5)]
 
 
 def _federation(directory: Path, port: int) -> Path:

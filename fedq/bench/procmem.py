@@ -9,6 +9,7 @@ it is about. When the reset is refused the caller must say so next to the figure
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 
@@ -85,3 +86,20 @@ def tree_pss(root: int | None = None) -> int | None:
     """PSS of `root` (this process) and every process under it; None where /proc does not say."""
     known = [pss for pss in map(pss_bytes, descendants(os.getpid() if root is None else root)) if pss is not None]
     return sum(known) if known else None
+
+
+def gone(pid: int, within: float) -> bool:
+    """Whether process `pid` ends within `within` seconds (reaping it if it is our child)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return True
+        except ChildProcessError:
+            pass
+        time.sleep(0.05)
+    return False
