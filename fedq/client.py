@@ -155,20 +155,22 @@ class Client:
         }
 
     # ---- sending
-    def submit(self, address: str, message: Any, *, wait: bool = False) -> Call:
-        """Send a request without waiting; `wait=True` if the caller will `wait()` on it."""
+    def submit(self, address: str, message: Any, *, wait: bool = False, quiet: bool = False) -> Call:
+        """Send a request without waiting; `wait=True` if the caller will `wait()` on it. `quiet`:
+        bookkeeping that changes nothing a read could see (a worker's threads): no read waits for
+        it (read-your-writes), and a failure is only logged, as a delete's is."""
         if self._closed:
             raise FedqError("this fedq client is closed (the interpreter is exiting)")
         if address not in self.peers.incarnations:
             self.peers.incarnation_of(address)
-        return self._submit(address, message, wait=wait)
+        return self._submit(address, message, wait=wait, quiet=quiet)
 
-    def _submit(self, address: str, message: Any, *, wait: bool, to: bytes | None = None) -> Call:
+    def _submit(self, address: str, message: Any, *, wait: bool, to: bytes | None = None, quiet: bool = False) -> Call:
         """`submit`, sealed to `to` (None: the worker's incarnation when it is sent); an owner's
         action is signed with the worker's admin key if we hold it."""
         admin_key = self.peers.admin_key_of(address) if message.owner_action else None
         packed = self.codec.pack(next(self._seq), message, to, admin_key=admin_key)
-        call = Call(address, wait, hands_over=message.hands_over)
+        call = Call(address, wait, quiet=quiet, hands_over=message.hands_over)
         # Registered when it is sent (`_on_send`), not here: a Ctrl-C between the two steps
         # must not leave a request that was registered but never queued (waited for in vain).
         self._io.submit(address, packed, call, urgent=wait, may_pass_updates=not wait and _allocates_little(message))

@@ -166,7 +166,7 @@ class VirtualWorker:
         each parallel op waited for a thread that was not scheduled (issue 17's workload B)."""
         for other in list(self.workers.spawned.values()):
             if other is not self and getattr(other, "_budgeted", False) and other.threads > self.threads and other.alive():
-                self.client.submit(other.address, SetThreads(self.threads))
+                self.client.submit(other.address, SetThreads(self.threads), quiet=True)  # (no read waits for a busy one)
                 other.threads = self.threads
 
     def load_data(self, tensors: "tuple[torch.Tensor, ...] | list[torch.Tensor]") -> None:
