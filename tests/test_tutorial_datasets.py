@@ -10,6 +10,7 @@ trained weights must equal plain torch's on the same batches to 1e-5.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import math
@@ -94,6 +95,18 @@ class _Compose:
 
 datasets = types.SimpleNamespace(MNIST=_SyntheticMNIST)  # (the tutorial: from torchvision import datasets, transforms)
 transforms = types.SimpleNamespace(ToTensor=_ToTensor, Normalize=_Normalize, Compose=_Compose)
+
+
+@contextlib.contextmanager
+def _threads_as_on(worker):
+    """Run this process's torch on the threads `worker` runs on (its thread budget): a convolution
+    sums in another order on another count, and a CNN's weights part by ~1e-4 in three epochs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(worker.ping().threads or before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _assert_same(model: nn.Module, reference: nn.Module) -> None:
@@ -271,9 +284,10 @@ def test_part06_federated_learning_on_mnist_using_a_cnn(hook, bob, alice, capsys
     Net()  # (the model's initialisation drew from the generator: draw the same)
     optimizer = optim.SGD(reference.parameters(), lr=args.lr)
     list(test_loader)  # (each test() drew the test set's shuffle: the same draws, without the model)
-    for epoch in range(1, args.epochs + 1):
-        train_plain(args, reference, device, local_loader, optimizer, epoch)
-        list(test_loader)
+    with _threads_as_on(bob):
+        for epoch in range(1, args.epochs + 1):
+            train_plain(args, reference, device, local_loader, optimizer, epoch)
+            list(test_loader)
     replayed = capsys.readouterr().out
     numbers = lambda text: [float(x) for x in re.findall(r"\d+\.\d+|\d+", text)]  # noqa: E731
     trained = "".join(line + "\n" for line in printed.splitlines() if line.startswith("Train Epoch"))
