@@ -34,10 +34,17 @@ def random_ring(shape: Sequence[int] | torch.Size) -> torch.Tensor:
 SEED_BYTES = 32
 
 
-def expand(seed: bytes, shape: Sequence[int] | torch.Size) -> torch.Tensor:
+#: AES-CTR's input: zeros, a chunk at a time (read again for every chunk, never allocated anew:
+#: fresh memory costs a page fault every 4 KiB, which on some machines outweighs the AES itself)
+_ZEROS = bytes(1 << 20)
+_SLACK = 2  # int64 elements after a keystream's end: update_into wants a block's slack
+
+
+def expand(seed: bytes, shape: Sequence[int] | torch.Size, out: torch.Tensor | None = None) -> torch.Tensor:
     """A uniform ring tensor from a 32-byte seed: AES-256-CTR's keystream under the seed (a
     CSPRNG: indistinguishable from os.urandom's without the seed). A holder sends another its
-    share as a seed, 32 bytes instead of 8 per element; the receiver expands it."""
+    share as a seed, 32 bytes instead of 8 per element; the receiver expands it. `out`: a
+    scratch tensor from `scratch(shape)` to write into (reused, its pages already mapped)."""
     if not isinstance(seed, bytes) or len(seed) != SEED_BYTES:
         raise ValueError(f"a share's seed is {SEED_BYTES} bytes")
     count = 1
@@ -45,10 +52,25 @@ def expand(seed: bytes, shape: Sequence[int] | torch.Size) -> torch.Tensor:
         count *= int(size)
     if count == 0:
         return torch.zeros(tuple(shape), dtype=RING)
-    out = torch.empty(count + 2, dtype=RING)  # (update_into wants a block's slack)
-    # The keystream written straight into the tensor (no copies); the key is used once: a zero nonce.
-    Cipher(AES(seed), CTR(bytes(16))).encryptor().update_into(bytes(8 * count), memoryview(out.numpy()).cast("B"))
-    return out[:count].reshape(tuple(shape))
+    buffer = out if out is not None else torch.empty(count + _SLACK, dtype=RING)
+    if buffer.dtype != RING or not buffer.is_contiguous() or buffer.numel() < count + _SLACK:
+        raise ValueError("expand's out is a contiguous int64 tensor of the shape's elements and its slack: ring.scratch(shape)")
+    # The keystream written straight into the tensor; the key is used once: a zero nonce.
+    stream = Cipher(AES(seed), CTR(bytes(16))).encryptor()
+    target = memoryview(buffer.numpy()).cast("B")
+    total = 8 * count
+    for start in range(0, total, len(_ZEROS)):
+        size = min(len(_ZEROS), total - start)
+        stream.update_into(memoryview(_ZEROS)[:size], target[start:start + size + 8 * _SLACK])
+    return buffer[:count].reshape(tuple(shape))
+
+
+def scratch(shape: Sequence[int] | torch.Size) -> torch.Tensor:
+    """A tensor `expand(..., out=)` writes into, for several seeds of one shape."""
+    count = 1
+    for size in shape:
+        count *= int(size)
+    return torch.empty(count + _SLACK, dtype=RING)
 
 
 def split_seeded(secret: torch.Tensor, seeds: Sequence[bytes]) -> torch.Tensor:
@@ -58,8 +80,9 @@ def split_seeded(secret: torch.Tensor, seeds: Sequence[bytes]) -> torch.Tensor:
     if secret.is_meta:
         return torch.empty_like(secret)
     own = secret.clone()
+    reused = scratch(secret.shape) if len(seeds) > 1 else None  # (one buffer for every seed)
     for seed in seeds:
-        own -= expand(seed, secret.shape)
+        own -= expand(seed, secret.shape, out=reused)
     return own
 
 
