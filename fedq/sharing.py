@@ -210,8 +210,8 @@ def fix_precision(tensor: torch.Tensor, base: int = ring.BASE, precision_fractio
     """PySyft's `t.fix_precision()` (`fix_prec`): on a pointer, encoded on its worker."""
     if isinstance(tensor, Pointer):
         scale = base**precision_fractional
-        if tensor.is_floating_point():
-            child = tensor.to(torch.float64).mul(scale).round().to(ring.RING)
+        if tensor.is_floating_point():  # (in place on the float64 copy: two fresh buffers there, not four)
+            child = tensor.to(torch.float64, copy=True).mul_(scale).round_().to(ring.RING)
         else:
             child = tensor.to(ring.RING).mul(scale)
         return FixedPrecisionTensor(child, base, precision_fractional)
