@@ -84,10 +84,16 @@ def test_a_round_of_a_model_too_large_to_go_in_band_waits_as_often_for_four_owne
         owners = [(th.randn(4, 200).send(w), th.randn(4, 100).send(w)) for w in eight_owners[:count]]
         model = nn.Linear(200, 100)  # an 80 KB weight: zero-copy
         train_on_trusted_aggregator(model, owners, secure_worker, rounds=1, local_steps=1, lr=0.1)
-        hook.local_worker.sync()
-        before = hook.local_worker.stats()["waits"]
-        train_on_trusted_aggregator(model, owners, secure_worker, rounds=1, local_steps=1, lr=0.1)
-        waits[count] = hook.local_worker.stats()["waits"] - before
+        # A wait is counted only if something is still in flight when it begins: a round fast
+        # enough (two owners, a quiet machine) can find one already answered. The most of three
+        # rounds is the round's own count of waits.
+        counted = []
+        for _ in range(3):
+            hook.local_worker.sync()
+            before = hook.local_worker.stats()["waits"]
+            train_on_trusted_aggregator(model, owners, secure_worker, rounds=1, local_steps=1, lr=0.1)
+            counted.append(hook.local_worker.stats()["waits"] - before)
+        waits[count] = max(counted)
     assert waits[2] == waits[4] <= 4, waits  # the sends, the releases and moves, the averages
 
 
