@@ -21,11 +21,17 @@ RING = torch.int64
 BASE, PRECISION = 10, 3  # PySyft 0.2's defaults: x is stored as round(x * 10**3)
 
 
-def random_ring(shape: Sequence[int] | torch.Size) -> torch.Tensor:
-    """Uniform elements of Z/2^64, shaped `shape`, from os.urandom."""
+def numel(shape: Sequence[int] | torch.Size) -> int:
+    """How many elements a tensor of `shape` has."""
     count = 1
     for size in shape:
         count *= int(size)
+    return count
+
+
+def random_ring(shape: Sequence[int] | torch.Size) -> torch.Tensor:
+    """Uniform elements of Z/2^64, shaped `shape`, from os.urandom."""
+    count = numel(shape)
     if count == 0:
         return torch.zeros(tuple(shape), dtype=RING)
     return torch.frombuffer(bytearray(os.urandom(8 * count)), dtype=RING).reshape(tuple(shape))
@@ -47,9 +53,7 @@ def expand(seed: bytes, shape: Sequence[int] | torch.Size, out: torch.Tensor | N
     scratch tensor from `scratch(shape)` to write into (reused, its pages already mapped)."""
     if not isinstance(seed, bytes) or len(seed) != SEED_BYTES:
         raise ValueError(f"a share's seed is {SEED_BYTES} bytes")
-    count = 1
-    for size in shape:
-        count *= int(size)
+    count = numel(shape)
     if count == 0:
         return torch.zeros(tuple(shape), dtype=RING)
     buffer = out if out is not None else torch.empty(count + _SLACK, dtype=RING)
@@ -67,10 +71,7 @@ def expand(seed: bytes, shape: Sequence[int] | torch.Size, out: torch.Tensor | N
 
 def scratch(shape: Sequence[int] | torch.Size) -> torch.Tensor:
     """A tensor `expand(..., out=)` writes into, for several seeds of one shape."""
-    count = 1
-    for size in shape:
-        count *= int(size)
-    return torch.empty(count + _SLACK, dtype=RING)
+    return torch.empty(numel(shape) + _SLACK, dtype=RING)
 
 
 def split_seeded(secret: torch.Tensor, seeds: Sequence[bytes]) -> torch.Tensor:

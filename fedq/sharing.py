@@ -119,7 +119,7 @@ class FixedPrecisionTensor:
 
     def mean(self, *args: Any, **kwargs: Any) -> "FixedPrecisionTensor":
         total = self.child.sum(*args, **kwargs)
-        count = max(1, _numel(self.shape) // max(1, _numel(total.shape)))
+        count = max(1, ring.numel(self.shape) // max(1, ring.numel(total.shape)))
         return self._wrap(_truncate(total, count))
 
     # comparisons give 0 or 1, in fixed precision (as PySyft's did): .float_precision() shows them
@@ -181,13 +181,6 @@ class FixedPrecisionTensor:
 
     def copy(self) -> "FixedPrecisionTensor":
         return self._wrap(self.child.copy() if hasattr(self.child, "copy") else self.child.clone())
-
-
-def _numel(shape: Sequence[int]) -> int:
-    count = 1
-    for size in shape:
-        count *= int(size)
-    return count
 
 
 def _times(x: Any, y: Any) -> Any:
