@@ -1336,9 +1336,7 @@ def share_object(worker: Worker, message: ShareObject, reply: Reply) -> None:
                 f"object {message.id} on {worker.id!r} has {secret.numel()} elements: its owner noises at most "
                 f"{worker.settings.max_noised_elements} in one sharing (max_noised_elements)"
             )
-        if 8 * secret.numel() > worker.settings.max_message_bytes:
-            raise RequestTooLargeError(f"a share of {8 * secret.numel()} bytes is over max_message_bytes ({worker.settings.max_message_bytes})")
-        _check_room(worker, 8 * secret.numel())
+        _check_share_bytes(worker, 8 * secret.numel())
         noise = worker.aggregates.noise
         secret = worker.privacy.noised_for_sharing(secret, scale, noise.epsilon, noise.clip, reply.caller_name)
     # Each other party's share is a seed it expands (ring.expand: 32 bytes sent, not 8 per element);
@@ -1388,11 +1386,11 @@ def store_share(worker: Worker, message: StoreShare, reply: Reply) -> None:
     share, token = message.share, _check_token(message.token)
     if message.seed:  # (a seed: what ring.expand makes of it, shaped as said, within what a message may carry)
         shape = message.shape
-        if not isinstance(shape, tuple) or not all(type(d) is int and d >= 0 for d in shape) or 8 * math.prod(shape) > worker.settings.max_message_bytes:
-            raise RequestTooLargeError(f"a seeded share is shaped by non-negative ints, at most {worker.settings.max_message_bytes} bytes")
+        if not isinstance(shape, tuple) or not all(type(d) is int and d >= 0 for d in shape):
+            raise RequestTooLargeError("a seeded share is shaped by a tuple of non-negative ints")
+        _check_share_bytes(worker, 8 * math.prod(shape))
         if not isinstance(message.seed, bytes) or len(message.seed) != ring.SEED_BYTES:
             raise ValueError(f"a share's seed is {ring.SEED_BYTES} bytes")
-        _check_room(worker, 8 * math.prod(shape))
     elif not isinstance(share, torch.Tensor) or share.dtype != ring.RING:
         raise TypeError("a share is an int64 tensor")
     else:
@@ -1442,6 +1440,13 @@ def store_share(worker: Worker, message: StoreShare, reply: Reply) -> None:
         reply.ok()
 
     worker.ask(_Hop(message.origin_address, name, sender), ConfirmShare(token, message.id), confirmed)
+
+
+def _check_share_bytes(worker: Worker, nbytes: int) -> None:
+    """Refuse, before making it, a share of `nbytes` that a message could not carry or the store not hold."""
+    if nbytes > worker.settings.max_message_bytes:
+        raise RequestTooLargeError(f"a share of {nbytes} bytes is over max_message_bytes ({worker.settings.max_message_bytes})")
+    _check_room(worker, nbytes)
 
 
 def _check_room(worker: Worker, nbytes: int) -> None:
