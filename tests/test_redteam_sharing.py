@@ -106,17 +106,24 @@ def test_a_sum_does_not_cancel_an_owner_out(owners):
     assert not th.equal(released, -3 * _secret(sa_bob, w_bob)), "-3 times bob's private update, exactly"
 
 
+def _bob_plus_alice(owners):
+    """bob's update and alice's, each shared between them and summed on the holders (every op
+    answered): bob, his update, the sum's sharing, and alice's."""
+    sa_bob, sa_alice, _ = owners
+    w_bob, bobs = _shared(sa_bob, (sa_bob, sa_alice))
+    _, alices = _shared(sa_alice, (sa_bob, sa_alice))
+    total = bobs.child + alices.child
+    sy.local_client().sync()
+    return sa_bob, w_bob, total, alices
+
+
 # An in-place op sent with result ids (RunOp says in place only by result_ids == (); the worker
 # believes it): aggregates.derive is told "not in place", _linear knows no `sub_`, and the
 # result *is* the target, whose terms are left as they were. bob + alice, less alice in place on
 # each holder, still reads "bob and alice, coefficient 1": it releases bob's update exactly.
 def test_an_in_place_op_sent_with_result_ids_drops_the_terms(hook, owners):
-    sa_bob, sa_alice, _ = owners
-    w_bob, bobs = _shared(sa_bob, (sa_bob, sa_alice))
-    _, alices = _shared(sa_alice, (sa_bob, sa_alice))
-    total = bobs.child + alices.child
+    sa_bob, w_bob, total, alices = _bob_plus_alice(owners)
     client = hook.local_worker
-    client.sync()
     for s, a in zip(total.shares, alices.child.shares):
         client.request(s.location.address, RunOp("Tensor.sub_", (Ref(s.id_at_location), Ref(a.id_at_location)), {}, (new_id(),)))
     try:
@@ -131,12 +138,8 @@ def test_an_in_place_op_sent_with_result_ids_drops_the_terms(hook, owners):
 # write on), and into `out=`. Each, if the worker runs it, leaves bob + alice - alice under the terms.
 @pytest.mark.parametrize("spelling", ["view", "data", "out"])
 def test_a_write_through_an_alias_or_out_drops_the_terms(hook, owners, spelling):
-    sa_bob, sa_alice, _ = owners
-    w_bob, bobs = _shared(sa_bob, (sa_bob, sa_alice))
-    _, alices = _shared(sa_alice, (sa_bob, sa_alice))
-    total = bobs.child + alices.child
+    sa_bob, w_bob, total, alices = _bob_plus_alice(owners)
     client = hook.local_worker
-    client.sync()
     for s, a in zip(total.shares, alices.child.shares):
         at, target, other = s.location.address, Ref(s.id_at_location), Ref(a.id_at_location)
         try:
