@@ -94,7 +94,11 @@ CLIENT = textwrap.dedent(
 
     config, bob_ns, TIMEOUT = sys.argv[1], sys.argv[2], float(sys.argv[3])
     hook = sy.TorchHook(th)
-    out = {}
+    class Progress(dict):  # (each figure printed as it comes: a hung run shows how far it got)
+        def __setitem__(self, key, value):
+            super().__setitem__(key, value)
+            print(json.dumps(self), flush=True)
+    out = Progress()
     deadline = time.monotonic() + 90
     while True:  # the workers may still be importing torch
         try:
@@ -206,7 +210,12 @@ CLIENT = textwrap.dedent(
 
 def test_the_lesson_a_move_and_a_cut_link_across_hosts(hosts):
     client = hosts["client"]
-    stdout, stderr = client.communicate(timeout=180)
+    try:
+        stdout, stderr = client.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        client.kill()
+        stdout, stderr = client.communicate()
+        raise AssertionError(f"the client hung for 180 s after {stdout.strip().splitlines()[-1:]}:\n{stderr[-3000:]}") from None
     assert client.returncode == 0, stderr
     out = json.loads(stdout.strip().splitlines()[-1])
     print(out)  # (the timings, in the report of a failing run)
