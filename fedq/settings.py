@@ -66,6 +66,13 @@ class WorkerSettings:
         _half_of_this_machine(), "bytes of memory the worker process may map for data; None (a machine that does not "
         "say its size): no cap", shown="half this machine's memory",
     )  # fmt: skip
+    # Fresh pages cost a fault each (~1.6 µs per 4 KiB here, more on a busy VM): issue 17's
+    # workload C received, copied and freed 46 MB tensors every round, each time in fresh pages.
+    retained_free_bytes: int = _setting(
+        1 << 30, "freed memory the worker keeps for its next tensors and messages instead of handing it back to the "
+        "system (glibc's malloc: no mmap for large blocks, trim past this): a large transfer reuses pages rather than "
+        "faulting in fresh ones; 0: glibc's defaults", shown="1 GiB",
+    )  # fmt: skip
     request_seconds: float = _setting(
         86400.0, "seconds a request for a private object (`x.request(reason=...)`) lives after it was filed, "
         "whatever its state (requests.py)", shown="86400 (a day)",

@@ -45,6 +45,7 @@ from .errors import (
     ValueNeedsGetError,
     WorkerUnreachableError,
 )
+from .heap import IdleTrim, retain_freed_memory
 from .ids import new_id
 from .keys import ADMIN_KEY_ENV, admin_key_from_environment, key_from_environment
 from .leases import Leases, lease_told
@@ -294,7 +295,7 @@ class Worker:
         self.requests = Requests(self.store, seconds=settings.request_seconds, max_per_client=settings.max_requests)
         curve = CurveKeys.load(settings.curve_dir, id, dict(settings.peers or {})) if settings.curve_dir else None
         self.loop = ServerLoop(
-            settings.bind or address, id, self._on_request, self._on_peer_reply, self._on_tick, settings.max_message_bytes, self.flush, curve,
+            settings.bind or address, id, self._on_request, self._on_peer_reply, self._on_tick, settings.max_message_bytes, self._batch_done, curve,
             insecure_plaintext=settings.insecure_plaintext,
         )
         # Relays wait here until the end of what the loop is handling: one message per next hop
@@ -313,6 +314,7 @@ class Worker:
         self.leases = Leases(settings.lease_seconds, never_lapse=(DATA_OWNER, holder_key(self.name_on_wire)))
         self._heard = self.leases.heard  # (renewed per message: one dict assignment)
         self._peer_leases: dict[str, float] = {}  # address -> the lease a peer told us (Renew)
+        self._idle_trim = IdleTrim()  # (gives freed memory back once idle, where run_worker retains it)
 
     def serve(self) -> None:
         log.info("worker %s serving on %s (pid %d)", self.id, self.address, os.getpid())
@@ -338,9 +340,14 @@ class Worker:
             self.loop.reply(who, self.codec.encode(0, Acked(seqs), session))
 
     def flush(self) -> None:
-        """Send the relays queued and the acks owed: after each batch the loop handled."""
+        """Send the relays queued and the acks owed."""
         self._relays_out.send()
         self.send_acks()
+
+    def _batch_done(self) -> None:
+        """After each batch of requests the loop handled."""
+        self.flush()
+        self._idle_trim.used()
 
     # ---- objects whose creation a relay has not confirmed yet
     def settle_later(self, ids: tuple[int, ...]) -> None:
@@ -422,6 +429,7 @@ class Worker:
     def _on_tick(self) -> None:
         now = time.monotonic()
         self._relays.expire(now, self._timed_out)
+        self._idle_trim.tick(now)
         if self.leases.due(now):
             lapsed = self.leases.lapsed(now)
             if lapsed:
@@ -1675,6 +1683,7 @@ def run_worker(
         raise SystemExit(f"worker {id}: no key (set FEDQ_KEY, or give the config a key file: see `fedq keygen`)")
     admin_key = admin_key or admin_key_from_environment()
     os.environ.pop(ADMIN_KEY_ENV, None)  # (read once: nothing run here later finds it)
+    retain_freed_memory(settings.retained_free_bytes)
     if settings.max_memory_bytes is not None:
         cap_memory(settings.max_memory_bytes)
     use_threads(settings.threads)

@@ -415,8 +415,12 @@ def _reseed() -> None:
 # first lines exit it if the client dies while it imports (torch: seconds); the thread is stopped
 # and joined before the first fork, so no fork ever sees it.
 _ZYGOTE_BOOT = """\
-import os, select, signal, sys, threading
+import ctypes, os, select, signal, sys, threading
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # (a Ctrl-C at the terminal is for the client and its workers)
+try:  # (the watcher's malloc arena would outlive it, and a fork's first new thread, zmq's, would take it)
+    ctypes.CDLL(None).mallopt(-8, 1)  # M_ARENA_MAX; a worker sets its own (worker.retain_freed_memory)
+except (OSError, AttributeError):  # (no glibc)
+    pass
 importing = threading.Event()
 importing.set()
 def watch():
