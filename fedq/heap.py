@@ -47,19 +47,26 @@ def retain_freed_memory(retained_bytes: int) -> bool:
 
 
 class IdleTrim:
-    """One worker's clock for giving memory back: `used()` after each batch it handles, `tick()`
-    from its loop's timer; the first tick IDLE_SECONDS after the last use trims, once."""
+    """One worker's clock for giving memory back: `used()` after each batch of a key holder's
+    requests, `stirred()` after a batch of only dropped ones (a stranger's: it freed what it
+    brought, but must not count as use, or a byte a second would hold off the trim for ever),
+    `tick()` from its loop's timer; the first tick IDLE_SECONDS after the last use (and the last
+    trim: a stranger cannot make it trim more often) trims, once until the next batch."""
 
     def __init__(self) -> None:
-        self._last_used = time.monotonic()
+        self._last_used = self._last_trim = time.monotonic()
         self._trimmed = False
 
     def used(self) -> None:
         self._last_used = time.monotonic()
         self._trimmed = False
 
+    def stirred(self) -> None:
+        self._trimmed = False
+
     def tick(self, now: float) -> None:
-        if _libc is None or self._trimmed or now - self._last_used < IDLE_SECONDS:
+        if _libc is None or self._trimmed or now - max(self._last_used, self._last_trim) < IDLE_SECONDS:
             return
         self._trimmed = True
+        self._last_trim = now
         _libc.malloc_trim(ctypes.c_size_t(0))

@@ -315,6 +315,7 @@ class Worker:
         self._heard = self.leases.heard  # (renewed per message: one dict assignment)
         self._peer_leases: dict[str, float] = {}  # address -> the lease a peer told us (Renew)
         self._idle_trim = IdleTrim()  # (gives freed memory back once idle, where run_worker retains it)
+        self._served = False  # a key holder's message came in the batch being handled
 
     def serve(self) -> None:
         log.info("worker %s serving on %s (pid %d)", self.id, self.address, os.getpid())
@@ -347,7 +348,11 @@ class Worker:
     def _batch_done(self) -> None:
         """After each batch of requests the loop handled."""
         self.flush()
-        self._idle_trim.used()
+        if self._served:
+            self._served = False
+            self._idle_trim.used()
+        else:  # (only dropped messages: what they brought is freed, but they are no use)
+            self._idle_trim.stirred()
 
     # ---- objects whose creation a relay has not confirmed yet
     def settle_later(self, ids: tuple[int, ...]) -> None:
@@ -374,6 +379,9 @@ class Worker:
         origin, messages = self.codec.receive(frames)
         for seq, message in messages:
             if isinstance(message, ProtocolError):
+                # Its traceback's frames hold `frames` and ours `messages`: a cycle only the
+                # collector frees, and with it every large message a stranger sent meanwhile.
+                message.__traceback__ = message.__context__ = None
                 if seq is None or origin is None:  # not from a key holder, or not for us: no answer at all
                     self._peer_log.warning("worker %s dropped a message: %s", self.id, message)
                 else:  # a key holder sent something we refuse: tell it why
@@ -384,6 +392,7 @@ class Worker:
                 Reply(self, identity, origin, seq).ok(Hello(self.id))
                 continue
             self._heard[origin.session] = identity  # a signed message renews its sender's lease
+            self._served = True  # (only a key holder's message keeps the worker busy: IdleTrim)
             try:
                 self._handle(identity, origin, seq, message)
             except Exception:  # (a bug: it must cost one request, not the worker and everyone's objects)
@@ -421,6 +430,7 @@ class Worker:
             if not answered:
                 log.warning("worker %s: late or unknown reply %d from %s", self.id, seq, address)
         self.flush()  # relays answered above may have acks to pass on, or relays of their own
+        self._idle_trim.stirred()  # (a late answer's frames, freed after an idle trim, are trimmed too)
 
     def _timed_out(self, relay: _Relay) -> Failure:
         error = WorkerUnreachableError(f"worker {relay.hop} (the next hop of a chain) did not answer worker {self.id!r} within {self.timeout:g}s")

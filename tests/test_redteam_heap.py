@@ -1,0 +1,78 @@
+"""Red team of fedq/heap.py (a worker keeps what it frees while busy, trims once idle), tried as
+a peer without the key would: large unsigned messages, then a trickle of junk to keep the worker
+"busy". The safe outcome: what a stranger sent is freed once dropped, a stranger's junk does not
+count as use (the worker still gives its memory back after IDLE_SECONDS), and the worker serves.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch as th
+
+import fedq as sy
+from fedq import messages as msg
+from fedq.codec import Codec, new_key
+from fedq.heap import IDLE_SECONDS
+from helpers import raw_dealer
+
+MiB = 1 << 20
+JUNK = 96 * MiB  # (a message under the worker's max_message_bytes, over glibc's mmap threshold)
+
+
+def resident_bytes(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * 4096
+
+
+@pytest.fixture(scope="module")
+def stranger_target(hook):
+    worker = sy.VirtualWorker(hook, id="rt_heap_target", max_message_bytes=128 * MiB)
+    worker.ping(timeout=60)
+    yield worker
+    worker.shutdown()
+
+
+def _settle(worker) -> int:
+    """The worker's resident bytes once it has idled past IDLE_SECONDS (so has trimmed)."""
+    time.sleep(IDLE_SECONDS + 0.4)
+    return resident_bytes(worker.pid)
+
+
+def test_large_unsigned_messages_are_freed_once_dropped(stranger_target):
+    worker = stranger_target
+    at_rest = _settle(worker)
+    sock = raw_dealer(worker.address)
+    try:
+        blob = b"\1" * JUNK
+        forged = Codec(new_key()).encode(1, msg.Ping())  # (signed under a key of its own)
+        for junk in ([b"junk", blob], [*forged, blob]) * 2:
+            sock.send_multipart(junk)
+            time.sleep(0.2)
+        sock.send(b"x")  # (one tiny junk message after them: the loop's last message is this one)
+        held = _settle(worker) - at_rest
+    finally:
+        sock.close()
+    # Each dropped message's ProtocolError kept a traceback whose frames held the message: a
+    # cycle only the collector frees, so 4 x 96 MiB stayed (with glibc's defaults as well).
+    assert held < JUNK // 2, f"an idle worker holds {held >> 20} MiB of a stranger's dropped messages"
+    assert th.equal((th.tensor([1.0]).send(worker) + 1).get(), th.tensor([2.0]))
+
+
+def test_a_strangers_trickle_of_junk_does_not_keep_the_worker_from_trimming(stranger_target):
+    worker = stranger_target
+    at_rest = _settle(worker)
+    sock = raw_dealer(worker.address)
+    try:
+        sock.send_multipart([b"junk", b"\1" * JUNK])
+        deadline = time.monotonic() + 3 * IDLE_SECONDS
+        while time.monotonic() < deadline:  # (a byte every 0.3 s: never IDLE_SECONDS of silence)
+            sock.send(b"x")
+            time.sleep(0.3)
+        held = resident_bytes(worker.pid) - at_rest
+    finally:
+        sock.close()
+    # Every batch, even of dropped junk, counted as use: the freed 96 MiB stayed on the heap for
+    # as long as the stranger kept sending.
+    assert held < JUNK // 2, f"a worker fed only junk still holds {held >> 20} MiB after {3 * IDLE_SECONDS:g} s"
