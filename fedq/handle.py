@@ -43,7 +43,7 @@ from .messages import (
     WorkerStatus,
 )
 from .pointer import PointerTensor
-from .settings import settings_from
+from .settings import SPAWNED_RETAINED_FREE_BYTES, settings_from
 from .transport import CurveKeys, runtime_dir
 
 
@@ -138,6 +138,7 @@ class VirtualWorker:
                 "timeout": given.timeout if settings.get("timeout") else self.client.timeout,
                 "quiet": given.quiet or not given.verbose,  # (a child shares our terminal)
                 "data": str(Path(given.data).resolve()) if given.data else None,
+                "retained_free_bytes": given.retained_free_bytes if "retained_free_bytes" in settings else SPAWNED_RETAINED_FREE_BYTES,
             },
             base=given,
         )

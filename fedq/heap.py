@@ -8,6 +8,10 @@ it (~1.6 µs per 4 KiB here, more on a busy VM): issue 17's workload C moved and
 heap, freed blocks are reused, but fragmentation can hold several times the live bytes (a
 48 MiB round trip repeated settled at ~290 MiB over its start), so a worker that has heard
 nothing for IDLE_SECONDS hands its free pages back (malloc_trim), as jemalloc's decay does.
+Pages, not address space: a freed block below a live one stays mapped, and the memory cap
+(RLIMIT_DATA) counts it, so a key holder freeing ever larger temporaries under small tensors
+can take the cap from everyone else. Only a script's own workers retain by default
+(settings.SPAWNED_RETAINED_FREE_BYTES): their only key holder is the user who started them.
 """
 
 from __future__ import annotations

@@ -68,10 +68,14 @@ class WorkerSettings:
     )  # fmt: skip
     # Fresh pages cost a fault each (~1.6 µs per 4 KiB here, more on a busy VM): issue 17's
     # workload C received, copied and freed 46 MB tensors every round, each time in fresh pages.
+    # Not for a standing worker by default: a key holder freeing growing temporaries under small
+    # tensors leaves holes in the heap that the memory cap (address space) counts
+    # (tests/test_redteam_heap.py). A script's own workers keep SPAWNED_RETAINED_FREE_BYTES.
     retained_free_bytes: int = _setting(
-        1 << 30, "freed memory the worker keeps for its next tensors and messages instead of handing it back to the "
-        "system (glibc's malloc: no mmap for large blocks, trim past this): a large transfer reuses pages rather than "
-        "faulting in fresh ones; 0: glibc's defaults", shown="1 GiB",
+        0, "freed memory the worker keeps for its next tensors and messages instead of handing it back to the "
+        "system until it idles (glibc's malloc: no mmap for large blocks, trim past this): a large transfer reuses "
+        "pages rather than faulting in fresh ones, but a key holder's allocations can leave holes that "
+        "max_memory_bytes counts; 0: glibc's defaults (a script's own VirtualWorkers, reachable only by its user: 1 GiB)",
     )  # fmt: skip
     request_seconds: float = _setting(
         86400.0, "seconds a request for a private object (`x.request(reason=...)`) lives after it was filed, "
@@ -125,6 +129,10 @@ class WorkerSettings:
 
 
 DEFAULTS = WorkerSettings()
+#: `retained_free_bytes` of a worker a script spawns (`VirtualWorker`) unless it says otherwise:
+#: it serves on ipc in a directory only this user can read, so every key holder that reaches it
+#: is the user whose script started it, and holes its own allocations leave cost only itself
+SPAWNED_RETAINED_FREE_BYTES = 1 << 30
 
 
 def _kind(name: str) -> type | None:

@@ -364,16 +364,10 @@ class ServerLoop:
             while self.running:
                 events = dict(self.poller.poll(POLL_MS))
                 if self.router in events:
-                    for frames in self.peers.drain(self.router, limit=1000):
-                        self._on_request(frames[0], frames[1:])
-                        if not self.running:
-                            self._on_batch_end()
-                            return
-                    self._on_batch_end()
-                for sock, address in list(self.peers.address_of.items()):
-                    if sock in events:
-                        for frames in self.peers.drain(sock):
-                            self._on_peer_reply(address, frames)
+                    self._requests()
+                    if not self.running:
+                        return
+                self._peer_replies(events)
                 now = time.monotonic()
                 if now >= next_tick:
                     next_tick = now + POLL_MS / 1000
@@ -383,6 +377,21 @@ class ServerLoop:
             self.router.close(0)
             if self._authenticator is not None:
                 self._authenticator.stop()
+
+    # (Methods, not the loop's body: what a batch received is freed when they return, not held
+    # by a loop variable until the next batch comes, however large and whoever sent it.)
+    def _requests(self) -> None:
+        for frames in self.peers.drain(self.router, limit=1000):
+            self._on_request(frames[0], frames[1:])
+            if not self.running:
+                break
+        self._on_batch_end()
+
+    def _peer_replies(self, events: dict) -> None:
+        for sock, address in list(self.peers.address_of.items()):
+            if sock in events:
+                for frames in self.peers.drain(sock):
+                    self._on_peer_reply(address, frames)
 
 
 @dataclass(slots=True)
