@@ -19,6 +19,7 @@ import ipaddress
 import logging
 import os
 import socket
+import stat
 import tempfile
 import threading
 import time
@@ -48,6 +49,11 @@ def runtime_dir() -> Path:
     """A directory only this user can read, for ipc endpoints."""
     base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()) / f"fedq-{os.getuid()}"
     base.mkdir(mode=0o700, exist_ok=True)
+    # (/tmp is anyone's: another user may have made it first, or a link there. Root's chmod
+    # succeeds on it, but its owner could still rename our sockets' directories and take their paths.)
+    st = os.lstat(base)
+    if st.st_uid != os.getuid() or not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"{base} is not this user's own directory (uid {st.st_uid}, or a link): remove it, or set XDG_RUNTIME_DIR")
     os.chmod(base, 0o700)
     return base
 

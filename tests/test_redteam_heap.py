@@ -174,3 +174,23 @@ def test_a_standing_worker_forked_from_the_zygote_has_glibcs_arenas_like_a_fresh
             process.wait(30)
     assert arenas[False] >= 1  # (a fresh interpreter: zmq's thread took an arena of its own)
     assert arenas[True] == arenas[False], f"forked: {arenas[True]} arenas past the main one, fresh: {arenas[False]}"
+
+
+# --------------------------------------------------------------------------- whose is the ipc directory
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="only root's chmod succeeds on another user's directory (others' fails closed)")
+def test_a_virtual_workers_runtime_directory_made_by_another_user_is_refused(hook, tmp_path, monkeypatch):
+    """Another local user makes /tmp/fedq-<uid> first (XDG_RUNTIME_DIR unset: /tmp is anyone's). Its
+    chmod to 0700 succeeded as root, but the directory stayed that user's: it could rename a
+    VirtualWorker's vw-* directory away and put its own socket at the path the client dials, and
+    read every tensor the script sends (signed, not encrypted). The safe outcome: refused, unstarted."""
+    nobody = 65534
+    tmp_path.chmod(0o755)
+    planted = tmp_path / f"fedq-{os.getuid()}"
+    planted.mkdir(mode=0o777)
+    os.chown(planted, nobody, nobody)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    with pytest.raises(sy.ConfigError, match="not this user's"):
+        sy.VirtualWorker(hook, id="rt_heap_planted")
+    assert planted.stat().st_uid == nobody and not list(planted.iterdir())  # (nothing of ours went in it)
