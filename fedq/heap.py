@@ -39,12 +39,13 @@ def retain_freed_memory(retained_bytes: int) -> bool:
     except (OSError, AttributeError):
         return False
     if retained_bytes <= 0:
-        mallopt(_M_ARENA_MAX, ctypes.c_int(0))  # (glibc's own choice again: the zygote set one arena)
         return False
     mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(min(retained_bytes, _C_INT_MAX)))
     mallopt(_M_MMAP_MAX, ctypes.c_int(0))
     # One arena: zmq's I/O thread allocates what a socket receives, and an arena of its own maps
-    # and unmaps a 64 MiB heap for each large message.
+    # and unmaps a 64 MiB heap for each large message. glibc fixes the limit when a second thread
+    # first allocates: a zygote's fork (no thread yet) takes it; a fresh interpreter, whose torch
+    # import started one, keeps glibc's.
     mallopt(_M_ARENA_MAX, ctypes.c_int(1))
     _libc = libc
     return True

@@ -268,9 +268,9 @@ class ForkedProcess:
 # ---- the zygote process
 
 
-def serve(control_fd: int, preload: list[str], importing: threading.Event, watcher: threading.Thread) -> None:
-    """The zygote's main loop: import `preload`, stop `watcher` (which exits us if the client dies
-    meanwhile, while `importing` is set), then fork on request until stdin or the control socket closes."""
+def serve(control_fd: int, preload: list[str]) -> None:
+    """The zygote's main loop: import `preload`, stop the boot's timer (which exits us if the
+    client dies meanwhile), then fork on request until stdin or the control socket closes."""
     import ctypes
     import gc
     import importlib
@@ -282,12 +282,8 @@ def serve(control_fd: int, preload: list[str], importing: threading.Event, watch
         except ImportError:  # (as multiprocessing's forkserver: a fork that needs it says so itself)
             pass
     libc = ctypes.CDLL(None, use_errno=True)
-    importing.clear()
-    watcher.join()
-    for _ in range(200):  # (join returns a moment before the OS thread is gone: a fork must not see it)
-        if len(os.listdir("/proc/self/task")) == 1:
-            break
-        time.sleep(0.005)
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)  # (a fork starts with no timer and no handler of ours)
     gc.freeze()  # every object so far is out of the collector's reach: forks do not copy its pages to scan them
     control = socket.socket(fileno=control_fd)
     wake_r, wake_w = os.pipe()
@@ -412,26 +408,21 @@ def _reseed() -> None:
 
 # The zygote's command line: argv[1] is the control socket's fd, argv[2] this file (run as it is,
 # not as part of the fedq package, which imports torch), the rest the modules to preload. Its
-# first lines exit it if the client dies while it imports (torch: seconds); the thread is stopped
-# and joined before the first fork, so no fork ever sees it.
+# first lines exit it if the client dies while it imports (torch: seconds), checked from a timer
+# signal rather than a thread: a thread's malloc arena outlives it, and each fork's first thread
+# (zmq's) would take that arena over, so no fork would allocate as a fresh interpreter does.
 _ZYGOTE_BOOT = """\
-import ctypes, os, select, signal, sys, threading
+import os, select, signal, sys
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # (a Ctrl-C at the terminal is for the client and its workers)
-try:  # (the watcher's malloc arena would outlive it, and a fork's first new thread, zmq's, would take it)
-    ctypes.CDLL(None).mallopt(-8, 1)  # M_ARENA_MAX; a worker sets its own (worker.retain_freed_memory)
-except (OSError, AttributeError):  # (no glibc)
-    pass
-importing = threading.Event()
-importing.set()
-def watch():
-    while importing.is_set():
-        if select.select([0], [], [], 0.05)[0] and not os.read(0, 65536):
-            os._exit(0)
-watcher = threading.Thread(target=watch, name="fedq-zygote-watch", daemon=True)
-watcher.start()
+def watch(*_):
+    if select.select([0], [], [], 0)[0] and not os.read(0, 65536):
+        os._exit(0)
+signal.signal(signal.SIGALRM, watch)
+signal.siginterrupt(signal.SIGALRM, False)  # (the imports' system calls restart, never fail with EINTR)
+signal.setitimer(signal.ITIMER_REAL, 0.05, 0.05)
 import importlib.util
 spec = importlib.util.spec_from_file_location("fedq_zygote", sys.argv[2])
 zygote = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(zygote)
-zygote.serve(int(sys.argv[1]), sys.argv[3:], importing, watcher)
+zygote.serve(int(sys.argv[1]), sys.argv[3:])
 """

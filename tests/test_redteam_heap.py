@@ -149,14 +149,6 @@ def _arena_heaps(pid: int) -> int:
     return count
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the zygote's boot sets M_ARENA_MAX=1 before its watcher thread's first malloc, and glibc caches the "
-    "limit then (arena.c arena_get2's static narenas_limit), so every fork keeps one arena; "
-    "retain_freed_memory(0)'s mallopt(M_ARENA_MAX, 0) is a no-op besides (glibc ignores a value <= 0). "
-    "A standing worker forked from the zygote (`fedq up`, start_worker_process) is not on glibc's defaults: "
-    "its zmq thread and torch's threads share the main arena's lock, where a FEDQ_ZYGOTE=0 worker has arenas "
-    "of their own. Fix: not a one-liner (the zygote cannot know which forks retain)"
-))
 def test_a_standing_worker_forked_from_the_zygote_has_glibcs_arenas_like_a_fresh_one(hook):
     """retained_free_bytes = 0 promises glibc's defaults: a fork must allocate as a fresh interpreter does."""
     arenas = {}
@@ -173,7 +165,11 @@ def test_a_standing_worker_forked_from_the_zygote_has_glibcs_arenas_like_a_fresh
             process.stdin.close()  # (its lifeline: it exits by itself)
             process.wait(30)
     assert arenas[False] >= 1  # (a fresh interpreter: zmq's thread took an arena of its own)
-    assert arenas[True] == arenas[False], f"forked: {arenas[True]} arenas past the main one, fresh: {arenas[False]}"
+    # Threads of a fork get arenas of their own, as glibc gives them: not one for all. (Not the same
+    # count: a fresh interpreter has one thread more, the one its own torch import started.)
+    assert arenas[True] >= 1 and arenas[False] - 1 <= arenas[True] <= arenas[False], (
+        f"forked: {arenas[True]} arenas past the main one, fresh: {arenas[False]}"
+    )
 
 
 # --------------------------------------------------------------------------- whose is the ipc directory
