@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch as th
 
+from fedq.bench.procmem import rss_bytes
 from fedq.heap import IDLE_SECONDS
 
 MiB = 1 << 20
@@ -20,9 +21,6 @@ def minor_faults(pid: int) -> int:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[7])  # (minflt: field 10 of proc(5), counted after the ")" of the name)
 
-
-def resident_bytes(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
 
 
 def round_trip(worker, payload: th.Tensor) -> None:
@@ -50,10 +48,10 @@ def test_an_idle_worker_gives_the_memory_it_kept_back(hook, bob):
     payload = th.arange(48 * MiB // 4, dtype=th.float32)
     hook.local_worker.sync()
     time.sleep(IDLE_SECONDS + 0.3)  # (what earlier tests left kept is given back first)
-    at_rest = resident_bytes(bob.pid)
+    at_rest = rss_bytes(bob.pid)
     for _ in range(4):
         round_trip(bob, payload)
     hook.local_worker.sync()
-    assert resident_bytes(bob.pid) - at_rest > payload.nbytes  # (kept while busy: the test above)
+    assert rss_bytes(bob.pid) - at_rest > payload.nbytes  # (kept while busy: the test above)
     time.sleep(IDLE_SECONDS + 0.3)
-    assert resident_bytes(bob.pid) - at_rest < 8 * MiB, "an idle worker still holds the memory its transfers freed"
+    assert rss_bytes(bob.pid) - at_rest < 8 * MiB, "an idle worker still holds the memory its transfers freed"

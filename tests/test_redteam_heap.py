@@ -15,6 +15,7 @@ import torch as th
 
 import fedq as sy
 from fedq import messages as msg
+from fedq.bench.procmem import rss_bytes
 from fedq.codec import Codec, new_key
 from fedq.heap import IDLE_SECONDS
 from fedq.launcher import start_worker_process
@@ -24,9 +25,6 @@ from helpers import raw_dealer
 MiB = 1 << 20
 JUNK = 96 * MiB  # (a message under the worker's max_message_bytes, over glibc's mmap threshold)
 
-
-def resident_bytes(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * 4096
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +38,7 @@ def stranger_target(hook):
 def _settle(worker) -> int:
     """The worker's resident bytes once it has idled past IDLE_SECONDS (so has trimmed)."""
     time.sleep(IDLE_SECONDS + 0.4)
-    return resident_bytes(worker.pid)
+    return rss_bytes(worker.pid)
 
 
 def test_large_unsigned_messages_are_freed_once_dropped(stranger_target):
@@ -73,7 +71,7 @@ def test_a_strangers_trickle_of_junk_does_not_keep_the_worker_from_trimming(stra
         while time.monotonic() < deadline:  # (a byte every 0.3 s: never IDLE_SECONDS of silence)
             sock.send(b"x")
             time.sleep(0.3)
-        held = resident_bytes(worker.pid) - at_rest
+        held = rss_bytes(worker.pid) - at_rest
     finally:
         sock.close()
     # Every batch, even of dropped junk, counted as use: the freed 96 MiB stayed on the heap for
