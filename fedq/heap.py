@@ -33,19 +33,19 @@ def retain_freed_memory(retained_bytes: int) -> bool:
     large blocks included (settings.WorkerSettings.retained_free_bytes); 0: glibc's defaults.
     Process-wide: only a worker's own process calls it. True if glibc took it."""
     global _libc
+    if retained_bytes <= 0:
+        return False
     try:
         libc = ctypes.CDLL(None)
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    if retained_bytes <= 0:
-        return False
     mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(min(retained_bytes, _C_INT_MAX)))
     mallopt(_M_MMAP_MAX, ctypes.c_int(0))
     # One arena: zmq's I/O thread allocates what a socket receives, and an arena of its own maps
-    # and unmaps a 64 MiB heap for each large message. glibc fixes the limit when a second thread
-    # first allocates: a zygote's fork (no thread yet) takes it; a fresh interpreter, whose torch
-    # import started one, keeps glibc's.
+    # and unmaps a 64 MiB heap for each large message. glibc fixes the limit when the first
+    # thread besides the main one allocates, so it holds only where that comes after this call
+    # (not in a fresh interpreter, whose torch import started one).
     mallopt(_M_ARENA_MAX, ctypes.c_int(1))
     _libc = libc
     return True
